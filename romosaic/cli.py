@@ -1,0 +1,63 @@
+"""The ``romosaic`` command: tools around the ``strun roman_mos`` pipeline.
+
+Each sub-command lives next to the code it drives and contributes its own
+argument parser through a ``add_cli_parser(subparsers)`` function; this module
+only assembles them and turns user errors into one-line messages.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import RomosaicInputError
+
+__all__ = ["main"]
+
+# Sub-command modules, imported lazily so that ``romosaic --help`` stays fast.
+_SUBCOMMAND_MODULES = (
+    "romosaic.simulate.cli",
+    "romosaic.associations",
+    "romosaic.preview",
+)
+
+
+def _build_parser():
+    parser = argparse.ArgumentParser(
+        prog="romosaic",
+        description="Mosaics from Roman WFI Level-2 exposures. "
+        "Run the pipeline itself with `strun roman_mos ASN.json`.",
+    )
+    parser.add_argument("--version", action="version", version=f"romosaic {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks for errors"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in _SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).add_cli_parser(subparsers)
+    return parser
+
+
+def main(argv=None):
+    """Run the ``romosaic`` command line; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s - %(message)s")
+    try:
+        return args.run(args) or 0
+    except RomosaicInputError as error:
+        if args.debug:
+            raise
+        print(f"romosaic {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:
+        print(f"romosaic {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
