@@ -1,0 +1,73 @@
+"""Conversion of Level-2 images from DN/s to surface brightness (MJy/sr).
+
+``meta.photometry.conversion_megajanskys`` gives MJy/sr per DN/s. Data and
+error scale by it, variances by its square. Arrays keep their stored dtype
+(the Level-2 schema stores ``err`` and variances as float16); the arithmetic
+is done in float32 so that only the final rounding is in float16.
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ["VARIANCE_ARRAYS", "check_conversion_factor", "scale_to_surface_brightness"]
+
+#: Variance arrays a Level-2 image may carry.
+VARIANCE_ARRAYS = ("var_poisson", "var_rnoise", "var_flat")
+
+
+def check_conversion_factor(factor):
+    """Whether ``factor`` is a usable DN/s → MJy/sr conversion.
+
+    Parameters
+    ----------
+    factor : float or None
+
+    Returns
+    -------
+    str or None
+        A description of what is wrong, or None if it is usable.
+    """
+    if factor is None:
+        return "has no photometric conversion (meta.photometry.conversion_megajanskys)"
+    try:
+        value = float(factor)
+    except (TypeError, ValueError):
+        return f"has a non-numeric photometric conversion {factor!r}"
+    if not math.isfinite(value) or value <= 0:
+        return f"has an invalid photometric conversion {value!r} (must be finite and > 0)"
+    return None
+
+
+def scale_to_surface_brightness(arrays, factor):
+    """Scale an image's arrays from DN/s to MJy/sr.
+
+    Parameters
+    ----------
+    arrays : dict of str to numpy.ndarray
+        Any of ``data``, ``err`` and the names in `VARIANCE_ARRAYS`; missing or
+        None entries are skipped.
+    factor : float
+        MJy/sr per DN/s.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        New arrays with the same names and dtypes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = scale_to_surface_brightness(
+    ...     {"data": np.ones(2, np.float32), "var_rnoise": np.ones(2, np.float16)}, 0.5)
+    >>> out["data"].tolist(), out["var_rnoise"].tolist()
+    ([0.5, 0.5], [0.25, 0.25])
+    """
+    scaled = {}
+    for name, array in arrays.items():
+        if array is None:
+            continue
+        scale = factor * factor if name in VARIANCE_ARRAYS else factor
+        values = np.asarray(array)
+        scaled[name] = (values.astype(np.float32) * np.float32(scale)).astype(values.dtype)
+    return scaled

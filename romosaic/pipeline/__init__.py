@@ -1,0 +1,5 @@
+"""romosaic's pipelines."""
+
+from .mosaic_pipeline import MosaicPipeline
+
+__all__ = ["MosaicPipeline"]

@@ -1,0 +1,87 @@
+"""``roman_mos``: the mosaic pipeline.
+
+Runs flux → (skymatch → outlier_detection →) resample (→ source_catalog)
+over one association and writes ``<product>_coadd.asdf`` atomically. Steps
+not yet implemented are simply absent from ``step_defs``; the return value
+always has the final form ``(mosaic, catalog, segmentation)``.
+"""
+
+import logging
+from pathlib import Path
+
+from .._atomic import atomic_save_model
+from ..steps import FluxStep, ResampleStep
+from ..steps.base import RomosaicPipelineBase
+
+__all__ = ["MosaicPipeline"]
+
+log = logging.getLogger(__name__)
+
+
+class MosaicPipeline(RomosaicPipelineBase):
+    """Make a mosaic from an association of Level-2 calibrated images.
+
+    Parameters are those of the spec below plus each step's, addressed as
+    ``steps.<step>.<parameter>`` (``--steps.resample.pixfrac=0.8`` on the
+    command line).
+
+    Returns
+    -------
+    tuple
+        ``(mosaic, catalog, segmentation)``: the ``MosaicModel``, and None for
+        the catalog and segmentation map until the source_catalog step runs.
+    """
+
+    class_alias = "roman_mos"
+
+    spec = """
+    on_disk = boolean(default=False)  # Keep models in temporary files to bound memory
+    resample_on_skycell = boolean(default=True)  # Use the skycell grid the association names
+    save_results = boolean(default=False)  # Write the products
+    suffix = string(default='coadd')  # Suffix of the mosaic file
+    """
+
+    step_defs = {
+        "flux": FluxStep,
+        "resample": ResampleStep,
+    }
+
+    def process(self, input_data):
+        library = self.open_library(input_data)
+        owns_library = library is not input_data
+        self._written = {}
+        try:
+            self.resample.resample_on_skycell = self.resample_on_skycell
+            library = self.flux.run(library)
+            mosaic = self.resample.run(library)
+            product_name = self._product_name(library)
+            mosaic.meta.filename = f"{product_name}_{self.suffix}.asdf"
+            if self.save_results:
+                self._save_product(mosaic, product_name)
+        finally:
+            if owns_library:
+                library.close()
+        return mosaic, None, None
+
+    def _product_name(self, library):
+        if self.output_file:
+            stem = Path(self.output_file).name.split(".")[0]
+            return self.remove_suffix(stem)[0]
+        return library.product_name
+
+    def _save_product(self, mosaic, product_name):
+        output_dir = Path(self.output_dir or ".")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path = output_dir / f"{product_name}_{self.suffix}.asdf"
+        atomic_save_model(mosaic, path)
+        self._written[id(mosaic)] = path
+        log.info("Saved mosaic %s", path)
+
+    def save_model(self, model, *args, **kwargs):
+        # stpipe's Step.run saves each returned model under names built from
+        # the input file; the products were already written atomically under
+        # the association's product name in process().
+        written = getattr(self, "_written", {})
+        if id(model) in written:
+            return str(written[id(model)])
+        return super().save_model(model, *args, **kwargs)

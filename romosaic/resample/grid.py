@@ -1,0 +1,237 @@
+"""Output grids: where a mosaic's pixels lie on the sky.
+
+A grid is a gwcs plus an array shape. `free_grid` builds the "free" grid of the
+reference pipeline: a TAN projection centred on the inputs' combined
+footprint, at the inputs' pixel scale times ``pixel_scale_ratio`` (or an
+absolute ``pixel_scale``), oriented like the first input unless a
+``rotation`` is given, and just large enough to hold every input.
+`grid_from_wcs_file` reads a user-supplied grid. Skycell grids come from
+`romosaic.skycell` when that exists.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import asdf
+import numpy as np
+
+from ..errors import RomosaicInputError
+from ..wcs_utils import (
+    affine_tan_wcs,
+    cd_from_orientation,
+    footprint,
+    local_cd_matrix,
+    orientation_and_parity,
+    pixel_scale_arcsec,
+    sky_to_unit_vectors,
+    unit_vectors_to_sky,
+)
+
+__all__ = ["OutputGrid", "free_grid", "grid_from_wcs_file", "native_pixel_scale"]
+
+# Refuse grids beyond this many pixels: a typo in pixel_scale or an input far
+# away on the sky would otherwise try to allocate terabytes.
+MAX_OUTPUT_PIXELS = 2_000_000_000
+
+
+@dataclass
+class OutputGrid:
+    """A mosaic's pixel grid.
+
+    Attributes
+    ----------
+    wcs : gwcs.wcs.WCS
+        Pixel ``(x, y)`` → ICRS degrees.
+    shape : tuple of int
+        Array shape ``(ny, nx)``.
+    crval : tuple of float
+        Tangent point (RA, Dec) in degrees.
+    crpix : tuple of float
+        0-based pixel ``(x, y)`` of the tangent point.
+    pixel_scale : float
+        Pixel size in arcseconds at the tangent point.
+    skycell_name : str or None
+        Name of the skycell the grid belongs to, if any.
+    pixel_scale_ref : float or None
+        Pixel scale (arcsec) of the projection region; equal to
+        ``pixel_scale`` outside the sky tessellation.
+    """
+
+    wcs: object
+    shape: tuple
+    crval: tuple
+    crpix: tuple
+    pixel_scale: float
+    skycell_name: str | None = None
+    pixel_scale_ref: float | None = field(default=None)
+
+    def __post_init__(self):
+        if self.pixel_scale_ref is None:
+            self.pixel_scale_ref = self.pixel_scale
+
+
+def native_pixel_scale(wcs, shape):
+    """Pixel scale in arcseconds at the centre of an image."""
+    ny, nx = shape
+    return pixel_scale_arcsec(local_cd_matrix(wcs, (nx - 1) / 2, (ny - 1) / 2))
+
+
+def free_grid(
+    input_wcs_and_shapes,
+    *,
+    pixel_scale_ratio=1.0,
+    pixel_scale=None,
+    rotation=None,
+    crpix=None,
+    crval=None,
+    output_shape=None,
+):
+    """A TAN grid covering a set of images.
+
+    Parameters
+    ----------
+    input_wcs_and_shapes : list of (gwcs.wcs.WCS, tuple)
+        Each input's WCS and array shape ``(ny, nx)``. The first one sets the
+        default pixel scale and orientation.
+    pixel_scale_ratio : float, optional
+        Output pixel size over the first input's, when ``pixel_scale`` is None.
+    pixel_scale : float, optional
+        Output pixel size in arcseconds.
+    rotation : float, optional
+        Position angle of the output +y axis east of north, in degrees, with
+        the usual "east left" parity. None keeps the first input's
+        orientation and parity, which wastes the least area.
+    crpix : (float, float), optional
+        0-based pixel of the tangent point. Default: where the grid just
+        holds all inputs (or the centre of ``output_shape`` when given).
+    crval : (float, float), optional
+        Tangent point (RA, Dec) in degrees. Default: centre of the combined
+        footprint.
+    output_shape : (int, int), optional
+        Output ``(nx, ny)`` (the reference pipeline's order). Default: just
+        large enough for all inputs.
+
+    Returns
+    -------
+    OutputGrid
+
+    Raises
+    ------
+    RomosaicInputError
+        For non-positive scales or a grid larger than `MAX_OUTPUT_PIXELS`.
+    """
+    if not input_wcs_and_shapes:
+        raise RomosaicInputError("no input images to build an output grid from")
+    first_wcs, first_shape = input_wcs_and_shapes[0]
+    ny0, nx0 = first_shape
+    first_cd = local_cd_matrix(first_wcs, (nx0 - 1) / 2, (ny0 - 1) / 2)
+
+    if pixel_scale is not None:
+        if not pixel_scale > 0:
+            raise RomosaicInputError(f"pixel_scale must be > 0 arcsec, got {pixel_scale}")
+        scale_arcsec = float(pixel_scale)
+    else:
+        if not pixel_scale_ratio > 0:
+            raise RomosaicInputError(f"pixel_scale_ratio must be > 0, got {pixel_scale_ratio}")
+        scale_arcsec = pixel_scale_arcsec(first_cd) * float(pixel_scale_ratio)
+
+    if rotation is None:
+        orientation, parity = orientation_and_parity(first_cd)
+    else:
+        orientation, parity = float(rotation), -1
+    cd = cd_from_orientation(scale_arcsec / 3600.0, orientation, parity=parity)
+
+    all_ra, all_dec = _combined_footprint(input_wcs_and_shapes)
+    if crval is None:
+        centre = sky_to_unit_vectors(all_ra, all_dec).mean(axis=0)
+        ra0, dec0 = unit_vectors_to_sky(centre)
+        crval = (float(ra0[0]), float(dec0[0]))
+    else:
+        crval = (float(crval[0]), float(crval[1]))
+
+    # Where the inputs fall with the tangent point at pixel (0, 0).
+    probe = affine_tan_wcs(crval=crval, crpix=(0.0, 0.0), cd=cd, shape=(1, 1))
+    u, v = probe.invert(all_ra, all_dec, with_bounding_box=False)
+    u = np.asarray(u)
+    v = np.asarray(v)
+    if not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+        raise RomosaicInputError(
+            "the inputs span too much of the sky for one tangent-plane mosaic"
+        )
+
+    if output_shape is not None:
+        nx, ny = (int(n) for n in output_shape)
+        if nx < 1 or ny < 1:
+            raise RomosaicInputError(f"output_shape must be positive, got {list(output_shape)}")
+        if crpix is None:
+            crpix = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    else:
+        # Pixel i covers [i - 0.5, i + 0.5); shift so the footprint starts at -0.5.
+        nx = max(1, int(math.ceil(u.max() - u.min() - 1e-6)))
+        ny = max(1, int(math.ceil(v.max() - v.min() - 1e-6)))
+        if crpix is None:
+            crpix = (-0.5 - float(u.min()), -0.5 - float(v.min()))
+    crpix = (float(crpix[0]), float(crpix[1]))
+
+    if nx * ny > MAX_OUTPUT_PIXELS:
+        raise RomosaicInputError(
+            f"output grid of {nx} x {ny} pixels is too large; check pixel_scale and "
+            "that the inputs belong together"
+        )
+    wcs = affine_tan_wcs(crval=crval, crpix=crpix, cd=cd, shape=(ny, nx))
+    return OutputGrid(wcs=wcs, shape=(ny, nx), crval=crval, crpix=crpix,
+                      pixel_scale=scale_arcsec)
+
+
+def _combined_footprint(input_wcs_and_shapes):
+    ras, decs = [], []
+    for wcs, shape in input_wcs_and_shapes:
+        ra, dec = footprint(wcs, shape)
+        ras.append(ra)
+        decs.append(dec)
+    return np.concatenate(ras), np.concatenate(decs)
+
+
+def grid_from_wcs_file(path, *, output_shape=None):
+    """An output grid from an ASDF file holding a gwcs under the key ``wcs``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    output_shape : (int, int), optional
+        ``(nx, ny)``; required when the WCS records no shape or bounding box.
+
+    Returns
+    -------
+    OutputGrid
+    """
+    try:
+        with asdf.open(path, lazy_load=False) as af:
+            wcs = af.tree["wcs"]
+    except FileNotFoundError:
+        raise RomosaicInputError(f"{path}: output_wcs file not found") from None
+    except KeyError:
+        raise RomosaicInputError(f"{path}: output_wcs file has no 'wcs' entry") from None
+    except Exception as error:
+        raise RomosaicInputError(f"{path}: cannot read output_wcs file ({error})") from None
+
+    if output_shape is not None:
+        nx, ny = (int(n) for n in output_shape)
+    elif getattr(wcs, "pixel_shape", None) is not None:
+        nx, ny = (int(n) for n in wcs.pixel_shape)
+    elif wcs.bounding_box is not None:
+        (x0, x1), (y0, y1) = wcs.bounding_box.bounding_box(order="F")
+        nx, ny = int(round(x1 - x0)), int(round(y1 - y0))
+    else:
+        raise RomosaicInputError(
+            f"{path}: output_wcs has no shape or bounding box; give output_shape"
+        )
+    wcs.pixel_shape = (nx, ny)
+    wcs.array_shape = (ny, nx)
+    if wcs.bounding_box is None:
+        wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    ra, dec = wcs(cx, cy, with_bounding_box=False)
+    scale = pixel_scale_arcsec(local_cd_matrix(wcs, cx, cy))
+    return OutputGrid(wcs=wcs, shape=(ny, nx), crval=(float(ra), float(dec)), crpix=(cx, cy),
+                      pixel_scale=scale)

@@ -1,0 +1,42 @@
+"""``flux`` step: Level-2 images from DN/s to MJy/sr (see `romosaic.flux`)."""
+
+import logging
+
+from ..errors import RomosaicInputError
+from ..flux import VARIANCE_ARRAYS, check_conversion_factor, scale_to_surface_brightness
+from .base import STEP_COMPLETE, RomosaicStep, step_status
+
+__all__ = ["FluxStep"]
+
+log = logging.getLogger(__name__)
+
+
+class FluxStep(RomosaicStep):
+    """Convert every image of an association from DN/s to MJy/sr.
+
+    Images whose ``meta.cal_step.flux`` is already COMPLETE are left as they
+    are, so running the step twice does not scale twice.
+    """
+
+    class_alias = "flux"
+
+    spec = """
+    """
+
+    def process(self, input_data):
+        library = self.open_library(input_data)
+        for _, model in library.iter_models(modify=True):
+            if step_status(model, "flux") == STEP_COMPLETE:
+                log.info("%s: already in MJy/sr; flux step not repeated", model.meta.filename)
+                continue
+            factor = model.meta.photometry.get("conversion_megajanskys")
+            problem = check_conversion_factor(factor)
+            if problem:
+                raise RomosaicInputError(f"{model.meta.filename}: {problem}")
+            names = ("data", "err", *VARIANCE_ARRAYS)
+            arrays = {name: getattr(model, name, None) for name in names}
+            for name, array in scale_to_surface_brightness(arrays, float(factor)).items():
+                setattr(model, name, array)
+            self.record_status(model)
+            log.info("%s: converted to MJy/sr (x %.6g)", model.meta.filename, factor)
+        return library

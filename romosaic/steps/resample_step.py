@@ -1,0 +1,157 @@
+"""``resample`` step: drizzle an association onto one mosaic grid.
+
+The step opens the inputs, chooses the output grid, streams the inputs
+through `romosaic.resample.drizzle_images` one at a time and returns a
+Level-3 ``MosaicModel``. The algorithm lives in `romosaic.resample`.
+"""
+
+import logging
+
+from ..errors import RomosaicInputError
+from ..resample import (
+    KERNELS,
+    build_mosaic_model,
+    drizzle_images,
+    free_grid,
+    grid_from_wcs_file,
+    input_from_model,
+    summarize_input,
+)
+from .base import STEP_COMPLETE, RomosaicStep
+
+__all__ = ["ResampleStep"]
+
+log = logging.getLogger(__name__)
+
+
+class ResampleStep(RomosaicStep):
+    """Resample (drizzle) the images of an association onto one grid.
+
+    Output grid, in order of precedence: ``output_wcs`` (an ASDF file with a
+    gwcs under ``wcs``); otherwise a free TAN grid covering the inputs, set
+    by ``pixel_scale`` or ``pixel_scale_ratio``, ``rotation``, ``crpix``,
+    ``crval`` and ``output_shape``.
+    """
+
+    class_alias = "resample"
+
+    spec = f"""
+    pixfrac = float(min=0.0, max=1.0, default=1.0)  # Linear size of drizzle drops, in input pixels
+    kernel = option({", ".join(repr(k) for k in KERNELS)}, default='square')  # Drizzle kernel
+    fillval = string(default='NaN')  # Value of output pixels with no data
+    weight_type = option('ivm', 'ivm-sky', 'exptime', default='ivm')  # Input pixel weighting
+    output_shape = int_list(min=2, max=2, default=None)  # Output shape [nx, ny]
+    crpix = float_list(min=2, max=2, default=None)  # 0-based pixel [x, y] of crval
+    crval = float_list(min=2, max=2, default=None)  # Tangent point [RA, Dec] in degrees
+    rotation = float(default=None)  # PA of output +y east of north (deg); None: as first input
+    pixel_scale_ratio = float(default=1.0)  # Output over input pixel size
+    pixel_scale = float(default=None)  # Output pixel size in arcsec (overrides the ratio)
+    output_wcs = string(default='')  # ASDF file holding the output gwcs under 'wcs'
+    good_bits = string(default='~DO_NOT_USE+NON_SCIENCE')  # Acceptable DQ flags
+    include_var_flat = boolean(default=False)  # Propagate var_flat and include it in err
+    pixmap_stepsize = integer(min=1, default=10)  # Spacing of exact WCS evaluations (pixels)
+    resample_on_skycell = boolean(default=True)  # Use the association's skycell grid if named
+    """
+
+    def process(self, input_data):
+        library = self.open_library(input_data)
+        owns_library = library is not input_data
+        try:
+            return self._resample(library)
+        finally:
+            if owns_library:
+                library.close()
+
+    def _resample(self, library):
+        self._check_parameters()
+        geometry, summaries = _survey_inputs(library)
+        grid = self._output_grid(geometry)
+        log.info("output grid: %d x %d pixels of %.4f arcsec", grid.shape[1], grid.shape[0],
+                 grid.pixel_scale)
+
+        def stream():
+            for _, model in library.iter_models(modify=False):
+                yield input_from_model(model)
+
+        result, input_scale = drizzle_images(
+            stream(),
+            grid,
+            len(library),
+            kernel=self.kernel,
+            pixfrac=self.pixfrac,
+            fillval=self.fillval,
+            weight_type=self.weight_type,
+            good_bits=self.good_bits,
+            include_var_flat=self.include_var_flat,
+            pixmap_stepsize=self.pixmap_stepsize,
+        )
+        if not (result.weight > 0).any():
+            raise RomosaicInputError(
+                f"{library.product_name}: no input pixel landed on the output grid "
+                "(inputs all flagged, or outside the grid)"
+            )
+        mosaic = build_mosaic_model(
+            result,
+            grid,
+            summaries,
+            association_name=library.asn.get("table_name", library.product_name),
+            pixfrac=self.pixfrac,
+            weight_type=self.weight_type,
+            good_bits=self.good_bits,
+            pixmap_stepsize=self.pixmap_stepsize,
+            input_pixel_scale=input_scale,
+            data_release_id=library.asn.get("data_release_id"),
+            include_var_flat=self.include_var_flat,
+        )
+        self.record_status(mosaic, STEP_COMPLETE)
+        mosaic.meta.filename = f"{library.product_name}_coadd.asdf"
+        return mosaic
+
+    def _check_parameters(self):
+        if not self.pixfrac > 0:
+            raise RomosaicInputError(f"pixfrac must be in (0, 1], got {self.pixfrac}")
+        try:
+            float(self.fillval) if self.fillval.upper() != "INDEF" else None
+        except ValueError:
+            raise RomosaicInputError(f"fillval must be a number or NaN, got {self.fillval!r}") \
+                from None
+
+    def _output_grid(self, geometry):
+        if self.output_wcs:
+            return grid_from_wcs_file(self.output_wcs, output_shape=self.output_shape)
+        return free_grid(
+            geometry,
+            pixel_scale_ratio=self.pixel_scale_ratio,
+            pixel_scale=self.pixel_scale,
+            rotation=self.rotation,
+            crpix=self.crpix,
+            crval=self.crval,
+            output_shape=self.output_shape,
+        )
+
+
+def _survey_inputs(library):
+    """Each input's (WCS, shape) and metadata summary, checking they belong together.
+
+    Only metadata and the data array's shape are read here; the arrays are
+    read during drizzling.
+    """
+    geometry = []
+    summaries = []
+    group_ids = [m["group_id"] for m in library.asn["products"][0]["members"]]
+    for index, model in library.iter_models(modify=False):
+        name = model.meta.filename
+        if model.meta.get("wcs") is None:
+            raise RomosaicInputError(f"{name}: has no WCS (meta.wcs)")
+        shape = model.data.shape
+        if len(shape) != 2:
+            raise RomosaicInputError(f"{name}: data is not a 2-D image (shape {shape})")
+        geometry.append((model.meta.wcs, shape))
+        summaries.append(summarize_input(model, group_id=group_ids[index]))
+    filters = {}
+    for summary in summaries:
+        filters.setdefault(summary.filter_name, summary.filename)
+    if len(filters) > 1:
+        listing = ", ".join(f"{f} ({name})" for f, name in filters.items())
+        raise RomosaicInputError(f"inputs are in different filters: {listing}")
+    return geometry, summaries
