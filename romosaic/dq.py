@@ -45,7 +45,7 @@ def bad_flags_mask(good_bits):
         return 0xFFFFFFFF
     try:
         acceptable = bitmask.interpret_bit_flags(good_bits, flag_name_map=_FLAG_NAMES)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, AttributeError) as error:
         raise RomosaicInputError(f"good_bits {good_bits!r} is not understood ({error})") from None
     if acceptable is None:
         return 0xFFFFFFFF
