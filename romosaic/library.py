@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
+import asdf
 from stpipe.datamodel import AbstractDataModel
 from stpipe.library import AbstractModelLibrary, NoGroupID
 
@@ -183,6 +184,15 @@ class ModelLibrary(AbstractModelLibrary):
         # The Level-2 schema has no ``meta.asn`` or ``meta.exptype``; keep only
         # the exposure group, which later steps use.
         model.meta["group_id"] = member["group_id"]
+
+    def shelve(self, model, index=None, modify=True):
+        if not (self._on_disk and modify):
+            return super().shelve(model, index, modify)
+        # Temporary files are only read back by this library: schema
+        # validation on write (a third of a second per model) buys nothing.
+        with asdf.config_context() as config:
+            config.validate_on_write = False
+            return super().shelve(model, index, modify)
 
     def finalize_result(self, step, reference_files_used):
         # Steps record their own status while they hold each model; see the

@@ -94,9 +94,16 @@ def read_exposure_group_id(path):
         None when the file records neither.
     """
     # lazy_load keeps array blocks unread; only the YAML tree is parsed.
-    with asdf.open(path, lazy_load=True, memmap=False) as af:
-        meta = af.tree.get("roman", {}).get("meta", {})
-        return _group_id_from_meta(meta)
+    try:
+        with asdf.open(path, lazy_load=True, memmap=False) as af:
+            meta = af.tree.get("roman", {}).get("meta", {})
+            return _group_id_from_meta(meta)
+    except FileNotFoundError:
+        raise RomosaicInputError(f"{path}: file not found") from None
+    except Exception as error:
+        raise RomosaicInputError(
+            f"{path}: not a readable Roman data file ({_one_line(error)})"
+        ) from None
 
 
 def group_id_from_model(model):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import roman_datamodels.datamodels as rdm
 from astropy.time import Time
-from roman_datamodels._stnode import L2CalStep
 
+from romosaic.steps.base import ensure_cal_step
 from romosaic.wcs_utils import affine_tan_wcs, cd_from_orientation
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
@@ -58,9 +58,9 @@ def make_image_model(
     model.meta.observation.observation_id = observation_id
     model.meta.instrument.optical_element = filter_name
     model.meta.filename = filename
-    model.meta.cal_step = L2CalStep.create_fake_data()
+    ensure_cal_step(model)
     if flux_complete:
-        model.meta.cal_step.flux = "COMPLETE"
+        model.meta.cal_step["flux"] = "COMPLETE"
     return model
 
 

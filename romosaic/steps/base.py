@@ -15,6 +15,7 @@
 
 from pathlib import Path
 
+import asdf.schema
 import roman_datamodels.datamodels as rdm
 from roman_datamodels._stnode import L2CalStep, L3CalStep
 from stpipe import Pipeline, Step
@@ -138,11 +139,27 @@ def ensure_cal_step(model):
     """Give a model without ``meta.cal_step`` one with every step INCOMPLETE.
 
     Level-2 files always carry it; models built in memory may not, and the
-    schema requires the full set once it exists.
+    schema requires the full set of step names once it exists.
     """
     if model.meta.get("cal_step") is None:
-        node_class = L2CalStep if isinstance(model, rdm.ImageModel) else L3CalStep
-        model.meta["cal_step"] = node_class.create_fake_data()
+        model.meta["cal_step"] = {name: "INCOMPLETE" for name in _cal_step_names(model)}
+
+
+def _cal_step_names(model):
+    fallback = L2CalStep if isinstance(model, rdm.ImageModel) else L3CalStep
+    try:
+        meta_schema = model._instance.get_schema()["properties"]["meta"]
+        for part in meta_schema.get("allOf", [meta_schema]):
+            schema = part.get("properties", {}).get("cal_step")
+            if schema:
+                # Depending on the roman_datamodels version the reference is
+                # already resolved or still a $ref.
+                if "$ref" in schema:
+                    schema = asdf.schema.load_schema(schema["$ref"])
+                return list(schema["required"])
+    except (AttributeError, KeyError, TypeError):
+        pass
+    return list(fallback.create_fake_data().keys())
 
 
 class RomosaicStep(_OfflineMixin, Step):

@@ -1,0 +1,114 @@
+"""ModelLibrary: input kinds, exposure groups, on_disk behaviour, bad files."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import roman_datamodels.datamodels as rdm
+
+from romosaic.associations import make_association, write_association
+from romosaic.errors import AssociationError, ModelTypeError, RomosaicInputError
+from romosaic.library import ModelLibrary
+
+from .conftest import make_image_model
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Two exposures of two detectors each, and their association."""
+    paths = []
+    for exposure in (1, 2):
+        for detector in (1, 2):
+            name = f"e{exposure}_wfi{detector:02d}_cal.asdf"
+            model = make_image_model(shape=(16, 16), observation_id=f"obs{exposure}",
+                                     filename=name, data=np.full((16, 16), exposure))
+            model.save(tmp_path / name)
+            paths.append(tmp_path / name)
+    asn_path = write_association(
+        tmp_path / "set_asn.json",
+        make_association(paths, product_name="set", relative_to=tmp_path),
+    )
+    return asn_path, paths
+
+
+def test_association_groups_read_without_opening_models(dataset, monkeypatch):
+    asn_path, _ = dataset
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was opened while building the library")
+
+    monkeypatch.setattr(rdm, "open", refuse)
+    library = ModelLibrary(asn_path)
+    assert len(library) == 4
+    assert library.product_name == "set"
+    assert library.group_indices == {"obs1": [0, 1], "obs2": [2, 3]}
+
+
+@pytest.mark.parametrize("kind", ["asn", "dict", "single", "names", "models"])
+def test_every_input_kind(dataset, kind, monkeypatch):
+    asn_path, paths = dataset
+    monkeypatch.chdir(asn_path.parent)
+    init = {
+        "asn": asn_path,
+        "dict": make_association([p.name for p in paths], product_name="d"),
+        "single": paths[0],
+        "names": [str(p) for p in paths],
+        "models": [rdm.open(p) for p in paths],
+    }[kind]
+    library = ModelLibrary(init)
+    expected = 1 if kind == "single" else 4
+    assert len(library) == expected
+    with library:
+        model = library.borrow(0)
+        assert isinstance(model, rdm.ImageModel)
+        assert float(model.data[0, 0]) == 1.0
+        library.shelve(model, 0, modify=False)
+    if kind == "single":
+        assert library.product_name == "e1_wfi01"
+    else:
+        assert sorted(library.group_indices) == ["obs1", "obs2"]
+
+
+def test_on_disk_keeps_changes_in_temp_files_and_cleans_up(dataset, tmp_path):
+    asn_path, paths = dataset
+    before = [_digest(p) for p in paths]
+    work = tmp_path / "work"
+    work.mkdir()
+    library = ModelLibrary(asn_path, on_disk=True, temp_directory=work)
+    temp_dirs = list(work.glob("romosaic-tmp-*"))
+    assert len(temp_dirs) == 1
+    for _, model in library.iter_models(modify=True):
+        model.data = model.data * 10
+    for index, model in library.iter_models():
+        assert float(model.data[0, 0]) == 10.0 * (1 + index // 2)
+    assert any(temp_dirs[0].rglob("*.asdf"))
+    library.close()
+    assert not temp_dirs[0].exists()
+    assert [_digest(p) for p in paths] == before
+
+
+def test_wrong_model_type_is_a_one_line_error(tmp_path):
+    mosaic = rdm.MosaicModel.create_fake_data(shape=(8, 8))
+    path = tmp_path / "mosaic_cal.asdf"
+    mosaic.save(path)
+    library = ModelLibrary(path)
+    with library, pytest.raises(ModelTypeError) as info:
+        library.borrow(0)
+    assert str(path) in str(info.value)
+    assert "MosaicModel" in str(info.value)
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    corrupt = tmp_path / "broken_cal.asdf"
+    corrupt.write_bytes(b"#ASDF 1.0.0\n%YAML 1.1\n--- !garbage {\n")
+    with pytest.raises(RomosaicInputError, match="broken_cal.asdf: not a readable"):
+        with ModelLibrary(corrupt) as library:
+            library.borrow(0)
+    with pytest.raises(AssociationError, match="missing_cal.asdf: file not found"):
+        ModelLibrary(tmp_path / "missing_cal.asdf")
+    with pytest.raises(AssociationError, match="empty list"):
+        ModelLibrary([])
