@@ -5,7 +5,13 @@
 * ``ivm``: inverse read-noise variance, ``1 / var_rnoise``. It leaves out the
   Poisson term on purpose: weighting by the total variance would give an
   exposure in which a star happens to be brighter (by noise) less weight,
-  biasing photometry low.
+  biasing photometry low. The variance is first smoothed over blocks of
+  `VARIANCE_SMOOTHING_BLOCK` pixels: read noise scatters by tens of percent
+  from pixel to pixel, and with weights that change within a star's image
+  the weighted mean of differently-pixelated, undersampled stars no longer
+  conserves flux (measured: errors up to 4% with three dithers). Smoothed,
+  the weight is constant across a star while still following the
+  detector's large-scale noise pattern.
 * ``ivm-sky``: inverse of read noise plus the *sky's* Poisson variance, the
   median ``var_poisson`` of the image's good pixels (dominated by sky
   pixels). Like ``ivm`` it does not depend on the source; unlike ``ivm`` it
@@ -20,9 +26,12 @@ import numpy as np
 
 from ..errors import RomosaicInputError
 
-__all__ = ["WEIGHT_TYPES", "pixel_weights"]
+__all__ = ["VARIANCE_SMOOTHING_BLOCK", "WEIGHT_TYPES", "pixel_weights", "smooth_variance"]
 
 WEIGHT_TYPES = ("ivm", "ivm-sky", "exptime")
+
+#: Side, in input pixels, of the blocks over which read-noise variance is averaged.
+VARIANCE_SMOOTHING_BLOCK = 32
 
 
 def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None, exptime=None):
@@ -66,7 +75,7 @@ def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None,
         )
     if var_rnoise is None:
         raise RomosaicInputError(f"weight_type {weight_type!r} needs a var_rnoise array")
-    variance = np.asarray(var_rnoise, dtype=np.float32)
+    variance = smooth_variance(var_rnoise, usable)
     if weight_type == "ivm-sky":
         sky_poisson = _sky_poisson_variance(var_poisson, usable)
         variance = variance + np.float32(sky_poisson)
@@ -75,6 +84,65 @@ def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None,
     weights = np.zeros(variance.shape, dtype=np.float32)
     np.divide(np.float32(1.0), variance, out=weights, where=usable)
     return weights
+
+
+def smooth_variance(variance, usable, *, block=VARIANCE_SMOOTHING_BLOCK):
+    """A variance map averaged over blocks and interpolated back, bilinearly.
+
+    Parameters
+    ----------
+    variance : numpy.ndarray
+    usable : numpy.ndarray of bool
+        Pixels whose variance enters the averages (others are ignored).
+    block : int, optional
+        Block side in pixels.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        Same shape; NaN where a block had no usable pixel with finite,
+        positive variance and no neighbour to interpolate from.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> v = np.full((64, 64), 2.0); v[::2, ::2] = 6.0
+    >>> smoothed = smooth_variance(v, np.ones(v.shape, bool), block=8)
+    >>> bool(np.allclose(smoothed, 3.0))
+    True
+    """
+    values = np.asarray(variance, dtype=np.float32)
+    if values.ndim != 2 or min(values.shape) < 2 * block:
+        return values.copy()
+    ny, nx = values.shape
+    valid = usable & np.isfinite(values) & (values > 0)
+    by, bx = -(-ny // block), -(-nx // block)
+    padded = np.zeros((by * block, bx * block), np.float64)
+    counts = np.zeros_like(padded)
+    padded[:ny, :nx] = np.where(valid, values, 0.0)
+    counts[:ny, :nx] = valid
+    sums = padded.reshape(by, block, bx, block).sum(axis=(1, 3))
+    numbers = counts.reshape(by, block, bx, block).sum(axis=(1, 3))
+    means = np.divide(sums, numbers, out=np.full_like(sums, np.nan), where=numbers > 0)
+    if np.isnan(means).any():
+        fill = np.nanmedian(means) if np.isfinite(means).any() else np.nan
+        means = np.where(np.isnan(means), fill, means)
+    # Block centres, in pixel coordinates; bilinear between them, flat beyond.
+    centres_y = np.minimum(np.arange(by) * block + (block - 1) / 2, ny - 1)
+    centres_x = np.minimum(np.arange(bx) * block + (block - 1) / 2, nx - 1)
+    rows = np.interp(np.arange(ny), centres_y, np.arange(by))
+    cols = np.interp(np.arange(nx), centres_x, np.arange(bx))
+    r0 = np.minimum(rows.astype(int), by - 2)
+    c0 = np.minimum(cols.astype(int), bx - 2)
+    fr = (rows - r0)[:, None]
+    fc = (cols - c0)[None, :]
+    smoothed = (
+        means[r0][:, c0] * (1 - fr) * (1 - fc)
+        + means[r0 + 1][:, c0] * fr * (1 - fc)
+        + means[r0][:, c0 + 1] * (1 - fr) * fc
+        + means[r0 + 1][:, c0 + 1] * fr * fc
+    )
+    return smoothed.astype(np.float32)
 
 
 def _sky_poisson_variance(var_poisson, usable):

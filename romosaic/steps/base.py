@@ -13,6 +13,7 @@
 * it records ``meta.cal_step.<alias>`` on the models it processes.
 """
 
+import logging
 from pathlib import Path
 
 import asdf.schema
@@ -21,6 +22,7 @@ from roman_datamodels._stnode import L2CalStep, L3CalStep
 from stpipe import Pipeline, Step
 from stpipe.library import AbstractModelLibrary
 
+from ..errors import RomosaicInputError
 from ..library import ModelLibrary
 from ..models import open_image_model
 
@@ -32,6 +34,8 @@ __all__ = [
     "ensure_cal_step",
     "step_status",
 ]
+
+log = logging.getLogger(__name__)
 
 STEP_COMPLETE = "COMPLETE"
 STEP_SKIPPED = "SKIPPED"
@@ -95,6 +99,16 @@ class _OfflineMixin:
             if name.endswith("_" + suffix):
                 return name[: -len(suffix) - 1], "_"
         return name, "_"
+
+    def run(self, *args):
+        try:
+            return super().run(*args)
+        except RomosaicInputError as error:
+            # strun prints errors word-wrapped in a banner; log the message
+            # once, whole, on one line, where scripts and users look for it.
+            if self.parent is None:
+                log.error("%s", error)
+            raise
 
     def open_library(self, input_data):
         """A `ModelLibrary` for this step's input.

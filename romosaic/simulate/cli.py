@@ -1,0 +1,108 @@
+"""The ``romosaic simulate`` sub-command: write a simulated association to a directory."""
+
+from .instrument import CONVERSION_MEGAJANSKYS, COSMIC_RAY_RATE, EXPOSURE_TIME
+
+__all__ = ["add_cli_parser"]
+
+
+def add_cli_parser(subparsers):
+    """Add the ``simulate`` sub-command to an argparse subparsers object.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        As returned by ``ArgumentParser.add_subparsers``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The sub-command's parser, with ``run`` set as its default.
+    """
+    parser = subparsers.add_parser(
+        "simulate",
+        help="write simulated WFI Level-2 images, an association and truth tables",
+        description="Simulate a dithered set of Roman WFI Level-2 calibrated images of a "
+        "scene of stars and galaxies, with an image association and ECSV truth tables. "
+        "Prints the association's path.",
+    )
+    parser.add_argument("outdir", help="output directory (created if needed)")
+    parser.add_argument(
+        "--n-exposures", type=int, default=4, metavar="N", help="dithered exposures (4)"
+    )
+    parser.add_argument(
+        "--n-detectors", type=int, default=1, metavar="M", help="detectors per exposure (1)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=512, metavar="PIX", help="pixels on a side of a detector (512)"
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
+    parser.add_argument("--ra", type=float, default=80.0, help="scene centre RA in deg (80)")
+    parser.add_argument("--dec", type=float, default=-30.0, help="scene centre Dec in deg (-30)")
+    parser.add_argument(
+        "--filter", dest="filter_name", default="F158", type=str.upper, metavar="F",
+        choices=sorted(CONVERSION_MEGAJANSKYS),
+        help=f"WFI filter, one of {', '.join(sorted(CONVERSION_MEGAJANSKYS))} (F158)",
+    )
+    parser.add_argument(
+        "--product-name", default=None, metavar="NAME",
+        help="association product name (sim_<filter>)",
+    )
+    parser.add_argument(
+        "--n-stars", type=int, default=None, metavar="N", help="stars (scaled with the area)"
+    )
+    parser.add_argument(
+        "--n-galaxies", type=int, default=None, metavar="N",
+        help="galaxies (scaled with the area)",
+    )
+    parser.add_argument(
+        "--cosmic-ray-rate", type=float, default=COSMIC_RAY_RATE, metavar="RATE",
+        help=f"cosmic-ray hits per pixel per exposure ({COSMIC_RAY_RATE:g})",
+    )
+    parser.add_argument(
+        "--sky-levels", type=float, nargs="+", default=None, metavar="DN_S",
+        help="sky level in DN/s of each exposure (random, 0.3-1.5)",
+    )
+    parser.add_argument(
+        "--exposure-time", type=float, default=EXPOSURE_TIME, metavar="SEC",
+        help=f"exposure time in seconds ({EXPOSURE_TIME:g})",
+    )
+    parser.add_argument(
+        "--roll", type=float, default=None, metavar="DEG",
+        help="position angle of the detectors' +y axis, deg east of north (random)",
+    )
+    parser.add_argument(
+        "--distortion", action="store_true", help="add a mild polynomial distortion"
+    )
+    parser.add_argument(
+        "--no-noise", dest="noise", action="store_false", help="render without random noise"
+    )
+    parser.set_defaults(run=_run)
+    return parser
+
+
+def _run(args):
+    """Run the simulation for parsed arguments; returns the exit status."""
+    # Imported here so that ``romosaic --help`` does not load the data models.
+    from .dataset import simulate_association
+
+    result = simulate_association(
+        args.outdir,
+        n_exposures=args.n_exposures,
+        n_detectors=args.n_detectors,
+        size=args.size,
+        seed=args.seed,
+        ra=args.ra,
+        dec=args.dec,
+        filter_name=args.filter_name,
+        product_name=args.product_name,
+        n_stars=args.n_stars,
+        n_galaxies=args.n_galaxies,
+        cosmic_ray_rate=args.cosmic_ray_rate,
+        distortion=args.distortion,
+        sky_levels=args.sky_levels,
+        exposure_time=args.exposure_time,
+        noise=args.noise,
+        roll=args.roll,
+    )
+    print(result.asn_path)
+    return 0

@@ -1,0 +1,385 @@
+"""Simulating a whole dithered association: models in memory, or files on disk."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table, vstack
+
+from ..errors import RomosaicInputError
+from . import render
+from .instrument import (
+    CONVERSION_MEGAJANSKYS,
+    COSMIC_RAY_RATE,
+    EXPOSURE_TIME,
+    FLAT_ERROR,
+    GAIN,
+    HOT_PIXEL_FRACTION,
+    PIXEL_SCALE,
+    PSF_FWHM,
+    READ_NOISE,
+    SKY_RANGE,
+)
+from .scene import make_scene
+from .wcs import ImageGeometry, plan_layout
+from .writer import (
+    ExposureInfo,
+    build_image_model,
+    cal_filename,
+    observation_id,
+    write_association,
+    write_table,
+)
+
+__all__ = ["SimulationResult", "make_image_models", "simulate_association"]
+
+#: Smallest image that still holds the guaranteed isolated stars.
+MIN_SIZE = 64
+MAX_DETECTORS = 18
+
+# A lower bound of the pixel scale (arcsec) anywhere, for generous stamp margins.
+_MIN_SCALE = 0.9 * PIXEL_SCALE
+
+# Independent random streams, so that e.g. changing the cosmic-ray rate does
+# not move the sources, and one detector's hot pixels are the same in every exposure.
+_LAYOUT, _SCENE, _SKY, _DETECTOR, _EXPOSURE = range(5)
+
+
+@dataclass
+class SimulationResult:
+    """Everything `simulate_association` wrote.
+
+    Attributes
+    ----------
+    asn_path : pathlib.Path
+        The association file.
+    product_name : str
+        Its product name.
+    cal_paths : list of pathlib.Path
+        Calibrated image files, in exposure-then-detector order.
+    truth_sources_path, truth_images_path, truth_cosmic_rays_path : pathlib.Path
+        ECSV truth tables.
+    sources, images, cosmic_rays : astropy.table.Table
+        The truth tables themselves.
+    """
+
+    asn_path: Path
+    product_name: str
+    cal_paths: list
+    truth_sources_path: Path
+    truth_images_path: Path
+    truth_cosmic_rays_path: Path
+    sources: Table
+    images: Table
+    cosmic_rays: Table
+
+
+def _rng(seed, *stream):
+    return np.random.default_rng([seed, *stream])
+
+
+def _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
+                   exposure_time, cosmic_ray_rate):
+    if n_exposures < 1:
+        raise RomosaicInputError(f"n_exposures must be at least 1, not {n_exposures}")
+    if not 1 <= n_detectors <= MAX_DETECTORS:
+        raise RomosaicInputError(
+            f"n_detectors must be between 1 and {MAX_DETECTORS}, not {n_detectors}"
+        )
+    if size < MIN_SIZE:
+        raise RomosaicInputError(f"size must be at least {MIN_SIZE} pixels, not {size}")
+    if not -89.0 <= dec <= 89.0:
+        raise RomosaicInputError(f"dec must be between -89 and 89 degrees, not {dec}")
+    if filter_name.upper() not in CONVERSION_MEGAJANSKYS:
+        raise RomosaicInputError(
+            f"unknown filter {filter_name!r}; use one of {', '.join(CONVERSION_MEGAJANSKYS)}"
+        )
+    if sky_levels is not None and len(sky_levels) != n_exposures:
+        raise RomosaicInputError(
+            f"sky_levels has {len(sky_levels)} values for {n_exposures} exposures"
+        )
+    if exposure_time <= 0:
+        raise RomosaicInputError(f"exposure_time must be positive, not {exposure_time}")
+    if cosmic_ray_rate < 0:
+        raise RomosaicInputError(f"cosmic_ray_rate must not be negative, not {cosmic_ray_rate}")
+
+
+def _source_arrays(sources, kind):
+    """Columns of one kind of source as plain arrays, fluxes in MJy."""
+    rows = sources[sources["kind"] == kind]
+    columns = {name: np.asarray(rows[name], dtype=float) for name in
+               ("ra", "dec", "flux_njy", "sersic_n", "r_eff", "axis_ratio", "position_angle",
+                "truncation_radius")}
+    columns["flux"] = columns.pop("flux_njy") * 1.0e-15
+    return columns
+
+
+def _render_scene(geometry, stars, galaxies, psf_fwhm):
+    """Noise-free image of the scene in MJy/sr."""
+    ny, nx = geometry.shape
+    image = np.zeros((ny, nx))
+    # Only sources whose light can reach the image are rendered.
+    for columns, kind in ((stars, "star"), (galaxies, "galaxy")):
+        if len(columns["ra"]) == 0:
+            continue
+        x, y = geometry.world_to_pixel(columns["ra"], columns["dec"])
+        extent = np.nan_to_num(columns["truncation_radius"]) + 5.0 * psf_fwhm
+        reach = extent / _MIN_SCALE + 2.0
+        near = (
+            (x > -0.5 - reach) & (x < nx - 0.5 + reach)
+            & (y > -0.5 - reach) & (y < ny - 0.5 + reach)
+        )
+        if not near.any():
+            continue
+        x, y = x[near], y[near]
+        jac = geometry.jacobian(x, y)
+        if kind == "star":
+            render.render_stars(image, x, y, columns["flux"][near], jac, psf_fwhm)
+        else:
+            render.render_galaxies(
+                image, x, y, columns["flux"][near], jac, psf_fwhm,
+                columns["sersic_n"][near], columns["r_eff"][near], columns["axis_ratio"][near],
+                columns["position_angle"][near], columns["truncation_radius"][near],
+            )
+    return image
+
+
+def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-30.0,
+              filter_name="F158", n_stars=None, n_galaxies=None,
+              cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False, sky_levels=None,
+              exposure_time=EXPOSURE_TIME, noise=True, roll=None, n_hot_pixels=None,
+              psf_fwhm=PSF_FWHM):
+    """Yield the truth tables first, then (model, cosmic-ray table) per image.
+
+    A generator, so that writing files can drop each model before the next is made.
+    """
+    _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
+                   exposure_time, cosmic_ray_rate)
+    filter_name = filter_name.upper()
+    conversion = CONVERSION_MEGAJANSKYS[filter_name]
+    placements = plan_layout(
+        _rng(seed, _LAYOUT), ra=ra, dec=dec, n_exposures=n_exposures,
+        n_detectors=n_detectors, size=size, roll=roll, distortion=distortion,
+    )
+    geometries = [ImageGeometry(p) for p in placements]
+    sources = make_scene(geometries, _rng(seed, _SCENE), ra=ra, dec=dec,
+                         n_stars=n_stars, n_galaxies=n_galaxies)
+    if sky_levels is None:
+        sky_levels = _rng(seed, _SKY).uniform(*SKY_RANGE, n_exposures)
+    sky_levels = [float(level) for level in sky_levels]
+    if n_hot_pixels is None:
+        n_hot_pixels = max(3, int(round(HOT_PIXEL_FRACTION * size * size)))
+
+    images = Table(
+        {
+            "filename": [cal_filename(p.exposure, p.detector, filter_name) for p in placements],
+            "exposure": [p.exposure for p in placements],
+            "detector": [p.detector for p in placements],
+            "observation_id": [observation_id(p.exposure) for p in placements],
+            "sky_dn_s": [sky_levels[p.exposure - 1] for p in placements],
+            "sky_mjysr": [sky_levels[p.exposure - 1] * conversion for p in placements],
+            "exposure_time": [float(exposure_time)] * len(placements),
+            "conversion_megajanskys": [conversion] * len(placements),
+        }
+    )
+    images["sky_dn_s"].unit = "DN / s"
+    images["sky_mjysr"].unit = "MJy / sr"
+    images["exposure_time"].unit = "s"
+    yield sources, images
+
+    stars, galaxies = _source_arrays(sources, "star"), _source_arrays(sources, "galaxy")
+    for geometry in geometries:
+        p = geometry.placement
+        # A detector's read noise and hot pixels are redrawn from its own stream
+        # for each exposure (identical every time) rather than kept: 18 full-size
+        # read-noise maps would take over a gigabyte.
+        detector = render.draw_detector(
+            _rng(seed, _DETECTOR, p.detector), (size, size), read_noise=READ_NOISE,
+            n_hot=n_hot_pixels,
+        )
+        scene = _render_scene(geometry, stars, galaxies, psf_fwhm)
+        arrays, (rows, cols, values) = render.expose(
+            scene, conversion=conversion, sky=sky_levels[p.exposure - 1],
+            detector=detector, exposure_time=exposure_time, gain=GAIN,
+            flat_error=FLAT_ERROR, rng=_rng(seed, _EXPOSURE, p.exposure, p.detector),
+            noise=noise, cosmic_ray_rate=cosmic_ray_rate,
+        )
+        del scene, detector
+        info = ExposureInfo(
+            exposure=p.exposure, detector=p.detector, n_exposures=n_exposures,
+            filter_name=filter_name, exposure_time=float(exposure_time), conversion=conversion,
+            ra_target=float(ra), dec_target=float(dec),
+        )
+        model = build_image_model(arrays, geometry, info)
+        cosmic_rays = Table(
+            {
+                "filename": np.full(len(rows), model.meta.filename, dtype="U64"),
+                "x": cols.astype(np.int64),
+                "y": rows.astype(np.int64),
+                "value_dn_s": values,
+            }
+        )
+        yield model, cosmic_rays
+        # Let the caller's reference be the last one, so a written model is freed.
+        del model, arrays
+
+
+def _options(arguments):
+    """The simulation options among a public function's arguments."""
+    return {k: v for k, v in arguments.items() if k not in ("outdir", "product_name")}
+
+
+def _empty_cosmic_rays():
+    return Table(
+        {
+            "filename": np.array([], dtype="U64"),
+            "x": np.array([], dtype=np.int64),
+            "y": np.array([], dtype=np.int64),
+            "value_dn_s": np.array([], dtype=float),
+        }
+    )
+
+
+def _stack_cosmic_rays(tables):
+    table = vstack(tables) if tables else _empty_cosmic_rays()
+    table["value_dn_s"].unit = "DN / s"
+    return table
+
+
+def make_image_models(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-30.0,
+                      filter_name="F158", n_stars=None, n_galaxies=None,
+                      cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False, sky_levels=None,
+                      exposure_time=EXPOSURE_TIME, noise=True, roll=None, n_hot_pixels=None,
+                      psf_fwhm=PSF_FWHM):
+    """Simulate a dithered set of Level-2 images in memory.
+
+    Parameters
+    ----------
+    n_exposures : int
+        Dithered exposures (default 4).
+    n_detectors : int
+        Detectors per exposure, laid out on a grid with small gaps (default 1).
+    size : int
+        Pixels on a side of each detector (default 512; at least 64).
+    seed : int
+        Seed of every random choice; the same seed gives identical arrays.
+    ra, dec : float
+        Scene centre in degrees, covered by every exposure (default 80, -30).
+    filter_name : str
+        WFI imaging filter (default "F158").
+    n_stars, n_galaxies : int or None
+        Source counts; None scales them with the footprint area.
+    cosmic_ray_rate : float
+        Cosmic-ray hits per pixel per exposure (default 1e-4; 0 for none).
+    distortion : bool or float
+        Add a mild polynomial distortion (True), or one with this corner
+        displacement in pixels.
+    sky_levels : sequence of float or None
+        Sky in DN/s per exposure; drawn from 0.3-1.5 DN/s when None.
+    exposure_time : float
+        Seconds (default 139.8).
+    noise : bool
+        False renders without random noise (default True).
+    roll : float or None
+        Mean position angle of the detectors' +y axis, degrees east of
+        north; random when None.
+    n_hot_pixels : int or None
+        Hot pixels per detector; None scales with the detector area.
+    psf_fwhm : float
+        FWHM of the Gaussian PSF in arcsec (default 0.15).
+
+    Returns
+    -------
+    models : list of roman_datamodels.datamodels.ImageModel
+        In exposure-then-detector order.
+    sources : astropy.table.Table
+        Truth table of the scene (see `romosaic.simulate.scene.make_scene`).
+    images : astropy.table.Table
+        One row per image: filename, exposure, detector, observation_id,
+        sky_dn_s, sky_mjysr, exposure_time, conversion_megajanskys.
+    cosmic_rays : astropy.table.Table
+        Every pixel hit by a cosmic ray: filename, x, y, value_dn_s (added DN/s).
+
+    Raises
+    ------
+    romosaic.errors.RomosaicInputError
+        For impossible options.
+    """
+    stream = _simulate(**_options(locals()))
+    sources, images = next(stream)
+    models, cosmic_rays = [], []
+    for model, hits in stream:
+        models.append(model)
+        cosmic_rays.append(hits)
+    return models, sources, images, _stack_cosmic_rays(cosmic_rays)
+
+
+def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0,
+                         dec=-30.0, filter_name="F158", product_name=None, n_stars=None,
+                         n_galaxies=None, cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False,
+                         sky_levels=None, exposure_time=EXPOSURE_TIME, noise=True, roll=None,
+                         n_hot_pixels=None, psf_fwhm=PSF_FWHM):
+    """Simulate a dithered set of Level-2 images and write them with an association.
+
+    Parameters
+    ----------
+    outdir : str or pathlib.Path
+        Output directory, created if needed.
+    product_name : str or None
+        Association product name; default ``sim_<filter>`` (e.g. ``sim_f158``).
+    n_exposures, n_detectors, size, seed, ra, dec, filter_name : optional
+        As for `make_image_models`.
+    n_stars, n_galaxies, cosmic_ray_rate, distortion, sky_levels : optional
+        As for `make_image_models`.
+    exposure_time, noise, roll, n_hot_pixels, psf_fwhm : optional
+        As for `make_image_models`.
+
+    Returns
+    -------
+    SimulationResult
+        Paths of everything written, and the truth tables.
+
+    Notes
+    -----
+    Writes ``<product>_asn.json``, one ``*_cal.asdf`` file per image, and the
+    truth tables ``<product>_truth_sources.ecsv``, ``<product>_truth_images.ecsv``
+    and ``<product>_truth_cosmic_rays.ecsv``. Each model is written and released
+    before the next is simulated, so memory stays at about one image's worth.
+    """
+    options = _options(locals())
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    if product_name is None:
+        product_name = f"sim_{filter_name.lower()}"
+
+    stream = _simulate(**options)
+    sources, images = next(stream)
+    cal_paths, cosmic_rays = [], []
+    for model, hits in stream:
+        path = outdir / model.meta.filename
+        model.save(path)
+        cal_paths.append(path)
+        cosmic_rays.append(hits)
+        del model
+    cosmic_rays = _stack_cosmic_rays(cosmic_rays)
+
+    asn_path = outdir / f"{product_name}_asn.json"
+    write_association(asn_path, product_name, [p.name for p in cal_paths])
+    paths = {
+        kind: outdir / f"{product_name}_truth_{kind}.ecsv"
+        for kind in ("sources", "images", "cosmic_rays")
+    }
+    write_table(sources, paths["sources"])
+    write_table(images, paths["images"])
+    write_table(cosmic_rays, paths["cosmic_rays"])
+    return SimulationResult(
+        asn_path=asn_path,
+        product_name=product_name,
+        cal_paths=cal_paths,
+        truth_sources_path=paths["sources"],
+        truth_images_path=paths["images"],
+        truth_cosmic_rays_path=paths["cosmic_rays"],
+        sources=sources,
+        images=images,
+        cosmic_rays=cosmic_rays,
+    )

@@ -1,0 +1,221 @@
+"""The whole pipeline on simulated data: photometry, units, on_disk, the commands."""
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import roman_datamodels.datamodels as rdm
+
+from romosaic.pipeline import MosaicPipeline
+from romosaic.simulate import simulate_association
+
+REPO = Path(__file__).resolve().parents[1]
+STRUN = str(Path(sys.executable).parent / "strun")
+ARRAYS = ("data", "err", "weight", "context", "var_rnoise", "var_poisson")
+
+
+def _digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def clean_sim(tmp_path_factory):
+    """Noise-free exposures with one sky level: photometry is exact up to the algorithm."""
+    out = tmp_path_factory.mktemp("clean")
+    return simulate_association(out, n_exposures=3, n_detectors=1, size=384, seed=3,
+                                noise=False, cosmic_ray_rate=0.0, sky_levels=[0.8] * 3)
+
+
+@pytest.fixture(scope="module")
+def noisy_sim(tmp_path_factory):
+    """Default realism: noise, cosmic rays, hot pixels, different skies, two detectors."""
+    out = tmp_path_factory.mktemp("noisy")
+    return simulate_association(out, n_exposures=3, n_detectors=2, size=256, seed=5)
+
+
+def _run(asn_path, output_dir, **kwargs):
+    mosaic, catalog, segmentation = MosaicPipeline.call(
+        str(asn_path), save_results=True, output_dir=str(output_dir), **kwargs)
+    return mosaic, catalog, segmentation
+
+
+def _star_fluxes_njy(mosaic, sources, sky_mjysr, radius_arcsec=0.7):
+    """Aperture sums of isolated stars fully inside the mosaic, in nJy."""
+    scale_deg = mosaic.meta.wcsinfo.pixel_scale
+    pixel_sr = (math.radians(scale_deg)) ** 2
+    radius = radius_arcsec / (scale_deg * 3600)
+    ny, nx = mosaic.data.shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    measured, truth = [], []
+    stars = sources[(sources["kind"] == "star") & sources["isolated"]]
+    x, y = mosaic.meta.wcs.invert(np.asarray(stars["ra"]), np.asarray(stars["dec"]))
+    for star, xc, yc in zip(stars, x, y, strict=True):
+        if not (radius + 2 < xc < nx - radius - 3 and radius + 2 < yc < ny - radius - 3):
+            continue
+        box = (slice(int(yc - radius - 2), int(yc + radius + 3)),
+               slice(int(xc - radius - 2), int(xc + radius + 3)))
+        inside = (xx[box] - xc) ** 2 + (yy[box] - yc) ** 2 <= radius**2
+        # Drizzling pieces a star together from differently pixelated images;
+        # only where the same exposures cover all of it is its flux exact.
+        context = mosaic.context[0][box][inside]
+        if context[0] == 0 or np.any(context != context[0]):
+            continue
+        flux_mjy = np.sum(mosaic.data[box][inside] - sky_mjysr) * pixel_sr
+        measured.append(flux_mjy * 1e15)
+        truth.append(star["flux_njy"])
+    return np.array(measured), np.array(truth)
+
+
+def test_isolated_star_fluxes_match_truth(clean_sim, tmp_path):
+    mosaic, catalog, segmentation = _run(clean_sim.asn_path, tmp_path)
+    assert catalog is None and segmentation is None
+    sky = float(clean_sim.images["sky_mjysr"][0])
+    measured, truth = _star_fluxes_njy(mosaic, clean_sim.sources, sky)
+    assert len(measured) >= 10
+    ratio = measured / truth
+    # The aperture holds all but ~1e-4 of a 0.15" Gaussian: every star within 0.5%.
+    assert np.all(np.abs(ratio - 1) < 0.005), ratio
+
+
+def test_surface_brightness_is_preserved(clean_sim, tmp_path):
+    mosaic, _, _ = _run(clean_sim.asn_path, tmp_path)
+    sky = float(clean_sim.images["sky_mjysr"][0])
+    covered = mosaic.weight > 0
+    # Most pixels are empty sky, so the median is the sky level in MJy/sr.
+    assert np.median(mosaic.data[covered]) == pytest.approx(sky, rel=2e-4)
+    assert mosaic.meta.cal_step.flux == "COMPLETE"
+    assert mosaic.meta.cal_step.resample == "COMPLETE"
+
+
+@pytest.mark.parametrize(("pixfrac", "ratio"), [(1.0, 1.0), (0.7, 1.0), (1.0, 0.5), (0.7, 0.5)])
+def test_flux_conserved_for_pixfrac_and_scale(clean_sim, tmp_path, pixfrac, ratio):
+    mosaic, _, _ = _run(clean_sim.asn_path, tmp_path, steps={
+        "resample": {"pixfrac": pixfrac, "pixel_scale_ratio": ratio}})
+    assert mosaic.meta.resample.pixfrac == pixfrac
+    assert mosaic.meta.resample.pixel_scale_ratio == pytest.approx(ratio, rel=1e-6)
+    sky = float(clean_sim.images["sky_mjysr"][0])
+    measured, truth = _star_fluxes_njy(mosaic, clean_sim.sources, sky)
+    assert len(measured) >= 10
+    assert np.median(measured / truth) == pytest.approx(1.0, abs=0.003)
+    assert np.all(np.abs(measured / truth - 1) < 0.01)
+
+
+def test_product_validates_and_inputs_untouched(noisy_sim, tmp_path):
+    before = {p: _digest(p) for p in noisy_sim.cal_paths}
+    _run(noisy_sim.asn_path, tmp_path)
+    path = tmp_path / f"{noisy_sim.product_name}_coadd.asdf"
+    with rdm.open(path) as model:
+        assert isinstance(model, rdm.MosaicModel)
+        model.validate()
+        assert model.meta.filename == path.name
+        assert model.context.shape[0] == 1
+        assert model.meta.resample.pointings == 3
+        assert len(model.meta.resample.members) == 6
+        assert model.meta.coadd_info.exposure_time > 0
+        assert model.meta.instrument.optical_element == "F158"
+        assert model.data.dtype == np.float32 and model.err.dtype == np.float32
+    assert {p: _digest(p) for p in noisy_sim.cal_paths} == before
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_on_disk_gives_identical_arrays(noisy_sim, tmp_path):
+    in_memory, _, _ = _run(noisy_sim.asn_path, tmp_path / "memory")
+    on_disk, _, _ = _run(noisy_sim.asn_path, tmp_path / "disk", on_disk=True)
+    for name in ARRAYS:
+        np.testing.assert_array_equal(getattr(in_memory, name), getattr(on_disk, name),
+                                      err_msg=name)
+    # The temporary directory is gone.
+    assert not list((tmp_path / "disk").glob("romosaic-tmp-*"))
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+def _strun(args, cwd, env):
+    return subprocess.run([STRUN, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_strun_association_single_file_and_parameter_file(noisy_sim, tmp_path, clean_env):
+    run = _strun(["roman_mos", noisy_sim.asn_path, "--output_dir", tmp_path / "a"],
+                 tmp_path, clean_env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert isinstance(rdm.open(tmp_path / "a" / "sim_f158_coadd.asdf"), rdm.MosaicModel)
+
+    single = noisy_sim.cal_paths[0]
+    run = _strun(["roman_mos", single, "--output_dir", tmp_path / "b"], tmp_path, clean_env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    expected = tmp_path / "b" / (single.name.replace("_cal.asdf", "_coadd.asdf"))
+    assert isinstance(rdm.open(expected), rdm.MosaicModel)
+
+    run = _strun([REPO / "config" / "roman_mos.asdf", noisy_sim.asn_path, "--output_dir",
+                  tmp_path / "c", "--steps.resample.pixfrac=0.8"], tmp_path, clean_env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    with rdm.open(tmp_path / "c" / "sim_f158_coadd.asdf") as model:
+        assert model.meta.resample.pixfrac == 0.8
+
+
+def test_config_file_through_python(noisy_sim, tmp_path):
+    mosaic, _, _ = MosaicPipeline.call(str(noisy_sim.asn_path),
+                                       config_file=str(REPO / "config" / "roman_mos.asdf"))
+    assert isinstance(mosaic, rdm.MosaicModel)
+    assert not list(tmp_path.iterdir())  # save_results is off by default in Python
+
+
+def _bad_inputs(sim, directory):
+    """(name, input path, expected message) for each kind of bad input."""
+    first = sim.cal_paths[0]
+    member = f"../{sim.asn_path.parent.name}/{first.name}"
+    mosaic_path = directory / "wrong_cal.asdf"
+    rdm.MosaicModel.create_fake_data(shape=(8, 8)).save(mosaic_path)
+    def product(members, name="p"):
+        return json.dumps({"products": [{"name": name, "members": members}]})
+
+    cases = {
+        "not_json": ("{oops", "not valid JSON"),
+        "no_products": ('{"products": []}', "no products"),
+        "no_science": (product([{"expname": member, "exptype": "background"}]),
+                       "no science members"),
+        "missing_member": (product([{"expname": "gone_cal.asdf"}]),
+                           "member file not found: gone_cal.asdf"),
+        "duplicate": (product([{"expname": member}, {"expname": member}]),
+                      "listed more than once"),
+        "bad_name": (product([{"expname": member}], name="../p"), "not a plain file name"),
+    }
+    inputs = []
+    for name, (text, message) in cases.items():
+        path = directory / f"{name}_asn.json"
+        path.write_text(text)
+        inputs.append((name, path, message))
+    inputs.append(("wrong_type", mosaic_path, "MosaicModel"))
+    return inputs
+
+
+def test_bad_inputs_fail_cleanly_through_strun(noisy_sim, tmp_path, clean_env):
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    out_dir = tmp_path / "out"
+    for name, path, message in _bad_inputs(noisy_sim, bad_dir):
+        run = _strun(["roman_mos", path, "--output_dir", out_dir], tmp_path, clean_env)
+        output = run.stdout + run.stderr
+        assert run.returncode == 2, (name, output[-3000:])
+        errors = [line for line in run.stderr.splitlines() if " - ERROR - " in line]
+        assert len(errors) == 1, (name, errors)
+        assert message in errors[0] and path.name in errors[0], (name, errors)
+        assert "Traceback" not in output, (name, output[-3000:])
+        assert not list(out_dir.glob("*coadd*")), name
+        assert not list(out_dir.glob("romosaic-tmp-*")), name
+
+
+def test_bad_inputs_raise_specific_errors_in_python(noisy_sim, tmp_path):
+    from romosaic.errors import RomosaicInputError
+
+    for name, path, message in _bad_inputs(noisy_sim, tmp_path):
+        with pytest.raises(RomosaicInputError, match=message):
+            _run(path, tmp_path / "out")
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir()), name
