@@ -1,0 +1,129 @@
+"""The flux and resample steps as stpipe steps, and the parameter files."""
+
+import asdf
+import numpy as np
+import pytest
+import roman_datamodels.datamodels as rdm
+from stpipe.step import Step
+
+from romosaic.errors import RomosaicInputError
+from romosaic.library import ModelLibrary
+from romosaic.parameter_files import parameter_tree
+from romosaic.pipeline import MosaicPipeline
+from romosaic.resample import input_from_model
+from romosaic.steps import FluxStep, ResampleStep
+
+from .conftest import make_image_model
+from .test_pipeline import REPO
+
+
+def test_flux_step_scales_arrays_once():
+    model = make_image_model(shape=(8, 8), data=np.full((8, 8), 3.0), conversion=0.5,
+                             var_rnoise=0.04, var_poisson=0.08)
+    library = FluxStep.call([model])
+    with library:
+        out = library.borrow(0)
+        np.testing.assert_allclose(out.data, 1.5)
+        np.testing.assert_allclose(out.var_rnoise.astype(float), 0.01, rtol=1e-3)
+        np.testing.assert_allclose(out.var_poisson.astype(float), 0.02, rtol=1e-3)
+        np.testing.assert_allclose(out.err.astype(float), np.sqrt(0.03), rtol=2e-3)
+        assert out.err.dtype == np.float16 and out.data.dtype == np.float32
+        assert out.meta.cal_step.flux == "COMPLETE"
+        library.shelve(out, 0, modify=False)
+    # A second run leaves converted data alone.
+    again = FluxStep.call(library)
+    with again:
+        out = again.borrow(0)
+        np.testing.assert_allclose(out.data, 1.5)
+        again.shelve(out, 0, modify=False)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_flux_step_rejects_unusable_conversion(bad):
+    model = make_image_model(shape=(8, 8), conversion=1.0, filename="bad_cal.asdf")
+    model.meta.photometry.conversion_megajanskys = bad
+    with pytest.raises(RomosaicInputError, match="bad_cal.asdf: has an invalid photometric"):
+        FluxStep.call([model])
+
+
+def test_pending_sky_level_is_removed_on_the_fly():
+    model = make_image_model(shape=(8, 8), data=np.full((8, 8), 5.0))
+    model.meta["background"] = {"level": 2.0, "subtracted": False, "method": "match"}
+    assert float(input_from_model(model).data[0, 0]) == 3.0
+    model.meta["background"] = {"level": 2.0, "subtracted": True, "method": "match"}
+    assert float(input_from_model(model).data[0, 0]) == 5.0
+    assert float(model.data[0, 0]) == 5.0  # the model itself is untouched
+
+
+def test_zero_exposure_time_and_missing_wcs_are_named():
+    model = make_image_model(shape=(8, 8), exptime=0.0, filename="zero_cal.asdf")
+    with pytest.raises(RomosaicInputError, match="zero_cal.asdf: exposure time 0.0"):
+        input_from_model(model)
+
+
+def test_mixed_filters_are_refused():
+    models = [make_image_model(shape=(16, 16), filename="a_cal.asdf", flux_complete=True),
+              make_image_model(shape=(16, 16), filename="b_cal.asdf", filter_name="F062",
+                               observation_id="obs2", flux_complete=True)]
+    with pytest.raises(RomosaicInputError, match="different filters: F158 \\(a_cal.asdf\\), "
+                                                 "F062 \\(b_cal.asdf\\)"):
+        ResampleStep.call(ModelLibrary(models))
+
+
+def test_output_wcs_file_and_explicit_grid(tmp_path):
+    source = make_image_model(shape=(40, 40), flux_complete=True)
+    target = make_image_model(shape=(30, 50), orientation=45.0, scale_arcsec=0.05,
+                              crval=(80.0001, -30.0001))
+    wcs_path = tmp_path / "grid.asdf"
+    asdf.AsdfFile({"wcs": target.meta.wcs}).write_to(wcs_path)
+    mosaic = ResampleStep.call(ModelLibrary([source]), output_wcs=str(wcs_path))
+    assert mosaic.data.shape == (30, 50)
+    assert mosaic.meta.wcsinfo.image_shape == [50, 30]
+    assert mosaic.meta.wcsinfo.pixel_scale * 3600 == pytest.approx(0.05, rel=1e-6)
+    assert mosaic.meta.wcsinfo.orientation == pytest.approx(45.0, abs=1e-6)
+
+    mosaic = ResampleStep.call(ModelLibrary([source]), output_shape=[21, 11], crpix=[10, 5],
+                               crval=[80.0, -30.0], pixel_scale=0.2, rotation=0.0)
+    assert mosaic.data.shape == (11, 21)
+    ra, dec = mosaic.meta.wcs(10, 5)
+    assert (float(ra), float(dec)) == pytest.approx((80.0, -30.0), abs=1e-9)
+
+    with pytest.raises(RomosaicInputError, match="output_wcs file not found"):
+        ResampleStep.call(ModelLibrary([source]), output_wcs=str(tmp_path / "none.asdf"))
+
+
+def test_parameter_file_in_step_with_specs():
+    with asdf.open(REPO / "config" / "roman_mos.asdf") as af:
+        on_disk = {"class": af["class"], "name": af["name"],
+                   "parameters": dict(af["parameters"]),
+                   "steps": [{"class": s["class"], "name": s["name"],
+                              "parameters": dict(s["parameters"])} for s in af["steps"]]}
+    expected = parameter_tree()
+    assert on_disk == expected, "regenerate with: python -m romosaic.parameter_files config"
+    assert [s["name"] for s in expected["steps"]] == list(MosaicPipeline.step_defs)
+
+
+def test_save_parameters_round_trip(tmp_path):
+    pipeline = MosaicPipeline(steps={"resample": {"pixfrac": 0.6, "kernel": "point"}},
+                              on_disk=True)
+    path = tmp_path / "pars.asdf"
+    pipeline.export_config(path)
+    loaded = Step.from_config_file(str(path))
+    assert isinstance(loaded, MosaicPipeline)
+    assert loaded.on_disk is True
+    assert loaded.resample.pixfrac == 0.6
+    assert loaded.resample.kernel == "point"
+
+
+def test_resample_step_standalone_on_an_association(tmp_path):
+    paths = []
+    for index in range(2):
+        model = make_image_model(shape=(32, 32), observation_id=f"o{index}",
+                                 filename=f"i{index}_cal.asdf", crval=(80 + index * 1e-4, -30),
+                                 flux_complete=True)
+        model.save(tmp_path / model.meta.filename)
+        paths.append(tmp_path / model.meta.filename)
+    mosaic = ResampleStep.call([str(p) for p in paths])
+    assert isinstance(mosaic, rdm.MosaicModel)
+    assert mosaic.meta.resample.members == ["i0_cal.asdf", "i1_cal.asdf"]
+    assert mosaic.meta.cal_step.flux == "COMPLETE"
