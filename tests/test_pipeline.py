@@ -12,7 +12,9 @@ import pytest
 import roman_datamodels.datamodels as rdm
 
 from romosaic.pipeline import MosaicPipeline
-from romosaic.simulate import simulate_association
+from romosaic.simulate import make_image_models, simulate_association
+
+from .conftest import make_image_model
 
 REPO = Path(__file__).resolve().parents[1]
 STRUN = str(Path(sys.executable).parent / "strun")
@@ -219,3 +221,39 @@ def test_bad_inputs_raise_specific_errors_in_python(noisy_sim, tmp_path):
         with pytest.raises(RomosaicInputError, match=message):
             _run(path, tmp_path / "out")
         assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir()), name
+
+
+def test_context_of_a_33_image_association(tmp_path):
+    models, _, _, _ = make_image_models(n_exposures=33, size=64, seed=11, cosmic_ray_rate=0.0)
+    images = [(m.meta.wcs, m.dq.copy()) for m in models]
+    mosaic, _, _ = MosaicPipeline.call(models)
+    assert mosaic.context.shape[0] == 2
+    ny, nx = mosaic.data.shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    ra, dec = mosaic.meta.wcs(xx, yy)
+    for index, (wcs, dq) in enumerate(images):
+        bit = (mosaic.context[index // 32] >> (index % 32)) & 1
+        x, y = wcs.invert(ra, dec, with_bounding_box=False)
+        good = (dq & 1) == 0
+        well_inside = (x > 1) & (x < 62) & (y > 1) & (y < 62)
+        ix = np.clip(np.rint(x), 0, 63).astype(int)
+        iy = np.clip(np.rint(y), 0, 63).astype(int)
+        # Every output pixel well inside a good part of input i carries bit i;
+        # none clearly outside input i does.
+        assert np.all(bit[well_inside & good[iy, ix]] == 1), index
+        outside = (x < -1.5) | (x > 64.5) | (y < -1.5) | (y > 64.5)
+        assert np.all(bit[outside] == 0), index
+        assert well_inside.sum() > 2000
+
+
+def test_on_disk_temporary_directory_removed_after_an_error(noisy_sim, tmp_path):
+    other = make_image_model(shape=(32, 32), filename="other_cal.asdf", filter_name="F062",
+                             observation_id="elsewhere")
+    other_path = noisy_sim.asn_path.parent / "other_cal.asdf"
+    other.save(other_path)
+    files = [str(noisy_sim.cal_paths[0]), str(other_path)]
+    with pytest.raises(Exception, match="different filters"):
+        MosaicPipeline.call(files, on_disk=True, save_results=True, output_dir=str(tmp_path))
+    assert not list(tmp_path.glob("romosaic-tmp-*"))
+    assert not list(tmp_path.glob("*coadd*"))
+    other_path.unlink()

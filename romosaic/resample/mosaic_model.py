@@ -300,10 +300,19 @@ def _flatten(mapping, prefix=""):
         if isinstance(value, Mapping):
             flat.update(_flatten(value, prefix=f"{name}_"))
         elif isinstance(value, list | tuple | np.ndarray):
-            flat[name] = str(list(np.asarray(value).tolist()))
+            flat[name] = str(_builtin(value))
         else:
             flat[name] = value
     return flat
+
+
+def _builtin(value):
+    """Nested lists of Python scalars, for readable text in a table cell."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list | tuple):
+        return [_builtin(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _plain(node):
