@@ -65,6 +65,10 @@ class ResampleStep(RomosaicStep):
     def _resample(self, library):
         self._check_parameters()
         geometry, summaries = _survey_inputs(library)
+        skycell = _named_skycell(library)
+        if skycell and self.resample_on_skycell and not self.output_wcs:
+            log.info("association target %r may name a skycell; skycell grids are not "
+                     "implemented yet, so the mosaic uses a free grid", skycell)
         grid = self._output_grid(geometry)
         log.info("output grid: %d x %d pixels of %.4f arcsec", grid.shape[1], grid.shape[0],
                  grid.pixel_scale)
@@ -128,6 +132,17 @@ class ResampleStep(RomosaicStep):
             crval=self.crval,
             output_shape=self.output_shape,
         )
+
+
+def _named_skycell(library):
+    """The skycell an association names (``skycell_wcs_info.name`` or ``target``), or None."""
+    info = library.skycell_wcs_info
+    if info and info.get("name"):
+        return str(info["name"])
+    target = library.target
+    if isinstance(target, str) and target.strip() and target.strip().lower() != "none":
+        return target.strip()
+    return None
 
 
 def _survey_inputs(library):
