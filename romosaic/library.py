@@ -261,8 +261,7 @@ def _file_list_association(paths, product_name):
     for path in paths:
         if not path.is_file():
             raise AssociationError(f"{path}: file not found")
-    asn = make_association(
-        [p.resolve() for p in paths], product_name=product_name, relative_to=Path.cwd()
-    )
+    # Absolute member paths: messages then name files the way users know them.
+    asn = make_association([p.resolve() for p in paths], product_name=product_name)
     validate_association(asn, base_dir=Path.cwd(), source=str(paths[0]))
     return asn
