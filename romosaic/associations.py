@@ -280,6 +280,7 @@ def write_association(path, asn):
     from ._atomic import atomic_write_text
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(asn, indent=2) + "\n")
     return path
 

@@ -47,6 +47,8 @@ class MosaicPipeline(RomosaicPipelineBase):
     }
 
     def process(self, input_data):
+        for name in self.step_defs:
+            getattr(self, name).check_parameters()
         library = self.open_library(input_data)
         owns_library = library is not input_data
         self._written = {}

@@ -189,8 +189,9 @@ def _common_observation(summaries):
         values = {s.observation.get(name) for s in summaries}
         value = values.pop() if len(values) == 1 else None
         observation[name] = int(value) if isinstance(value, (int, np.integer)) else None
-    groupings = {str(s.observation.get("exposure_grouping", "")) for s in summaries}
-    observation["exposure_grouping"] = groupings.pop() if len(groupings) == 1 else None
+    groupings = {s.observation.get("exposure_grouping") or None for s in summaries}
+    grouping = groupings.pop() if len(groupings) == 1 else None
+    observation["exposure_grouping"] = str(grouping) if grouping else None
     return observation
 
 

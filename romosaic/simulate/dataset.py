@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table, vstack
 
+from .._atomic import atomic_save_model
 from ..errors import RomosaicInputError
 from . import render
 from .instrument import (
@@ -356,8 +357,7 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
     sources, images = next(stream)
     cal_paths, cosmic_rays = [], []
     for model, hits in stream:
-        path = outdir / model.meta.filename
-        model.save(path)
+        path = atomic_save_model(model, outdir / model.meta.filename)
         cal_paths.append(path)
         cosmic_rays.append(hits)
         del model

@@ -1,12 +1,14 @@
 """Assembling Level-2 `ImageModel`s and writing the association and truth tables."""
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 from astropy.time import Time, TimeDelta
 from roman_datamodels import datamodels
 
+from .._atomic import atomic_output
+from ..associations import make_association
+from ..associations import write_association as save_association
 from .instrument import PIXEL_AREA
 
 __all__ = [
@@ -238,25 +240,12 @@ def write_association(path, product_name, members, *, program=PROGRAM):
     program : int
         Program number.
     """
-    association = {
-        "asn_type": "image",
-        "asn_rule": "DMS_ELPP_Base",
-        "program": f"{program:05d}",
-        "data_release_id": "p",
-        "target": "None",
-        "asn_id": "a3001",
-        "asn_pool": "none",
-        "skycell_wcs_info": "none",
-        "products": [
-            {
-                "name": product_name,
-                "members": [{"expname": name, "exptype": "science"} for name in members],
-            }
-        ],
-    }
-    path.write_text(json.dumps(association, indent=4) + "\n")
+    association = make_association(members, product_name=product_name,
+                                   program=f"{program:05d}")
+    save_association(path, association)
 
 
 def write_table(table, path):
-    """Write a truth table as ECSV, replacing an older file."""
-    table.write(path, format="ascii.ecsv", overwrite=True)
+    """Write a truth table as ECSV, replacing an older file atomically."""
+    with atomic_output(path) as temp_path:
+        table.write(temp_path, format="ascii.ecsv")

@@ -20,8 +20,10 @@ import asdf.schema
 import roman_datamodels.datamodels as rdm
 from roman_datamodels._stnode import L2CalStep, L3CalStep
 from stpipe import Pipeline, Step
+from stpipe.datamodel import AbstractDataModel
 from stpipe.library import AbstractModelLibrary
 
+from .._atomic import atomic_save_model
 from ..errors import RomosaicInputError
 from ..library import ModelLibrary
 from ..models import open_image_model
@@ -99,6 +101,34 @@ class _OfflineMixin:
             if name.endswith("_" + suffix):
                 return name[: -len(suffix) - 1], "_"
         return name, "_"
+
+    def default_suffix(self):
+        return self.class_alias or self.name.lower()
+
+    def check_parameters(self):
+        """Raise `RomosaicInputError` for parameter values the step cannot use.
+
+        Pipelines call this for every step before running any, so a bad
+        value is reported before work (and output) is done.
+        """
+
+    def save_model(self, model, suffix=None, idx=None, output_file=None, force=False,
+                   **components):
+        if isinstance(model, AbstractModelLibrary) or not isinstance(model, AbstractDataModel):
+            # stpipe iterates libraries and calls back here for each model.
+            return super().save_model(model, suffix=suffix, idx=idx, output_file=output_file,
+                                      force=force, **components)
+        if not output_file:
+            output_file = self.output_file
+        if not force and not self.save_results and not output_file:
+            return None
+        if self.output_use_model or (output_file is None and not self.search_output_file):
+            output_file = model.meta.filename
+            idx = None
+        path = self.make_output_path(basepath=output_file, suffix=suffix, idx=idx, **components)
+        atomic_save_model(model, path)
+        log.info("Saved model in %s", path)
+        return str(path)
 
     def run(self, *args):
         try:

@@ -6,7 +6,9 @@ Level-3 ``MosaicModel``. The algorithm lives in `romosaic.resample`.
 """
 
 import logging
+from pathlib import Path
 
+from ..dq import bad_flags_mask
 from ..errors import RomosaicInputError
 from ..resample import (
     KERNELS,
@@ -63,7 +65,7 @@ class ResampleStep(RomosaicStep):
                 library.close()
 
     def _resample(self, library):
-        self._check_parameters()
+        self.check_parameters()
         geometry, summaries = _survey_inputs(library)
         skycell = _named_skycell(library)
         if skycell and self.resample_on_skycell and not self.output_wcs:
@@ -111,14 +113,23 @@ class ResampleStep(RomosaicStep):
         mosaic.meta.filename = f"{library.product_name}_coadd.asdf"
         return mosaic
 
-    def _check_parameters(self):
-        if not self.pixfrac > 0:
+    def check_parameters(self):
+        if not 0 < self.pixfrac <= 1:
             raise RomosaicInputError(f"pixfrac must be in (0, 1], got {self.pixfrac}")
-        try:
-            float(self.fillval) if self.fillval.upper() != "INDEF" else None
-        except ValueError:
-            raise RomosaicInputError(f"fillval must be a number or NaN, got {self.fillval!r}") \
-                from None
+        if self.fillval.strip().upper() != "INDEF":
+            try:
+                float(self.fillval)
+            except ValueError:
+                raise RomosaicInputError(
+                    f"fillval must be a number, NaN or INDEF, got {self.fillval!r}") from None
+        bad_flags_mask(self.good_bits)
+        if self.pixel_scale is not None and not self.pixel_scale > 0:
+            raise RomosaicInputError(f"pixel_scale must be > 0 arcsec, got {self.pixel_scale}")
+        if not self.pixel_scale_ratio > 0:
+            raise RomosaicInputError(
+                f"pixel_scale_ratio must be > 0, got {self.pixel_scale_ratio}")
+        if self.output_wcs and not Path(self.output_wcs).is_file():
+            raise RomosaicInputError(f"{self.output_wcs}: output_wcs file not found")
 
     def _output_grid(self, geometry):
         if self.output_wcs:
@@ -163,6 +174,11 @@ def _survey_inputs(library):
             raise RomosaicInputError(f"{name}: data is not a 2-D image (shape {shape})")
         geometry.append((model.meta.wcs, shape))
         summaries.append(summarize_input(model, group_id=group_ids[index]))
+    not_converted = [s.filename for s in summaries if s.cal_step.get("flux") != "COMPLETE"]
+    if not_converted:
+        log.warning("%s: not converted to MJy/sr (run the flux step first); the mosaic will "
+                    "be in the inputs' units", ", ".join(not_converted[:3]) +
+                    (" ..." if len(not_converted) > 3 else ""))
     filters = {}
     for summary in summaries:
         filters.setdefault(summary.filter_name, summary.filename)
