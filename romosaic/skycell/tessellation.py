@@ -322,13 +322,17 @@ class Tessellation:
         return {region.name_prefix: region for region in self.regions}
 
     @cached_property
-    def _ring_starts(self):
-        """Index of the first region of each ring, and the ring sizes."""
-        starts, sizes = {}, {}
+    def _rings(self):
+        """Regions by ring, and by position in their ring: ``{ring: {i: region}}``.
+
+        A dictionary rather than arithmetic on indices, so that a partial
+        table (such as a test excerpt) still answers for what it holds.
+        """
+        rings = {}
         for region in self.regions:
-            starts.setdefault(region.ring, region.index)
-            sizes[region.ring] = region.ring_size
-        return starts, sizes
+            i = round(region.ra_tangent / (360.0 / region.ring_size)) % region.ring_size
+            rings.setdefault(region.ring, {})[i] = region
+        return rings
 
     def region(self, index):
         """The projection region with this index."""
@@ -338,29 +342,21 @@ class Tessellation:
         """The projection region whose RA/Dec bounds contain a sky position."""
         ra = float(ra) % 360.0
         dec = float(dec)
-        starts, sizes = self._ring_starts
         for ring in self._rings_for_dec(dec, dec):
-            n = sizes[ring]
-            if n == 1:
-                region = self.regions[starts[ring]]
-            else:
-                width = 360.0 / n
-                region = self.regions[starts[ring] + int(math.floor(ra / width + 0.5)) % n]
-            if region.contains(ra, dec):
+            members = self._rings[ring]
+            n = next(iter(members.values())).ring_size
+            region = members.get(int(math.floor(ra / (360.0 / n) + 0.5)) % n)
+            if region is not None and region.contains(ra, dec):
                 return region
         raise ValueError(f"no projection region contains ({ra}, {dec})")
 
     def _rings_for_dec(self, dec_low, dec_high):
         """Rings whose declination span overlaps [dec_low, dec_high]."""
-        rings = []
-        seen = set()
-        for region in self.regions:
-            if region.ring in seen:
-                continue
-            seen.add(region.ring)
-            if region.dec_max >= dec_low and region.dec_min <= dec_high:
-                rings.append(region.ring)
-        return rings
+        return [
+            ring for ring, members in self._rings.items()
+            if (first := next(iter(members.values()))).dec_max >= dec_low
+            and first.dec_min <= dec_high
+        ]
 
     # -- skycells -----------------------------------------------------------
 
@@ -424,13 +420,13 @@ class Tessellation:
         # Unwrap RA around the first vertex so a footprint across 0° is one interval.
         offsets = (ra - ra[0] + 180.0) % 360.0 - 180.0
         ra_low, ra_high = ra[0] + offsets.min(), ra[0] + offsets.max()
-        starts, sizes = self._ring_starts
         for ring in self._rings_for_dec(dec_low, dec_high):
-            n = sizes[ring]
+            members = self._rings[ring]
+            ring_region = next(iter(members.values()))
+            n = ring_region.ring_size
             if n == 1:
-                yield self.regions[starts[ring]]
+                yield ring_region
                 continue
-            ring_region = self.regions[starts[ring]]
             widest = max(abs(ring_region.dec_min), abs(ring_region.dec_max), abs(dec_low),
                          abs(dec_high))
             cos_dec = math.cos(math.radians(min(widest, 89.9)))
@@ -443,7 +439,8 @@ class Tessellation:
                 last = math.floor((ra_high + ra_margin) / width + 0.5)
                 indices = sorted({i % n for i in range(first, last + 1)})
             for i in indices:
-                yield self.regions[starts[ring] + i]
+                if i in members:
+                    yield members[i]
 
     def _cells_touching_in_region(self, region, ra, dec):
         x, y = region.sky_to_pixel(ra, dec)
