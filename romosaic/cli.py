@@ -20,6 +20,7 @@ _SUBCOMMAND_MODULES = (
     "romosaic.simulate.cli",
     "romosaic.associations",
     "romosaic.preview",
+    "romosaic.skycell.cli",
 )
 
 

@@ -49,7 +49,7 @@ def open_image_model(path, **open_kwargs):
         model = rdm.open(path, **open_kwargs)
     except Exception as error:  # asdf, yaml, validation and decompression errors alike
         raise RomosaicInputError(
-            f"{path}: not a readable Roman data file ({_one_line(error)})"
+            f"{path}: not a readable Roman data file ({one_line_message(error)})"
         ) from None
     try:
         require_image_model(model, source=path)
@@ -102,7 +102,7 @@ def read_exposure_group_id(path):
         raise RomosaicInputError(f"{path}: file not found") from None
     except Exception as error:
         raise RomosaicInputError(
-            f"{path}: not a readable Roman data file ({_one_line(error)})"
+            f"{path}: not a readable Roman data file ({one_line_message(error)})"
         ) from None
 
 
@@ -137,7 +137,7 @@ def _model_filename(model):
         return repr(model)
 
 
-def _one_line(error):
+def one_line_message(error):
     text = str(error).strip().splitlines()
     message = text[0] if text else type(error).__name__
     return message if len(message) < 200 else message[:197] + "..."

@@ -13,7 +13,13 @@ Modules, in the order data flows through them:
 
 from .coadd import CoaddResult, DrizzleCoadd, context_planes, exposure_time_map
 from .drizzle_images import KERNELS, drizzle_images
-from .grid import OutputGrid, free_grid, grid_from_wcs_file
+from .grid import (
+    OutputGrid,
+    free_grid,
+    grid_from_wcs_file,
+    skycell_grid,
+    skycell_grid_for_association,
+)
 from .inputs import ResampleInput, input_from_model
 from .mosaic_model import build_mosaic_model, summarize_input
 from .pixmap import compute_pixmap
@@ -35,5 +41,7 @@ __all__ = [
     "grid_from_wcs_file",
     "input_from_model",
     "pixel_weights",
+    "skycell_grid",
+    "skycell_grid_for_association",
     "summarize_input",
 ]

@@ -5,10 +5,13 @@ reference pipeline: a TAN projection centred on the inputs' combined
 footprint, at the inputs' pixel scale times ``pixel_scale_ratio`` (or an
 absolute ``pixel_scale``), oriented like the first input unless a
 ``rotation`` is given, and just large enough to hold every input.
-`grid_from_wcs_file` reads a user-supplied grid. Skycell grids come from
-`romosaic.skycell` when that exists.
+`grid_from_wcs_file` reads a user-supplied grid. `skycell_grid` is a
+skycell's full 5000 × 5000 grid of the Roman sky tessellation, and
+`skycell_grid_for_association` applies the reference pipeline's rule for
+when an association asks for one.
 """
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -27,7 +30,17 @@ from ..wcs_utils import (
     unit_vectors_to_sky,
 )
 
-__all__ = ["OutputGrid", "free_grid", "grid_from_wcs_file", "native_pixel_scale"]
+__all__ = [
+    "OutputGrid",
+    "free_grid",
+    "grid_from_wcs_file",
+    "native_pixel_scale",
+    "skycell_grid",
+    "skycell_grid_for_association",
+    "skycell_name_from_association",
+]
+
+log = logging.getLogger(__name__)
 
 # Refuse grids beyond this many pixels: a typo in pixel_scale or an input far
 # away on the sky would otherwise try to allocate terabytes.
@@ -235,3 +248,64 @@ def grid_from_wcs_file(path, *, output_shape=None):
     scale = pixel_scale_arcsec(local_cd_matrix(wcs, cx, cy))
     return OutputGrid(wcs=wcs, shape=(ny, nx), crval=(float(ra), float(dec)), crpix=(cx, cy),
                       pixel_scale=scale)
+
+
+def skycell_grid(name):
+    """The full 5000 × 5000, 0.055″ grid of a skycell.
+
+    Raises
+    ------
+    romosaic.skycell.SkycellNotFoundError
+        If no skycell has that name.
+    """
+    from ..skycell import get_tessellation
+
+    cell = get_tessellation().skycell(name)
+    return OutputGrid(
+        wcs=cell.wcs,
+        shape=cell.shape,
+        crval=(cell.region.ra_tangent, cell.region.dec_tangent),
+        crpix=(cell.x_tangent, cell.y_tangent),
+        pixel_scale=cell.pixel_scale,
+        skycell_name=cell.name,
+        pixel_scale_ref=cell.pixel_scale,
+    )
+
+
+def skycell_name_from_association(*, skycell_wcs_info=None, target=None):
+    """The skycell an association asks for, by the reference pipeline's rule.
+
+    ``skycell_wcs_info["name"]`` if present, else ``target``; a missing target
+    and the strings "none"/"None" name nothing.
+
+    Returns
+    -------
+    str or None
+    """
+    if isinstance(skycell_wcs_info, dict) or hasattr(skycell_wcs_info, "get"):
+        name = skycell_wcs_info.get("name") if skycell_wcs_info else None
+        if name:
+            return str(name).strip()
+    if isinstance(target, str) and target.strip() and target.strip().lower() != "none":
+        return target.strip()
+    return None
+
+
+def skycell_grid_for_association(*, skycell_wcs_info=None, target=None):
+    """The skycell grid an association names, or None for a free grid.
+
+    A name with the form of a skycell name must exist (else
+    `~romosaic.skycell.SkycellNotFoundError`); any other target, such as an
+    object name, means a free grid, and an INFO line says so.
+    """
+    from ..skycell import looks_like_skycell_name
+
+    name = skycell_name_from_association(skycell_wcs_info=skycell_wcs_info, target=target)
+    if name is None:
+        return None
+    if not looks_like_skycell_name(name):
+        log.info("association target %r is not a skycell name; using a free grid", name)
+        return None
+    grid = skycell_grid(name)
+    log.info("resampling onto skycell %s", name)
+    return grid

@@ -8,6 +8,8 @@ Level-3 ``MosaicModel``. The algorithm lives in `romosaic.resample`.
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from ..dq import bad_flags_mask
 from ..errors import RomosaicInputError
 from ..resample import (
@@ -17,8 +19,10 @@ from ..resample import (
     free_grid,
     grid_from_wcs_file,
     input_from_model,
+    skycell_grid_for_association,
     summarize_input,
 )
+from ..wcs_utils import footprint
 from .base import STEP_COMPLETE, RomosaicStep
 
 __all__ = ["ResampleStep"]
@@ -67,11 +71,7 @@ class ResampleStep(RomosaicStep):
     def _resample(self, library):
         self.check_parameters()
         geometry, summaries = _survey_inputs(library)
-        skycell = _named_skycell(library)
-        if skycell and self.resample_on_skycell and not self.output_wcs:
-            log.info("association target %r may name a skycell; skycell grids are not "
-                     "implemented yet, so the mosaic uses a free grid", skycell)
-        grid = self._output_grid(geometry)
+        grid = self._output_grid(geometry, library)
         log.info("output grid: %d x %d pixels of %.4f arcsec", grid.shape[1], grid.shape[0],
                  grid.pixel_scale)
 
@@ -131,9 +131,15 @@ class ResampleStep(RomosaicStep):
         if self.output_wcs and not Path(self.output_wcs).is_file():
             raise RomosaicInputError(f"{self.output_wcs}: output_wcs file not found")
 
-    def _output_grid(self, geometry):
+    def _output_grid(self, geometry, library):
         if self.output_wcs:
             return grid_from_wcs_file(self.output_wcs, output_shape=self.output_shape)
+        if self.resample_on_skycell:
+            grid = skycell_grid_for_association(
+                skycell_wcs_info=library.skycell_wcs_info, target=library.target)
+            if grid is not None:
+                _require_overlap(grid, geometry)
+                return grid
         return free_grid(
             geometry,
             pixel_scale_ratio=self.pixel_scale_ratio,
@@ -145,15 +151,18 @@ class ResampleStep(RomosaicStep):
         )
 
 
-def _named_skycell(library):
-    """The skycell an association names (``skycell_wcs_info.name`` or ``target``), or None."""
-    info = library.skycell_wcs_info
-    if info and info.get("name"):
-        return str(info["name"])
-    target = library.target
-    if isinstance(target, str) and target.strip() and target.strip().lower() != "none":
-        return target.strip()
-    return None
+def _require_overlap(grid, geometry):
+    """Refuse a grid that none of the inputs overlaps."""
+    ny, nx = grid.shape
+    for wcs, shape in geometry:
+        ra, dec = footprint(wcs, shape)
+        x, y = grid.wcs.invert(ra, dec, with_bounding_box=False)
+        if (np.nanmax(x) >= -0.5 and np.nanmin(x) <= nx - 0.5
+                and np.nanmax(y) >= -0.5 and np.nanmin(y) <= ny - 0.5):
+            return
+    raise RomosaicInputError(
+        f"none of the inputs overlaps skycell {grid.skycell_name}; check the association's "
+        "target, or set resample_on_skycell=false for a free grid")
 
 
 def _survey_inputs(library):
