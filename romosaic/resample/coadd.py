@@ -49,6 +49,23 @@ class CoaddResult:
     variances: dict
     exptimes: list
 
+    def crop(self, margin):
+        """Remove ``margin`` pixels from each side, in place; returns self.
+
+        Each array is replaced by a contiguous copy of its interior one after
+        the other, so that (once nothing else holds them) the padded arrays
+        are freed one at a time rather than all at the end.
+        """
+        if margin <= 0:
+            return self
+        inner = (slice(margin, -margin), slice(margin, -margin))
+        self.data = np.ascontiguousarray(self.data[inner])
+        self.weight = np.ascontiguousarray(self.weight[inner])
+        self.context = np.ascontiguousarray(self.context[(slice(None), *inner)])
+        for name in list(self.variances):
+            self.variances[name] = np.ascontiguousarray(self.variances[name][inner])
+        return self
+
 
 class DrizzleCoadd:
     """Accumulate input images onto one output grid with drizzle.

@@ -8,6 +8,7 @@ adds it to a `DrizzleCoadd`.
 """
 
 import logging
+import math
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from .grid import native_pixel_scale
 from .pixmap import compute_pixmap
 from .weights import pixel_weights
 
-__all__ = ["KERNELS", "drizzle_images"]
+__all__ = ["KERNELS", "drizzle_images", "edge_margin"]
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +66,21 @@ def drizzle_images(
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     variance_names = ["var_rnoise", "var_poisson"] + (["var_flat"] if include_var_flat else [])
-    coadd = DrizzleCoadd(
-        grid.shape,
-        n_inputs,
-        variance_names=variance_names,
-        kernel=kernel,
-        pixfrac=pixfrac,
-        fillval=fillval,
-    )
+    coadd = None
     input_pixel_scale = None
     for image in inputs:
         scale = native_pixel_scale(image.wcs, image.shape)
-        if input_pixel_scale is None:
+        if coadd is None:
             input_pixel_scale = scale
+            margin = edge_margin(scale / grid.pixel_scale)
+            coadd = DrizzleCoadd(
+                (grid.shape[0] + 2 * margin, grid.shape[1] + 2 * margin),
+                n_inputs,
+                variance_names=variance_names,
+                kernel=kernel,
+                pixfrac=pixfrac,
+                fillval=fillval,
+            )
         good = good_pixel_mask(image.dq, good_bits)
         weight = pixel_weights(
             weight_type,
@@ -91,6 +94,7 @@ def drizzle_images(
         if n_used == 0:
             log.warning("%s: no usable pixels (all flagged, NaN or zero weight)", image.name)
         pixmap = compute_pixmap(image.wcs, grid.wcs, image.shape, stepsize=pixmap_stepsize)
+        pixmap += margin
         coadd.add(
             image.data,
             pixmap,
@@ -100,4 +104,20 @@ def drizzle_images(
             pixel_scale_ratio=grid.pixel_scale / scale,
         )
         log.info("%s: drizzled %d usable pixels", image.name, n_used)
-    return coadd.finish(), input_pixel_scale
+    if coadd is None:
+        raise ValueError("no input images to drizzle")
+    result = coadd.finish()
+    del coadd  # let the padded arrays go as crop() replaces them
+    return result.crop(margin), input_pixel_scale
+
+
+def edge_margin(input_to_output_scale):
+    """Output pixels added round the grid while drizzling, then cropped.
+
+    drizzle drops an input pixel whose centre falls outside the output
+    image, so the outermost output pixels would otherwise receive only part
+    of their contributions (their values then differ from a neighbouring
+    skycell's in the shared border). The margin holds the widest kernel
+    (lanczos3: three input pixels) at the input-to-output pixel-size ratio.
+    """
+    return int(math.ceil(3.0 * input_to_output_scale)) + 1

@@ -1,0 +1,172 @@
+"""Mosaics on skycell grids, and skycell associations, on simulated data."""
+
+import json
+import logging
+import math
+import subprocess
+
+import numpy as np
+import pytest
+import roman_datamodels.datamodels as rdm
+
+from romosaic.associations import make_association, write_association
+from romosaic.cli import main as romosaic_main
+from romosaic.errors import RomosaicInputError
+from romosaic.pipeline import MosaicPipeline
+from romosaic.simulate import simulate_association
+from romosaic.skycell import ComputedTessellation, get_tessellation
+
+from .test_pipeline import STRUN
+
+
+def _cell_near(ra, dec):
+    tessellation = get_tessellation()
+    cells = tessellation.skycells_touching([ra], [dec])
+    return min(cells, key=lambda c: (c.ra_center - ra) ** 2 + (c.dec_center - dec) ** 2)
+
+
+def _asn_with_target(sim, target, name="target"):
+    asn = json.loads(sim.asn_path.read_text())
+    asn["target"] = target
+    path = sim.asn_path.parent / f"{name}_asn.json"
+    write_association(path, asn)
+    return path
+
+
+@pytest.fixture(scope="module")
+def skycell_sim(tmp_path_factory):
+    cell = _cell_near(80.0, -30.0)
+    sim = simulate_association(tmp_path_factory.mktemp("skycell"), n_exposures=2, size=384,
+                               seed=21, ra=cell.ra_center, dec=cell.dec_center, noise=False,
+                               cosmic_ray_rate=0.0, sky_levels=[0.8, 0.8])
+    return cell, sim
+
+
+def test_strun_onto_a_mid_declination_skycell(skycell_sim, tmp_path, clean_env):
+    cell, sim = skycell_sim
+    asn_path = _asn_with_target(sim, cell.name)
+    run = subprocess.run([STRUN, "roman_mos", str(asn_path), "--output_dir", str(tmp_path)],
+                         env=clean_env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with rdm.open(tmp_path / "sim_f158_coadd.asdf") as mosaic:
+        assert mosaic.data.shape == (5000, 5000)
+        assert mosaic.meta.wcsinfo.skycell_name == cell.name
+        assert mosaic.meta.wcsinfo.pixel_scale_ref * 3600 == pytest.approx(0.055, rel=1e-12)
+        # The mosaic's WCS is the skycell's, pixel for pixel.
+        for x, y in [(0, 0), (4999, 0), (2500.5, 1234.25), (4999, 4999)]:
+            assert mosaic.meta.wcs(x, y) == pytest.approx(cell.wcs(x, y), abs=1e-11)
+        offsets = _star_offsets_arcsec(mosaic, sim)
+    assert len(offsets) >= 5
+    assert np.max(offsets) < 0.01, offsets
+
+
+def _star_offsets_arcsec(mosaic, sim):
+    """Distance between measured and true positions of bright isolated stars."""
+    sky = float(sim.images["sky_mjysr"][0])
+    stars = sim.sources[(sim.sources["kind"] == "star") & sim.sources["isolated"]
+                        & (sim.sources["mag_ab"] < 23.0)]
+    x, y = mosaic.meta.wcs.invert(np.asarray(stars["ra"]), np.asarray(stars["dec"]))
+    offsets = []
+    radius = 9  # 0.5" at 0.055"/pixel
+    for star, xc, yc in zip(stars, x, y, strict=True):
+        i, j = int(round(xc)), int(round(yc))
+        box = (slice(j - radius, j + radius + 1), slice(i - radius, i + radius + 1))
+        cut = mosaic.data[box] - sky
+        context = mosaic.context[0][box]
+        if cut.shape != (2 * radius + 1,) * 2 or np.any(context != context[radius, radius]) \
+                or context[radius, radius] == 0:
+            continue
+        yy, xx = np.mgrid[box]
+        total = cut.sum()
+        mx, my = (cut * xx).sum() / total, (cut * yy).sum() / total
+        ra, dec = mosaic.meta.wcs(mx, my)
+        dra = (float(ra) - star["ra"]) * math.cos(math.radians(star["dec"]))
+        offsets.append(math.hypot(dra, float(dec) - star["dec"]) * 3600)
+    return np.array(offsets)
+
+
+def test_target_rules(skycell_sim, tmp_path, caplog):
+    cell, sim = skycell_sim
+    # A name of skycell form that does not exist: a clear error naming it.
+    bad = _asn_with_target(sim, cell.name[:6] + "x99y99", name="bad")
+    with pytest.raises(RomosaicInputError, match=cell.name[:6] + "x99y99"):
+        MosaicPipeline.call(str(bad))
+    # An object name: a free grid, and a line saying why.
+    named = _asn_with_target(sim, "NGC 1851", name="object")
+    with caplog.at_level(logging.INFO, logger="romosaic"):
+        mosaic, _, _ = MosaicPipeline.call(str(named))
+    assert mosaic.data.shape != (5000, 5000)
+    assert mosaic.meta.wcsinfo.skycell_name is None
+    assert "'NGC 1851' is not a skycell name" in caplog.text
+    # resample_on_skycell=false: always a free grid.
+    good = _asn_with_target(sim, cell.name, name="good")
+    mosaic, _, _ = MosaicPipeline.call(str(good), resample_on_skycell=False)
+    assert mosaic.data.shape != (5000, 5000)
+
+
+def test_inputs_elsewhere_on_the_sky_are_refused(skycell_sim):
+    cell, sim = skycell_sim
+    far = get_tessellation().skycells_touching([10.0], [10.0])[0]
+    asn_path = _asn_with_target(sim, far.name, name="far")
+    with pytest.raises(RomosaicInputError, match=f"none of the inputs overlaps skycell {far.name}"):
+        MosaicPipeline.call(str(asn_path))
+
+
+@pytest.fixture(scope="module")
+def straddling(tmp_path_factory):
+    """Exposures centred on the overlap band between two neighbouring skycells."""
+    tessellation = ComputedTessellation()
+    cell = _cell_near(80.0, -30.0)
+    region = cell.region
+    x = region.x_tangent + 4800 * cell.col + 2400
+    y = region.y_tangent + 4800 * cell.row + 1000
+    ra, dec = region.pixel_to_sky(x, y)
+    sim = simulate_association(tmp_path_factory.mktemp("straddle"), n_exposures=2, n_detectors=2,
+                               size=256, seed=8, ra=float(ra), dec=float(dec),
+                               cosmic_ray_rate=0.0)
+    return tessellation, cell, sim
+
+
+def test_skycell_asn_lists_exactly_the_touching_files(straddling, tmp_path, capsys):
+    tessellation, cell, sim = straddling
+    root = tmp_path / "asn" / "r00001"
+    status = romosaic_main(["skycell-asn", "-o", str(root), "--product-type", "full",
+                            *map(str, sim.cal_paths)])
+    assert status == 0
+    written = sorted((tmp_path / "asn").glob("*_asn.json"))
+    assert len(written) >= 2
+    for path in written:
+        asn = json.loads(path.read_text())
+        name = asn["target"]
+        assert path.name == f"r00001_p_full_{name}_f158_asn.json"
+        assert asn["skycell_wcs_info"]["name"] == name
+        members = {(path.parent / m["expname"]).resolve() for m in asn["products"][0]["members"]}
+        expected = {p.resolve() for p in sim.cal_paths if _touches(p, tessellation.skycell(name))}
+        assert members == expected, name
+
+
+def _touches(path, cell):
+    with rdm.open(path) as model:
+        y, x = np.mgrid[-0.5:256:4, -0.5:256:4]
+        ra, dec = model.meta.wcs(x.ravel(), y.ravel(), with_bounding_box=False)
+    cx, cy = cell.wcs.invert(ra, dec, with_bounding_box=False)
+    return bool(np.any((cx >= -0.5) & (cx <= 4999.5) & (cy >= -0.5) & (cy <= 4999.5)))
+
+
+def test_neighbouring_skycell_mosaics_agree_in_their_overlap(straddling, tmp_path):
+    tessellation, cell, sim = straddling
+    neighbour = tessellation.skycell(f"{cell.name[:6]}x{50 + cell.row:02d}y{51 + cell.col:02d}")
+    mosaics = {}
+    for skycell in (cell, neighbour):
+        asn = make_association(sim.cal_paths, product_name=skycell.name, target=skycell.name,
+                               relative_to=tmp_path, skycell_wcs_info=skycell.wcs_info())
+        asn_path = write_association(tmp_path / f"{skycell.name}_asn.json", asn)
+        mosaics[skycell.name], _, _ = MosaicPipeline.call(str(asn_path))
+    left, right = mosaics[cell.name], mosaics[neighbour.name]
+    # The neighbour's pixel (x, y) is this cell's (x + 4800, y): the overlap is
+    # columns 4800-4999 here and 0-199 there.
+    a = left.data[:, 4800:]
+    b = right.data[:, :200]
+    both = (left.weight[:, 4800:] > 0) & (right.weight[:, :200] > 0)
+    assert both.sum() > 10000
+    np.testing.assert_allclose(a[both], b[both], rtol=1e-5, atol=1e-6)
