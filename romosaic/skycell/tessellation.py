@@ -23,7 +23,6 @@ from functools import cached_property, lru_cache
 import numpy as np
 
 from ..errors import RomosaicInputError
-from ..wcs_utils import affine_tan_wcs
 from .geometry import (
     NSIDE,
     PIXEL_SCALE_ARCSEC,
@@ -157,6 +156,8 @@ class ProjectionRegion:
 
     def wcs(self):
         """The region's full pixel grid as a gwcs (shape ``(ny, nx)``)."""
+        from ..wcs_utils import affine_tan_wcs  # gwcs is slow to import; only when needed
+
         return affine_tan_wcs(
             crval=(self.ra_tangent, self.dec_tangent),
             crpix=(self.x_tangent, self.y_tangent),
@@ -260,6 +261,8 @@ class Skycell:
     @cached_property
     def wcs(self):
         """The cell's gwcs: pixel (x, y) → ICRS degrees, 5000 × 5000, 0.055″."""
+        from ..wcs_utils import affine_tan_wcs  # gwcs is slow to import; only when needed
+
         return affine_tan_wcs(
             crval=(self.region.ra_tangent, self.region.dec_tangent),
             crpix=(self.x_tangent, self.y_tangent),
