@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import roman_datamodels.datamodels as rdm
 
-from romosaic.associations import make_association, write_association
+from romosaic.associations import write_association
 from romosaic.cli import main as romosaic_main
 from romosaic.errors import RomosaicInputError
 from romosaic.pipeline import MosaicPipeline
@@ -153,20 +153,26 @@ def _touches(path, cell):
     return bool(np.any((cx >= -0.5) & (cx <= 4999.5) & (cy >= -0.5) & (cy <= 4999.5)))
 
 
-def test_neighbouring_skycell_mosaics_agree_in_their_overlap(straddling, tmp_path):
+def test_neighbouring_skycell_mosaics_agree_in_their_overlap(straddling, tmp_path, clean_env):
     tessellation, cell, sim = straddling
     neighbour = tessellation.skycell(f"{cell.name[:6]}x{50 + cell.row:02d}y{51 + cell.col:02d}")
+    root = tmp_path / "r00001"
+    assert romosaic_main(["skycell-asn", "-o", str(root), "--product-type", "full",
+                          *map(str, sim.cal_paths)]) == 0
     mosaics = {}
     for skycell in (cell, neighbour):
-        asn = make_association(sim.cal_paths, product_name=skycell.name, target=skycell.name,
-                               relative_to=tmp_path, skycell_wcs_info=skycell.wcs_info())
-        asn_path = write_association(tmp_path / f"{skycell.name}_asn.json", asn)
-        mosaics[skycell.name], _, _ = MosaicPipeline.call(str(asn_path))
+        asn_path = tmp_path / f"r00001_p_full_{skycell.name}_f158_asn.json"
+        run = subprocess.run([STRUN, "roman_mos", str(asn_path)], cwd=tmp_path, env=clean_env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        mosaics[skycell.name] = rdm.open(tmp_path / f"r00001_p_full_{skycell.name}_f158_coadd.asdf")
     left, right = mosaics[cell.name], mosaics[neighbour.name]
     # The neighbour's pixel (x, y) is this cell's (x + 4800, y): the overlap is
     # columns 4800-4999 here and 0-199 there.
     a = left.data[:, 4800:]
     b = right.data[:, :200]
-    both = (left.weight[:, 4800:] > 0) & (right.weight[:, :200] > 0)
-    assert both.sum() > 10000
-    np.testing.assert_allclose(a[both], b[both], rtol=1e-5, atol=1e-6)
+    covered_a = left.weight[:, 4800:] > 0
+    covered_b = right.weight[:, :200] > 0
+    assert covered_a.sum() > 10000
+    assert np.array_equal(covered_a, covered_b)
+    np.testing.assert_allclose(a[covered_a], b[covered_a], rtol=1e-5, atol=1e-6)
