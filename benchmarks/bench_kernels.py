@@ -1,0 +1,224 @@
+"""Micro-benchmarks of the resampling kernels, on arrays in memory (no files).
+
+Measured on one full-size WFI detector (4088² by default), dithered and
+slightly rotated with respect to a free TAN output grid, as in the pipeline:
+
+* ``romosaic.resample.compute_pixmap`` with ``stepsize=10`` (the default:
+  exact WCS on a sparse grid of nodes plus bicubic splines) and
+  ``stepsize=1`` (exact WCS at every pixel), for the simulator's TAN gwcs and
+  for its distorted gwcs;
+* ``romosaic.resample.weights.pixel_weights`` with ``ivm`` weighting;
+* ``romosaic.resample.DrizzleCoadd.add`` with the square kernel and the two
+  variance planes the pipeline propagates, with a precomputed pixel map and
+  including ``compute_pixmap``;
+* ``drizzle.resample.Drizzle.add_image`` itself, with and without the two
+  extra planes, for comparison.
+
+Every figure is the best of ``--repeat`` runs, with BLAS limited to one
+thread (see below). "Mpix/s" is input pixels per
+wall-clock second; "Mpix/CPU-s" is input pixels per second of CPU time of
+this process (all threads), i.e. the throughput of one core when the kernel
+runs on one thread. A CPU/wall ratio above 1 means the kernel used more than
+one thread.
+
+Example::
+
+    python benchmarks/bench_kernels.py              # 4088², best of 3
+    python benchmarks/bench_kernels.py --size 2048 --repeat 1 --json kernels.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# One BLAS thread, so that CPU time measures one core: the kernels are
+# single-threaded, and otherwise idle OpenBLAS threads spinning after the
+# tiny matrix products of the WCS evaluation get counted as CPU time. Set
+# the variables in the environment to override (before numpy is imported).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np
+from drizzle.resample import Drizzle
+
+from romosaic.resample import DrizzleCoadd, compute_pixmap, free_grid
+from romosaic.resample.weights import pixel_weights
+from romosaic.simulate.wcs import build_gwcs, plan_layout
+
+VARIANCE_NAMES = ("var_rnoise", "var_poisson")
+
+
+def timed(function, repeat, setup=None):
+    """Best wall time of ``repeat`` calls, with the CPU time of that call.
+
+    ``setup`` (untimed) builds a fresh argument for each call.
+    """
+    best = None
+    for _ in range(max(1, repeat)):
+        argument = setup() if setup is not None else None
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        function(argument) if setup is not None else function()
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        if best is None or wall < best[0]:
+            best = (wall, cpu)
+    return best
+
+
+def geometry(size, distortion):
+    """Two dithered exposures of one detector (simulator gwcs) and their free grid."""
+    placements = plan_layout(np.random.default_rng(7), ra=80.0, dec=-30.0, n_exposures=2,
+                             n_detectors=1, size=size, distortion=distortion)
+    wcs_a, wcs_b = (build_gwcs(p) for p in placements)
+    shape = (size, size)
+    grid = free_grid([(wcs_a, shape), (wcs_b, shape)])
+    # The second exposure is dithered and rotated with respect to the grid.
+    return wcs_b, grid
+
+
+def input_arrays(size):
+    rng = np.random.default_rng(1)
+    data = rng.normal(1.0, 0.1, (size, size)).astype(np.float32)
+    good = rng.random((size, size)) > 0.01
+    var_rnoise = rng.uniform(0.8e-4, 1.2e-4, (size, size)).astype(np.float32)
+    var_poisson = rng.uniform(0.5e-4, 1.5e-4, (size, size)).astype(np.float32)
+    return data, good, {"var_rnoise": var_rnoise, "var_poisson": var_poisson}
+
+
+def run(size, repeat, exact_repeat):
+    mpix = size * size / 1e6
+    rows = []
+
+    def record(kernel, variant, wall_cpu, note=""):
+        wall, cpu = wall_cpu
+        rows.append({
+            "kernel": kernel,
+            "variant": variant,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "mpix": mpix,
+            "mpix_per_s": mpix / wall,
+            "mpix_per_cpu_s": mpix / cpu if cpu > 0 else float("nan"),
+            "note": note,
+        })
+        print(f"  {kernel:<28} {variant:<38} {wall:7.3f} s  {mpix / wall:8.2f} Mpix/s",
+              flush=True)
+
+    shape = (size, size)
+    print(f"input {size}x{size} = {mpix:.2f} Mpix; best of {repeat} "
+          f"({exact_repeat} for exact pixmaps)", flush=True)
+
+    pixmaps = {}
+    grids = {}
+    input_wcs = {}
+    for label, distortion in (("TAN", False), ("TAN + distortion", True)):
+        wcs_in, grid = geometry(size, distortion)
+        grids[label] = grid
+        input_wcs[label] = wcs_in
+        pixmaps[label] = compute_pixmap(wcs_in, grid.wcs, shape, stepsize=10)
+        for step in (10, 1):
+            n = repeat if step > 1 else exact_repeat
+            record("compute_pixmap", f"{label}, stepsize={step}",
+                   timed(lambda w=wcs_in, g=grid, s=step: compute_pixmap(w, g.wcs, shape,
+                                                                         stepsize=s), n))
+
+    grid = grids["TAN"]
+    pixmap = pixmaps["TAN"]
+    wcs_in = input_wcs["TAN"]
+    out_mpix = grid.shape[0] * grid.shape[1] / 1e6
+    print(f"output grid {grid.shape[1]}x{grid.shape[0]} = {out_mpix:.2f} Mpix", flush=True)
+
+    data, good, variances = input_arrays(size)
+    record("pixel_weights", "ivm",
+           timed(lambda: pixel_weights("ivm", data=data, good=good,
+                                       var_rnoise=variances["var_rnoise"]), repeat))
+    weight = pixel_weights("ivm", data=data, good=good, var_rnoise=variances["var_rnoise"])
+
+    def new_coadd():
+        return DrizzleCoadd(grid.shape, 1, variance_names=VARIANCE_NAMES, kernel="square")
+
+    record("DrizzleCoadd.add", "square, 2 var planes, pixmap given",
+           timed(lambda c: c.add(data, pixmap, weight=weight, variances=variances,
+                                 exptime=100.0), repeat, setup=new_coadd))
+    record("DrizzleCoadd.add", "square, 2 var planes, + pixmap(10)",
+           timed(lambda c: c.add(data, compute_pixmap(wcs_in, grid.wcs, shape, stepsize=10),
+                                 weight=weight, variances=variances, exptime=100.0),
+                 repeat, setup=new_coadd))
+
+    def new_drizzle(planes):
+        def make():
+            out_img2 = [np.zeros(grid.shape, np.float32) for _ in range(planes)] or None
+            return Drizzle(kernel="square", fillval="NaN", fillval2="NaN", out_shape=grid.shape,
+                           out_img2=out_img2, begin_ctx_id=0, max_ctx_id=0)
+        return make
+
+    clean = np.where(weight > 0, data, 0.0).astype(np.float32)
+    data2 = [np.where(weight > 0, variances[name], 0.0).astype(np.float32)
+             for name in VARIANCE_NAMES]
+    for planes in (0, 2):
+        record("drizzle Drizzle.add_image", f"square, {planes} extra planes, pixmap given",
+               timed(lambda d, p=planes: d.add_image(
+                   clean, exptime=100.0, pixmap=pixmap, data2=data2[:p] or None,
+                   weight_map=weight, pixfrac=1.0, in_units="cps"),
+                   repeat, setup=new_drizzle(planes)))
+    return rows, grid.shape
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def print_table(rows):
+    headers = ("kernel", "variant", "wall s", "CPU s", "Mpix/s", "Mpix/CPU-s")
+    table = [
+        (r["kernel"], r["variant"], f"{r['wall_s']:.3f}", f"{r['cpu_s']:.3f}",
+         f"{r['mpix_per_s']:.2f}", f"{r['mpix_per_cpu_s']:.2f}")
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
+    align = [str.ljust, str.ljust, str.rjust, str.rjust, str.rjust, str.rjust]
+    print("  ".join(a(h, w) for a, h, w in zip(align, headers, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in table:
+        print("  ".join(a(v, w) for a, v, w in zip(align, row, widths, strict=True)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Micro-benchmarks of the resampling kernels.")
+    parser.add_argument("--size", type=int, default=4088,
+                        help="input detector side in pixels (default %(default)s)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per measurement, best shown (default %(default)s)")
+    parser.add_argument("--exact-repeat", type=int, default=1,
+                        help="runs of the slow stepsize=1 pixmaps (default %(default)s)")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write the measurements to this JSON file")
+    args = parser.parse_args(argv)
+
+    machine = {"cpu_model": cpu_model(), "cpus": os.cpu_count(),
+               "python": platform.python_version(), "numpy": np.__version__}
+    print(f"{machine['cpu_model']}, {machine['cpus']} CPUs, Python {machine['python']}, "
+          f"numpy {machine['numpy']}")
+    rows, out_shape = run(args.size, args.repeat, args.exact_repeat)
+    print()
+    print_table(rows)
+    if args.json:
+        payload = {"machine": machine, "size": args.size, "output_shape": list(out_shape),
+                   "repeat": args.repeat, "results": rows}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
