@@ -13,5 +13,7 @@ def get_steps():
     return [
         ("romosaic.pipeline.MosaicPipeline", "roman_mos", True),
         ("romosaic.steps.FluxStep", "flux", False),
+        ("romosaic.steps.SkyMatchStep", "skymatch", False),
+        ("romosaic.steps.OutlierDetectionStep", "outlier_detection", False),
         ("romosaic.steps.ResampleStep", "resample", False),
     ]

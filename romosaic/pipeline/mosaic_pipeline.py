@@ -1,16 +1,15 @@
 """``roman_mos``: the mosaic pipeline.
 
-Runs flux → (skymatch → outlier_detection →) resample (→ source_catalog)
-over one association and writes ``<product>_coadd.asdf`` atomically. Steps
-not yet implemented are simply absent from ``step_defs``; the return value
-always has the final form ``(mosaic, catalog, segmentation)``.
+Runs flux → skymatch → outlier_detection → resample (→ source_catalog)
+over one association and writes ``<product>_coadd.asdf`` atomically. The
+return value always has the final form ``(mosaic, catalog, segmentation)``.
 """
 
 import logging
 from pathlib import Path
 
 from .._atomic import atomic_save_model
-from ..steps import FluxStep, ResampleStep
+from ..steps import FluxStep, OutlierDetectionStep, ResampleStep, SkyMatchStep
 from ..steps.base import RomosaicPipelineBase
 
 __all__ = ["MosaicPipeline"]
@@ -43,6 +42,8 @@ class MosaicPipeline(RomosaicPipelineBase):
 
     step_defs = {
         "flux": FluxStep,
+        "skymatch": SkyMatchStep,
+        "outlier_detection": OutlierDetectionStep,
         "resample": ResampleStep,
     }
 
@@ -53,8 +54,11 @@ class MosaicPipeline(RomosaicPipelineBase):
         owns_library = library is not input_data
         self._written = {}
         try:
+            self.outlier_detection.resample_on_skycell = self.resample_on_skycell
             self.resample.resample_on_skycell = self.resample_on_skycell
             library = self.flux.run(library)
+            library = self.skymatch.run(library)
+            library = self.outlier_detection.run(library)
             mosaic = self.resample.run(library)
             product_name = self._product_name(library)
             mosaic.meta.filename = f"{product_name}_{self.suffix}.asdf"

@@ -17,6 +17,7 @@ from .grid import (
     OutputGrid,
     free_grid,
     grid_from_wcs_file,
+    require_overlap,
     skycell_grid,
     skycell_grid_for_association,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "grid_from_wcs_file",
     "input_from_model",
     "pixel_weights",
+    "require_overlap",
     "skycell_grid",
     "skycell_grid_for_association",
     "summarize_input",

@@ -35,6 +35,7 @@ __all__ = [
     "free_grid",
     "grid_from_wcs_file",
     "native_pixel_scale",
+    "require_overlap",
     "skycell_grid",
     "skycell_grid_for_association",
     "skycell_name_from_association",
@@ -309,3 +310,24 @@ def skycell_grid_for_association(*, skycell_wcs_info=None, target=None):
     grid = skycell_grid(name)
     log.info("resampling onto skycell %s", name)
     return grid
+
+
+def require_overlap(grid, geometry):
+    """Raise `RomosaicInputError` unless some input overlaps ``grid``.
+
+    Parameters
+    ----------
+    grid : OutputGrid
+    geometry : list of (wcs, shape)
+    """
+    ny, nx = grid.shape
+    for wcs, shape in geometry:
+        ra, dec = footprint(wcs, shape)
+        x, y = grid.wcs.invert(ra, dec, with_bounding_box=False)
+        if (np.nanmax(x) >= -0.5 and np.nanmin(x) <= nx - 0.5
+                and np.nanmax(y) >= -0.5 and np.nanmin(y) <= ny - 0.5):
+            return
+    where = f"skycell {grid.skycell_name}" if grid.skycell_name else "the output grid"
+    raise RomosaicInputError(
+        f"none of the inputs overlaps {where}; check the association's target, or set "
+        "resample_on_skycell=false for a free grid")

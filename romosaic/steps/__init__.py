@@ -2,6 +2,14 @@
 
 from .base import RomosaicStep
 from .flux_step import FluxStep
+from .outlier_detection_step import OutlierDetectionStep
 from .resample_step import ResampleStep
+from .skymatch_step import SkyMatchStep
 
-__all__ = ["FluxStep", "ResampleStep", "RomosaicStep"]
+__all__ = [
+    "FluxStep",
+    "OutlierDetectionStep",
+    "ResampleStep",
+    "RomosaicStep",
+    "SkyMatchStep",
+]

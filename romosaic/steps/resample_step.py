@@ -8,8 +8,6 @@ Level-3 ``MosaicModel``. The algorithm lives in `romosaic.resample`.
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from ..dq import bad_flags_mask
 from ..errors import RomosaicInputError
 from ..resample import (
@@ -19,10 +17,10 @@ from ..resample import (
     free_grid,
     grid_from_wcs_file,
     input_from_model,
+    require_overlap,
     skycell_grid_for_association,
-    summarize_input,
 )
-from ..wcs_utils import footprint
+from ._survey import survey_inputs
 from .base import STEP_COMPLETE, RomosaicStep
 
 __all__ = ["ResampleStep"]
@@ -70,7 +68,7 @@ class ResampleStep(RomosaicStep):
 
     def _resample(self, library):
         self.check_parameters()
-        geometry, summaries = _survey_inputs(library)
+        geometry, summaries = survey_inputs(library)
         grid = self._output_grid(geometry, library)
         log.info("output grid: %d x %d pixels of %.4f arcsec", grid.shape[1], grid.shape[0],
                  grid.pixel_scale)
@@ -138,7 +136,7 @@ class ResampleStep(RomosaicStep):
             grid = skycell_grid_for_association(
                 skycell_wcs_info=library.skycell_wcs_info, target=library.target)
             if grid is not None:
-                _require_overlap(grid, geometry)
+                require_overlap(grid, geometry)
                 return grid
         return free_grid(
             geometry,
@@ -149,49 +147,3 @@ class ResampleStep(RomosaicStep):
             crval=self.crval,
             output_shape=self.output_shape,
         )
-
-
-def _require_overlap(grid, geometry):
-    """Refuse a grid that none of the inputs overlaps."""
-    ny, nx = grid.shape
-    for wcs, shape in geometry:
-        ra, dec = footprint(wcs, shape)
-        x, y = grid.wcs.invert(ra, dec, with_bounding_box=False)
-        if (np.nanmax(x) >= -0.5 and np.nanmin(x) <= nx - 0.5
-                and np.nanmax(y) >= -0.5 and np.nanmin(y) <= ny - 0.5):
-            return
-    raise RomosaicInputError(
-        f"none of the inputs overlaps skycell {grid.skycell_name}; check the association's "
-        "target, or set resample_on_skycell=false for a free grid")
-
-
-def _survey_inputs(library):
-    """Each input's (WCS, shape) and metadata summary, checking they belong together.
-
-    Only metadata and the data array's shape are read here; the arrays are
-    read during drizzling.
-    """
-    geometry = []
-    summaries = []
-    group_ids = [m["group_id"] for m in library.asn["products"][0]["members"]]
-    for index, model in library.iter_models(modify=False):
-        name = model.meta.filename
-        if model.meta.get("wcs") is None:
-            raise RomosaicInputError(f"{name}: has no WCS (meta.wcs)")
-        shape = model.data.shape
-        if len(shape) != 2:
-            raise RomosaicInputError(f"{name}: data is not a 2-D image (shape {shape})")
-        geometry.append((model.meta.wcs, shape))
-        summaries.append(summarize_input(model, group_id=group_ids[index]))
-    not_converted = [s.filename for s in summaries if s.cal_step.get("flux") != "COMPLETE"]
-    if not_converted:
-        log.warning("%s: not converted to MJy/sr (run the flux step first); the mosaic will "
-                    "be in the inputs' units", ", ".join(not_converted[:3]) +
-                    (" ..." if len(not_converted) > 3 else ""))
-    filters = {}
-    for summary in summaries:
-        filters.setdefault(summary.filter_name, summary.filename)
-    if len(filters) > 1:
-        listing = ", ".join(f"{f} ({name})" for f, name in filters.items())
-        raise RomosaicInputError(f"inputs are in different filters: {listing}")
-    return geometry, summaries

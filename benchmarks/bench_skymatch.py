@@ -1,0 +1,238 @@
+"""Benchmark the ``skymatch`` step: wall time against the number of images.
+
+Each case is simulated once and cached under ``--data-dir`` (default
+``benchmarks/_data``, shared with ``bench_pipeline.py``: same case names,
+seed and cache marker), then run in a fresh Python process: the flux step
+first (not timed), then ``SkyMatchStep`` (timed). The child reports the
+step's wall and CPU time, the part spent measuring pixels
+(`romosaic.skymatch.measure_image_sky`) and matching
+(`romosaic.skymatch.match_sky`), and its peak resident memory.
+
+The default cases have 4, 16 and 64 images of 1024² pixels: 4 exposures of
+one detector, 8 of two, 16 of four. The last column divides each case's time
+per image by the first case's: near 1 means the cost grows linearly with the
+number of images.
+
+Examples
+--------
+::
+
+    python benchmarks/bench_skymatch.py                      # 4, 16 and 64 images
+    python benchmarks/bench_skymatch.py --case 4x1x4088      # full-size detectors
+    python benchmarks/bench_skymatch.py --on-disk --repeat 3 --json skymatch.json
+"""
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA_DIR = HERE / "_data"
+DEFAULT_CASES = ("4x1x1024", "8x2x1024", "16x4x1024")
+
+#: Seed of every simulated case (the same as bench_pipeline.py, so caches are shared).
+SEED = 2024
+
+_CASE_RE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
+_SIM_MARKER = "simulation.json"
+
+
+# --------------------------------------------------------------------------
+# Parent side
+# --------------------------------------------------------------------------
+
+
+def parse_case(name):
+    """``"8x2x1024"`` → ``{"name": ..., "n_exposures": 8, "n_detectors": 2, "size": 1024}``."""
+    match = _CASE_RE.match(name)
+    if not match:
+        raise SystemExit(f"bad case {name!r}: expected <exposures>x<detectors>x<size>")
+    n_exposures, n_detectors, size = (int(g) for g in match.groups())
+    return {"name": name, "n_exposures": n_exposures, "n_detectors": n_detectors, "size": size}
+
+
+def simulation_options(case):
+    return {"n_exposures": case["n_exposures"], "n_detectors": case["n_detectors"],
+            "size": case["size"], "seed": SEED}
+
+
+def ensure_data(case, data_dir, python):
+    """The association of ``case``, simulated (in a child process) unless cached."""
+    case_dir = data_dir / case["name"]
+    options = simulation_options(case)
+    marker = case_dir / _SIM_MARKER
+    if marker.exists():
+        recorded = json.loads(marker.read_text())
+        asn = case_dir / recorded.get("asn", "")
+        if recorded.get("options") == options and asn.is_file():
+            return asn
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{case['name']}-", dir=data_dir))
+    print(f"[{case['name']}] simulating {options} ...", flush=True)
+    start = time.perf_counter()
+    command = [python, str(Path(__file__).resolve()), "_simulate", str(staging),
+               json.dumps(options)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SystemExit(f"simulation of {case['name']} failed:\n{done.stderr[-4000:]}")
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    staging.rename(case_dir)
+    print(f"[{case['name']}] simulated in {time.perf_counter() - start:.1f} s", flush=True)
+    return case_dir / json.loads(marker.read_text())["asn"]
+
+
+def run_case(case, asn, *, on_disk, python, data_dir):
+    work = Path(tempfile.mkdtemp(prefix=f"skymatch-{case['name']}-", dir=data_dir))
+    spec = {"asn": str(asn.resolve()), "on_disk": on_disk, "work": str(work)}
+    command = [python, str(Path(__file__).resolve()), "_run", json.dumps(spec)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=work)
+        if done.returncode != 0:
+            raise SystemExit(f"run of {case['name']} failed:\n{done.stderr[-4000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.update(case)
+    result["on_disk"] = on_disk
+    result["images"] = case["n_exposures"] * case["n_detectors"]
+    result["input_mpix"] = result["images"] * case["size"] ** 2 / 1e6
+    return result
+
+
+def format_table(results):
+    first = results[0]
+    per_image_0 = first["step_seconds"] / first["images"]
+    headers = ["case", "images", "on_disk", "Mpix", "skymatch s", "measure s", "match s",
+               "s/image", "Mpix/s", "CPU s", "peak RSS MiB", "time ratio / image ratio"]
+    rows = []
+    for r in results:
+        per_image = r["step_seconds"] / r["images"]
+        rows.append([
+            r["name"], str(r["images"]), "yes" if r["on_disk"] else "no",
+            f"{r['input_mpix']:.1f}", f"{r['step_seconds']:.2f}", f"{r['measure_seconds']:.2f}",
+            f"{r['match_seconds']:.3f}", f"{per_image:.3f}",
+            f"{r['input_mpix'] / r['step_seconds']:.1f}", f"{r['cpu_seconds']:.2f}",
+            f"{r['peak_rss_mib']:.0f}", f"{per_image / per_image_0:.2f}",
+        ])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Time the skymatch step against image count.")
+    parser.add_argument("--case", action="append", metavar="NAME",
+                        help="<exposures>x<detectors>x<size> (repeatable; default: "
+                        f"{', '.join(DEFAULT_CASES)})")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="where simulated data are cached (default: %(default)s)")
+    parser.add_argument("--on-disk", action="store_true", help="run with an on_disk library")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per case; the fastest is shown (default 1)")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write every measurement to this JSON file")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter for the child processes (default: this one)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cases = [parse_case(name) for name in (args.case or DEFAULT_CASES)]
+    data_dir = args.data_dir.resolve()
+    results = []
+    for case in cases:
+        asn = ensure_data(case, data_dir, args.python)
+        runs = []
+        for index in range(max(1, args.repeat)):
+            result = run_case(case, asn, on_disk=args.on_disk, python=args.python,
+                              data_dir=data_dir)
+            runs.append(result)
+            print(f"[{case['name']} run {index + 1}] skymatch {result['step_seconds']:.2f} s",
+                  flush=True)
+        best = min(runs, key=lambda r: r["step_seconds"])
+        best["all_step_seconds"] = [r["step_seconds"] for r in runs]
+        results.append(best)
+    print()
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"seed": SEED, "results": results}, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+
+
+# --------------------------------------------------------------------------
+# Child side
+# --------------------------------------------------------------------------
+
+
+def child_simulate(outdir, options_json):
+    from romosaic.simulate import simulate_association
+
+    options = json.loads(options_json)
+    result = simulate_association(outdir, **options)
+    marker = {"options": options, "asn": result.asn_path.name}
+    (Path(outdir) / _SIM_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def child_run(spec_json):
+    import logging
+    import resource
+
+    spec = json.loads(spec_json)
+    logging.disable(logging.INFO)
+    import romosaic.steps.skymatch_step as skymatch_step
+    from romosaic.library import ModelLibrary
+    from romosaic.steps import FluxStep
+
+    timers = {"measure_image_sky": 0.0, "match_sky": 0.0}
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                timers[name] += time.perf_counter() - t0
+        return wrapper
+
+    # The step calls these through its module namespace.
+    for name in timers:
+        setattr(skymatch_step, name, timed(name, getattr(skymatch_step, name)))
+
+    library = ModelLibrary(spec["asn"], on_disk=spec["on_disk"], temp_directory=spec["work"])
+    try:
+        library = FluxStep.call(library)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0 = usage.ru_utime + usage.ru_stime
+        t0 = time.perf_counter()
+        skymatch_step.SkyMatchStep.call(library)
+        seconds = time.perf_counter() - t0
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        library.close()
+    print(json.dumps({
+        "step_seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
+        "measure_seconds": timers["measure_image_sky"],
+        "match_seconds": timers["match_sky"],
+        "peak_rss_mib": usage.ru_maxrss / 1024.0,
+    }))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_simulate":
+        child_simulate(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_run":
+        child_run(sys.argv[2])
+    else:
+        main()

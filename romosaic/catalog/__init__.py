@@ -1,0 +1,59 @@
+"""Source detection and measurement on a mosaic: the catalog and segmentation map.
+
+Modules, in the order data flows through them:
+
+* `background` — background level and per-pixel noise (photutils Background2D,
+  noise following the weight map);
+* `detection` — Gaussian smoothing, thresholding, optional deblending;
+* `measure` — positions, shapes, photometry in nJy, local background,
+  neighbours, flags (`flags`) and ``is_extended`` (`classify`), with sky units
+  from the WCS at each source (`geometry`);
+* `apcorr` — optional user encircled-energy corrections;
+* `columns` — the table's columns as the MosaicSourceCatalog schema defines them;
+* `core` — `make_source_catalog`, tying them together;
+* `products` — the ``MosaicSourceCatalogModel`` and ``MosaicSegmentationMapModel``.
+
+Nothing here reads reference files or contacts a network service.
+"""
+
+from .apcorr import ApertureCorrection, read_aperture_corrections
+from .background import BackgroundEstimate, box_tiling, estimate_background
+from .classify import classify_extended, half_sample_mode
+from .columns import aperture_column, catalog_columns, empty_table
+from .core import (
+    APERTURE_RADII_ARCSEC,
+    CatalogResult,
+    check_catalog_parameters,
+    make_source_catalog,
+)
+from .detection import convolve_gaussian, find_sources, gaussian_kernel_1d
+from .geometry import LocalGeometry, local_geometry
+from .measure import abmag, measure_sources
+from .products import catalog_model, product_stem, segmentation_model
+
+__all__ = [
+    "APERTURE_RADII_ARCSEC",
+    "ApertureCorrection",
+    "BackgroundEstimate",
+    "CatalogResult",
+    "LocalGeometry",
+    "abmag",
+    "aperture_column",
+    "box_tiling",
+    "catalog_columns",
+    "catalog_model",
+    "check_catalog_parameters",
+    "classify_extended",
+    "convolve_gaussian",
+    "empty_table",
+    "estimate_background",
+    "find_sources",
+    "gaussian_kernel_1d",
+    "half_sample_mode",
+    "local_geometry",
+    "make_source_catalog",
+    "measure_sources",
+    "product_stem",
+    "read_aperture_corrections",
+    "segmentation_model",
+]

@@ -1,0 +1,216 @@
+"""``outlier_detection`` step: flag cosmic rays and other outliers in the inputs.
+
+The step drives `romosaic.outlier.detect` over a library: it chooses the
+same grid resample will use (the association's skycell or a free grid),
+drizzles each exposure group onto the window of that grid the inputs cover,
+takes the median, and flags each input's disagreeing pixels with
+DO_NOT_USE | OUTLIER in its ``dq`` (so resample then leaves them out). With
+``on_disk`` the group drizzles live in memory-mapped files and the flagged
+models in the library's temporary files.
+"""
+
+import logging
+from pathlib import Path
+
+import asdf
+import numpy as np
+from roman_datamodels.dqflags import pixel
+
+from .._atomic import atomic_output
+from ..dq import bad_flags_mask, good_pixel_mask
+from ..errors import RomosaicInputError
+from ..outlier.detect import (
+    FrameStore,
+    data_window,
+    drizzle_group,
+    flag_image,
+    median_of_frames,
+)
+from ..outlier.flagging import outlier_mask, parse_pair
+from ..resample import (
+    KERNELS,
+    free_grid,
+    input_from_model,
+    require_overlap,
+    skycell_grid_for_association,
+)
+from ._survey import survey_inputs
+from .base import STEP_COMPLETE, STEP_SKIPPED, RomosaicStep
+
+__all__ = ["OutlierDetectionStep"]
+
+log = logging.getLogger(__name__)
+
+OUTLIER_FLAGS = np.uint32(pixel.DO_NOT_USE | pixel.OUTLIER)
+
+
+class OutlierDetectionStep(RomosaicStep):
+    """Flag pixels that disagree with the median of the other exposures."""
+
+    class_alias = "outlier_detection"
+
+    spec = f"""
+    weight_type = option('ivm', 'ivm-sky', 'exptime', default='ivm')  # Group drizzle weights
+    pixfrac = float(min=0.0, max=1.0, default=1.0)  # Drizzle drop size for the group drizzles
+    kernel = option({", ".join(repr(k) for k in KERNELS)}, default='square')  # Drizzle kernel
+    fillval = string(default='NaN')  # Kept for compatibility; poorly sampled pixels are always NaN
+    pixel_scale_ratio = float(min=0.0, default=0.5)  # Free-grid pixel size over the inputs'
+    maskpt = float(min=0.0, default=0.7)  # Ignore group pixels below maskpt x typical weight
+    snr = string(default='5.0 4.0')  # Noise multiples of the two tests
+    scale = string(default='1.2 0.7')  # Derivative multiples of the two tests
+    backg = float(default=0.0)  # Background removed from the differences
+    model_error = float(min=0.0, default=0.1)  # Fractional tolerance of the median model
+    good_bits = string(default='~DO_NOT_USE+NON_SCIENCE')  # Acceptable DQ flags
+    resample_data = boolean(default=True)  # False: inputs already share one pixel grid
+    resample_on_skycell = boolean(default=True)  # Work on the association's skycell grid
+    memory_budget = float(min=1.0, default=256.0)  # MiB of group frames to read at once
+    pixmap_stepsize = integer(min=1, default=10)  # Spacing of exact WCS evaluations (pixels)
+    save_intermediate_results = boolean(default=False)  # Write the median and blotted images
+    """
+
+    def check_parameters(self):
+        try:
+            self._snr = parse_pair(self.snr, "snr")
+            self._scale = parse_pair(self.scale, "scale")
+        except ValueError as error:
+            raise RomosaicInputError(str(error)) from None
+        if not 0 < self.pixfrac <= 1:
+            raise RomosaicInputError(f"pixfrac must be in (0, 1], got {self.pixfrac}")
+        bad_flags_mask(self.good_bits)
+
+    def process(self, input_data):
+        library = self.open_library(input_data)
+        owns_library = library is not input_data
+        try:
+            self.check_parameters()
+            groups = library.group_indices
+            if len(groups) < 2:
+                log.warning("outlier_detection needs at least two exposure groups, found %d; "
+                            "skipped", len(groups))
+                for _, model in library.iter_models(modify=True):
+                    self.record_status(model, STEP_SKIPPED)
+                return library
+            if self.resample_data:
+                median, window = self._median_of_group_drizzles(library, groups)
+            else:
+                median, window = self._median_of_raw_images(library), None
+            self._flag_models(library, median, window)
+        finally:
+            if owns_library:
+                library.close()
+        return library
+
+    # -- the median ---------------------------------------------------------
+
+    def _median_of_group_drizzles(self, library, groups):
+        geometry, _ = survey_inputs(library)
+        grid = self._grid(library, geometry)
+        window = data_window(grid, geometry)
+        log.info("outlier detection on a %d x %d window (%.0f%% of the %d x %d grid)",
+                 window.shape[1], window.shape[0], 100 * window.fraction_of_grid,
+                 grid.shape[1], grid.shape[0])
+        store = FrameStore(window.shape, on_disk=library.on_disk,
+                           directory=self.search_attr("output_dir"))
+        try:
+            for group_id, indices in groups.items():
+                frame = drizzle_group(
+                    self._group_images(library, indices),
+                    window,
+                    n_images=len(indices),
+                    kernel=self.kernel,
+                    pixfrac=self.pixfrac,
+                    weight_type=self.weight_type,
+                    good_bits=self.good_bits,
+                    maskpt=self.maskpt,
+                    pixmap_stepsize=self.pixmap_stepsize,
+                )
+                store.add(frame)
+                del frame
+                log.info("group %s drizzled (%d images)", group_id, len(indices))
+            median = median_of_frames(store, memory_budget=int(self.memory_budget * 2**20))
+        finally:
+            store.close()
+        if self.save_intermediate_results:
+            self._save_array("median", median, wcs=grid.wcs, offset=(window.x0, window.y0))
+        return median, window
+
+    @staticmethod
+    def _group_images(library, indices):
+        with library:
+            for index in indices:
+                model = library.borrow(index)
+                try:
+                    yield input_from_model(model)
+                finally:
+                    library.shelve(model, index, modify=False)
+                del model
+
+    def _grid(self, library, geometry):
+        if self.resample_on_skycell:
+            grid = skycell_grid_for_association(skycell_wcs_info=library.skycell_wcs_info,
+                                                target=library.target)
+            if grid is not None:
+                require_overlap(grid, geometry)
+                return grid
+        # A grid finer than the inputs keeps the median sharp enough to predict
+        # undersampled star cores (see docs/steps/outlier_detection.rst).
+        return free_grid(geometry, pixel_scale_ratio=self.pixel_scale_ratio)
+
+    def _median_of_raw_images(self, library):
+        store = None
+        try:
+            for _, model in library.iter_models(modify=False):
+                image = input_from_model(model)
+                frame = np.where(good_pixel_mask(image.dq, self.good_bits), image.data, np.nan)
+                if store is None:
+                    store = FrameStore(image.shape, on_disk=library.on_disk,
+                                       directory=self.search_attr("output_dir"))
+                elif image.shape != store.shape:
+                    raise RomosaicInputError(
+                        f"{image.name}: shape {image.shape} differs from the first image's "
+                        f"{store.shape}; resample_data=false needs images on one pixel grid")
+                store.add(frame)
+            return median_of_frames(store, memory_budget=int(self.memory_budget * 2**20))
+        finally:
+            if store is not None:
+                store.close()
+
+    # -- flags --------------------------------------------------------------
+
+    def _flag_models(self, library, median, window):
+        total = 0
+        for _, model in library.iter_models(modify=True):
+            image = input_from_model(model)
+            if window is None:
+                blot = median
+                noise = np.sqrt(sum(np.nan_to_num(v) for v in image.variances.values()))
+                mask = outlier_mask(image.data, median, noise, snr=self._snr, scale=self._scale,
+                                    backg=self.backg, model_error=self.model_error,
+                                    usable=good_pixel_mask(image.dq, self.good_bits))
+            else:
+                mask, blot = flag_image(image, median, window, snr=self._snr, scale=self._scale,
+                                        backg=self.backg, model_error=self.model_error,
+                                        good_bits=self.good_bits,
+                                        pixmap_stepsize=self.pixmap_stepsize)
+            count = int(mask.sum())
+            total += count
+            model.dq = np.where(mask, model.dq | OUTLIER_FLAGS, model.dq).astype(np.uint32)
+            self.record_status(model, STEP_COMPLETE)
+            log.info("%s: %d pixels (%.3f%%) flagged as outliers", model.meta.filename, count,
+                     100.0 * count / mask.size)
+            if self.save_intermediate_results:
+                self._save_array(f"{Path(model.meta.filename).stem}_blot", blot, wcs=None)
+        log.info("outlier detection flagged %d pixels in %d images", total, len(library))
+
+    def _save_array(self, suffix, array, *, wcs=None, offset=(0, 0)):
+        output_dir = Path(self.search_attr("output_dir") or ".")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        base = self.search_attr("_input_filename") or "outlier"
+        stem = Path(str(base)).name.split(".")[0]
+        path = output_dir / f"{self.remove_suffix(stem)[0]}_{suffix}.asdf"
+        tree = {"data": np.asarray(array, np.float32), "grid_offset": list(offset)}
+        if wcs is not None:
+            tree["wcs"] = wcs
+        with atomic_output(path) as temp_path:
+            asdf.AsdfFile(tree).write_to(temp_path)
+        log.info("saved %s", path)

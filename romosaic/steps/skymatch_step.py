@@ -1,0 +1,204 @@
+"""``skymatch`` step: one sky level per image, equal where exposures overlap.
+
+The algorithm lives in `romosaic.skymatch`. The step reads the library three
+times, one model at a time: the geometry (to lay the coarse cell grid), the
+pixels (to measure each image's sky), and finally to record each level in
+``meta.background`` (and subtract it when asked).
+"""
+
+import logging
+
+import numpy as np
+
+from ..dq import bad_flags_mask, good_pixel_mask
+from ..errors import RomosaicInputError
+from ..skymatch import (
+    SKY_METHODS,
+    SKY_STATISTICS,
+    SkyStatisticsParameters,
+    cell_grid,
+    match_sky,
+    measure_image_sky,
+)
+from .base import STEP_COMPLETE, STEP_SKIPPED, RomosaicStep, step_status
+
+__all__ = ["SkyMatchStep"]
+
+log = logging.getLogger(__name__)
+
+# Statistic measured in coarse cells for the match methods when skystat is
+# 'mode': the histogram peak of the thousand pixels of one cell scatters by
+# about 0.27 standard deviation, seven times the median's 0.04, and a
+# difference of skies needs precision rather than an absolute zero point.
+_CELL_STATISTIC_FOR_MODE = "median"
+
+
+def _background_state(model):
+    """``(level, subtracted)`` recorded in a model; (None, False) when absent."""
+    background = model.meta.get("background")
+    if not background:
+        return None, False
+    return background.get("level"), bool(background.get("subtracted", False))
+
+
+class SkyMatchStep(RomosaicStep):
+    """Measure (and optionally subtract) the sky of every image of an association.
+
+    With ``skymethod='match'`` (the default), sky differences between exposure
+    groups are measured only where they overlap on the sky, and one offset
+    per group is solved for by least squares, so that the mosaic shows no
+    steps between exposures. The result is written to ``meta.background``
+    (``level``, ``subtracted``, ``method``); resample and outlier detection
+    remove a level that is not yet subtracted on the fly.
+    """
+
+    class_alias = "skymatch"
+
+    spec = f"""
+    skymethod = option({", ".join(repr(m) for m in SKY_METHODS)}, default='match')  # Sky method
+    match_down = boolean(default=True)  # Match to the lowest sky (True) or the highest (False)
+    subtract = boolean(default=False)  # Subtract the levels from the data
+    skystat = option({", ".join(repr(s) for s in SKY_STATISTICS)}, default='mode')  # Sky statistic
+    dqbits = string(default='~DO_NOT_USE+NON_SCIENCE')  # Acceptable DQ flags (as good_bits)
+    lower = float(default=None)  # Lowest pixel value used for the sky (data units)
+    upper = float(default=None)  # Highest pixel value used for the sky (data units)
+    nclip = integer(min=0, default=5)  # Sigma-clipping iterations
+    lsigma = float(min=0.0, default=4.0)  # Lower clipping limit, in sigma
+    usigma = float(min=0.0, default=4.0)  # Upper clipping limit, in sigma
+    binwidth = float(min=0.0, default=0.1)  # Histogram bin width for mode and midpt, in sigma
+    """
+
+    def check_parameters(self):
+        self._statistics_parameters()
+        try:
+            bad_flags_mask(self.dqbits)
+        except RomosaicInputError:
+            raise RomosaicInputError(
+                f"skymatch: dqbits {self.dqbits!r} is not understood (flag names or integers "
+                "joined with '+', optionally preceded by '~')") from None
+
+    def _statistics_parameters(self, skystat=None):
+        try:
+            return SkyStatisticsParameters(
+                skystat=skystat or self.skystat,
+                lower=self.lower,
+                upper=self.upper,
+                nclip=self.nclip,
+                lsigma=self.lsigma,
+                usigma=self.usigma,
+                binwidth=self.binwidth,
+            )
+        except RomosaicInputError as error:
+            raise RomosaicInputError(f"skymatch: {error}") from None
+
+    def process(self, input_data):
+        self.check_parameters()
+        library = self.open_library(input_data)
+        matching = "match" in self.skymethod
+        geometry, names = self._survey(library)
+
+        params = self._statistics_parameters()
+        cell_params = params
+        grid = None
+        if matching:
+            grid = cell_grid(geometry)
+            if self.skystat == "mode":
+                cell_params = self._statistics_parameters(_CELL_STATISTIC_FOR_MODE)
+            log.info("sky differences measured in %d x %d cells of %.2f arcsec (%s per cell)",
+                     grid.shape[1], grid.shape[0], grid.pixel_scale, cell_params.skystat)
+
+        skies = []
+        for _, model in library.iter_models(modify=False):
+            data = np.asarray(model.data)
+            good = good_pixel_mask(model.dq, self.dqbits) & np.isfinite(data)
+            skies.append(measure_image_sky(data, good, model.meta.wcs, grid, params,
+                                           cell_params=cell_params))
+            del data, good
+
+        group_ids = list(library.group_indices)
+        groups = [library.group_indices[g] for g in group_ids]
+        result = match_sky(skies, groups, skymethod=self.skymethod, match_down=self.match_down)
+        self._report(result, skies, names, group_ids, groups)
+
+        for index, model in library.iter_models(modify=True):
+            self._record(model, result.levels[index])
+        return library
+
+    def _survey(self, library):
+        """Each model's (WCS, shape) and file name; refuse to subtract twice."""
+        geometry, names = [], []
+        for _, model in library.iter_models(modify=False):
+            name = str(model.meta.filename)
+            if model.meta.get("wcs") is None:
+                raise RomosaicInputError(f"{name}: has no WCS (meta.wcs)")
+            if model.data.ndim != 2:
+                raise RomosaicInputError(f"{name}: data is not a 2-D image "
+                                         f"(shape {model.data.shape})")
+            level, subtracted = _background_state(model)
+            if subtracted and self.subtract:
+                raise RomosaicInputError(
+                    f"{name}: sky level {level} was already subtracted "
+                    "(meta.background.subtracted is True); refusing to subtract again")
+            if step_status(model, "flux") != STEP_COMPLETE:
+                log.info("%s: not in MJy/sr (flux step not run); levels are in the data's units",
+                         name)
+            geometry.append((model.meta.wcs, model.data.shape))
+            names.append(name)
+        return geometry, names
+
+    def _report(self, result, skies, names, group_ids, groups):
+        for i, sky in enumerate(skies):
+            if not sky.valid:
+                log.warning("%s: no usable pixels (all flagged by dqbits, outside "
+                            "[lower, upper], or not finite); sky not measured, image skipped",
+                            names[i])
+        if "match" not in self.skymethod:
+            for i, sky in enumerate(skies):
+                if sky.valid:
+                    log.info("%s: local sky %.6g, level %.6g", names[i], sky.local,
+                             result.levels[i])
+            return
+        for g in result.isolated:
+            if not np.isfinite(result.group_levels[g]):
+                continue
+            if len(groups) == 1:
+                log.warning("only one exposure group (%s): nothing to match; its local sky "
+                            "%.6g is used", group_ids[g], result.group_levels[g])
+            else:
+                log.warning("exposure group %s (%s) overlaps no other exposure group; "
+                            "its local sky %.6g is used", group_ids[g], names[groups[g][0]],
+                            result.group_levels[g])
+        if len(result.components) > 1:
+            log.warning("the exposure groups form %d separate overlapping sets; their skies "
+                        "are matched within each set only", len(result.components))
+        pairs = result.pairs
+        if pairs is not None and len(pairs):
+            log.info("matched %d overlapping pairs of exposure groups (%d cells); "
+                     "pair residual rms %.2f sigma", len(pairs), int(pairs.n_cells.sum()),
+                     result.residual_rms)
+        for g, members in enumerate(groups):
+            local = [skies[i].local for i in members if skies[i].valid]
+            if local:
+                log.info("exposure group %s: level %.6g (local sky %.6g)", group_ids[g],
+                         result.group_levels[g], min(local))
+
+    def _record(self, model, level):
+        name = model.meta.filename
+        if not np.isfinite(level):
+            self.record_status(model, STEP_SKIPPED)
+            return
+        previous, was_subtracted = _background_state(model)
+        if was_subtracted:
+            # The data no longer hold that level, so what was measured is
+            # the residual sky on top of it, which is what remains to remove.
+            log.info("%s: sky level %s was already subtracted; recording the residual level",
+                     name, previous)
+        level = float(level)
+        if self.subtract:
+            model.data = (np.asarray(model.data, dtype=np.float32) - np.float32(level))
+        model.meta["background"] = {
+            "level": level,
+            "subtracted": bool(self.subtract),
+            "method": str(self.skymethod),
+        }
+        self.record_status(model, STEP_COMPLETE)

@@ -1,0 +1,177 @@
+"""``source_catalog`` step: detect and measure the sources of a mosaic.
+
+The step opens the mosaic, hands its arrays to
+`romosaic.catalog.make_source_catalog` and wraps the result in a
+``MosaicSourceCatalogModel`` and a ``MosaicSegmentationMapModel``. The
+algorithm lives in `romosaic.catalog`.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import roman_datamodels.datamodels as rdm
+
+from .._atomic import atomic_save_model
+from ..catalog import (
+    APERTURE_RADII_ARCSEC,
+    catalog_model,
+    check_catalog_parameters,
+    make_source_catalog,
+    product_stem,
+    read_aperture_corrections,
+    segmentation_model,
+)
+from ..errors import ModelTypeError, RomosaicInputError
+from ..models import one_line_message
+from .base import STEP_COMPLETE, RomosaicStep
+
+__all__ = ["SourceCatalogStep"]
+
+log = logging.getLogger(__name__)
+
+PSF_NOT_AVAILABLE = ("not performed: fit_psf was requested, but romosaic has no PSF model "
+                     "(it uses no reference files); no psf_* columns were written")
+
+
+class SourceCatalogStep(RomosaicStep):
+    """Detect the sources of a mosaic and measure their positions, shapes and fluxes.
+
+    Input: a ``MosaicModel`` or the path of one. Returns
+    ``(catalog, segmentation)``: a ``MosaicSourceCatalogModel`` (fluxes in
+    nJy) and a ``MosaicSegmentationMapModel`` (uint32 labels and the
+    detection image). Run by itself with ``save_results``, it writes
+    ``<product>_cat.parquet`` and ``<product>_segm.asdf``.
+    """
+
+    class_alias = "source_catalog"
+
+    spec = """
+    bkg_boxsize = integer(default=1000)  # Background box size in pixels (fitted to the mosaic)
+    kernel_fwhm = float(default=2.0)  # FWHM of the Gaussian detection kernel in pixels
+    snr_threshold = float(default=3.0)  # Detection threshold in units of the background noise
+    npixels = integer(default=25)  # Minimum number of connected pixels in a source
+    deblend = boolean(default=False)  # Split blended sources
+    fit_psf = boolean(default=False)  # PSF photometry: no PSF model offline, so warn and skip
+    aperture_corrections = string(default='')  # ECSV/ASDF file of encircled energy per radius
+    """
+
+    def process(self, input_data):
+        self.check_parameters()
+        mosaic, owned = _open_mosaic(input_data)
+        try:
+            return self._catalog(mosaic)
+        finally:
+            if owned:
+                mosaic.close()
+
+    def _catalog(self, mosaic):
+        name = mosaic.meta.get("filename") or "mosaic"
+        wcs = mosaic.meta.get("wcs")
+        if wcs is None:
+            raise RomosaicInputError(f"{name}: has no WCS (meta.wcs)")
+        filter_name = mosaic.meta.get("instrument", {}).get("optical_element")
+        correction = None
+        if self.aperture_corrections:
+            correction = read_aperture_corrections(
+                self.aperture_corrections, APERTURE_RADII_ARCSEC,
+                None if filter_name is None else str(filter_name))
+        weight = getattr(mosaic, "weight", None)
+        result = make_source_catalog(
+            mosaic.data,
+            mosaic.err,
+            wcs,
+            weight=None if weight is None else np.asarray(weight),
+            pixel_scale_arcsec=_pixel_scale_arcsec(mosaic),
+            bkg_boxsize=self.bkg_boxsize,
+            kernel_fwhm=self.kernel_fwhm,
+            snr_threshold=self.snr_threshold,
+            npixels=self.npixels,
+            deblend=self.deblend,
+            aperture_correction=correction,
+        )
+        if self.fit_psf:
+            log.warning("fit_psf: PSF photometry %s", PSF_NOT_AVAILABLE)
+            result.table.meta["psf_photometry"] = PSF_NOT_AVAILABLE
+        else:
+            result.table.meta["psf_photometry"] = "not requested (fit_psf=False)"
+        catalog = catalog_model(result.table, mosaic.meta)
+        segmentation = segmentation_model(result.segmentation, result.detection_image,
+                                          mosaic.meta)
+        for model in (catalog, segmentation):
+            self.record_status(model, STEP_COMPLETE)
+        self._mosaic_filename = str(name)
+        return catalog, segmentation
+
+    def check_parameters(self):
+        check_catalog_parameters(bkg_boxsize=self.bkg_boxsize, kernel_fwhm=self.kernel_fwhm,
+                                 snr_threshold=self.snr_threshold, npixels=self.npixels,
+                                 deblend=self.deblend)
+        if self.aperture_corrections:
+            path = Path(self.aperture_corrections)
+            if not path.is_file():
+                raise RomosaicInputError(f"{path}: aperture_corrections file not found")
+            if path.suffix.lower() not in (".ecsv", ".asdf"):
+                raise RomosaicInputError(
+                    f"{path}: aperture_corrections must be an .ecsv or .asdf file")
+
+    @classmethod
+    def _datamodels_open(cls, init, **kwargs):
+        if isinstance(init, (str, Path)):
+            return _open_mosaic(init)[0]
+        return init
+
+    def save_model(self, model, suffix=None, idx=None, output_file=None, force=False,
+                   **components):
+        if isinstance(model, rdm.MosaicSourceCatalogModel):
+            suffix, ext = "cat", "parquet"
+        elif isinstance(model, rdm.MosaicSegmentationMapModel):
+            suffix, ext = "segm", "asdf"
+        else:
+            return super().save_model(model, suffix=suffix, idx=idx, output_file=output_file,
+                                      force=force, **components)
+        output_file = output_file or self.output_file
+        if not force and not self.save_results and not output_file:
+            return None
+        # Both products are named after the mosaic (x_coadd.asdf → x_cat.parquet,
+        # x_segm.asdf), not numbered like stpipe's default for tuple results.
+        basepath = output_file or getattr(self, "_mosaic_filename", None) or \
+            f"{product_stem(model.meta.filename)}.asdf"
+        path = self.make_output_path(basepath=basepath, suffix=suffix, ext=ext)
+        atomic_save_model(model, path)
+        log.info("Saved %s", path)
+        return str(path)
+
+
+def _pixel_scale_arcsec(mosaic):
+    """The mosaic's pixel size from ``meta.wcsinfo.pixel_scale`` (degrees), if usable."""
+    try:
+        scale = float(mosaic.meta.wcsinfo.pixel_scale) * 3600.0
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return scale if np.isfinite(scale) and scale > 0 else None
+
+
+def _open_mosaic(input_data):
+    """The input as a ``MosaicModel``, and whether this step opened it."""
+    if isinstance(input_data, rdm.MosaicModel):
+        return input_data, False
+    if isinstance(input_data, (str, Path)):
+        path = Path(input_data)
+        if not path.is_file():
+            raise RomosaicInputError(f"{path}: file not found")
+        try:
+            model = rdm.open(path)
+        except Exception as error:  # asdf, yaml, validation errors alike
+            raise RomosaicInputError(
+                f"{path}: not a readable Roman data file ({one_line_message(error)})") from None
+        if not isinstance(model, rdm.MosaicModel):
+            kind = type(model).__name__
+            model.close()
+            raise ModelTypeError(
+                f"{path}: is a {kind}, but source_catalog needs a mosaic (MosaicModel)")
+        return model, True
+    name = getattr(getattr(input_data, "meta", None), "filename", None) or "input"
+    raise ModelTypeError(
+        f"{name}: is a {type(input_data).__name__}, but source_catalog needs a mosaic "
+        "(MosaicModel)")
