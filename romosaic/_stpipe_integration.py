@@ -16,4 +16,5 @@ def get_steps():
         ("romosaic.steps.SkyMatchStep", "skymatch", False),
         ("romosaic.steps.OutlierDetectionStep", "outlier_detection", False),
         ("romosaic.steps.ResampleStep", "resample", False),
+        ("romosaic.steps.SourceCatalogStep", "source_catalog", False),
     ]

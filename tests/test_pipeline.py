@@ -75,7 +75,8 @@ def _star_fluxes_njy(mosaic, sources, sky_mjysr, radius_arcsec=0.7):
 
 def test_isolated_star_fluxes_match_truth(clean_sim, tmp_path):
     mosaic, catalog, segmentation = _run(clean_sim.asn_path, tmp_path)
-    assert catalog is None and segmentation is None
+    assert isinstance(catalog, rdm.MosaicSourceCatalogModel)
+    assert isinstance(segmentation, rdm.MosaicSegmentationMapModel)
     sky = float(clean_sim.images["sky_mjysr"][0])
     measured, truth = _star_fluxes_njy(mosaic, clean_sim.sources, sky)
     assert len(measured) >= 10
@@ -122,7 +123,9 @@ def test_product_validates_and_inputs_untouched(noisy_sim, tmp_path):
         assert model.meta.instrument.optical_element == "F158"
         assert model.data.dtype == np.float32 and model.err.dtype == np.float32
     assert {p: _digest(p) for p in noisy_sim.cal_paths} == before
-    assert list(tmp_path.iterdir()) == [path]
+    stem = noisy_sim.product_name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name, f"{stem}_cat.parquet", f"{stem}_segm.asdf"])
 
 
 def test_on_disk_gives_identical_arrays(noisy_sim, tmp_path):

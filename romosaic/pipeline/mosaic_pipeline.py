@@ -1,15 +1,21 @@
 """``roman_mos``: the mosaic pipeline.
 
-Runs flux → skymatch → outlier_detection → resample (→ source_catalog)
-over one association and writes ``<product>_coadd.asdf`` atomically. The
-return value always has the final form ``(mosaic, catalog, segmentation)``.
+Runs flux → skymatch → outlier_detection → resample → source_catalog over
+one association and writes ``<product>_coadd.asdf``, ``<product>_cat.parquet``
+and ``<product>_segm.asdf``, each atomically.
 """
 
 import logging
 from pathlib import Path
 
 from .._atomic import atomic_save_model
-from ..steps import FluxStep, OutlierDetectionStep, ResampleStep, SkyMatchStep
+from ..steps import (
+    FluxStep,
+    OutlierDetectionStep,
+    ResampleStep,
+    SkyMatchStep,
+    SourceCatalogStep,
+)
 from ..steps.base import RomosaicPipelineBase
 
 __all__ = ["MosaicPipeline"]
@@ -27,8 +33,8 @@ class MosaicPipeline(RomosaicPipelineBase):
     Returns
     -------
     tuple
-        ``(mosaic, catalog, segmentation)``: the ``MosaicModel``, and None for
-        the catalog and segmentation map until the source_catalog step runs.
+        ``(mosaic, catalog, segmentation)``: the ``MosaicModel``, the
+        ``MosaicSourceCatalogModel`` and the ``MosaicSegmentationMapModel``.
     """
 
     class_alias = "roman_mos"
@@ -45,6 +51,7 @@ class MosaicPipeline(RomosaicPipelineBase):
         "skymatch": SkyMatchStep,
         "outlier_detection": OutlierDetectionStep,
         "resample": ResampleStep,
+        "source_catalog": SourceCatalogStep,
     }
 
     def process(self, input_data):
@@ -60,14 +67,19 @@ class MosaicPipeline(RomosaicPipelineBase):
             library = self.skymatch.run(library)
             library = self.outlier_detection.run(library)
             mosaic = self.resample.run(library)
-            product_name = self._product_name(library)
-            mosaic.meta.filename = f"{product_name}_{self.suffix}.asdf"
-            if self.save_results:
-                self._save_product(mosaic, product_name)
         finally:
             if owns_library:
                 library.close()
-        return mosaic, None, None
+        product_name = self._product_name(library)
+        # The catalog records the mosaic's file name, so name it first.
+        mosaic.meta.filename = f"{product_name}_{self.suffix}.asdf"
+        catalog = segmentation = None
+        result = self.source_catalog.run(mosaic)
+        if isinstance(result, tuple):  # a skipped step hands back its input
+            catalog, segmentation = result
+        if self.save_results:
+            self._save_products(product_name, mosaic, catalog, segmentation)
+        return mosaic, catalog, segmentation
 
     def _product_name(self, library):
         if self.output_file:
@@ -75,13 +87,18 @@ class MosaicPipeline(RomosaicPipelineBase):
             return self.remove_suffix(stem)[0]
         return library.product_name
 
-    def _save_product(self, mosaic, product_name):
+    def _save_products(self, product_name, mosaic, catalog, segmentation):
         output_dir = Path(self.output_dir or ".")
         output_dir.mkdir(parents=True, exist_ok=True)
-        path = output_dir / f"{product_name}_{self.suffix}.asdf"
-        atomic_save_model(mosaic, path)
-        self._written[id(mosaic)] = path
-        log.info("Saved mosaic %s", path)
+        products = [(mosaic, f"{product_name}_{self.suffix}.asdf")]
+        if catalog is not None:
+            products.append((catalog, f"{product_name}_cat.parquet"))
+        if segmentation is not None:
+            products.append((segmentation, f"{product_name}_segm.asdf"))
+        for model, name in products:
+            path = atomic_save_model(model, output_dir / name)
+            self._written[id(model)] = path
+            log.info("Saved %s", path)
 
     def save_model(self, model, *args, **kwargs):
         # stpipe's Step.run saves each returned model under names built from

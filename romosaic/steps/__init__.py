@@ -5,6 +5,7 @@ from .flux_step import FluxStep
 from .outlier_detection_step import OutlierDetectionStep
 from .resample_step import ResampleStep
 from .skymatch_step import SkyMatchStep
+from .source_catalog_step import SourceCatalogStep
 
 __all__ = [
     "FluxStep",
@@ -12,4 +13,5 @@ __all__ = [
     "ResampleStep",
     "RomosaicStep",
     "SkyMatchStep",
+    "SourceCatalogStep",
 ]
