@@ -261,3 +261,22 @@ def test_on_disk_temporary_directory_removed_after_an_error(noisy_sim, tmp_path)
     assert not list(tmp_path.glob("romosaic-tmp-*"))
     assert not list(tmp_path.glob("*coadd*"))
     other_path.unlink()
+
+
+def test_no_network_access_during_a_run(noisy_sim, tmp_path, monkeypatch):
+    import socket
+
+    opened = []
+
+    def refuse(*args, **kwargs):
+        opened.append(args)
+        raise OSError("romosaic must not open network connections")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.delenv("CRDS_SERVER_URL", raising=False)
+    monkeypatch.delenv("STPIPE_DISABLE_CRDS_STEPPARS", raising=False)
+    mosaic, catalog, segmentation = _run(noisy_sim.asn_path, tmp_path)
+    assert opened == []
+    assert len(catalog.source_catalog) > 10
+    assert segmentation.data.max() > 0
