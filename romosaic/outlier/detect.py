@@ -196,7 +196,7 @@ def drizzle_group(images, window, *, n_images, kernel="square", pixfrac=1.0,
             margin = edge_margin(scale / window.grid.pixel_scale)
             shape = (window.shape[0] + 2 * margin, window.shape[1] + 2 * margin)
             coadd = DrizzleCoadd(shape, n_images, kernel=kernel, pixfrac=pixfrac,
-                                 fillval="NaN")
+                                 fillval="NaN", with_context=False)
         good = good_pixel_mask(image.dq, good_bits)
         weight = pixel_weights(weight_type, data=image.data, good=good,
                                var_rnoise=image.variances.get("var_rnoise"),

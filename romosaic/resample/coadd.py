@@ -37,7 +37,8 @@ class CoaddResult:
     Attributes
     ----------
     data, weight : numpy.ndarray of float32
-    context : numpy.ndarray of uint32, shape ``(planes, ny, nx)``
+    context : numpy.ndarray of uint32, shape ``(planes, ny, nx)``, or None
+        None when the co-add was made ``with_context=False``.
     variances : dict of str to numpy.ndarray of float32
     exptimes : list of float
         Exposure time of each input, by context index.
@@ -61,7 +62,8 @@ class CoaddResult:
         inner = (slice(margin, -margin), slice(margin, -margin))
         self.data = np.ascontiguousarray(self.data[inner])
         self.weight = np.ascontiguousarray(self.weight[inner])
-        self.context = np.ascontiguousarray(self.context[(slice(None), *inner)])
+        if self.context is not None:
+            self.context = np.ascontiguousarray(self.context[(slice(None), *inner)])
         for name in list(self.variances):
             self.variances[name] = np.ascontiguousarray(self.variances[name][inner])
         return self
@@ -84,6 +86,9 @@ class DrizzleCoadd:
         Linear shrink factor of input pixels, in (0, 1].
     fillval : str or float, optional
         Value of output pixels that received no data.
+    with_context : bool, optional
+        Keep the context image (one int32 plane per 32 inputs); outlier
+        detection's group drizzles do not need it.
 
     Examples
     --------
@@ -98,12 +103,14 @@ class DrizzleCoadd:
     """
 
     def __init__(
-        self, shape, n_inputs, *, variance_names=(), kernel="square", pixfrac=1.0, fillval="NaN"
+        self, shape, n_inputs, *, variance_names=(), kernel="square", pixfrac=1.0, fillval="NaN",
+        with_context=True,
     ):
         self.shape = tuple(int(n) for n in shape)
         self.n_inputs = int(n_inputs)
         self.variance_names = tuple(variance_names)
         self.pixfrac = float(pixfrac)
+        self.with_context = bool(with_context)
         self._exptimes = []
         self._added = 0
         out_img2 = [np.zeros(self.shape, np.float32) for _ in self.variance_names] or None
@@ -115,6 +122,7 @@ class DrizzleCoadd:
             out_img2=out_img2,
             begin_ctx_id=0,
             max_ctx_id=max(self.n_inputs - 1, 0),
+            disable_ctx=not with_context,
         )
 
     def add(self, data, pixmap, *, weight, variances=None, exptime, pixel_scale_ratio=1.0):
@@ -154,7 +162,9 @@ class DrizzleCoadd:
                     plane = np.asarray(plane, dtype=np.float32)
                     data2.append(np.where(usable & np.isfinite(plane), plane, 0.0).astype(
                         np.float32))
-        pixmap = np.where(np.isfinite(pixmap), pixmap, -1e9)
+        if not np.isfinite(pixmap).all():
+            # Pixels without a sky position land far outside the output.
+            pixmap = np.where(np.isfinite(pixmap), pixmap, -1e9)
         self._drizzle.add_image(
             clean,
             exptime=float(exptime),
@@ -172,10 +182,11 @@ class DrizzleCoadd:
     def finish(self):
         """The co-added arrays (see `CoaddResult`)."""
         drizzle = self._drizzle
-        context = drizzle.out_ctx
-        if context is None:
-            context = np.zeros((context_planes(self.n_inputs), *self.shape), np.int32)
-        context = np.ascontiguousarray(context).view(np.uint32)
+        context = drizzle.out_ctx if self.with_context else None
+        if self.with_context:
+            if context is None:
+                context = np.zeros((context_planes(self.n_inputs), *self.shape), np.int32)
+            context = np.ascontiguousarray(context).view(np.uint32)
         variances = {}
         if self.variance_names:
             out_img2 = drizzle.out_img2
