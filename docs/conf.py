@@ -33,6 +33,12 @@ autodoc_typehints = "none"
 # `name` in docstrings refers to a Python object.
 default_role = "py:obj"
 
+# Numpydoc types such as "list of (wcs, shape)" make cross-references to
+# every word; a bare "wcs" matches several attributes (OutputGrid.wcs,
+# ResampleInput.wcs, ...) and Sphinx warns that the target is ambiguous. Those
+# words are descriptions, not links, so the ambiguity warnings are silenced.
+suppress_warnings = ["ref.python"]
+
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 templates_path = []
 html_static_path = []

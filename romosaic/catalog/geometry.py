@@ -8,7 +8,7 @@ columns say where north and east point (position angles).
 
 On a TAN grid the pixel solid angle changes as cos³ of the distance from the
 tangent point, so on a skycell whose tangent point is a few degrees away the
-pixel area differs by up to ~1e-3 from ``meta.wcsinfo.pixel_scale``² (measured
+pixel area differs by up to ~1e-3 from the square of ``meta.wcsinfo.pixel_scale`` (measured
 at the grid centre). Using the local value removes that error.
 """
 

@@ -11,7 +11,8 @@ with the *blot* — the median image interpolated back to that pixel:
   pixel or any of its 3 × 3 neighbours, **and** ``diff > scale2·deriv +
   snr2·noise`` on the pixel itself.
 
-romosaic adds one term, ``model_error · |blot|``, inside both thresholds.
+romosaic adds one term inside both thresholds: ``model_error`` times the
+brightest source signal of the model within 3 × 3 pixels (`source_signal`).
 The median of drizzled, undersampled images is smoother than any single
 exposure: at the core of a bright star the blot falls short of an
 exposure's peak pixel by a fixed *fraction* of the star's brightness

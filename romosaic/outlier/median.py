@@ -2,7 +2,7 @@
 
 Outlier detection takes, at every pixel, the median over a handful of
 exposure groups (typically 2-16). ``numpy.nanmedian`` over such a stack
-spends most of its time in generic machinery (about 1.6 Mpix/s for 8 frames
+spends most of its time in generic machinery (a few Mpix/s for 8 frames
 here). With so few values per pixel a *sorting network* is far faster: a
 fixed sequence of compare-exchange steps, each one ``numpy.minimum`` /
 ``numpy.maximum`` over whole image planes, so the work is a few dozen

@@ -308,7 +308,7 @@ def skycell_grid_for_association(*, skycell_wcs_info=None, target=None):
         log.info("association target %r is not a skycell name; using a free grid", name)
         return None
     grid = skycell_grid(name)
-    log.info("resampling onto skycell %s", name)
+    log.info("using the grid of skycell %s", name)
     return grid
 
 

@@ -1,7 +1,8 @@
 """``outlier_detection`` step: flag cosmic rays and other outliers in the inputs.
 
-The step drives `romosaic.outlier.detect` over a library: it chooses the
-same grid resample will use (the association's skycell or a free grid),
+The step drives `romosaic.outlier.detect` over a library: it works on the
+association's skycell grid when resample will use one, otherwise on a free
+grid twice as fine as the inputs (``pixel_scale_ratio``),
 drizzles each exposure group onto the window of that grid the inputs cover,
 takes the median, and flags each input's disagreeing pixels with
 DO_NOT_USE | OUTLIER in its ``dq`` (so resample then leaves them out). With
