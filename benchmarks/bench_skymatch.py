@@ -24,7 +24,6 @@ Examples
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -32,61 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA_DIR = HERE / "_data"
+from _cases import DEFAULT_DATA_DIR, SEED, ensure_data, parse_case
+
 DEFAULT_CASES = ("4x1x1024", "8x2x1024", "16x4x1024")
-
-#: Seed of every simulated case (the same as bench_pipeline.py, so caches are shared).
-SEED = 2024
-
-_CASE_RE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
-_SIM_MARKER = "simulation.json"
 
 
 # --------------------------------------------------------------------------
 # Parent side
 # --------------------------------------------------------------------------
-
-
-def parse_case(name):
-    """``"8x2x1024"`` → ``{"name": ..., "n_exposures": 8, "n_detectors": 2, "size": 1024}``."""
-    match = _CASE_RE.match(name)
-    if not match:
-        raise SystemExit(f"bad case {name!r}: expected <exposures>x<detectors>x<size>")
-    n_exposures, n_detectors, size = (int(g) for g in match.groups())
-    return {"name": name, "n_exposures": n_exposures, "n_detectors": n_detectors, "size": size}
-
-
-def simulation_options(case):
-    return {"n_exposures": case["n_exposures"], "n_detectors": case["n_detectors"],
-            "size": case["size"], "seed": SEED}
-
-
-def ensure_data(case, data_dir, python):
-    """The association of ``case``, simulated (in a child process) unless cached."""
-    case_dir = data_dir / case["name"]
-    options = simulation_options(case)
-    marker = case_dir / _SIM_MARKER
-    if marker.exists():
-        recorded = json.loads(marker.read_text())
-        asn = case_dir / recorded.get("asn", "")
-        if recorded.get("options") == options and asn.is_file():
-            return asn
-    data_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{case['name']}-", dir=data_dir))
-    print(f"[{case['name']}] simulating {options} ...", flush=True)
-    start = time.perf_counter()
-    command = [python, str(Path(__file__).resolve()), "_simulate", str(staging),
-               json.dumps(options)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise SystemExit(f"simulation of {case['name']} failed:\n{done.stderr[-4000:]}")
-    if case_dir.exists():
-        shutil.rmtree(case_dir)
-    staging.rename(case_dir)
-    print(f"[{case['name']}] simulated in {time.perf_counter() - start:.1f} s", flush=True)
-    return case_dir / json.loads(marker.read_text())["asn"]
 
 
 def run_case(case, asn, *, on_disk, python, data_dir):
@@ -152,7 +104,7 @@ def main(argv=None):
     data_dir = args.data_dir.resolve()
     results = []
     for case in cases:
-        asn = ensure_data(case, data_dir, args.python)
+        asn, _ = ensure_data(case, data_dir, args.python)
         runs = []
         for index in range(max(1, args.repeat)):
             result = run_case(case, asn, on_disk=args.on_disk, python=args.python,
@@ -173,15 +125,6 @@ def main(argv=None):
 # --------------------------------------------------------------------------
 # Child side
 # --------------------------------------------------------------------------
-
-
-def child_simulate(outdir, options_json):
-    from romosaic.simulate import simulate_association
-
-    options = json.loads(options_json)
-    result = simulate_association(outdir, **options)
-    marker = {"options": options, "asn": result.asn_path.name}
-    (Path(outdir) / _SIM_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
 def child_run(spec_json):
@@ -230,9 +173,7 @@ def child_run(spec_json):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_simulate":
-        child_simulate(sys.argv[2], sys.argv[3])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_run":
+    if len(sys.argv) > 1 and sys.argv[1] == "_run":
         child_run(sys.argv[2])
     else:
         main()
