@@ -124,12 +124,6 @@ class ModelLibrary(AbstractModelLibrary):
         """Whether models are kept in temporary files between uses."""
         return self._on_disk
 
-    def member_paths(self):
-        """Paths of the members that are files (None for in-memory models)."""
-        if self._asn_dir is None:
-            return [None] * len(self)
-        return [Path(self._member_to_filename(m)) for m in self._members]
-
     def close(self):
         """Remove the temporary directory of an ``on_disk`` library.
 

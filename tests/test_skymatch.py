@@ -14,6 +14,7 @@ from astropy.stats import sigma_clipped_stats
 
 from romosaic.errors import RomosaicInputError
 from romosaic.library import ModelLibrary
+from romosaic.resample.pixmap import map_pixels
 from romosaic.simulate import make_image_models, simulate_association
 from romosaic.simulate.wcs import ImageGeometry, plan_layout
 from romosaic.skymatch import (
@@ -22,7 +23,7 @@ from romosaic.skymatch import (
     grouped_sky_statistics,
     match_sky,
 )
-from romosaic.skymatch.cells import _cell_coordinate_strips, _to_grid
+from romosaic.skymatch.cells import _cell_coordinate_strips
 from romosaic.steps import FluxStep, ResampleStep
 from romosaic.steps.skymatch_step import SkyMatchStep
 
@@ -125,7 +126,7 @@ def test_interpolated_cell_map_matches_exact_wcs_on_a_distorted_detector():
     worst = 0.0
     for rows, gx, gy in _cell_coordinate_strips(geometry.wcs, geometry.shape, grid):
         x, y = np.meshgrid(np.arange(512.0), np.arange(rows.start, rows.stop, dtype=float))
-        ex, ey = _to_grid(geometry.wcs, grid.wcs, x, y)
+        ex, ey = map_pixels(geometry.wcs, grid.wcs, x, y)
         worst = max(worst, np.abs(gx - ex).max(), np.abs(gy - ey).max())
     # A 12-pixel corner distortion on a 512-pixel detector (a hundred pixels
     # at full size, far beyond the real one) moves cell boundaries by less

@@ -46,6 +46,7 @@ __all__ = [
     "data_window",
     "drizzle_group",
     "flag_image",
+    "image_noise",
     "median_of_frames",
 ]
 
@@ -305,14 +306,15 @@ def flag_image(image, median, window, *, snr, scale, backg=0.0, model_error=0.0,
     """
     pixmap = window.pixmap(image.wcs, image.shape, stepsize=pixmap_stepsize)
     blot = blot_median(median, pixmap)
-    noise = _noise(image)
+    noise = image_noise(image)
     usable = good_pixel_mask(image.dq, good_bits)
     mask = outlier_mask(image.data, blot, noise, snr=snr, scale=scale, backg=backg,
                         model_error=model_error, usable=usable)
     return mask, blot
 
 
-def _noise(image):
+def image_noise(image):
+    """1-σ noise of a `ResampleInput`: the square root of its summed variance planes."""
     variance = np.zeros(image.shape, np.float32)
     for name in ("var_rnoise", "var_poisson", "var_flat"):
         plane = image.variances.get(name)

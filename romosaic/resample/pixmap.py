@@ -13,7 +13,7 @@ reported in the documentation); ``stepsize=1`` evaluates every pixel exactly.
 import numpy as np
 from scipy.interpolate import RectBivariateSpline
 
-__all__ = ["compute_pixmap", "sky_to_output_pixels"]
+__all__ = ["compute_pixmap", "map_pixels", "node_positions", "sky_to_output_pixels"]
 
 
 def sky_to_output_pixels(output_wcs, ra, dec):
@@ -55,8 +55,8 @@ def compute_pixmap(input_wcs, output_wcs, shape, *, stepsize=10):
     if stepsize <= 1 or nx < 4 * stepsize or ny < 4 * stepsize:
         return _exact_pixmap(input_wcs, output_wcs, np.arange(nx), np.arange(ny))
 
-    x_nodes = _nodes(nx, stepsize)
-    y_nodes = _nodes(ny, stepsize)
+    x_nodes = node_positions(nx, stepsize)
+    y_nodes = node_positions(ny, stepsize)
     node_map = _exact_pixmap(input_wcs, output_wcs, x_nodes, y_nodes)
     if not np.all(np.isfinite(node_map)):
         # Splines cannot bridge undefined nodes (e.g. pixels off the sky of a
@@ -72,15 +72,20 @@ def compute_pixmap(input_wcs, output_wcs, shape, *, stepsize=10):
     return pixmap
 
 
-def _nodes(n, stepsize):
+def node_positions(n, stepsize):
+    """Pixel positions 0, stepsize, 2·stepsize, … and always the last pixel n − 1."""
     nodes = np.arange(0, n, stepsize, dtype=float)
     if nodes[-1] != n - 1:
         nodes = np.append(nodes, n - 1)
     return nodes
 
 
+def map_pixels(input_wcs, output_wcs, x, y):
+    """Output pixel ``(x, y)`` of input pixels, through the sky, exactly."""
+    ra, dec = input_wcs(x, y, with_bounding_box=False)
+    return sky_to_output_pixels(output_wcs, ra, dec)
+
+
 def _exact_pixmap(input_wcs, output_wcs, x_values, y_values):
     x, y = np.meshgrid(np.asarray(x_values, float), np.asarray(y_values, float))
-    ra, dec = input_wcs(x, y, with_bounding_box=False)
-    x_out, y_out = sky_to_output_pixels(output_wcs, ra, dec)
-    return np.dstack([x_out, y_out])
+    return np.dstack(map_pixels(input_wcs, output_wcs, x, y))

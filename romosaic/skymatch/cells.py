@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..resample.grid import free_grid, native_pixel_scale
+from ..resample.pixmap import map_pixels, node_positions
 from .statistics import grouped_sky_statistics
 
 __all__ = [
@@ -116,19 +117,6 @@ def cell_grid(wcs_and_shapes, cell_size=DEFAULT_CELL_SIZE):
     return free_grid(wcs_and_shapes, pixel_scale_ratio=float(cell_size))
 
 
-def _nodes(n, step):
-    nodes = np.arange(0, n, step, dtype=float)
-    if nodes[-1] != n - 1:
-        nodes = np.append(nodes, n - 1)
-    return nodes
-
-
-def _to_grid(wcs, grid_wcs, x, y):
-    ra, dec = wcs(x, y, with_bounding_box=False)
-    gx, gy = grid_wcs.invert(ra, dec, with_bounding_box=False)
-    return np.asarray(gx, dtype=float), np.asarray(gy, dtype=float)
-
-
 class _NodeInterpolator:
     """Bilinear interpolation of a map known on a rectangular grid of nodes.
 
@@ -157,8 +145,8 @@ def _cell_coordinate_strips(wcs, shape, grid):
     x_all = np.arange(nx, dtype=float)
     exact = nx < 4 * _NODE_STEP or ny < 4 * _NODE_STEP
     if not exact:
-        xn, yn = _nodes(nx, _NODE_STEP), _nodes(ny, _NODE_STEP)
-        gx, gy = _to_grid(wcs, grid.wcs, *np.meshgrid(xn, yn))
+        xn, yn = node_positions(nx, _NODE_STEP), node_positions(ny, _NODE_STEP)
+        gx, gy = map_pixels(wcs, grid.wcs, *np.meshgrid(xn, yn))
         exact = not (np.all(np.isfinite(gx)) and np.all(np.isfinite(gy)))
     if not exact:
         interp_x = _NodeInterpolator(xn, yn, gx, nx)
@@ -166,7 +154,8 @@ def _cell_coordinate_strips(wcs, shape, grid):
     for r0 in range(0, ny, _STRIP_ROWS):
         rows = np.arange(r0, min(r0 + _STRIP_ROWS, ny), dtype=float)
         if exact:
-            yield slice(r0, r0 + rows.size), *_to_grid(wcs, grid.wcs, *np.meshgrid(x_all, rows))
+            yield slice(r0, r0 + rows.size), *map_pixels(wcs, grid.wcs,
+                                                          *np.meshgrid(x_all, rows))
         else:
             yield slice(r0, r0 + rows.size), interp_x(rows), interp_y(rows)
 

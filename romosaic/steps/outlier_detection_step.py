@@ -25,6 +25,7 @@ from ..outlier.detect import (
     data_window,
     drizzle_group,
     flag_image,
+    image_noise,
     median_of_frames,
 )
 from ..outlier.flagging import outlier_mask, parse_pair
@@ -184,9 +185,9 @@ class OutlierDetectionStep(RomosaicStep):
             image = input_from_model(model)
             if window is None:
                 blot = median
-                noise = np.sqrt(sum(np.nan_to_num(v) for v in image.variances.values()))
-                mask = outlier_mask(image.data, median, noise, snr=self._snr, scale=self._scale,
-                                    backg=self.backg, model_error=self.model_error,
+                mask = outlier_mask(image.data, median, image_noise(image), snr=self._snr,
+                                    scale=self._scale, backg=self.backg,
+                                    model_error=self.model_error,
                                     usable=good_pixel_mask(image.dq, self.good_bits))
             else:
                 mask, blot = flag_image(image, median, window, snr=self._snr, scale=self._scale,
