@@ -11,6 +11,7 @@ from romosaic.library import ModelLibrary
 from romosaic.outlier import nanmedian_stack, outlier_mask
 from romosaic.outlier.median import sorting_network
 from romosaic.simulate import make_image_models, simulate_association
+from romosaic.simulate.checks import aperture_sum, cosmic_ray_recovery
 from romosaic.steps import FluxStep, OutlierDetectionStep, ResampleStep, SkyMatchStep
 
 OUTLIER = int(pixel.OUTLIER)
@@ -21,52 +22,13 @@ def _prepared(models):
     return SkyMatchStep.call(FluxStep.call(ModelLibrary(models)))
 
 
-def _cosmic_ray_recovery(library, cosmic_rays, size):
-    """Fraction of >5σ cosmic-ray pixels covered by ≥2 exposure groups that are flagged."""
-    images = {}
-    with library:
-        for index in range(len(library)):
-            model = library.borrow(index)
-            images[model.meta.filename] = (model.dq.copy(), model.err.astype(np.float32),
-                                           model.meta.wcs, model.meta.group_id,
-                                           float(model.meta.photometry.conversion_megajanskys))
-            library.shelve(model, index, modify=False)
-    groups = {}
-    for name, (_, _, _, group, _) in images.items():
-        groups.setdefault(group, []).append(name)
-    # Keep the hits more than 5σ above the noise, then find (all at once per
-    # image) how many exposure groups cover each one's sky position.
-    hits = [h for h in cosmic_rays
-            if h["value_dn_s"] * images[h["filename"]][4] > 5 * images[h["filename"]][1][
-                int(h["y"]), int(h["x"])]]
-    x = np.array([h["x"] for h in hits], float)
-    y = np.array([h["y"] for h in hits], float)
-    ra = np.empty(len(hits))
-    dec = np.empty(len(hits))
-    for name, (_, _, wcs, _, _) in images.items():
-        mine = np.array([h["filename"] == name for h in hits])
-        if mine.any():
-            ra[mine], dec[mine] = wcs(x[mine], y[mine])
-    covering = np.zeros(len(hits), int)
-    for names in groups.values():
-        inside = np.zeros(len(hits), bool)
-        for name in names:
-            px, py = images[name][2].invert(ra, dec)
-            inside |= (px >= 1) & (px <= size - 2) & (py >= 1) & (py <= size - 2)
-        covering += inside
-    eligible = covering >= 2
-    flagged = np.array([bool(images[h["filename"]][0][int(h["y"]), int(h["x"])] & OUTLIER)
-                        for h in hits])
-    return int(flagged[eligible].sum()), int(eligible.sum())
-
-
 @pytest.mark.parametrize("n_exposures", [4, 8])
 def test_cosmic_rays_are_flagged_and_absent_from_the_coadd(n_exposures):
     size = 384
     models, _, _, cosmic_rays = make_image_models(
         n_exposures=n_exposures, n_detectors=2, size=size, seed=11, cosmic_ray_rate=3e-4)
     library = OutlierDetectionStep.call(_prepared(models))
-    flagged, eligible = _cosmic_ray_recovery(library, cosmic_rays, size)
+    flagged, eligible = cosmic_ray_recovery(library, cosmic_rays)
     assert eligible > 500
     assert flagged / eligible >= 0.995, (flagged, eligible)
     # Flagged pixels carry DO_NOT_USE too, so resample leaves them out: the
@@ -79,9 +41,8 @@ def test_cosmic_rays_are_flagged_and_absent_from_the_coadd(n_exposures):
     mosaic = ResampleStep.call(library)
     hits = cosmic_rays[cosmic_rays["value_dn_s"] > 5.0]
     first = hits[hits["filename"] == hits["filename"][0]]
-    with library:
-        wcs = library.borrow(0).meta.wcs
-        library.shelve(library._ledger[0], 0, modify=False)
+    wcs = next(model.meta.wcs for _, model in library.iter_models()
+               if model.meta.filename == first["filename"][0])
     sky_median = np.nanmedian(mosaic.data)
     sky_spread = np.nanpercentile(mosaic.data, 84) - sky_median
     sky = wcs(np.asarray(first["x"], float), np.asarray(first["y"], float))
@@ -105,26 +66,14 @@ def test_bright_stars_keep_their_flux(n_exposures):
     brightest = stars[np.argsort(stars["mag_ab"])][: len(stars) // 10]
     ratios = []
     for star in brightest:
-        a = _aperture_sum(with_detection, star["ra"], star["dec"])
-        b = _aperture_sum(without, star["ra"], star["dec"])
+        a = aperture_sum(with_detection, star["ra"], star["dec"])
+        b = aperture_sum(without, star["ra"], star["dec"])
         if np.isfinite(a) and np.isfinite(b) and b > 0:
             ratios.append(a / b)
     ratios = np.array(ratios)
     assert len(ratios) >= 30
     kept = np.mean(np.abs(ratios - 1) < 0.01)
     assert kept >= 0.99, (kept, np.sort(np.abs(ratios - 1))[-5:])
-
-
-def _aperture_sum(mosaic, ra, dec, radius_arcsec=0.5):
-    x, y = mosaic.meta.wcs.invert(ra, dec)
-    radius = radius_arcsec / (mosaic.meta.wcsinfo.pixel_scale * 3600)
-    ny, nx = mosaic.data.shape
-    if not (radius + 2 < x < nx - radius - 3 and radius + 2 < y < ny - radius - 3):
-        return np.nan
-    yy, xx = np.mgrid[int(y - radius - 2):int(y + radius + 3),
-                      int(x - radius - 2):int(x + radius + 3)]
-    inside = (xx - x) ** 2 + (yy - y) ** 2 <= radius**2
-    return float(np.nansum(mosaic.data[yy[inside], xx[inside]]))
 
 
 def test_on_disk_flags_equal_in_memory_and_persist(tmp_path):
@@ -134,10 +83,7 @@ def test_on_disk_flags_equal_in_memory_and_persist(tmp_path):
     for on_disk in (False, True):
         library = ModelLibrary(sim.asn_path, on_disk=on_disk, temp_directory=tmp_path)
         library = OutlierDetectionStep.call(SkyMatchStep.call(FluxStep.call(library)))
-        with library:
-            flags[on_disk] = [library.borrow(i).dq.copy() for i in range(len(library))]
-            for i in range(len(library)):
-                library.shelve(library._ledger[i], i, modify=False)
+        flags[on_disk] = [model.dq.copy() for _, model in library.iter_models()]
         library.close()
     assert sum(int((f & OUTLIER).astype(bool).sum()) for f in flags[False]) > 20
     for a, b in zip(flags[False], flags[True], strict=True):
@@ -171,10 +117,7 @@ def test_raw_comparison_without_resampling():
         copies.append(model)
     copies[1].data[20, 30] += 50.0
     library = OutlierDetectionStep.call(FluxStep.call(ModelLibrary(copies)), resample_data=False)
-    with library:
-        flagged = [np.argwhere(library.borrow(i).dq & OUTLIER) for i in range(3)]
-        for i in range(3):
-            library.shelve(library._ledger[i], i, modify=False)
+    flagged = [np.argwhere(model.dq & OUTLIER) for _, model in library.iter_models()]
     assert [len(f) for f in flagged] == [0, 1, 0]
     assert flagged[1].tolist() == [[20, 30]]
 
