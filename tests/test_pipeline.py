@@ -165,11 +165,27 @@ def test_strun_association_single_file_and_parameter_file(noisy_sim, tmp_path, c
         assert model.meta.resample.pixfrac == 0.8
 
 
-def test_config_file_through_python(noisy_sim, tmp_path):
-    mosaic, _, _ = MosaicPipeline.call(str(noisy_sim.asn_path),
-                                       config_file=str(REPO / "config" / "roman_mos.asdf"))
+def test_config_file_through_python(noisy_sim, tmp_path, monkeypatch):
+    import asdf
+
+    # A user's copy of the shipped parameter file, with one value changed.
+    with asdf.open(REPO / "config" / "roman_mos.asdf") as af:
+        tree = {"class": af["class"], "name": af["name"],
+                "parameters": dict(af["parameters"]),
+                "steps": [{"class": step["class"], "name": step["name"],
+                           "parameters": dict(step["parameters"])} for step in af["steps"]]}
+    for step in tree["steps"]:
+        if step["name"] == "resample":
+            step["parameters"]["pixfrac"] = 0.6
+    pars = tmp_path / "my_pars.asdf"
+    asdf.AsdfFile(tree).write_to(pars)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    mosaic, _, _ = MosaicPipeline.call(str(noisy_sim.asn_path), config_file=str(pars))
     assert isinstance(mosaic, rdm.MosaicModel)
-    assert not list(tmp_path.iterdir())  # save_results is off by default in Python
+    assert mosaic.meta.resample.pixfrac == 0.6
+    assert not list(work.iterdir())  # save_results is off by default in Python
 
 
 def _bad_inputs(sim, directory):
