@@ -165,3 +165,117 @@ def test_outlier_mask_tests_and_growth():
     blot[2:5, 2:5] = 20.0
     data[2:5, 2:5] = 20.0 + 0.5 * 20.0
     assert not outlier_mask(data, blot, noise, model_error=0.6)[3, 3]
+
+
+# -- the tiled, sectioned kernels equal their whole-frame forms --------------
+
+
+def _rotated_input(seed=0, shape=(300, 340), angle=35.0):
+    """A ResampleInput on a TAN grid rotated by ``angle``, with sky, stars and holes."""
+    from romosaic.resample.inputs import ResampleInput
+    from romosaic.wcs_utils import affine_tan_wcs
+
+    rng = np.random.default_rng(seed)
+    scale = 0.11 / 3600
+    theta = np.radians(angle)
+    cd = scale * np.array([[-np.cos(theta), np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    wcs = affine_tan_wcs(crval=(30.0, -20.0), crpix=(shape[1] / 2, shape[0] / 2), cd=cd,
+                         shape=shape)
+    data = rng.normal(1.0, 0.1, shape).astype(np.float32)
+    y, x = np.indices(shape)
+    for _ in range(20):
+        cx, cy = rng.uniform(10, shape[1] - 10), rng.uniform(10, shape[0] - 10)
+        data += (50 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / 2.0)).astype(np.float32)
+    dq = np.zeros(shape, np.uint32)
+    dq[rng.random(shape) < 0.01] = pixel.DO_NOT_USE
+    variances = {"var_rnoise": np.full(shape, 0.01, np.float16),
+                 "var_poisson": (0.001 * np.abs(data)).astype(np.float16)}
+    return ResampleInput(name="x_cal.asdf", data=data, dq=dq, wcs=wcs, exptime=100.0,
+                         variances=variances)
+
+
+def _window_for(image):
+    from romosaic.outlier.detect import data_window
+    from romosaic.resample import free_grid
+
+    grid = free_grid([(image.wcs, image.shape)], pixel_scale_ratio=0.5, rotation=0.0)
+    return data_window(grid, [(image.wcs, image.shape)])
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_tiled_group_drizzle_equals_one_whole_window_drizzle(tmp_path, on_disk):
+    from romosaic.outlier.detect import FrameStore, drizzle_group
+
+    images = [_rotated_input(seed) for seed in (1, 2)]
+    window = _window_for(images[0])
+    assert min(window.shape) > 600  # several 256-pixel tiles each way
+    frames = {}
+    for budget in (1, 2**30):  # 256-pixel tiles; one tile
+        store = FrameStore(window.shape, on_disk=on_disk, directory=tmp_path)
+        key = drizzle_group(iter(images), window, store, n_images=2, memory_budget=budget)
+        frames[budget] = store.read(key)
+        store.close()
+    tiled, whole = frames[1], frames[2**30]
+    assert np.isfinite(whole).mean() > 0.5
+    np.testing.assert_array_equal(tiled, whole)
+    assert not list(tmp_path.iterdir())  # on-disk frames removed by close()
+
+
+def test_blot_and_flags_in_pieces_equal_whole_image_forms(monkeypatch):
+    from scipy import ndimage
+
+    from romosaic.outlier import detect
+
+    image = _rotated_input(3)
+    window = _window_for(image)
+    rng = np.random.default_rng(4)
+    median = rng.normal(1.0, 0.2, window.shape).astype(np.float32)
+    median[100:140, 200:260] = np.nan
+    store = detect.FrameStore(window.shape)
+    key = store.add(median)
+    # Small pieces: many blot tiles and flag bands, and bands without data.
+    monkeypatch.setattr(detect, "_BLOT_TILE", 64)
+    monkeypatch.setattr(detect, "_FLAG_ROWS", 37)
+    mapper = window.mapper(image.wcs, image.shape)
+    blot = detect.blot_median(store, key, mapper, window)
+    pixmap = mapper.region()
+    coordinates = np.array([pixmap[..., 1] - window.y0, pixmap[..., 0] - window.x0])
+    holes = np.isnan(median)
+    expected = ndimage.map_coordinates(np.where(holes, 0, median), coordinates, order=1,
+                                       mode="constant", cval=np.nan, prefilter=False)
+    expected[ndimage.map_coordinates(holes.astype(np.float32), coordinates, order=1,
+                                     mode="constant", cval=1.0, prefilter=False) > 0] = np.nan
+    assert np.isnan(blot).any() and np.isfinite(blot).mean() > 0.9
+    np.testing.assert_array_equal(blot, expected.astype(np.float32))
+
+    model = image.data - rng.normal(0, 0.05, image.shape)
+    blot = np.where(np.isfinite(blot), model, blot)
+    image.data = image.data.copy()
+    image.data[rng.random(image.shape) < 0.002] += 40.0  # cosmic rays
+    kwargs = dict(snr=(5.0, 4.0), scale=(1.2, 0.7), model_error=0.1)
+    pieces = detect.masked_outliers(image, blot.astype(np.float32), **kwargs)
+    whole = outlier_mask(image.data, blot.astype(np.float32), detect.image_noise(image),
+                         usable=(image.dq & pixel.DO_NOT_USE) == 0, **kwargs)
+    assert whole.sum() > 100
+    np.testing.assert_array_equal(pieces, whole)
+
+
+def test_pixel_mapper_regions_equal_the_whole_map():
+    from romosaic.resample.pixmap import PixelMapper, compute_pixmap
+
+    image = _rotated_input(5)
+    window = _window_for(image)
+    whole = compute_pixmap(image.wcs, window.grid.wcs, image.shape)
+    mapper = PixelMapper(image.wcs, window.grid.wcs, image.shape)
+    np.testing.assert_array_equal(mapper.region((17, 123), (40, 301)), whole[17:123, 40:301])
+    # The input rectangle for an output box holds every pixel landing in it.
+    x_range, y_range = (300.0, 420.5), (250.0, 333.0)
+    (r0, r1), (c0, c1) = mapper.input_region_for(x_range, y_range)
+    x, y = whole[..., 0], whole[..., 1]
+    inside = (x >= x_range[0]) & (x <= x_range[1]) & (y >= y_range[0]) & (y <= y_range[1])
+    rows, cols = np.nonzero(inside)
+    assert rows.size > 1000
+    assert r0 <= rows.min() and rows.max() < r1 and c0 <= cols.min() and cols.max() < c1
+    # ...and at most two node cells (10 pixels each) more each side.
+    assert r1 - r0 <= np.ptp(rows) + 1 + 2 * 21 and c1 - c0 <= np.ptp(cols) + 1 + 2 * 21
+    assert mapper.input_region_for((1e6, 1e6 + 10), (0, 10)) is None

@@ -1,7 +1,7 @@
 """Outlier detection on arrays: median of group drizzles, blot, flags.
 
 Modules: `median` (fast per-pixel median of small stacks), `flagging` (the
-disagreement tests), `detect` (data window, group drizzles, sectioned
+disagreement tests), `detect` (data window, tiled group drizzles, sectioned
 median, blot and per-image flags).
 """
 
@@ -12,6 +12,7 @@ from .detect import (
     data_window,
     drizzle_group,
     flag_image,
+    masked_outliers,
     median_of_frames,
 )
 from .flagging import blot_derivative, outlier_mask, parse_pair
@@ -25,6 +26,7 @@ __all__ = [
     "data_window",
     "drizzle_group",
     "flag_image",
+    "masked_outliers",
     "median_of_frames",
     "nanmedian_stack",
     "outlier_mask",

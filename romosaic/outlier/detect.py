@@ -8,16 +8,24 @@ choices about where and how the work is done:
    to the grid. On a 5000 × 5000 skycell holding a few detectors this is a
    fraction of the grid, so cost follows the data, not the grid.
 2. **Group drizzles.** Each exposure group is drizzled alone onto the
-   window; pixels whose weight is below ``maskpt`` × the group's typical
-   weight (clipped mean of its non-zero weights) are set to NaN, since they
-   are poorly sampled edges or holes.
+   window, one output *tile* at a time (`drizzle_group`): only the input
+   pixels that land on the tile are mapped and drizzled, into the tile's
+   part of the group's frame. Pixels whose weight is below ``maskpt`` × the
+   group's typical weight (clipped mean of its non-zero weights) are then
+   set to NaN, since they are poorly sampled edges or holes.
 3. **Median.** The per-pixel median over groups (`nanmedian_stack`), taken in
-   horizontal sections so that only ``memory_budget`` bytes of group frames
-   are read at once. With a `FrameStore` on disk, no more than a section of
-   the N frames is ever in memory.
+   horizontal sections of the frames (`median_of_frames`).
 4. **Blot and flag.** For each input image the median is interpolated at the
    input's pixel positions (bilinear, through the same pixel map used to
-   drizzle it) and `outlier_mask` decides which pixels disagree.
+   drizzle it), one input tile at a time (`blot_median`), and `outlier_mask`
+   decides which pixels disagree, a band of rows at a time (`flag_image`).
+
+Frames live in a `FrameStore`, in memory or in memory-mapped temporary
+files. With the files, no step ever holds a whole frame: the working set is
+one input image plus ``memory_budget`` bytes of tiles or sections, whatever
+the number of groups and the size of the window. Tiles and sections change
+where the arithmetic is done, not its result: a tile sees exactly the
+contributions, in the same order, that a whole-window drizzle would.
 """
 
 import logging
@@ -33,13 +41,14 @@ from ..dq import good_pixel_mask
 from ..resample.coadd import DrizzleCoadd
 from ..resample.drizzle_images import edge_margin
 from ..resample.grid import native_pixel_scale
-from ..resample.pixmap import compute_pixmap
+from ..resample.pixmap import PixelMapper
 from ..resample.weights import pixel_weights
 from ..wcs_utils import footprint
-from .flagging import outlier_mask
+from .flagging import outlier_mask, sky_level
 from .median import nanmedian_stack
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET",
     "DataWindow",
     "FrameStore",
     "blot_median",
@@ -51,6 +60,17 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Bytes of tiles, sections and their temporaries to hold at once.
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+
+# Side, in input pixels, of the pieces an image is blotted in.
+_BLOT_TILE = 1024
+# Rows of an image flagged at once, and the rows of context each side that
+# make the result independent of the split (derivative, 3x3 maximum, 3x3
+# growth: two rows).
+_FLAG_ROWS = 512
+_FLAG_HALO = 2
 
 
 @dataclass
@@ -76,12 +96,9 @@ class DataWindow:
     def fraction_of_grid(self):
         return (self.shape[0] * self.shape[1]) / (self.grid.shape[0] * self.grid.shape[1])
 
-    def pixmap(self, wcs, shape, *, stepsize=10):
-        """Input pixels mapped into window coordinates."""
-        pixmap = compute_pixmap(wcs, self.grid.wcs, shape, stepsize=stepsize)
-        pixmap[..., 0] -= self.x0
-        pixmap[..., 1] -= self.y0
-        return pixmap
+    def mapper(self, wcs, shape, *, stepsize=10):
+        """A `PixelMapper` from an input image onto the grid (window offset not applied)."""
+        return PixelMapper(wcs, self.grid.wcs, shape, stepsize=stepsize)
 
 
 def data_window(grid, geometry, *, margin=8):
@@ -116,65 +133,141 @@ def data_window(grid, geometry, *, margin=8):
 
 
 class FrameStore:
-    """Holds the group drizzles: in memory, or in memory-mapped temporary files.
+    """Float32 frames of one shape, in memory or in memory-mapped temporary files.
+
+    Frames are read and written a rectangle at a time, so that with
+    ``on_disk=True`` only the rectangles in use are in memory.
 
     Parameters
     ----------
     shape : tuple of int
-        Frame shape.
+        Frame shape ``(ny, nx)``.
     on_disk : bool, optional
         Keep frames in files under ``directory`` instead of memory.
     directory : str or os.PathLike, optional
         Where on-disk frames go (a private temporary directory is made in it).
+
+    Examples
+    --------
+    >>> store = FrameStore((4, 5))
+    >>> frame = store.new_frame(fill=1.0)
+    >>> store.write(frame, np.full((2, 2), 7.0), rows=(1, 3), cols=(0, 2))
+    >>> store.read(frame, rows=(0, 2)).tolist()[1]
+    [7.0, 7.0, 1.0, 1.0, 1.0]
+    >>> store.close()
     """
 
     def __init__(self, shape, *, on_disk=False, directory=None):
-        self.shape = tuple(shape)
+        self.shape = tuple(int(n) for n in shape)
         self.on_disk = on_disk
-        self._frames = []
+        self._frames = {}
+        self._count = 0
         self._temp = None
         if on_disk:
             self._temp = tempfile.TemporaryDirectory(prefix="romosaic-median-",
                                                      dir=directory or ".")
 
-    def add(self, frame):
-        """Store one frame (float32)."""
-        frame = np.asarray(frame, dtype=np.float32)
+    def new_frame(self, *, fill=0.0):
+        """Make a frame filled with ``fill``; returns its key."""
+        key = self._count
+        self._count += 1
         if self.on_disk:
-            path = os.path.join(self._temp.name, f"group{len(self._frames):04d}.f32")
+            path = os.path.join(self._temp.name, f"frame{key:04d}.f32")
             mapped = np.memmap(path, dtype=np.float32, mode="w+", shape=self.shape)
-            mapped[...] = frame
-            mapped.flush()
+            if fill != 0.0:  # a new file already reads as zeros
+                for start in range(0, self.shape[0], self._rows_per_chunk()):
+                    mapped[start:start + self._rows_per_chunk()] = fill
+                mapped.flush()
             del mapped
-            self._frames.append(path)
+            self._frames[key] = path
         else:
-            self._frames.append(frame)
+            self._frames[key] = np.full(self.shape, fill, np.float32)
+        return key
+
+    def add(self, frame):
+        """Store a whole frame (float32); returns its key."""
+        key = self.new_frame()
+        self.write(key, np.asarray(frame, dtype=np.float32))
+        return key
+
+    def read(self, key, rows=None, cols=None):
+        """A copy of ``frame[rows, cols]`` (half-open ranges; whole axes by default)."""
+        region = self._region(rows, cols)
+        if not self.on_disk:
+            return self._frames[key][region].copy()
+        mapped = np.memmap(self._frames[key], dtype=np.float32, mode="r", shape=self.shape)
+        values = np.array(mapped[region])
+        del mapped  # unmapping returns the pages to the page cache
+        return values
+
+    def write(self, key, values, rows=None, cols=None):
+        """Set ``frame[rows, cols] = values``."""
+        region = self._region(rows, cols)
+        if not self.on_disk:
+            self._frames[key][region] = values
+            return
+        mapped = np.memmap(self._frames[key], dtype=np.float32, mode="r+", shape=self.shape)
+        mapped[region] = values
+        mapped.flush()
+        del mapped
+
+    def remove(self, key):
+        """Forget a frame (and delete its file)."""
+        frame = self._frames.pop(key)
+        if self.on_disk:
+            os.remove(frame)
+
+    def keys(self):
+        return list(self._frames)
 
     def __len__(self):
         return len(self._frames)
 
-    def rows(self, start, stop):
-        """Rows ``start:stop`` of every frame, stacked: shape (n, stop-start, nx)."""
-        out = np.empty((len(self._frames), stop - start, self.shape[1]), np.float32)
-        for i, frame in enumerate(self._frames):
-            if self.on_disk:
-                mapped = np.memmap(frame, dtype=np.float32, mode="r", shape=self.shape)
-                out[i] = mapped[start:stop]
-                del mapped
-            else:
-                out[i] = frame[start:stop]
+    def rows(self, start, stop, keys=None):
+        """Rows ``start:stop`` of the frames, stacked: shape (n, stop-start, nx)."""
+        keys = self.keys() if keys is None else keys
+        out = np.empty((len(keys), stop - start, self.shape[1]), np.float32)
+        for i, key in enumerate(keys):
+            out[i] = self.read(key, rows=(start, stop))
         return out
+
+    def array(self, key):
+        """The whole frame: the array itself in memory, a read-only map on disk."""
+        if not self.on_disk:
+            return self._frames[key]
+        return np.memmap(self._frames[key], dtype=np.float32, mode="r", shape=self.shape)
 
     def close(self):
         """Remove on-disk frames."""
-        self._frames = []
+        self._frames = {}
         if self._temp is not None:
             self._temp.cleanup()
             self._temp = None
 
+    def _region(self, rows, cols):
+        ny, nx = self.shape
+        r0, r1 = rows if rows is not None else (0, ny)
+        c0, c1 = cols if cols is not None else (0, nx)
+        return slice(r0, r1), slice(c0, c1)
 
-def drizzle_group(images, window, *, n_images, kernel="square", pixfrac=1.0,
-                  weight_type="ivm", good_bits=None, maskpt=0.7, pixmap_stepsize=10):
+    def _rows_per_chunk(self):
+        return max(1, (16 * 2**20) // (4 * self.shape[1]))
+
+
+def tile_side(memory_budget):
+    """Side of the square output tiles that fit ``memory_budget`` bytes.
+
+    A tile holds data and weight (8 bytes per output pixel); the input
+    pixels that land on it need about 24 bytes each (pixel map, data,
+    weight), and there are at most as many as output pixels on the grids
+    outlier detection uses (which are as fine as the inputs or finer).
+    """
+    return max(256, int(math.sqrt(memory_budget / 32)))
+
+
+def drizzle_group(images, window, store, *, n_images, kernel="square", pixfrac=1.0,
+                  weight_type="ivm", good_bits=None, maskpt=0.7, pixmap_stepsize=10,
+                  memory_budget=DEFAULT_MEMORY_BUDGET):
     """Drizzle one exposure group onto the window; NaN where poorly sampled.
 
     Parameters
@@ -182,117 +275,238 @@ def drizzle_group(images, window, *, n_images, kernel="square", pixfrac=1.0,
     images : iterable of ResampleInput
         Consumed one at a time (a generator can load each just in time).
     window : DataWindow
+    store : FrameStore
+        Holds the result (and, while drizzling, the group's weights).
     n_images : int
         How many images ``images`` yields.
+    memory_budget : int, optional
+        Bytes of output tiles and their inputs to hold at once.
 
     Returns
     -------
-    numpy.ndarray of float32
+    key
+        The group's frame in ``store``.
     """
-    margin = None
-    coadd = None
+    data_key = store.new_frame(fill=np.nan)
+    weight_key = store.new_frame()
+    side = tile_side(memory_budget)
+    ny, nx = window.shape
+    used = 0
     for image in images:
+        used += 1
         scale = native_pixel_scale(image.wcs, image.shape)
-        if coadd is None:
-            margin = edge_margin(scale / window.grid.pixel_scale)
-            shape = (window.shape[0] + 2 * margin, window.shape[1] + 2 * margin)
-            coadd = DrizzleCoadd(shape, n_images, kernel=kernel, pixfrac=pixfrac,
-                                 fillval="NaN", with_context=False)
+        # Drizzle drops input pixels centred off its output: pad each tile
+        # so that pixels straddling its edge are drizzled into it.
+        margin = edge_margin(scale / window.grid.pixel_scale)
+        mapper = window.mapper(image.wcs, image.shape, stepsize=pixmap_stepsize)
         good = good_pixel_mask(image.dq, good_bits)
         weight = pixel_weights(weight_type, data=image.data, good=good,
                                var_rnoise=image.variances.get("var_rnoise"),
                                var_poisson=image.variances.get("var_poisson"),
                                exptime=image.exptime)
-        pixmap = window.pixmap(image.wcs, image.shape, stepsize=pixmap_stepsize) + margin
-        coadd.add(image.data, pixmap, weight=weight, exptime=image.exptime,
-                  pixel_scale_ratio=window.grid.pixel_scale / scale)
-    result = coadd.finish()
-    del coadd
-    result.crop(margin)
-    data, weight = result.data, result.weight
-    threshold = maskpt * _typical_weight(weight)
-    data[~(weight >= threshold) | (weight <= 0)] = np.nan
-    return data
+        del good
+        for (ty0, ty1), (tx0, tx1) in _tiles(window.shape, side, mapper.output_bounds(),
+                                             (window.x0, window.y0), margin):
+            # Tile pixel (0, 0) in grid coordinates, padding included.
+            origin_x, origin_y = window.x0 + tx0 - margin, window.y0 + ty0 - margin
+            region = mapper.input_region_for(
+                (origin_x - 0.5, window.x0 + tx1 + margin - 0.5),
+                (origin_y - 0.5, window.y0 + ty1 + margin - 0.5))
+            if region is None:
+                continue
+            (r0, r1), (c0, c1) = region
+            shape = (ty1 - ty0 + 2 * margin, tx1 - tx0 + 2 * margin)
+            tile_data = np.full(shape, np.nan, np.float32)
+            tile_weight = np.zeros(shape, np.float32)
+            inner = (slice(margin, shape[0] - margin), slice(margin, shape[1] - margin))
+            tile_data[inner] = store.read(data_key, rows=(ty0, ty1), cols=(tx0, tx1))
+            tile_weight[inner] = store.read(weight_key, rows=(ty0, ty1), cols=(tx0, tx1))
+            pixmap = mapper.region((r0, r1), (c0, c1))
+            pixmap[..., 0] -= origin_x
+            pixmap[..., 1] -= origin_y
+            coadd = DrizzleCoadd(shape, 1, kernel=kernel, pixfrac=pixfrac, fillval="NaN",
+                                 with_context=False, out_data=tile_data, out_weight=tile_weight)
+            coadd.add(image.data[r0:r1, c0:c1], pixmap, weight=weight[r0:r1, c0:c1],
+                      exptime=image.exptime, pixel_scale_ratio=window.grid.pixel_scale / scale)
+            result = coadd.finish()
+            del coadd, pixmap
+            store.write(data_key, result.data[inner], rows=(ty0, ty1), cols=(tx0, tx1))
+            store.write(weight_key, result.weight[inner], rows=(ty0, ty1), cols=(tx0, tx1))
+            del result, tile_data, tile_weight
+        del image, weight
+    if used != n_images:
+        raise ValueError(f"expected {n_images} images in the group, got {used}")
+    _mask_poorly_sampled(store, data_key, weight_key, maskpt=maskpt,
+                         rows_per_section=max(1, memory_budget // (16 * nx)))
+    store.remove(weight_key)
+    return data_key
 
 
-def _typical_weight(weight):
-    """Sigma-clipped mean of the non-zero weights."""
-    values = weight[weight > 0]
-    if values.size == 0:
+def _tiles(window_shape, side, bounds, window_origin, margin):
+    """Tiles ``((y0, y1), (x0, x1))`` of the window that an image's bounds reach."""
+    ny, nx = window_shape
+    x_min, x_max, y_min, y_max = bounds
+    wx0, wy0 = window_origin
+    x_lo = max(0, int(math.floor(x_min - wx0)) - margin - 1)
+    x_hi = min(nx, int(math.ceil(x_max - wx0)) + margin + 2)
+    y_lo = max(0, int(math.floor(y_min - wy0)) - margin - 1)
+    y_hi = min(ny, int(math.ceil(y_max - wy0)) + margin + 2)
+    # Tiles are laid on a fixed lattice, the same for every image.
+    for ty0 in range((y_lo // side) * side, y_hi, side):
+        for tx0 in range((x_lo // side) * side, x_hi, side):
+            yield (ty0, min(ny, ty0 + side)), (tx0, min(nx, tx0 + side))
+
+
+def _mask_poorly_sampled(store, data_key, weight_key, *, maskpt, rows_per_section):
+    """Set the group's data to NaN where its weight is below ``maskpt`` × typical."""
+    ny = store.shape[0]
+    threshold = maskpt * _typical_weight(store, weight_key, rows_per_section)
+    for start in range(0, ny, rows_per_section):
+        rows = (start, min(ny, start + rows_per_section))
+        data = store.read(data_key, rows=rows)
+        weight = store.read(weight_key, rows=rows)
+        data[~(weight >= threshold) | (weight <= 0)] = np.nan
+        store.write(data_key, data, rows=rows)
+
+
+def _typical_weight(store, weight_key, rows_per_section):
+    """Sigma-clipped mean of a frame's non-zero weights (3σ, at most 3 rounds).
+
+    Each round keeps the weights within 3σ of the previous round's mean; as
+    the kept set is always an interval of values, the rounds are sums over
+    sections of the frame, never a copy of all the weights.
+    """
+    low, high = 0.0, np.inf
+
+    def moments(lo, hi):
+        count, total, squares = 0, 0.0, 0.0
+        for start in range(0, store.shape[0], rows_per_section):
+            values = store.read(weight_key, rows=(start, start + rows_per_section))
+            values = values[(values > 0) & (values >= lo) & (values <= hi)].astype(np.float64)
+            count += values.size
+            total += float(values.sum())
+            squares += float(np.square(values).sum())
+        return count, total, squares
+
+    count, total, squares = moments(low, high)
+    if count == 0:
         return 0.0
     for _ in range(3):
-        mean, std = float(values.mean()), float(values.std())
-        keep = np.abs(values - mean) <= 3 * std
-        if keep.all() or not keep.any():
+        mean = total / count
+        std = math.sqrt(max(squares / count - mean * mean, 0.0))
+        new_low, new_high = max(low, mean - 3 * std), min(high, mean + 3 * std)
+        new_count, new_total, new_squares = moments(new_low, new_high)
+        if new_count == count or new_count == 0:
             break
-        values = values[keep]
-    return float(values.mean())
+        low, high = new_low, new_high
+        count, total, squares = new_count, new_total, new_squares
+    return total / count
 
 
-def median_of_frames(store, *, memory_budget=256 * 2**20, low=True):
-    """Per-pixel median over the stored frames, computed in row sections.
+def median_of_frames(store, *, memory_budget=DEFAULT_MEMORY_BUDGET, low=True, keys=None):
+    """Per-pixel median over stored frames, computed in row sections.
 
     Parameters
     ----------
     store : FrameStore
     memory_budget : int, optional
-        Bytes of frame data to hold at once (the sorting also needs about
-        as much again).
+        Bytes for a section of the frames and the median's temporaries.
     low : bool, optional
         Lower median for even counts (see `nanmedian_stack`): where only two
         groups overlap, the mean of the two would carry half of a cosmic ray
         into the model and hide it.
+    keys : list, optional
+        The frames to use; all by default.
 
     Returns
     -------
-    numpy.ndarray of float32
+    key
+        The median's frame in ``store``.
     """
+    keys = store.keys() if keys is None else list(keys)
     ny, nx = store.shape
-    n = max(len(store), 1)
-    rows_per_section = max(1, int(memory_budget // (4 * nx * n)))
-    median = np.empty(store.shape, np.float32)
+    n = max(len(keys), 1)
+    # Per pixel: the section and the sorted copy (8 bytes a frame) and the
+    # counts, indices and results of `nanmedian_stack` (about 40 bytes).
+    rows_per_section = max(1, int(memory_budget // (nx * (8 * n + 40))))
+    median_key = store.new_frame()
     for start in range(0, ny, rows_per_section):
         stop = min(ny, start + rows_per_section)
-        nanmedian_stack(store.rows(start, stop), out=median[start:stop], low=low)
-    return median
+        section = nanmedian_stack(store.rows(start, stop, keys=keys), low=low)
+        store.write(median_key, section, rows=(start, stop))
+    return median_key
 
 
-def blot_median(median, pixmap):
-    """The median image interpolated (bilinearly) at input pixel positions.
+def blot_median(store, median_key, mapper, window):
+    """The median interpolated (bilinearly) at an image's pixel positions.
 
     Parameters
     ----------
-    median : numpy.ndarray
-        In window pixels.
-    pixmap : numpy.ndarray, shape (ny, nx, 2)
-        Window ``(x, y)`` of each input pixel.
+    store : FrameStore
+        Holds the median, in window pixels.
+    median_key
+        The median's frame.
+    mapper : PixelMapper
+        The image's mapping onto the grid.
+    window : DataWindow
 
     Returns
     -------
     numpy.ndarray of float32
         NaN where the input pixel falls outside the median or on no data.
     """
-    coordinates = np.array([pixmap[..., 1], pixmap[..., 0]])
+    ny, nx = mapper.shape
+    blot = np.full((ny, nx), np.nan, np.float32)
+    wy, wx = store.shape
+    for r0 in range(0, ny, _BLOT_TILE):
+        for c0 in range(0, nx, _BLOT_TILE):
+            rows, cols = (r0, min(ny, r0 + _BLOT_TILE)), (c0, min(nx, c0 + _BLOT_TILE))
+            pixmap = mapper.region(rows, cols)
+            x = pixmap[..., 0] - window.x0
+            y = pixmap[..., 1] - window.y0
+            del pixmap
+            finite = np.isfinite(x) & np.isfinite(y)
+            if not finite.any():
+                continue
+            # The median pixels this piece can touch (bilinear: floor and floor + 1).
+            y0 = min(wy, max(0, int(math.floor(y[finite].min())) - 1))
+            y1 = max(0, min(wy, int(math.floor(y[finite].max())) + 3))
+            x0 = min(wx, max(0, int(math.floor(x[finite].min())) - 1))
+            x1 = max(0, min(wx, int(math.floor(x[finite].max())) + 3))
+            if y1 <= y0 or x1 <= x0:
+                continue
+            # Shifted coordinates keep points off the median off the piece too:
+            # the piece only ends short of the median where no point reaches.
+            piece = store.read(median_key, rows=(y0, y1), cols=(x0, x1))
+            blot[rows[0]:rows[1], cols[0]:cols[1]] = _interpolate(piece, y - y0, x - x0)
+    return blot
+
+
+def _interpolate(median, y, x):
+    """Bilinear interpolation of ``median`` at ``(y, x)``, NaN next to holes or outside."""
+    coordinates = np.array([y, x])
     holes = np.isnan(median)
-    filled = np.where(holes, 0.0, median).astype(np.float32)
-    blot = ndimage.map_coordinates(filled, coordinates, order=1, mode="constant",
-                                   cval=np.nan, prefilter=False)
+    filled = np.where(holes, np.float32(0.0), median).astype(np.float32)
+    values = ndimage.map_coordinates(filled, coordinates, order=1, mode="constant",
+                                     cval=np.nan, prefilter=False)
     # A pixel next to a hole would mix in the zero fill: mark it missing.
     near_hole = ndimage.map_coordinates(holes.astype(np.float32), coordinates, order=1,
                                         mode="constant", cval=1.0, prefilter=False) > 0
-    blot[near_hole] = np.nan
-    return blot.astype(np.float32)
+    values[near_hole] = np.nan
+    return values.astype(np.float32)
 
 
-def flag_image(image, median, window, *, snr, scale, backg=0.0, model_error=0.0,
+def flag_image(image, store, median_key, window, *, snr, scale, backg=0.0, model_error=0.0,
                good_bits=None, pixmap_stepsize=10):
     """Outlier mask of one input image against the median.
 
     Parameters
     ----------
     image : ResampleInput
-    median : numpy.ndarray
-        Median over groups, in window pixels.
+    store : FrameStore
+        Holds the median over groups, in window pixels.
+    median_key
+        The median's frame.
     window : DataWindow
     snr, scale : (float, float)
     backg, model_error : float, optional
@@ -304,20 +518,41 @@ def flag_image(image, median, window, *, snr, scale, backg=0.0, model_error=0.0,
     mask : numpy.ndarray of bool
     blot : numpy.ndarray of float32
     """
-    pixmap = window.pixmap(image.wcs, image.shape, stepsize=pixmap_stepsize)
-    blot = blot_median(median, pixmap)
-    noise = image_noise(image)
-    usable = good_pixel_mask(image.dq, good_bits)
-    mask = outlier_mask(image.data, blot, noise, snr=snr, scale=scale, backg=backg,
-                        model_error=model_error, usable=usable)
+    mapper = window.mapper(image.wcs, image.shape, stepsize=pixmap_stepsize)
+    blot = blot_median(store, median_key, mapper, window)
+    mask = masked_outliers(image, blot, snr=snr, scale=scale, backg=backg,
+                           model_error=model_error, good_bits=good_bits)
     return mask, blot
 
 
-def image_noise(image):
-    """1-σ noise of a `ResampleInput`: the square root of its summed variance planes."""
-    variance = np.zeros(image.shape, np.float32)
+def masked_outliers(image, blot, *, snr, scale, backg=0.0, model_error=0.0, good_bits=None):
+    """`outlier_mask` of an image against its blot, a band of rows at a time.
+
+    Bands overlap by the rows of context the test needs, and the model's
+    sky level is taken over the whole blot, so the result equals one call
+    on the whole image while its temporaries stay a band in size.
+    """
+    ny = image.shape[0]
+    level = sky_level(blot)
+    mask = np.zeros(image.shape, bool)
+    for start in range(0, ny, _FLAG_ROWS):
+        stop = min(ny, start + _FLAG_ROWS)
+        lo, hi = max(0, start - _FLAG_HALO), min(ny, stop + _FLAG_HALO)
+        band = slice(lo, hi)
+        usable = good_pixel_mask(image.dq[band], good_bits)
+        band_mask = outlier_mask(image.data[band], blot[band], image_noise(image, rows=(lo, hi)),
+                                 snr=snr, scale=scale, backg=backg, model_error=model_error,
+                                 usable=usable, sky_level=level)
+        mask[start:stop] = band_mask[start - lo:stop - lo]
+    return mask
+
+
+def image_noise(image, rows=None):
+    """1-σ noise of a `ResampleInput` (or of its ``rows``): the root of its summed variances."""
+    r0, r1 = rows if rows is not None else (0, image.shape[0])
+    variance = np.zeros((r1 - r0, image.shape[1]), np.float32)
     for name in ("var_rnoise", "var_poisson", "var_flat"):
         plane = image.variances.get(name)
         if plane is not None:
-            variance += np.nan_to_num(plane, nan=0.0)
+            variance += np.nan_to_num(np.asarray(plane[r0:r1], np.float32), nan=0.0)
     return np.sqrt(variance)

@@ -28,7 +28,7 @@ faint — are still caught (measured in ``tests/test_outlier_detection.py``).
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["blot_derivative", "outlier_mask", "parse_pair", "source_signal"]
+__all__ = ["blot_derivative", "outlier_mask", "parse_pair", "sky_level", "source_signal"]
 
 
 def parse_pair(value, name):
@@ -52,17 +52,35 @@ def parse_pair(value, name):
     return numbers
 
 
-def source_signal(blot, *, size=3):
+def sky_level(blot):
+    """The median of the model's finite pixels (its sky), or None if it has none."""
+    finite = np.isfinite(blot)
+    if not finite.any():
+        return None
+    return np.float32(np.median(blot[finite]))
+
+
+def source_signal(blot, *, size=3, level=None):
     """Brightest source signal of the model within ``size`` × ``size`` pixels.
 
     The model minus its median level (the sky), floored at zero, then the
     maximum over the neighbourhood: a pixel on the flank of a star gets the
     star's peak, so the tolerance covers the whole star image.
+
+    Parameters
+    ----------
+    blot : numpy.ndarray
+    size : int, optional
+    level : float, optional
+        The sky level (`sky_level` of the whole model); by default that of
+        ``blot`` itself. Give it when ``blot`` is a piece of a larger model.
     """
     finite = np.isfinite(blot)
-    if not finite.any():
+    if level is None:
+        level = sky_level(blot)
+    if level is None or not finite.any():
         return np.zeros_like(blot)
-    level = np.float32(np.median(blot[finite]))
+    level = np.float32(level)
     signal = np.where(finite, np.maximum(blot - level, 0.0), 0.0).astype(np.float32)
     return ndimage.maximum_filter(signal, size=size)
 
@@ -88,7 +106,7 @@ def blot_derivative(blot):
 
 
 def outlier_mask(data, blot, noise, *, snr=(5.0, 4.0), scale=(1.2, 0.7), backg=0.0,
-                 model_error=0.0, usable=None):
+                 model_error=0.0, usable=None, sky_level=None):
     """Pixels of an image that disagree with the blotted median.
 
     Parameters
@@ -107,6 +125,9 @@ def outlier_mask(data, blot, noise, *, snr=(5.0, 4.0), scale=(1.2, 0.7), backg=0
         Fractional uncertainty of the blotted model (see module notes).
     usable : numpy.ndarray of bool, optional
         Pixels eligible to be flagged (e.g. not already bad).
+    sky_level : float, optional
+        Sky level of the whole model, when ``blot`` is a piece of it (see
+        `source_signal`).
 
     Returns
     -------
@@ -126,7 +147,7 @@ def outlier_mask(data, blot, noise, *, snr=(5.0, 4.0), scale=(1.2, 0.7), backg=0
     deriv = blot_derivative(blot)
     with np.errstate(invalid="ignore"):
         diff = np.abs(data - blot - np.float32(backg))
-        model_term = np.float32(model_error) * source_signal(blot)
+        model_term = np.float32(model_error) * source_signal(blot, level=sky_level)
         first = diff > np.float32(scale[0]) * deriv + np.float32(snr[0]) * noise + model_term
         second = diff > np.float32(scale[1]) * deriv + np.float32(snr[1]) * noise + model_term
     valid = np.isfinite(diff) & np.isfinite(noise)

@@ -89,6 +89,10 @@ class DrizzleCoadd:
     with_context : bool, optional
         Keep the context image (one int32 plane per 32 inputs); outlier
         detection's group drizzles do not need it.
+    out_data, out_weight : numpy.ndarray of float32, optional
+        Data and weight accumulated so far (e.g. a tile of a larger frame,
+        continued with more images); updated in place. Only without context
+        or variance planes.
 
     Examples
     --------
@@ -104,9 +108,12 @@ class DrizzleCoadd:
 
     def __init__(
         self, shape, n_inputs, *, variance_names=(), kernel="square", pixfrac=1.0, fillval="NaN",
-        with_context=True,
+        with_context=True, out_data=None, out_weight=None,
     ):
         self.shape = tuple(int(n) for n in shape)
+        if (out_data is not None or out_weight is not None) and (with_context or variance_names):
+            raise ValueError("out_data/out_weight are only for coadds without context "
+                             "or variance planes")
         self.n_inputs = int(n_inputs)
         self.variance_names = tuple(variance_names)
         self.pixfrac = float(pixfrac)
@@ -119,7 +126,12 @@ class DrizzleCoadd:
             fillval=fillval,
             fillval2=fillval,
             out_shape=self.shape,
+            out_img=out_data,
+            out_wht=out_weight,
             out_img2=out_img2,
+            # drizzle insists on a positive total exposure time once weights
+            # exist; romosaic keeps its own (``_exptimes``), so any will do.
+            exptime=0.0 if out_weight is None else 1.0,
             begin_ctx_id=0,
             max_ctx_id=max(self.n_inputs - 1, 0),
             disable_ctx=not with_context,

@@ -31,7 +31,9 @@ class ResampleInput:
     exptime : float
         Seconds.
     variances : dict of str to numpy.ndarray
-        ``var_rnoise``, ``var_poisson`` and, when present, ``var_flat``.
+        ``var_rnoise``, ``var_poisson`` and, when present, ``var_flat``, in
+        their stored dtype (float16 in Level-2 files): each user converts
+        what it needs, so three float32 copies of a detector are never held.
     """
 
     name: str
@@ -87,7 +89,7 @@ def input_from_model(model):
     for plane in ("var_rnoise", "var_poisson", "var_flat"):
         values = getattr(model, plane, None)
         if values is not None:
-            variances[plane] = np.asarray(values, dtype=np.float32)
+            variances[plane] = np.asarray(values)
     return ResampleInput(
         name=name,
         data=data,

@@ -13,7 +13,13 @@ reported in the documentation); ``stepsize=1`` evaluates every pixel exactly.
 import numpy as np
 from scipy.interpolate import RectBivariateSpline
 
-__all__ = ["compute_pixmap", "map_pixels", "node_positions", "sky_to_output_pixels"]
+__all__ = [
+    "PixelMapper",
+    "compute_pixmap",
+    "map_pixels",
+    "node_positions",
+    "sky_to_output_pixels",
+]
 
 
 def sky_to_output_pixels(output_wcs, ra, dec):
@@ -50,26 +56,128 @@ def compute_pixmap(input_wcs, output_wcs, shape, *, stepsize=10):
     >>> bool(np.allclose(pm[7, 3], [3, 7], atol=1e-6))
     True
     """
-    ny, nx = (int(n) for n in shape)
-    stepsize = int(stepsize)
-    if stepsize <= 1 or nx < 4 * stepsize or ny < 4 * stepsize:
-        return _exact_pixmap(input_wcs, output_wcs, np.arange(nx), np.arange(ny))
+    return PixelMapper(input_wcs, output_wcs, shape, stepsize=stepsize).region()
 
-    x_nodes = node_positions(nx, stepsize)
-    y_nodes = node_positions(ny, stepsize)
-    node_map = _exact_pixmap(input_wcs, output_wcs, x_nodes, y_nodes)
-    if not np.all(np.isfinite(node_map)):
-        # Splines cannot bridge undefined nodes (e.g. pixels off the sky of a
-        # distorted WCS); evaluate those images exactly.
-        return _exact_pixmap(input_wcs, output_wcs, np.arange(nx), np.arange(ny))
 
-    pixmap = np.empty((ny, nx, 2), dtype=np.float64)
-    x_all = np.arange(nx, dtype=float)
-    y_all = np.arange(ny, dtype=float)
-    for axis in (0, 1):
-        spline = RectBivariateSpline(y_nodes, x_nodes, node_map[:, :, axis], kx=3, ky=3, s=0)
-        pixmap[:, :, axis] = spline(y_all, x_all)
-    return pixmap
+class PixelMapper:
+    """The input → output pixel mapping of one image, evaluated region by region.
+
+    The WCS is evaluated once, on the sparse node grid; any rectangle of
+    input pixels can then be mapped (`region`) without holding the pixel map
+    of the whole image, and `input_region_for` finds the input rectangle
+    that lands on a given output rectangle. A region's values are exactly
+    those of the same pixels in the whole-image map.
+
+    Parameters
+    ----------
+    input_wcs, output_wcs : gwcs.wcs.WCS
+    shape : (int, int)
+        Input array shape ``(ny, nx)``.
+    stepsize : int, optional
+        Node spacing in input pixels; 1 evaluates every pixel exactly.
+    """
+
+    def __init__(self, input_wcs, output_wcs, shape, *, stepsize=10):
+        self.shape = tuple(int(n) for n in shape)
+        ny, nx = self.shape
+        stepsize = int(stepsize)
+        self._splines = None
+        self._exact = None
+        if stepsize > 1 and nx >= 4 * stepsize and ny >= 4 * stepsize:
+            x_nodes = node_positions(nx, stepsize)
+            y_nodes = node_positions(ny, stepsize)
+            node_map = _exact_pixmap(input_wcs, output_wcs, x_nodes, y_nodes)
+            if np.all(np.isfinite(node_map)):
+                self._splines = [
+                    RectBivariateSpline(y_nodes, x_nodes, node_map[:, :, axis], kx=3, ky=3, s=0)
+                    for axis in (0, 1)
+                ]
+                self._x_nodes, self._y_nodes, self._node_map = x_nodes, y_nodes, node_map
+        if self._splines is None:
+            # Splines cannot bridge undefined nodes (e.g. pixels off the sky of
+            # a distorted WCS), and small images gain nothing from them.
+            self._exact = _exact_pixmap(input_wcs, output_wcs, np.arange(nx), np.arange(ny))
+
+    def region(self, rows=None, cols=None):
+        """Output ``(x, y)`` of the input pixels ``[rows] x [cols]``.
+
+        Parameters
+        ----------
+        rows, cols : (int, int), optional
+            Half-open input pixel ranges; the whole axis by default.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_rows, n_cols, 2), float64
+        """
+        ny, nx = self.shape
+        r0, r1 = rows if rows is not None else (0, ny)
+        c0, c1 = cols if cols is not None else (0, nx)
+        if self._exact is not None:
+            return self._exact[r0:r1, c0:c1].copy()
+        pixmap = np.empty((r1 - r0, c1 - c0, 2), dtype=np.float64)
+        y = np.arange(r0, r1, dtype=float)
+        x = np.arange(c0, c1, dtype=float)
+        for axis, spline in enumerate(self._splines):
+            pixmap[:, :, axis] = spline(y, x)
+        return pixmap
+
+    def output_bounds(self):
+        """``(x_min, x_max, y_min, y_max)`` of the whole image on the output grid."""
+        corners = self._node_map if self._exact is None else self._exact
+        x, y = corners[..., 0], corners[..., 1]
+        with np.errstate(invalid="ignore"):
+            return (float(np.nanmin(x)), float(np.nanmax(x)), float(np.nanmin(y)),
+                    float(np.nanmax(y)))
+
+    def input_region_for(self, x_range, y_range):
+        """The input rectangle whose pixels can land in an output rectangle.
+
+        Parameters
+        ----------
+        x_range, y_range : (float, float)
+            Output pixel coordinate ranges.
+
+        Returns
+        -------
+        (rows, cols) or None
+            Half-open input ranges, or None when no input pixel lands there.
+            The rectangle may hold extra pixels (those land outside).
+        """
+        ny, nx = self.shape
+        if self._exact is not None:
+            x, y = self._exact[..., 0], self._exact[..., 1]
+            with np.errstate(invalid="ignore"):
+                inside = ((x >= x_range[0]) & (x <= x_range[1])
+                          & (y >= y_range[0]) & (y <= y_range[1]))
+            rows = np.flatnonzero(inside.any(axis=1))
+            cols = np.flatnonzero(inside.any(axis=0))
+            if rows.size == 0:
+                return None
+            return (int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)
+        # A node cell can reach the output rectangle only if the box of its
+        # four corners does; pad by one output pixel for the spline's bulge.
+        x, y = self._node_map[..., 0], self._node_map[..., 1]
+        cell_x_min = _corner_reduce(np.minimum, x) - 1.0
+        cell_x_max = _corner_reduce(np.maximum, x) + 1.0
+        cell_y_min = _corner_reduce(np.minimum, y) - 1.0
+        cell_y_max = _corner_reduce(np.maximum, y) + 1.0
+        touches = ((cell_x_max >= x_range[0]) & (cell_x_min <= x_range[1])
+                   & (cell_y_max >= y_range[0]) & (cell_y_min <= y_range[1]))
+        cell_rows = np.flatnonzero(touches.any(axis=1))
+        cell_cols = np.flatnonzero(touches.any(axis=0))
+        if cell_rows.size == 0:
+            return None
+        # Cell k spans nodes k and k + 1, inclusive.
+        rows = (int(self._y_nodes[cell_rows[0]]), int(self._y_nodes[cell_rows[-1] + 1]) + 1)
+        cols = (int(self._x_nodes[cell_cols[0]]), int(self._x_nodes[cell_cols[-1] + 1]) + 1)
+        return (rows[0], min(ny, rows[1])), (cols[0], min(nx, cols[1]))
+
+
+def _corner_reduce(function, values):
+    """``function`` over the four corners of every node cell."""
+    return function(function(values[:-1, :-1], values[1:, :-1]),
+                    function(values[:-1, 1:], values[1:, 1:]))
 
 
 def node_positions(n, stepsize):

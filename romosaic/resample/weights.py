@@ -116,18 +116,16 @@ def smooth_variance(variance, usable, *, block=VARIANCE_SMOOTHING_BLOCK):
         return values.copy()
     ny, nx = values.shape
     valid = usable & np.isfinite(values) & (values > 0)
-    by, bx = -(-ny // block), -(-nx // block)
-    padded = np.zeros((by * block, bx * block), np.float64)
-    counts = np.zeros_like(padded)
-    padded[:ny, :nx] = np.where(valid, values, 0.0)
-    counts[:ny, :nx] = valid
-    sums = padded.reshape(by, block, bx, block).sum(axis=(1, 3))
-    numbers = counts.reshape(by, block, bx, block).sum(axis=(1, 3))
+    sums = _block_sums(np.where(valid, values, np.float32(0.0)), block, np.float64)
+    numbers = _block_sums(valid, block, np.int64)
+    del valid
+    by, bx = sums.shape
     means = np.divide(sums, numbers, out=np.full_like(sums, np.nan), where=numbers > 0)
     if np.isnan(means).any():
         fill = np.nanmedian(means) if np.isfinite(means).any() else np.nan
         means = np.where(np.isnan(means), fill, means)
-    # Block centres, in pixel coordinates; bilinear between them, flat beyond.
+    # Bilinear between block centres, flat beyond; separable, so interpolate
+    # along x once per block row, then along y a few rows at a time.
     centres_y = np.minimum(np.arange(by) * block + (block - 1) / 2, ny - 1)
     centres_x = np.minimum(np.arange(bx) * block + (block - 1) / 2, nx - 1)
     rows = np.interp(np.arange(ny), centres_y, np.arange(by))
@@ -136,13 +134,27 @@ def smooth_variance(variance, usable, *, block=VARIANCE_SMOOTHING_BLOCK):
     c0 = np.minimum(cols.astype(int), bx - 2)
     fr = (rows - r0)[:, None]
     fc = (cols - c0)[None, :]
-    smoothed = (
-        means[r0][:, c0] * (1 - fr) * (1 - fc)
-        + means[r0 + 1][:, c0] * fr * (1 - fc)
-        + means[r0][:, c0 + 1] * (1 - fr) * fc
-        + means[r0 + 1][:, c0 + 1] * fr * fc
-    )
-    return smoothed.astype(np.float32)
+    along_x = means[:, c0] * (1 - fc) + means[:, c0 + 1] * fc
+    smoothed = np.empty((ny, nx), np.float32)
+    for start in range(0, ny, 256):
+        part = slice(start, min(ny, start + 256))
+        smoothed[part] = along_x[r0[part]] * (1 - fr[part]) + along_x[r0[part] + 1] * fr[part]
+    return smoothed
+
+
+def _block_sums(image, block, dtype):
+    """Sums over ``block`` x ``block`` tiles (the last row and column of tiles may be short).
+
+    Rows are summed first, through a reshape of the whole blocks (far faster
+    than ``np.add.reduceat`` down the slow axis), so only a small
+    ``(n_blocks_y, nx)`` array is ever made in ``dtype``.
+    """
+    ny = image.shape[0]
+    whole = ny - ny % block
+    row_sums = image[:whole].reshape(-1, block, image.shape[1]).sum(axis=1, dtype=dtype)
+    if whole < ny:
+        row_sums = np.vstack([row_sums, image[whole:].sum(axis=0, dtype=dtype)[None]])
+    return np.add.reduceat(row_sums, np.arange(0, image.shape[1], block), axis=1)
 
 
 def _sky_poisson_variance(var_poisson, usable):

@@ -25,10 +25,10 @@ from ..outlier.detect import (
     data_window,
     drizzle_group,
     flag_image,
-    image_noise,
+    masked_outliers,
     median_of_frames,
 )
-from ..outlier.flagging import outlier_mask, parse_pair
+from ..outlier.flagging import parse_pair
 from ..resample import (
     KERNELS,
     free_grid,
@@ -65,7 +65,7 @@ class OutlierDetectionStep(RomosaicStep):
     good_bits = string(default='~DO_NOT_USE+NON_SCIENCE')  # Acceptable DQ flags
     resample_data = boolean(default=True)  # False: inputs already share one pixel grid
     resample_on_skycell = boolean(default=True)  # Work on the association's skycell grid
-    memory_budget = float(min=1.0, default=256.0)  # MiB of group frames to read at once
+    memory_budget = float(min=1.0, default=256.0)  # MiB of tiles and median sections at once
     pixmap_stepsize = integer(min=1, default=10)  # Spacing of exact WCS evaluations (pixels)
     save_intermediate_results = boolean(default=False)  # Write the median and blotted images
     """
@@ -92,15 +92,25 @@ class OutlierDetectionStep(RomosaicStep):
                 for _, model in library.iter_models(modify=True):
                     self.record_status(model, STEP_SKIPPED)
                 return library
-            if self.resample_data:
-                median, window = self._median_of_group_drizzles(library, groups)
-            else:
-                median, window = self._median_of_raw_images(library), None
-            self._flag_models(library, median, window)
+            store = None
+            try:
+                if self.resample_data:
+                    store, median_key, window = self._median_of_group_drizzles(library, groups)
+                else:
+                    store, median_key = self._median_of_raw_images(library)
+                    window = None
+                self._flag_models(library, store, median_key, window)
+            finally:
+                if store is not None:
+                    store.close()
         finally:
             if owns_library:
                 library.close()
         return library
+
+    @property
+    def _memory_budget_bytes(self):
+        return int(self.memory_budget * 2**20)
 
     # -- the median ---------------------------------------------------------
 
@@ -111,13 +121,17 @@ class OutlierDetectionStep(RomosaicStep):
         log.info("outlier detection on a %d x %d window (%.0f%% of the %d x %d grid)",
                  window.shape[1], window.shape[0], 100 * window.fraction_of_grid,
                  grid.shape[1], grid.shape[0])
+        # With on_disk the group frames and the median live in files: only
+        # tiles and sections of them are ever in memory.
         store = FrameStore(window.shape, on_disk=library.on_disk,
                            directory=self.search_attr("output_dir"))
         try:
+            group_keys = []
             for group_id, indices in groups.items():
-                frame = drizzle_group(
+                group_keys.append(drizzle_group(
                     self._group_images(library, indices),
                     window,
+                    store,
                     n_images=len(indices),
                     kernel=self.kernel,
                     pixfrac=self.pixfrac,
@@ -125,16 +139,20 @@ class OutlierDetectionStep(RomosaicStep):
                     good_bits=self.good_bits,
                     maskpt=self.maskpt,
                     pixmap_stepsize=self.pixmap_stepsize,
-                )
-                store.add(frame)
-                del frame
+                    memory_budget=self._memory_budget_bytes,
+                ))
                 log.info("group %s drizzled (%d images)", group_id, len(indices))
-            median = median_of_frames(store, memory_budget=int(self.memory_budget * 2**20))
-        finally:
+            median_key = median_of_frames(store, keys=group_keys,
+                                          memory_budget=self._memory_budget_bytes)
+            for key in group_keys:
+                store.remove(key)
+            if self.save_intermediate_results:
+                self._save_array("median", store.array(median_key), wcs=grid.wcs,
+                                 offset=(window.x0, window.y0))
+        except BaseException:
             store.close()
-        if self.save_intermediate_results:
-            self._save_array("median", median, wcs=grid.wcs, offset=(window.x0, window.y0))
-        return median, window
+            raise
+        return store, median_key, window
 
     @staticmethod
     def _group_images(library, indices):
@@ -172,28 +190,34 @@ class OutlierDetectionStep(RomosaicStep):
                         f"{image.name}: shape {image.shape} differs from the first image's "
                         f"{store.shape}; resample_data=false needs images on one pixel grid")
                 store.add(frame)
-            return median_of_frames(store, memory_budget=int(self.memory_budget * 2**20))
-        finally:
+            frames = store.keys()
+            median_key = median_of_frames(store, keys=frames,
+                                          memory_budget=self._memory_budget_bytes)
+            for key in frames:
+                store.remove(key)
+        except BaseException:
             if store is not None:
                 store.close()
+            raise
+        return store, median_key
 
     # -- flags --------------------------------------------------------------
 
-    def _flag_models(self, library, median, window):
+    def _flag_models(self, library, store, median_key, window):
         total = 0
         for _, model in library.iter_models(modify=True):
             image = input_from_model(model)
             if window is None:
-                blot = median
-                mask = outlier_mask(image.data, median, image_noise(image), snr=self._snr,
-                                    scale=self._scale, backg=self.backg,
-                                    model_error=self.model_error,
-                                    usable=good_pixel_mask(image.dq, self.good_bits))
+                blot = store.read(median_key)
+                mask = masked_outliers(image, blot, snr=self._snr, scale=self._scale,
+                                       backg=self.backg, model_error=self.model_error,
+                                       good_bits=self.good_bits)
             else:
-                mask, blot = flag_image(image, median, window, snr=self._snr, scale=self._scale,
-                                        backg=self.backg, model_error=self.model_error,
-                                        good_bits=self.good_bits,
+                mask, blot = flag_image(image, store, median_key, window, snr=self._snr,
+                                        scale=self._scale, backg=self.backg,
+                                        model_error=self.model_error, good_bits=self.good_bits,
                                         pixmap_stepsize=self.pixmap_stepsize)
+            del image
             count = int(mask.sum())
             total += count
             model.dq = np.where(mask, model.dq | OUTLIER_FLAGS, model.dq).astype(np.uint32)
