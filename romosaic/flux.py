@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from .half import to_float16
+
 __all__ = ["VARIANCE_ARRAYS", "check_conversion_factor", "scale_to_surface_brightness"]
 
 #: Variance arrays a Level-2 image may carry.
@@ -69,5 +71,8 @@ def scale_to_surface_brightness(arrays, factor):
             continue
         scale = factor * factor if name in VARIANCE_ARRAYS else factor
         values = np.asarray(array)
-        scaled[name] = (values.astype(np.float32) * np.float32(scale)).astype(values.dtype)
+        product = values.astype(np.float32) * np.float32(scale)
+        # Variances in MJy^2/sr^2 are often float16 subnormals (see `to_float16`).
+        scaled[name] = to_float16(product) if values.dtype == np.float16 else (
+            product.astype(values.dtype))
     return scaled

@@ -127,3 +127,20 @@ def test_resample_step_standalone_on_an_association(tmp_path):
     assert isinstance(mosaic, rdm.MosaicModel)
     assert mosaic.meta.resample.members == ["i0_cal.asdf", "i1_cal.asdf"]
     assert mosaic.meta.cal_step.flux == "COMPLETE"
+
+
+def test_float16_rounding_matches_numpy_bit_for_bit():
+    # The flux step's fast float16 rounding must equal numpy's cast, including
+    # subnormals (variances in MJy^2/sr^2), signed zeros, NaN and infinities.
+    from romosaic.half import to_float16
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=200_000) * 10.0 ** rng.uniform(-12, 4.5, 200_000)
+    edges = [np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0**-25, 3 * 2.0**-25, 1.5 * 2.0**-24,
+             2.5 * 2.0**-24, 2.0**-14 * (1 - 2.0**-12), -(2.0**-14)]
+    values = np.concatenate([values, edges]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16).view(np.uint16)
+        got = to_float16(values).view(np.uint16)
+    assert np.count_nonzero(np.abs(values) < 2.0**-14) > 1000  # subnormals tested
+    np.testing.assert_array_equal(got, expected)

@@ -9,6 +9,7 @@ from roman_datamodels import datamodels
 from .._atomic import atomic_output
 from ..associations import make_association
 from ..associations import write_association as save_association
+from ..half import to_float16
 from .instrument import PIXEL_AREA
 
 __all__ = [
@@ -183,7 +184,7 @@ def _meta(info, geometry):
 
 def _float16(array):
     """Cast to float16, clipping values beyond its range instead of making them infinite."""
-    return np.clip(array, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16)
+    return to_float16(np.clip(array, -_FLOAT16_MAX, _FLOAT16_MAX))
 
 
 def build_image_model(arrays, geometry, info):
