@@ -208,7 +208,8 @@ class FrameStore:
             return
         mapped = np.memmap(self._frames[key], dtype=np.float32, mode="r+", shape=self.shape)
         mapped[region] = values
-        mapped.flush()
+        # No flush: the files are scratch, and the page cache already shares
+        # the new values with every later map of the file.
         del mapped
 
     def remove(self, key):
@@ -287,7 +288,10 @@ def drizzle_group(images, window, store, *, n_images, kernel="square", pixfrac=1
     key
         The group's frame in ``store``.
     """
-    data_key = store.new_frame(fill=np.nan)
+    # Both start as zeros (free for a new file): drizzle treats a pixel of
+    # zero weight as empty whatever its value, and pixels that stay empty
+    # become NaN in the masking below.
+    data_key = store.new_frame()
     weight_key = store.new_frame()
     side = tile_side(memory_budget)
     ny, nx = window.shape
@@ -316,7 +320,7 @@ def drizzle_group(images, window, store, *, n_images, kernel="square", pixfrac=1
                 continue
             (r0, r1), (c0, c1) = region
             shape = (ty1 - ty0 + 2 * margin, tx1 - tx0 + 2 * margin)
-            tile_data = np.full(shape, np.nan, np.float32)
+            tile_data = np.zeros(shape, np.float32)
             tile_weight = np.zeros(shape, np.float32)
             inner = (slice(margin, shape[0] - margin), slice(margin, shape[1] - margin))
             tile_data[inner] = store.read(data_key, rows=(ty0, ty1), cols=(tx0, tx1))

@@ -121,9 +121,15 @@ class OutlierDetectionStep(RomosaicStep):
         log.info("outlier detection on a %d x %d window (%.0f%% of the %d x %d grid)",
                  window.shape[1], window.shape[0], 100 * window.fraction_of_grid,
                  grid.shape[1], grid.shape[0])
-        # With on_disk the group frames and the median live in files: only
-        # tiles and sections of them are ever in memory.
-        store = FrameStore(window.shape, on_disk=library.on_disk,
+        # In files, only tiles and sections of the group frames and the median
+        # are ever in memory. Use them with on_disk, and also whenever the
+        # frames would need far more memory than the budget: they are scratch
+        # that the page cache holds as well as the process would.
+        frames_bytes = 4 * window.shape[0] * window.shape[1] * (len(groups) + 1)
+        spill = library.on_disk or frames_bytes > 4 * self._memory_budget_bytes
+        if spill and not library.on_disk:
+            log.info("group frames (%.0f MiB) kept in temporary files", frames_bytes / 2**20)
+        store = FrameStore(window.shape, on_disk=spill,
                            directory=self.search_attr("output_dir"))
         try:
             group_keys = []
