@@ -380,16 +380,18 @@ def _typical_weight(store, weight_key, rows_per_section):
     the kept set is always an interval of values, the rounds are sums over
     sections of the frame, never a copy of all the weights.
     """
-    low, high = 0.0, np.inf
+    # The smallest positive float32: "non-zero weights" as an interval bound.
+    low, high = float(np.nextafter(np.float32(0), np.float32(1))), np.inf
 
     def moments(lo, hi):
         count, total, squares = 0, 0.0, 0.0
         for start in range(0, store.shape[0], rows_per_section):
             values = store.read(weight_key, rows=(start, start + rows_per_section))
-            values = values[(values > 0) & (values >= lo) & (values <= hi)].astype(np.float64)
-            count += values.size
-            total += float(values.sum())
-            squares += float(np.square(values).sum())
+            kept = (values >= lo) & (values <= hi)
+            count += int(np.count_nonzero(kept))
+            total += float(np.add.reduce(values, axis=None, dtype=np.float64, where=kept))
+            np.multiply(values, values, out=values)
+            squares += float(np.add.reduce(values, axis=None, dtype=np.float64, where=kept))
         return count, total, squares
 
     count, total, squares = moments(low, high)
