@@ -1,0 +1,105 @@
+"""The child process of a survey task: ``python -m romosaic.survey._child SPEC FD``.
+
+Runs the mosaic pipeline with ``strun``'s command-line handling
+(``Step.from_cmdline``) on the task's association, writing into the current
+directory (the task's staging directory), and then writes ``result.json``
+beside the spec: exit status, a one-line error, wall time and the peak of
+its own resident memory. FD is the read end of a pipe that only the
+supervising worker holds open: when the worker dies the pipe closes and this
+process exits rather than running on unsupervised.
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .._atomic import atomic_write_text
+from .options import PIPELINE_CLASS
+
+# Exit status of a child whose supervising worker went away.
+ORPHANED_EXIT_STATUS = 75
+
+
+def _watch_supervisor(fd):
+    def watch():
+        try:
+            while os.read(fd, 1024):
+                pass
+        except OSError:
+            pass
+        os._exit(ORPHANED_EXIT_STATUS)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
+def peak_resident_bytes():
+    """This process's peak resident memory in bytes (None if unknown).
+
+    ``VmHWM`` is the high-water mark of this process's own address space.
+    ``ru_maxrss`` is only a fallback where /proc is absent: Linux carries it
+    over from the parent across ``exec``.
+    """
+    try:
+        with open("/proc/self/status") as stream:
+            for line in stream:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return None
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _one_line(error):
+    text = str(error).strip().splitlines()
+    message = text[0] if text else type(error).__name__
+    return message[:300]
+
+
+def main(argv=None):
+    """Run the task described by the spec file; returns the exit status."""
+    spec_path, supervisor_fd = (argv if argv is not None else sys.argv[1:])[:2]
+    _watch_supervisor(int(supervisor_fd))
+    spec_path = Path(spec_path)
+    spec = json.loads(spec_path.read_text())
+    staging = spec_path.parent.parent
+    start = time.monotonic()
+    exit_status, error = 0, None
+    try:
+        from stpipe import Step
+
+        Step.from_cmdline([PIPELINE_CLASS, spec["association"], *spec["options"],
+                           f"--output_dir={staging}", "--disable-crds-steppars"])
+    except SystemExit as exc:  # stpipe's command-line parser gave up
+        exit_status = exc.code if isinstance(exc.code, int) and exc.code else 1
+        error = f"the pipeline's command line was rejected (exit status {exit_status})"
+    except Exception as exc:
+        status = getattr(exc, "exit_status", None)
+        if isinstance(status, int) and status != 0:
+            exit_status, error = status, _one_line(exc)
+        else:
+            traceback.print_exc()
+            exit_status, error = 1, f"{type(exc).__name__}: {_one_line(exc)}"
+    result = {
+        "exit_status": exit_status,
+        "error": error,
+        "wall_seconds": round(time.monotonic() - start, 3),
+        "peak_memory_bytes": peak_resident_bytes(),
+    }
+    atomic_write_text(spec_path.parent / "result.json", json.dumps(result) + "\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
