@@ -57,8 +57,13 @@ def load_association(path):
         text = path.read_text()
     except FileNotFoundError:
         raise AssociationError(f"{path}: association file not found") from None
+    except IsADirectoryError:
+        raise AssociationError(f"{path}: is a directory, not an association file") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise AssociationError(f"{path}: cannot read association file ({error})") from None
+        reason = getattr(error, "strerror", None) or error
+        raise AssociationError(f"{path}: cannot read association file ({reason})") from None
+    if not text.strip():
+        raise AssociationError(f"{path}: association file is empty")
     try:
         asn = json.loads(text)
     except json.JSONDecodeError as error:
@@ -75,8 +80,10 @@ def validate_association(asn, *, base_dir=None, source="association"):
 
     Checks: it is a JSON object; ``products`` is a list of exactly one product;
     the product's name, if present, is a plain file name; ``members`` is a
-    non-empty list of objects with a string ``expname``; at least one member
-    is a science member; no science member is listed twice; every science
+    non-empty list of objects with a string ``expname`` that is a local path
+    (not a URL); at least one member is a science member; no science member
+    is listed twice, under any spelling of its path (when ``base_dir`` is
+    given, paths are compared after following symbolic links); every science
     member's file exists (when ``base_dir`` is given).
 
     Parameters
@@ -116,6 +123,10 @@ def validate_association(asn, *, base_dir=None, source="association"):
             raise AssociationError(f"{source}: member {index} has no 'expname' file name")
         if not member["expname"].strip():
             raise AssociationError(f"{source}: member {index} has an empty 'expname'")
+        if "://" in member["expname"] or "\0" in member["expname"]:
+            raise AssociationError(
+                f"{source}: member {member['expname']!r} is not a local file path "
+                "(romosaic reads only local files)")
         exptype = member.get("exptype", SCIENCE_EXPTYPE)
         if not isinstance(exptype, str):
             raise AssociationError(f"{source}: member {index} has a non-string 'exptype'")
@@ -127,9 +138,13 @@ def validate_association(asn, *, base_dir=None, source="association"):
     seen = {}
     for member in science:
         key = os.path.normpath(member["expname"])
+        if base_dir is not None:
+            key = os.path.realpath(os.path.join(base_dir, member["expname"]))
         if key in seen:
+            first = seen[key]["expname"]
+            also = "" if first == member["expname"] else f" (also as {first})"
             raise AssociationError(
-                f"{source}: member {member['expname']} is listed more than once"
+                f"{source}: member {member['expname']} is listed more than once{also}"
             )
         seen[key] = member
 

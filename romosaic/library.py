@@ -9,7 +9,15 @@ version adds:
 * validation of the association up front, with one-line errors;
 * exposure groups read from the file headers without loading arrays;
 * its own temporary directory, removed by `ModelLibrary.close` (the pipeline
-  calls it on success and on error) and, as a safety net, at exit;
+  calls it on success and on error) and, as a safety net, at exit; named
+  after the process that made it, so that a later run removes it if that
+  process was killed (see `romosaic._atomic`);
+* member paths are always local files: stpipe would hand a member that looks
+  like a URL to the file opener, which may fetch it over the network;
+* optionally (``allow_external_members=False``), members must lie inside the
+  association's directory;
+* `ModelLibrary.drop_members`, to leave out images found unusable before any
+  step has run;
 * no per-step rewrite of every model: stpipe's default ``finalize_result``
   borrows and re-saves every model after each step, which for an ``on_disk``
   library means reading and writing every file again for nothing.
@@ -18,10 +26,11 @@ Input files are never written to: with ``on_disk=False`` modified models live
 in memory; with ``on_disk=True`` they are saved in the temporary directory.
 """
 
+import contextlib
 import copy
 import logging
+import os
 import shutil
-import tempfile
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +39,7 @@ import asdf
 from stpipe.datamodel import AbstractDataModel
 from stpipe.library import AbstractModelLibrary, NoGroupID
 
+from ._atomic import make_private_dir
 from .associations import (
     SCIENCE_EXPTYPE,
     load_association,
@@ -37,7 +47,7 @@ from .associations import (
     product_name_from_filename,
     validate_association,
 )
-from .errors import AssociationError
+from .errors import AssociationError, OutputError
 from .models import group_id_from_model, open_image_model, read_exposure_group_id
 
 __all__ = ["ModelLibrary"]
@@ -61,6 +71,12 @@ class ModelLibrary(AbstractModelLibrary):
         Where to create the temporary directory for ``on_disk``; defaults to
         the current directory (not the system temporary directory, which is
         often held in memory).
+    allow_external_members : bool, optional
+        Accept association members outside the association's directory
+        (default True: ``asn-from-list`` and ``skycell-asn`` write such paths
+        when the association is kept apart from its data). False refuses
+        absolute member paths and paths leading out of the directory,
+        symbolic links included.
     **datamodels_open_kwargs
         Passed to `roman_datamodels.datamodels.open`.
 
@@ -73,17 +89,18 @@ class ModelLibrary(AbstractModelLibrary):
     ...     library.shelve(model, 0, modify=False)
     """
 
-    def __init__(self, init, *, on_disk=False, temp_directory=None, **datamodels_open_kwargs):
+    def __init__(self, init, *, on_disk=False, temp_directory=None,
+                 allow_external_members=True, **datamodels_open_kwargs):
         self._temp_root = None
+        if not allow_external_members:
+            _require_members_inside(init)
+        init, self.input_source = _normalize_init(init)
         if on_disk:
-            self._temp_root = Path(
-                tempfile.mkdtemp(prefix="romosaic-tmp-", dir=temp_directory or ".")
-            )
+            self._temp_root = make_private_dir(temp_directory or ".", "library", hidden=False)
             # Removed even if the caller forgets close() or the process exits early.
             self._cleanup = weakref.finalize(self, shutil.rmtree, self._temp_root, True)
             log.debug("on_disk models kept in %s", self._temp_root)
 
-        init, self.input_source = _normalize_init(init)
         try:
             super().__init__(
                 init,
@@ -125,13 +142,51 @@ class ModelLibrary(AbstractModelLibrary):
         return self._on_disk
 
     def close(self):
-        """Remove the temporary directory of an ``on_disk`` library.
+        """Release the library's files: its temporary directory and open inputs.
 
-        Safe to call more than once. The library cannot borrow models that
-        were only stored in the temporary directory after this.
+        Removes the temporary directory of an ``on_disk`` library, and closes
+        the models the library itself opened from files (models it was given
+        open are left alone), so that their file handles are released now,
+        not whenever the garbage collector gets to them: after an error, the
+        exception's traceback would otherwise keep every input open.
+
+        Safe to call more than once. The library cannot be used after this.
         """
         if self._temp_root is not None:
             self._cleanup()
+        if self._asn_dir is not None:
+            models = list(self._loaded_models.values()) + list(self._ledger.values())
+            self._loaded_models = {}
+            for model in models:
+                with contextlib.suppress(Exception):
+                    model.close()
+
+    def drop_members(self, indices):
+        """Leave members out of the library, before any step has run.
+
+        Used to skip images found unusable (no finite, unflagged pixel). The
+        remaining members keep their order and are renumbered from 0.
+
+        Parameters
+        ----------
+        indices : iterable of int
+            Members to remove.
+        """
+        drop = set(indices)
+        if not drop:
+            return
+        if self._ledger:
+            raise RuntimeError("cannot drop members while models are borrowed")
+        keep = [index for index in range(len(self)) if index not in drop]
+        renumber = {old: new for new, old in enumerate(keep)}
+        self._members[:] = [self._members[index] for index in keep]
+        self._loaded_models = {renumber[i]: model for i, model in self._loaded_models.items()
+                               if i in renumber}
+        if self._on_disk:
+            for index in drop & set(self._temp_filenames):
+                Path(self._temp_filenames[index]).unlink(missing_ok=True)
+            self._temp_filenames = {renumber[i]: name for i, name in self._temp_filenames.items()
+                                    if i in renumber}
 
     def iter_models(self, *, modify=False):
         """Borrow each model in turn, yielding ``(index, model)``.
@@ -157,6 +212,18 @@ class ModelLibrary(AbstractModelLibrary):
 
     def _datamodels_open(self, filename, **kwargs):
         return open_image_model(filename, **kwargs)
+
+    def _member_to_filename(self, member):
+        # Never a URL: the member is a local path relative to the association.
+        if self._asn_dir is None:
+            return member["expname"]
+        return os.path.join(self._asn_dir, member["expname"])
+
+    def _model_to_filename(self, model):
+        # Only the base name: the temporary file must stay in its directory
+        # whatever the model's meta.filename says.
+        name = Path(str(model.meta.filename or "model.asdf")).name
+        return name if name not in ("", ".", "..") else "model.asdf"
 
     @classmethod
     def _load_asn(cls, filename):
@@ -186,7 +253,15 @@ class ModelLibrary(AbstractModelLibrary):
         # validation on write (a third of a second per model) buys nothing.
         with asdf.config_context() as config:
             config.validate_on_write = False
-            return super().shelve(model, index, modify)
+            try:
+                return super().shelve(model, index, modify)
+            except OSError as error:
+                if isinstance(error, OutputError):
+                    raise
+                reason = error.strerror or str(error)
+                raise OutputError(f"{self._temp_root}: cannot write a temporary file "
+                                  f"for {model.meta.filename} ({reason})",
+                                  error.errno) from None
 
     def finalize_result(self, step, reference_files_used):
         # Steps record their own status while they hold each model; see the
@@ -233,6 +308,25 @@ def _normalize_init(init):
             return list(init), None
         raise AssociationError("a list of inputs must hold only file names or only models")
     raise AssociationError(f"cannot make a model library from {type(init).__name__}")
+
+
+def _require_members_inside(init):
+    """Refuse members outside the association's directory (see ``allow_external_members``)."""
+    if isinstance(init, (str, Path)) and Path(init).suffix.lower() == ".json":
+        asn = load_association(init)
+        base, source = Path(init).resolve().parent, str(init)
+    elif isinstance(init, Mapping):
+        validate_association(init, base_dir=Path.cwd(), source="association")
+        asn, base, source = init, Path.cwd().resolve(), "association"
+    else:
+        return  # a list of files or models is not an association
+    for member in asn["products"][0]["members"]:
+        expname = member["expname"]
+        target = (base / expname).resolve()
+        if Path(expname).is_absolute() or not target.is_relative_to(base):
+            raise AssociationError(
+                f"{source}: member {expname} lies outside the association's directory "
+                f"{base}; move it there, or set allow_external_members=true")
 
 
 def _science_members_only(asn):

@@ -3,22 +3,41 @@
 Everything that can go wrong when opening a user's file (missing, not ASDF,
 truncated, not a Roman data model, a model of the wrong type) becomes a
 one-line `~romosaic.errors.RomosaicInputError` naming the file.
+`inspect_image_model` goes further, before any processing: arrays that cannot
+be read (a file truncated in its data blocks opens fine, because arrays are
+read lazily), a missing or unusable WCS, an exposure time that is not
+positive, and images with no usable pixel at all.
 """
 
 import logging
+import math
 from pathlib import Path
 
 import asdf
+import numpy as np
 import roman_datamodels.datamodels as rdm
 
+from .dq import DEFAULT_GOOD_BITS, good_pixel_mask
 from .errors import ModelTypeError, RomosaicInputError
 
 __all__ = [
+    "IMAGE_ARRAYS",
+    "WCS_ROUND_TRIP_TOLERANCE",
+    "check_image_wcs",
     "group_id_from_model",
+    "inspect_image_model",
     "open_image_model",
     "read_exposure_group_id",
     "require_image_model",
 ]
+
+#: Arrays of a Level-2 image that romosaic reads.
+IMAGE_ARRAYS = ("data", "dq", "err", "var_poisson", "var_rnoise", "var_flat")
+
+#: Largest pixel → sky → pixel error (in pixels) of a usable WCS. Real
+#: inverses are fitted polynomials good to about 1e-3 pixel; a WCS that
+#: misses by more than this cannot place the image on a mosaic.
+WCS_ROUND_TRIP_TOLERANCE = 0.1
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +76,125 @@ def open_image_model(path, **open_kwargs):
         model.close()
         raise
     return model
+
+
+def inspect_image_model(model, *, source=None, good_bits=DEFAULT_GOOD_BITS):
+    """Check that an image can be processed, before any step runs.
+
+    Reads every array (so a file truncated or corrupted in its data blocks
+    is found now, not in the middle of a step), and checks the data shape,
+    the WCS (`check_image_wcs`) and the exposure time.
+
+    Parameters
+    ----------
+    model : roman_datamodels.datamodels.ImageModel
+    source : str, optional
+        Name used in messages; defaults to ``meta.filename``.
+    good_bits : str or int, optional
+        Acceptable DQ flags (see `romosaic.dq`).
+
+    Returns
+    -------
+    str or None
+        None if the image has usable pixels, else why it has none (for a
+        warning: such an image is skipped, not an error, unless every image
+        of the association is like it).
+
+    Raises
+    ------
+    RomosaicInputError
+        For an image that cannot be processed at all.
+    """
+    name = str(source or _model_filename(model))
+    arrays = {}
+    for array_name in IMAGE_ARRAYS:
+        try:
+            value = getattr(model, array_name, None)
+            if value is not None:
+                arrays[array_name] = np.asarray(value)
+        except Exception as error:  # asdf block, decompression and I/O errors alike
+            raise RomosaicInputError(
+                f"{name}: array '{array_name}' cannot be read; the file is truncated or "
+                f"corrupt ({one_line_message(error)})") from None
+    data = arrays.get("data")
+    if data is None or data.ndim != 2 or 0 in data.shape:
+        shape = None if data is None else data.shape
+        raise RomosaicInputError(f"{name}: data is not a 2-D image (shape {shape})")
+    for array_name, value in arrays.items():
+        if value.shape != data.shape:
+            raise RomosaicInputError(
+                f"{name}: array '{array_name}' has shape {value.shape}, but data has "
+                f"{data.shape}")
+    check_image_wcs(model.meta.get("wcs"), data.shape, name)
+    exposure = model.meta.get("exposure") or {}
+    exptime = exposure.get("exposure_time")
+    try:
+        usable_time = exptime is not None and math.isfinite(float(exptime)) and exptime > 0
+    except (TypeError, ValueError):
+        usable_time = False
+    if not usable_time:
+        raise RomosaicInputError(
+            f"{name}: exposure time {exptime} is not a positive number of seconds")
+    finite = np.isfinite(data)
+    if not finite.any():
+        return "every data value is NaN or infinite"
+    good = good_pixel_mask(arrays["dq"], good_bits) if "dq" in arrays else np.ones_like(finite)
+    if not good.any():
+        return "every pixel is flagged as unusable in dq"
+    if not (finite & good).any():
+        return "no pixel is both finite and unflagged"
+    return None
+
+
+def check_image_wcs(wcs, shape, name):
+    """Raise `RomosaicInputError` unless ``wcs`` places an image on the sky both ways.
+
+    The WCS must give finite sky positions at the image's corners, edge
+    midpoints and centre, must not squash the image to a point, and must map
+    those positions back to the same pixels within
+    `WCS_ROUND_TRIP_TOLERANCE` (resample and outlier detection need the
+    inverse).
+
+    Parameters
+    ----------
+    wcs : gwcs.wcs.WCS or None
+    shape : tuple of int
+        Array shape ``(ny, nx)``.
+    name : str
+        File name for messages.
+    """
+    if wcs is None:
+        raise RomosaicInputError(f"{name}: has no WCS (meta.wcs)")
+    ny, nx = shape
+    x, y = np.meshgrid([0.0, (nx - 1) / 2, nx - 1.0], [0.0, (ny - 1) / 2, ny - 1.0])
+    x, y = x.ravel(), y.ravel()
+    try:
+        with np.errstate(all="ignore"):
+            ra, dec = (np.asarray(v, dtype=float) for v in wcs(x, y, with_bounding_box=False))
+    except Exception as error:
+        raise RomosaicInputError(
+            f"{name}: WCS cannot be evaluated ({one_line_message(error)})") from None
+    if not (np.isfinite(ra).all() and np.isfinite(dec).all()):
+        raise RomosaicInputError(f"{name}: WCS gives no sky position for some pixels")
+    # Corner-to-corner separation: a WCS that maps the image to one point
+    # (a zero CD matrix) cannot be inverted and has no pixel scale.
+    spread = np.ptp(dec) + np.ptp(ra) * math.cos(math.radians(float(np.median(dec))))
+    if not spread > 0:
+        raise RomosaicInputError(
+            f"{name}: WCS is not invertible (it maps the whole image to one sky position)")
+    try:
+        with np.errstate(all="ignore"):
+            xb, yb = (np.asarray(v, dtype=float)
+                      for v in wcs.invert(ra, dec, with_bounding_box=False))
+    except Exception as error:
+        raise RomosaicInputError(
+            f"{name}: WCS is not invertible ({one_line_message(error)})") from None
+    miss = np.hypot(xb - x, yb - y)
+    if not np.isfinite(miss).all() or miss.max() > WCS_ROUND_TRIP_TOLERANCE:
+        worst = float(np.nanmax(miss)) if np.isfinite(miss).any() else float("nan")
+        raise RomosaicInputError(
+            f"{name}: WCS is not invertible (pixel -> sky -> pixel misses by {worst:.3g} "
+            "pixels)")
 
 
 def require_image_model(model, *, source=None):

@@ -31,12 +31,13 @@ contributions, in the same order, that a whole-window drizzle would.
 import logging
 import math
 import os
-import tempfile
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from .._atomic import make_private_dir
 from ..dq import good_pixel_mask
 from ..resample.coadd import DrizzleCoadd
 from ..resample.drizzle_images import edge_margin
@@ -62,7 +63,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bytes of tiles, sections and their temporaries to hold at once.
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
+DEFAULT_MEMORY_BUDGET = 64 * 2**20
 
 # Side, in input pixels, of the pieces an image is blotted in.
 _BLOT_TILE = 1024
@@ -164,15 +165,16 @@ class FrameStore:
         self._count = 0
         self._temp = None
         if on_disk:
-            self._temp = tempfile.TemporaryDirectory(prefix="romosaic-median-",
-                                                     dir=directory or ".")
+            # Named after this process, so that a later run removes it if this
+            # one is killed (see romosaic._atomic).
+            self._temp = make_private_dir(directory or ".", "median")
 
     def new_frame(self, *, fill=0.0):
         """Make a frame filled with ``fill``; returns its key."""
         key = self._count
         self._count += 1
         if self.on_disk:
-            path = os.path.join(self._temp.name, f"frame{key:04d}.f32")
+            path = os.path.join(self._temp, f"frame{key:04d}.f32")
             mapped = np.memmap(path, dtype=np.float32, mode="w+", shape=self.shape)
             if fill != 0.0:  # a new file already reads as zeros
                 for start in range(0, self.shape[0], self._rows_per_chunk()):
@@ -242,7 +244,7 @@ class FrameStore:
         """Remove on-disk frames."""
         self._frames = {}
         if self._temp is not None:
-            self._temp.cleanup()
+            shutil.rmtree(self._temp, ignore_errors=True)
             self._temp = None
 
     def _region(self, rows, cols):

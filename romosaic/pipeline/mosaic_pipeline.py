@@ -2,13 +2,34 @@
 
 Runs flux → skymatch → outlier_detection → resample → source_catalog over
 one association and writes ``<product>_coadd.asdf``, ``<product>_cat.parquet``
-and ``<product>_segm.asdf``, each atomically.
+and ``<product>_segm.asdf``, together and atomically.
+
+Before any step runs, the pipeline checks what can be checked cheaply, so that
+a bad association fails in seconds rather than after hours of work, and
+without leaving anything behind:
+
+1. every step's parameters;
+2. the output directory (created if missing, removed again if the run
+   fails) accepts files, and stale temporary files of killed runs in it are
+   removed (`romosaic.steps.base` does this for every top-level run);
+3. every input image: readable arrays, a usable WCS, a positive exposure
+   time (`~romosaic.models.inspect_image_model`). An image with no usable
+   pixel at all is skipped with a warning naming it; if every image is like
+   that, the run fails;
+4. no product would overwrite an input file;
+5. the output grid: the skycell exists and overlaps the inputs, the inputs
+   share one filter, and the grid is within the resample step's
+   ``max_output_pixels``.
 """
 
 import logging
+import os
 from pathlib import Path
 
-from .._atomic import atomic_save_model
+from .._atomic import atomic_save_models
+from ..errors import RomosaicInputError
+from ..models import inspect_image_model
+from ..skycell import SkycellNotFoundError
 from ..steps import (
     FluxStep,
     OutlierDetectionStep,
@@ -21,6 +42,9 @@ from ..steps.base import RomosaicPipelineBase
 __all__ = ["MosaicPipeline"]
 
 log = logging.getLogger(__name__)
+
+#: Skipped images named in the error when no image is usable.
+_NAMED_IN_MESSAGE = 3
 
 
 class MosaicPipeline(RomosaicPipelineBase):
@@ -42,6 +66,7 @@ class MosaicPipeline(RomosaicPipelineBase):
     spec = """
     on_disk = boolean(default=False)  # Keep models in temporary files to bound memory
     resample_on_skycell = boolean(default=True)  # Use the skycell grid the association names
+    allow_external_members = boolean(default=True)  # Accept members outside the asn's directory
     save_results = boolean(default=False)  # Write the products
     suffix = string(default='coadd')  # Suffix of the mosaic file
     """
@@ -55,14 +80,19 @@ class MosaicPipeline(RomosaicPipelineBase):
     }
 
     def process(self, input_data):
-        for name in self.step_defs:
-            getattr(self, name).check_parameters()
+        self._check_step_parameters()
+        self._written = {}
+        output_dir = Path(self.output_dir or ".")
+        self.outlier_detection.resample_on_skycell = self.resample_on_skycell
+        self.resample.resample_on_skycell = self.resample_on_skycell
         library = self.open_library(input_data)
         owns_library = library is not input_data
-        self._written = {}
         try:
-            self.outlier_detection.resample_on_skycell = self.resample_on_skycell
-            self.resample.resample_on_skycell = self.resample_on_skycell
+            product_name = self._product_name(library)
+            geometry = self._inspect_inputs(library)
+            if self.save_results:
+                self._refuse_to_overwrite_inputs(library, output_dir, product_name)
+            self._check_output_grid(library, geometry)
             library = self.flux.run(library)
             library = self.skymatch.run(library)
             library = self.outlier_detection.run(library)
@@ -70,7 +100,6 @@ class MosaicPipeline(RomosaicPipelineBase):
         finally:
             if owns_library:
                 library.close()
-        product_name = self._product_name(library)
         # The catalog records the mosaic's file name, so name it first.
         mosaic.meta.filename = f"{product_name}_{self.suffix}.asdf"
         catalog = segmentation = None
@@ -78,8 +107,94 @@ class MosaicPipeline(RomosaicPipelineBase):
         if isinstance(result, tuple):  # a skipped step hands back its input
             catalog, segmentation = result
         if self.save_results:
-            self._save_products(product_name, mosaic, catalog, segmentation)
+            self._save_products(output_dir, product_name, mosaic, catalog, segmentation)
         return mosaic, catalog, segmentation
+
+    # -- checks before any step runs ------------------------------------------
+
+    def _check_step_parameters(self):
+        for name in self.step_defs:
+            step = getattr(self, name)
+            if step.skip:
+                continue
+            try:
+                step.check_parameters()
+            except RomosaicInputError as error:
+                message = str(error)
+                if message.startswith(f"{name}:"):
+                    raise
+                raise type(error)(f"{name}: {message}") from None
+
+    def _inspect_inputs(self, library):
+        """Check every input; leave out, with a warning, those with no usable pixel.
+
+        Returns
+        -------
+        list of (wcs, shape)
+            The geometry of the images kept.
+        """
+        good_bits = self.resample.good_bits
+        unusable = []
+        geometry = []
+        filters = {}
+        for index, model in library.iter_models(modify=False):
+            name = str(model.meta.filename)
+            reason = inspect_image_model(model, source=name, good_bits=good_bits)
+            if reason is not None:
+                unusable.append((index, name, reason))
+                continue
+            geometry.append((model.meta.wcs, model.data.shape))
+            filter_name = model.meta.get("instrument", {}).get("optical_element")
+            filters.setdefault(str(filter_name), name)
+        if len(filters) > 1:
+            listing = ", ".join(f"{f} ({name})" for f, name in filters.items())
+            raise RomosaicInputError(f"inputs are in different filters: {listing}")
+        if not unusable:
+            return geometry
+        if len(unusable) == len(library):
+            listed = "; ".join(f"{name}: {reason}" for _, name, reason
+                               in unusable[:_NAMED_IN_MESSAGE])
+            more = (f"; and {len(unusable) - _NAMED_IN_MESSAGE} more"
+                    if len(unusable) > _NAMED_IN_MESSAGE else "")
+            raise RomosaicInputError(f"no usable input image ({listed}{more})")
+        for _, name, reason in unusable:
+            log.warning("%s: skipped: %s", name, reason)
+        library.drop_members(index for index, _, _ in unusable)
+        return geometry
+
+    def _refuse_to_overwrite_inputs(self, library, output_dir, product_name):
+        if library._asn_dir is None:
+            return  # models given in memory: no input file to protect
+        inputs = []
+        for member in library.asn["products"][0]["members"]:
+            path = library._member_to_filename(member)
+            if os.path.exists(path):
+                inputs.append(path)
+        for product in self._product_paths(output_dir, product_name):
+            if not product.exists():
+                continue
+            for path in inputs:
+                if os.path.samefile(product, path):
+                    raise RomosaicInputError(
+                        f"{product}: writing this product would replace the input file "
+                        f"{path}; choose another output_dir or product name")
+
+    def _check_output_grid(self, library, geometry):
+        if self.resample.skip:
+            return
+        source = library.asn.get("table_name") or library.product_name
+        try:
+            self.resample.plan_grid(library, geometry)
+        except SkycellNotFoundError as error:
+            raise SkycellNotFoundError(
+                f"{source}: {error}; check the association's target and "
+                "skycell_wcs_info") from None
+        except RomosaicInputError as error:
+            if str(error).startswith(f"{source}:"):
+                raise
+            raise type(error)(f"{source}: {error}") from None
+
+    # -- products -------------------------------------------------------------
 
     def _product_name(self, library):
         if self.output_file:
@@ -87,16 +202,23 @@ class MosaicPipeline(RomosaicPipelineBase):
             return self.remove_suffix(stem)[0]
         return library.product_name
 
-    def _save_products(self, product_name, mosaic, catalog, segmentation):
-        output_dir = Path(self.output_dir or ".")
-        output_dir.mkdir(parents=True, exist_ok=True)
-        products = [(mosaic, f"{product_name}_{self.suffix}.asdf")]
+    def _product_paths(self, output_dir, product_name):
+        return [output_dir / f"{product_name}_{self.suffix}.asdf",
+                output_dir / f"{product_name}_cat.parquet",
+                output_dir / f"{product_name}_segm.asdf"]
+
+    def _save_products(self, output_dir, product_name, mosaic, catalog, segmentation):
+        mosaic_path, catalog_path, segmentation_path = self._product_paths(output_dir,
+                                                                           product_name)
+        products = [(mosaic, mosaic_path)]
         if catalog is not None:
-            products.append((catalog, f"{product_name}_cat.parquet"))
+            products.append((catalog, catalog_path))
         if segmentation is not None:
-            products.append((segmentation, f"{product_name}_segm.asdf"))
-        for model, name in products:
-            path = atomic_save_model(model, output_dir / name)
+            products.append((segmentation, segmentation_path))
+        # Written side by side, then renamed one right after the other: an
+        # interrupted run leaves the previous set of products, not a mixture.
+        paths = atomic_save_models(products)
+        for (model, _), path in zip(products, paths, strict=True):
             self._written[id(model)] = path
             log.info("Saved %s", path)
 

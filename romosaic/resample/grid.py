@@ -8,7 +8,9 @@ absolute ``pixel_scale``), oriented like the first input unless a
 `grid_from_wcs_file` reads a user-supplied grid. `skycell_grid` is a
 skycell's full 5000 × 5000 grid of the Roman sky tessellation, and
 `skycell_grid_for_association` applies the reference pipeline's rule for
-when an association asks for one.
+when an association asks for one. `region_window_grid` is any rectangle of
+a projection region's pixel grid (optionally with pixels grouped in
+blocks), the grid of custom mosaics.
 """
 
 import logging
@@ -31,10 +33,14 @@ from ..wcs_utils import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_OUTPUT_PIXELS",
     "OutputGrid",
+    "check_grid_size",
+    "estimate_mosaic_bytes",
     "free_grid",
     "grid_from_wcs_file",
     "native_pixel_scale",
+    "region_window_grid",
     "require_overlap",
     "skycell_grid",
     "skycell_grid_for_association",
@@ -46,6 +52,85 @@ log = logging.getLogger(__name__)
 # Refuse grids beyond this many pixels: a typo in pixel_scale or an input far
 # away on the sky would otherwise try to allocate terabytes.
 MAX_OUTPUT_PIXELS = 2_000_000_000
+
+#: Default of the resample step's ``max_output_pixels``: 20000 x 20000 pixels,
+#: room for a custom mosaic of 3 x 3 skycells (about 14600² pixels) with
+#: about 9 GiB of output arrays, while inputs scattered over the sky (a grid
+#: of 10⁵ x 10⁵ pixels or more) are refused before anything is allocated.
+DEFAULT_MAX_OUTPUT_PIXELS = 400_000_000
+
+
+def estimate_mosaic_bytes(shape, n_inputs, *, include_var_flat=False):
+    """Bytes of the arrays a mosaic of ``shape`` holds in memory at once.
+
+    Data, weight, error and each variance plane are float32; the context has
+    one uint32 plane per 32 inputs. Temporary copies made while finishing
+    the mosaic come one array at a time and are not counted.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(ny, nx)``.
+    n_inputs : int
+    include_var_flat : bool, optional
+
+    Returns
+    -------
+    int
+    """
+    ny, nx = (int(n) for n in shape)
+    float_planes = 3 + 2 + (1 if include_var_flat else 0)
+    context_planes = max(1, (int(n_inputs) + 31) // 32)
+    return ny * nx * 4 * (float_planes + context_planes)
+
+
+def check_grid_size(shape, *, n_inputs=1, max_pixels=DEFAULT_MAX_OUTPUT_PIXELS,
+                    parameter="max_output_pixels", include_var_flat=False):
+    """Refuse an output grid larger than ``max_pixels``, before anything is allocated.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(ny, nx)``.
+    n_inputs : int, optional
+        Number of inputs (sets the context planes of the memory estimate).
+    max_pixels : int, optional
+    parameter : str, optional
+        How the user sets the limit, for the message.
+    include_var_flat : bool, optional
+
+    Raises
+    ------
+    RomosaicInputError
+        Naming the grid size, its memory estimate and the parameter to raise.
+    """
+    ny, nx = (int(n) for n in shape)
+    pixels = nx * ny
+    if pixels <= max_pixels:
+        return
+    size = estimate_mosaic_bytes(shape, n_inputs, include_var_flat=include_var_flat)
+    raise RomosaicInputError(
+        f"output grid of {nx} x {ny} pixels ({_count(pixels)} pixels, about {_bytes(size)} "
+        f"of mosaic arrays) exceeds {parameter}={int(max_pixels)}; check that the inputs "
+        f"belong together and the grid parameters, or raise {parameter}")
+
+
+def _significant(value):
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _count(pixels):
+    if pixels >= 1e9:
+        return f"{_significant(pixels / 1e9)} billion"
+    if pixels >= 1e6:
+        return f"{_significant(pixels / 1e6)} million"
+    return f"{pixels:,}"
+
+
+def _bytes(size):
+    if size >= 2**30:
+        return f"{_significant(size / 2**30)} GiB"
+    return f"{_significant(size / 2**20)} MiB"
 
 
 @dataclass
@@ -99,6 +184,8 @@ def free_grid(
     crpix=None,
     crval=None,
     output_shape=None,
+    max_pixels=None,
+    max_pixels_parameter="max_output_pixels",
 ):
     """A TAN grid covering a set of images.
 
@@ -124,6 +211,11 @@ def free_grid(
     output_shape : (int, int), optional
         Output ``(nx, ny)`` (the reference pipeline's order). Default: just
         large enough for all inputs.
+    max_pixels : int, optional
+        Refuse a grid with more pixels (see `check_grid_size`); default
+        `MAX_OUTPUT_PIXELS`.
+    max_pixels_parameter : str, optional
+        How the user sets ``max_pixels``, for the message.
 
     Returns
     -------
@@ -132,7 +224,7 @@ def free_grid(
     Raises
     ------
     RomosaicInputError
-        For non-positive scales or a grid larger than `MAX_OUTPUT_PIXELS`.
+        For non-positive scales or a grid larger than ``max_pixels``.
     """
     if not input_wcs_and_shapes:
         raise RomosaicInputError("no input images to build an output grid from")
@@ -187,10 +279,14 @@ def free_grid(
             crpix = (-0.5 - float(u.min()), -0.5 - float(v.min()))
     crpix = (float(crpix[0]), float(crpix[1]))
 
-    if nx * ny > MAX_OUTPUT_PIXELS:
+    if max_pixels is not None:
+        check_grid_size((ny, nx), n_inputs=len(input_wcs_and_shapes), max_pixels=max_pixels,
+                        parameter=max_pixels_parameter)
+    elif nx * ny > MAX_OUTPUT_PIXELS:
         raise RomosaicInputError(
-            f"output grid of {nx} x {ny} pixels is too large; check pixel_scale and "
-            "that the inputs belong together"
+            f"output grid of {nx} x {ny} pixels ({_count(nx * ny)} pixels) is too large "
+            f"(at most {_count(MAX_OUTPUT_PIXELS)}); check pixel_scale and that the inputs "
+            "belong together"
         )
     wcs = affine_tan_wcs(crval=crval, crpix=crpix, cd=cd, shape=(ny, nx))
     return OutputGrid(wcs=wcs, shape=(ny, nx), crval=crval, crpix=crpix,
@@ -273,6 +369,52 @@ def skycell_grid(name):
     )
 
 
+def region_window_grid(region, *, x0, y0, nx, ny, block=1):
+    """A rectangle of a projection region's pixel grid, as an output grid.
+
+    Parameters
+    ----------
+    region : romosaic.skycell.ProjectionRegion
+    x0, y0 : int
+        Region pixel of the window's first pixel, in units of ``block``
+        region pixels: window pixel ``(i, j)`` covers region pixels
+        ``block·(x0 + i) … block·(x0 + i) + block − 1`` along x (and so on y).
+    nx, ny : int
+        Window size in (block) pixels.
+    block : int, optional
+        Region pixels per window pixel along each axis; 1 gives the region's
+        own 0.055″ pixels, 2 the native 0.11″ pixels made of 2 × 2 of them.
+
+    Returns
+    -------
+    OutputGrid
+        TAN at the region's tangent point, north up, pixel edges on region
+        pixel edges; with ``block=1`` it differs from any skycell grid of the
+        region by an integer pixel shift only.
+    """
+    from ..skycell.geometry import PIXEL_SCALE_ARCSEC
+
+    block = int(block)
+    if block < 1:
+        raise ValueError(f"block must be a positive integer, got {block}")
+    nx, ny = int(nx), int(ny)
+    if nx < 1 or ny < 1:
+        raise ValueError(f"window size must be positive, got {nx} x {ny}")
+    if nx * ny > MAX_OUTPUT_PIXELS:
+        raise RomosaicInputError(f"output grid of {nx} x {ny} pixels is too large")
+    scale = PIXEL_SCALE_ARCSEC * block
+    # Region pixel x is at window pixel (x + 0.5) / block - 0.5 - x0: the
+    # centre of a block of `block` region pixels is half a region pixel
+    # from its first pixel's centre when block = 2, and so on.
+    crpix = ((region.x_tangent + 0.5) / block - 0.5 - int(x0),
+             (region.y_tangent + 0.5) / block - 0.5 - int(y0))
+    crval = (float(region.ra_tangent), float(region.dec_tangent))
+    wcs = affine_tan_wcs(crval=crval, crpix=crpix, cd=np.eye(2) * (scale / 3600.0),
+                         shape=(ny, nx))
+    return OutputGrid(wcs=wcs, shape=(ny, nx), crval=crval, crpix=crpix, pixel_scale=scale,
+                      pixel_scale_ref=scale)
+
+
 def skycell_name_from_association(*, skycell_wcs_info=None, target=None):
     """The skycell an association asks for, by the reference pipeline's rule.
 
@@ -324,8 +466,13 @@ def require_overlap(grid, geometry):
     for wcs, shape in geometry:
         ra, dec = footprint(wcs, shape)
         x, y = grid.wcs.invert(ra, dec, with_bounding_box=False)
-        if (np.nanmax(x) >= -0.5 and np.nanmin(x) <= nx - 0.5
-                and np.nanmax(y) >= -0.5 and np.nanmin(y) <= ny - 0.5):
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        # A footprint on the far side of the tangent plane has no projection.
+        finite = np.isfinite(x) & np.isfinite(y)
+        if not finite.any():
+            continue
+        x, y = x[finite], y[finite]
+        if x.max() >= -0.5 and x.min() <= nx - 0.5 and y.max() >= -0.5 and y.min() <= ny - 0.5:
             return
     where = f"skycell {grid.skycell_name}" if grid.skycell_name else "the output grid"
     raise RomosaicInputError(

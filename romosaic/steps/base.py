@@ -10,10 +10,26 @@
   and `~romosaic.models.open_image_model`, so bad input is a one-line error;
 * ``output_ext`` defaults to ``.asdf`` (``strun`` fails without a default);
 * it configures logging for romosaic's own loggers as well as stpipe's;
-* it records ``meta.cal_step.<alias>`` on the models it processes.
+* it records ``meta.cal_step.<alias>`` on the models it processes;
+* a parameter value the spec refuses (``--steps.resample.pixfrac=-1``) is a
+  one-line `~romosaic.errors.RomosaicInputError` naming the parameter, not a
+  traceback after a screenful of usage text;
+* a top-level run checks its output directory before any work (created if
+  missing and removed again if the run fails; stale temporary files of
+  killed runs removed; a probe written), so that an unwritable directory is
+  a one-line `~romosaic.errors.OutputError` at once;
+* while a top-level step runs in the main thread, SIGTERM is turned into
+  ``SystemExit(143)``, so that the run unwinds like after Ctrl-C and removes
+  its temporary files before the process ends.
 """
 
+import contextlib
+import errno
 import logging
+import os
+import re
+import signal
+import threading
 from pathlib import Path
 
 import asdf.schema
@@ -21,10 +37,11 @@ import roman_datamodels.datamodels as rdm
 from roman_datamodels._stnode import L2CalStep, L3CalStep
 from stpipe import Pipeline, Step
 from stpipe.datamodel import AbstractDataModel
+from stpipe.exceptions import ValidationError
 from stpipe.library import AbstractModelLibrary
 
-from .._atomic import atomic_save_model
-from ..errors import RomosaicInputError
+from .._atomic import atomic_save_model, prepare_output_directory, remove_empty_directories
+from ..errors import OutputError, RomosaicError, RomosaicInputError
 from ..library import ModelLibrary
 from ..models import open_image_model
 
@@ -130,15 +147,50 @@ class _OfflineMixin:
         log.info("Saved model in %s", path)
         return str(path)
 
-    def run(self, *args):
+    @classmethod
+    def from_config_section(cls, config, parent=None, name=None, config_file=None):
         try:
-            return super().run(*args)
-        except RomosaicInputError as error:
-            # strun prints errors word-wrapped in a banner; log the message
-            # once, whole, on one line, where scripts and users look for it.
-            if self.parent is None:
-                log.error("%s", error)
-            raise
+            return super().from_config_section(config, parent=parent, name=name,
+                                               config_file=config_file)
+        except ValidationError as error:
+            problem = RomosaicInputError(_parameter_message(cls, error))
+            if parent is None:
+                log.error("%s", problem)
+            raise problem from None
+
+    def run(self, *args):
+        top_level = self.parent is None
+        created = []
+        with (_sigterm_as_exit() if top_level else contextlib.nullcontext(),
+              _releasing_schema_caches() if top_level else contextlib.nullcontext()):
+            try:
+                if top_level and (self.output_dir or self.save_results or self.output_file):
+                    # stpipe would create output_dir itself, with a traceback
+                    # when it cannot; and a directory that takes no files
+                    # should fail the run now, not after hours of work.
+                    output_dir = os.path.expandvars(os.path.expanduser(self.output_dir or "."))
+                    created = prepare_output_directory(output_dir)
+                return super().run(*args)
+            except RomosaicError as error:
+                # strun prints errors word-wrapped in a banner; log the message
+                # once, whole, on one line, where scripts and users look for it.
+                if top_level:
+                    log.error("%s", error)
+                remove_empty_directories(created)
+                raise
+            except OSError as error:
+                remove_empty_directories(created)
+                if not (top_level and error.errno in _OUTPUT_ERRNOS):
+                    raise
+                # Disk full, quota, file-size limit or read-only file system
+                # while writing a temporary file: the environment's fault,
+                # reported like any other output problem.
+                problem = OutputError(_os_error_message(error), error.errno)
+                log.error("%s", problem)
+                raise problem from None
+            except BaseException:
+                remove_empty_directories(created)
+                raise
 
     def open_library(self, input_data):
         """A `ModelLibrary` for this step's input.
@@ -164,13 +216,120 @@ class _OfflineMixin:
         ):
             on_disk = False
         return ModelLibrary(
-            input_data, on_disk=on_disk, temp_directory=self.search_attr("output_dir")
+            input_data,
+            on_disk=on_disk,
+            temp_directory=self.search_attr("output_dir"),
+            allow_external_members=bool(self.search_attr("allow_external_members",
+                                                         default=True)),
         )
 
     def record_status(self, model, status=STEP_COMPLETE):
         """Record ``status`` in ``model.meta.cal_step.<this step's alias>``."""
         ensure_cal_step(model)
         model.meta.cal_step[self.class_alias] = status
+
+
+# System errors that mean "no room or no right to write", whatever the file.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _os_error_message(error):
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}cannot write ({error.strerror or error})"
+
+
+@contextlib.contextmanager
+def _releasing_schema_caches():
+    """Drop asdf's references to the schema resolvers of a run when it ends.
+
+    asdf wraps two methods of its ``RefResolver`` in ``functools.lru_cache``,
+    which keys on the resolver itself: the last 128 resolvers, each with every
+    schema it parsed, stay alive (about 80 MiB after 25 pipeline runs). Every
+    validation makes new resolvers, so those entries are never used again;
+    clearing them after each run keeps a process that runs the pipeline all
+    day at constant memory (``tests/test_soak.py``).
+    """
+    try:
+        yield
+    finally:
+        try:
+            from asdf._jsonschema.validators import RefResolver
+        except ImportError:
+            RefResolver = None
+        for name in ("_get_subschemas_cache", "_find_in_subschemas"):
+            cache_clear = getattr(getattr(RefResolver, name, None), "cache_clear", None)
+            if cache_clear is not None:
+                cache_clear()
+
+
+#: Exit status of a run ended by SIGTERM (the shell's convention, 128 + 15).
+SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """Raise SystemExit on SIGTERM while the block runs, then restore the handler.
+
+    Only when the default handler is in place (an application's own handler
+    is left alone) and in the main thread (the only one that may set one).
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def handler(signum, frame):
+        log.error("terminated by signal %d; removing temporary files", signum)
+        raise SystemExit(SIGTERM_EXIT_STATUS)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_CONFIG_PROBLEM = re.compile(r"Config parameter '(?P<path>[^']*)': (?P<problem>.*)", re.S)
+
+
+def _parameter_message(step_class, error):
+    """One line for a parameter value the spec refuses, with what it accepts."""
+    text = " ".join(str(error).split())
+    match = _CONFIG_PROBLEM.match(text)
+    if match is None:
+        return f"invalid parameter: {text}"
+    path = match["path"].split("/")
+    problem = match["problem"].rstrip(".")
+    accepted = _accepted_values(step_class, path)
+    return f"parameter {'.'.join(path)}: {problem}{accepted}"
+
+
+def _accepted_values(step_class, path):
+    try:
+        spec = step_class.load_spec_file()
+        for key in path:
+            spec = spec[key]
+    except (KeyError, TypeError, AttributeError, OSError):
+        return ""
+    if not isinstance(spec, str):
+        return ""
+    options = re.match(r"\s*option\((.*)\)", spec)
+    if options:
+        names = re.findall(r"'([^']*)'", options[1].split("default=")[0])
+        return f" (choose one of: {', '.join(names)})" if names else ""
+    low = re.search(r"\bmin=([-+0-9.eE]+)", spec)
+    high = re.search(r"\bmax=([-+0-9.eE]+)", spec)
+    kind = spec.split("(")[0].strip()
+    limits = []
+    if low:
+        limits.append(f">= {low[1]}")
+    if high:
+        limits.append(f"<= {high[1]}")
+    if limits and kind in ("float", "integer"):
+        return f" (must be {' and '.join(limits)})"
+    if kind in ("float", "integer", "boolean", "int_list", "float_list"):
+        return f" (expected {kind.replace('_', ' ')})"
+    return ""
 
 
 def step_status(model, name):

@@ -5,8 +5,11 @@ through `romosaic.resample.drizzle_images` one at a time and returns a
 Level-3 ``MosaicModel``. The algorithm lives in `romosaic.resample`.
 """
 
+import contextlib
 import logging
 from pathlib import Path
+
+import numpy as np
 
 from ..dq import bad_flags_mask
 from ..errors import RomosaicInputError
@@ -20,6 +23,8 @@ from ..resample import (
     require_overlap,
     skycell_grid_for_association,
 )
+from ..resample.grid import DEFAULT_MAX_OUTPUT_PIXELS, check_grid_size
+from ..resample.tiled import drizzle_images_tiled
 from ._survey import survey_inputs
 from .base import STEP_COMPLETE, RomosaicStep
 
@@ -31,10 +36,17 @@ log = logging.getLogger(__name__)
 class ResampleStep(RomosaicStep):
     """Resample (drizzle) the images of an association onto one grid.
 
-    Output grid, in order of precedence: ``output_wcs`` (an ASDF file with a
-    gwcs under ``wcs``); otherwise a free TAN grid covering the inputs, set
+    Output grid, in order of precedence: the `output_grid` attribute (an
+    `~romosaic.resample.OutputGrid` set from Python, as custom mosaics do);
+    ``output_wcs`` (an ASDF file with a gwcs under ``wcs``); the
+    association's skycell; otherwise a free TAN grid covering the inputs, set
     by ``pixel_scale`` or ``pixel_scale_ratio``, ``rotation``, ``crpix``,
     ``crval`` and ``output_shape``.
+
+    With ``tile_memory`` > 0 the output is drizzled in strips of rows whose
+    arrays fit in that many MiB, into memory-mapped temporary files in the
+    output directory (see `romosaic.resample.tiled`); the result is the same
+    to float32 rounding.
     """
 
     class_alias = "resample"
@@ -55,7 +67,13 @@ class ResampleStep(RomosaicStep):
     include_var_flat = boolean(default=False)  # Propagate var_flat and include it in err
     pixmap_stepsize = integer(min=1, default=10)  # Spacing of exact WCS evaluations (pixels)
     resample_on_skycell = boolean(default=True)  # Use the association's skycell grid if named
+    tile_memory = float(min=0.0, default=0.0)  # MiB per output strip (0: whole grid in memory)
+    max_output_pixels = integer(min=1, default={DEFAULT_MAX_OUTPUT_PIXELS})  # Refuse larger grids
     """
+
+    #: An `~romosaic.resample.OutputGrid` to use instead of any grid parameter;
+    #: set from Python only (it is not a parameter a file or command line can give).
+    output_grid = None
 
     def process(self, input_data):
         library = self.open_library(input_data)
@@ -69,27 +87,28 @@ class ResampleStep(RomosaicStep):
     def _resample(self, library):
         self.check_parameters()
         geometry, summaries = survey_inputs(library)
-        grid = self._output_grid(geometry, library)
+        grid = self.plan_grid(library, geometry)
         log.info("output grid: %d x %d pixels of %.4f arcsec", grid.shape[1], grid.shape[0],
                  grid.pixel_scale)
 
-        def stream():
-            for _, model in library.iter_models(modify=False):
-                yield input_from_model(model)
+        options = {
+            "kernel": self.kernel,
+            "pixfrac": self.pixfrac,
+            "fillval": self.fillval,
+            "weight_type": self.weight_type,
+            "good_bits": self.good_bits,
+            "include_var_flat": self.include_var_flat,
+            "pixmap_stepsize": self.pixmap_stepsize,
+        }
+        if self.tile_memory > 0:
+            result, input_scale = self._drizzle_tiled(library, geometry, grid, options)
+        else:
+            def stream():
+                for _, model in library.iter_models(modify=False):
+                    yield input_from_model(model)
 
-        result, input_scale = drizzle_images(
-            stream(),
-            grid,
-            len(library),
-            kernel=self.kernel,
-            pixfrac=self.pixfrac,
-            fillval=self.fillval,
-            weight_type=self.weight_type,
-            good_bits=self.good_bits,
-            include_var_flat=self.include_var_flat,
-            pixmap_stepsize=self.pixmap_stepsize,
-        )
-        if not (result.weight > 0).any():
+            result, input_scale = drizzle_images(stream(), grid, len(library), **options)
+        if not _any_positive(result.weight):
             raise RomosaicInputError(
                 f"{library.product_name}: no input pixel landed on the output grid "
                 "(inputs all flagged, or outside the grid)"
@@ -111,6 +130,20 @@ class ResampleStep(RomosaicStep):
         mosaic.meta.filename = f"{library.product_name}_coadd.asdf"
         return mosaic
 
+    def _drizzle_tiled(self, library, geometry, grid, options):
+        @contextlib.contextmanager
+        def load(index):
+            model = library.borrow(index)
+            try:
+                yield input_from_model(model)
+            finally:
+                library.shelve(model, index, modify=False)
+
+        with library:
+            return drizzle_images_tiled(
+                load, geometry, grid, tile_memory=self.tile_memory * 2**20,
+                directory=self.search_attr("output_dir"), **options)
+
     def check_parameters(self):
         if not 0 < self.pixfrac <= 1:
             raise RomosaicInputError(f"pixfrac must be in (0, 1], got {self.pixfrac}")
@@ -128,8 +161,42 @@ class ResampleStep(RomosaicStep):
                 f"pixel_scale_ratio must be > 0, got {self.pixel_scale_ratio}")
         if self.output_wcs and not Path(self.output_wcs).is_file():
             raise RomosaicInputError(f"{self.output_wcs}: output_wcs file not found")
+        if not self.max_output_pixels >= 1:
+            raise RomosaicInputError(
+                f"max_output_pixels must be >= 1, got {self.max_output_pixels}")
+
+    def plan_grid(self, library, geometry=None):
+        """The output grid for ``library``, refused if it has more than ``max_output_pixels``.
+
+        Parameters
+        ----------
+        library : ModelLibrary
+        geometry : list of (wcs, shape), optional
+            The inputs' geometry, if already surveyed.
+
+        Returns
+        -------
+        romosaic.resample.OutputGrid
+        """
+        if geometry is None:
+            geometry, _ = survey_inputs(library)
+        grid = self._output_grid(geometry, library)
+        check_grid_size(grid.shape, n_inputs=len(library), max_pixels=self.max_output_pixels,
+                        parameter=self._max_pixels_parameter(),
+                        include_var_flat=self.include_var_flat)
+        return grid
+
+    def _max_pixels_parameter(self):
+        # As the user would write it: on the command line of this step, or
+        # of the pipeline that runs it.
+        if self.parent is None:
+            return "max_output_pixels"
+        return f"steps.{self.name}.max_output_pixels"
 
     def _output_grid(self, geometry, library):
+        if self.output_grid is not None:
+            require_overlap(self.output_grid, geometry)
+            return self.output_grid
         if self.output_wcs:
             return grid_from_wcs_file(self.output_wcs, output_shape=self.output_shape)
         if self.resample_on_skycell:
@@ -146,4 +213,12 @@ class ResampleStep(RomosaicStep):
             crpix=self.crpix,
             crval=self.crval,
             output_shape=self.output_shape,
+            max_pixels=self.max_output_pixels,
+            max_pixels_parameter=self._max_pixels_parameter(),
         )
+
+
+def _any_positive(values, rows=1024):
+    """Whether any element is > 0, reading a large (memory-mapped) array in row blocks."""
+    return any(bool(np.any(values[start:start + rows] > 0))
+               for start in range(0, values.shape[0], rows))

@@ -1,0 +1,414 @@
+"""Drizzling a large output grid in horizontal strips, into memory-mapped arrays.
+
+`drizzle_images` holds the whole output (data, weight, two or three
+variance planes and the context) in memory while it drizzles: 24 bytes a
+pixel or more, about 5 GB for a 15000 × 15000 mosaic of 3 × 3 skycells.
+`drizzle_images_tiled` bounds that memory:
+
+* the output grid is cut into full-width strips of rows (`plan_strips`),
+  each small enough that its drizzle arrays fit in ``tile_memory`` bytes;
+* each strip is a window of the same grid, padded by the same drizzle
+  margin `drizzle_images` uses, so that every strip pixel receives exactly
+  the contributions it would receive in one big drizzle;
+* for each strip, the inputs that reach it are loaded again (the caller
+  supplies a loader), their pixel maps computed on the full grid, and only
+  the input rows and columns that land in the padded strip are drizzled;
+* inputs that miss a strip still take their turn, as an empty image of
+  zero weight, so that input ``i`` keeps context bit ``i`` in every strip;
+* each finished strip is written into memory-mapped arrays in temporary
+  files (`MappedPlanes`), which are unlinked as soon as the result is
+  assembled: the space is given back when the last mapping goes, even if
+  the process dies.
+
+Every output pixel therefore gets the same inputs, in the same order, with
+the same pixel maps and weights as in one big drizzle; the results agree to
+float32 rounding (drizzle computes overlaps in strip rather than grid
+coordinates, which changes the last bits of the areas).
+"""
+
+import logging
+import math
+import shutil
+import weakref
+
+import numpy as np
+
+from .._atomic import make_private_dir
+from ..dq import DEFAULT_GOOD_BITS, good_pixel_mask
+from ..wcs_utils import footprint
+from .coadd import CoaddResult, DrizzleCoadd, context_planes
+from .drizzle_images import KERNELS, edge_margin
+from .grid import native_pixel_scale
+from .pixmap import compute_pixmap
+from .weights import pixel_weights
+
+__all__ = [
+    "MappedPlanes",
+    "bytes_per_output_pixel",
+    "drizzle_images_tiled",
+    "input_row_ranges",
+    "plan_strips",
+    "strip_slices",
+]
+
+log = logging.getLogger(__name__)
+
+#: Output pixels of slack, beyond the drizzle margin, when deciding which
+#: inputs (and which of their pixels) reach a strip. Footprints are sampled
+#: at a few points per edge; this absorbs their rounding.
+_REACH_SLACK = 4
+
+#: Input pixels kept round the part of an input that lands in a strip, so
+#: that drizzle's kernel sees the same neighbouring pixel-map values there
+#: as in the whole image.
+_INPUT_BORDER = 2
+
+
+def bytes_per_output_pixel(n_inputs, n_variances):
+    """Bytes of drizzle arrays per output pixel: data, weight, variances, context."""
+    return 4 * (2 + int(n_variances)) + 4 * context_planes(n_inputs)
+
+
+def plan_strips(ny, nx, *, bytes_per_pixel, tile_memory, margin):
+    """Cut ``ny`` output rows into strips whose drizzle arrays fit in ``tile_memory``.
+
+    Parameters
+    ----------
+    ny, nx : int
+        Output shape.
+    bytes_per_pixel : int
+        See `bytes_per_output_pixel`.
+    tile_memory : float
+        Bytes allowed for one strip's arrays, margins included.
+    margin : int
+        Drizzle margin added on every side of a strip.
+
+    Returns
+    -------
+    list of (int, int)
+        ``(start, stop)`` row ranges covering ``0 … ny`` in order, of equal
+        height but for the last.
+
+    Examples
+    --------
+    >>> plan_strips(1000, 100, bytes_per_pixel=24, tile_memory=24 * 110 * 260, margin=5)
+    [(0, 250), (250, 500), (500, 750), (750, 1000)]
+    """
+    ny, nx, margin = int(ny), int(nx), int(margin)
+    row_bytes = bytes_per_pixel * (nx + 2 * margin)
+    rows = int(tile_memory // row_bytes) - 2 * margin
+    # A strip thinner than its margins would mostly drizzle margin.
+    rows = max(rows, 2 * margin, 16)
+    count = max(1, math.ceil(ny / rows))
+    height = math.ceil(ny / count)
+    return [(start, min(ny, start + height)) for start in range(0, ny, height)]
+
+
+def input_row_ranges(geometry, grid_wcs, *, points_per_edge=17):
+    """The output rows each input reaches, from its footprint.
+
+    Parameters
+    ----------
+    geometry : list of (wcs, shape)
+    grid_wcs : gwcs.wcs.WCS
+
+    Returns
+    -------
+    list of (float, float)
+        ``(y_min, y_max)`` in output pixels; ``(nan, nan)`` for an input
+        without a position on the grid.
+    """
+    ranges = []
+    for wcs, shape in geometry:
+        ra, dec = footprint(wcs, shape, points_per_edge=points_per_edge)
+        _, y = grid_wcs.invert(ra, dec, with_bounding_box=False)
+        y = np.asarray(y, dtype=float)
+        if not np.isfinite(y).any():
+            ranges.append((math.nan, math.nan))
+        else:
+            ranges.append((float(np.nanmin(y)), float(np.nanmax(y))))
+    return ranges
+
+
+def strip_slices(pixmap, y_low, y_high, *, border=_INPUT_BORDER):
+    """The input rows and columns whose pixels land between two output rows.
+
+    Parameters
+    ----------
+    pixmap : numpy.ndarray, shape (ny, nx, 2)
+        Output ``(x, y)`` of every input pixel.
+    y_low, y_high : float
+        Output rows of interest: pixels with ``y_low <= y < y_high``.
+    border : int, optional
+        Input pixels added on each side (clipped to the image).
+
+    Returns
+    -------
+    tuple of slice or None
+        ``(rows, cols)`` of the input, or None if no pixel lands there.
+
+    Examples
+    --------
+    >>> y, x = np.indices((10, 8), dtype=float)
+    >>> strip_slices(np.dstack([x, y]), 3.0, 5.0, border=1)
+    (slice(2, 6, None), slice(0, 8, None))
+    """
+    y = pixmap[..., 1]
+    with np.errstate(invalid="ignore"):
+        inside = (y >= y_low) & (y < y_high)
+    rows = np.flatnonzero(inside.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(inside[rows[0]:rows[-1] + 1].any(axis=0))
+    ny, nx = inside.shape
+    return (slice(max(0, rows[0] - border), min(ny, rows[-1] + 1 + border)),
+            slice(max(0, cols[0] - border), min(nx, cols[-1] + 1 + border)))
+
+
+class MappedPlanes:
+    """The output arrays of a tiled drizzle, in memory-mapped temporary files.
+
+    Strips are written through short-lived mappings (`write`), so the
+    process holds no output pages between strips; `arrays` maps the
+    finished planes for reading and unlinks the files at once.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Output ``(ny, nx)``.
+    variance_names : sequence of str
+    n_context_planes : int
+    directory : str or os.PathLike, optional
+        Where the temporary directory is made (default: the current one;
+        not the system temporary directory, often held in memory).
+    """
+
+    def __init__(self, shape, variance_names, n_context_planes, *, directory=None):
+        self.shape = tuple(int(n) for n in shape)
+        self.variance_names = tuple(variance_names)
+        self.n_context_planes = int(n_context_planes)
+        # A private directory named after this process, so that a later run
+        # removes it if this one is killed (see romosaic._atomic).
+        self._dir = make_private_dir(directory or ".", "tiles")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
+        self._specs = {"data": (np.float32, self.shape), "weight": (np.float32, self.shape),
+                       "context": (np.uint32, (self.n_context_planes, *self.shape))}
+        for name in self.variance_names:
+            self._specs[f"var-{name}"] = (np.float32, self.shape)
+        for name, (dtype, full_shape) in self._specs.items():
+            nbytes = int(np.prod(full_shape)) * np.dtype(dtype).itemsize
+            with open(self._path(name), "wb") as handle:
+                handle.truncate(nbytes)  # sparse: no disk used until written
+
+    def _path(self, name):
+        return self._dir / f"{name}.bin"
+
+    def write(self, start, stop, result):
+        """Store a finished strip (a `CoaddResult` for rows ``start:stop``)."""
+        planes = {"data": result.data, "weight": result.weight}
+        planes.update({f"var-{n}": result.variances[n] for n in self.variance_names})
+        ny, nx = self.shape
+        for name, values in planes.items():
+            self._write_rows(name, start, stop, values)
+        context = result.context
+        for plane in range(self.n_context_planes):
+            row_offset = plane * ny
+            self._write_rows("context", row_offset + start, row_offset + stop, context[plane],
+                             dtype=np.uint32)
+
+    def _write_rows(self, name, start, stop, values, dtype=np.float32):
+        nx = self.shape[1]
+        itemsize = np.dtype(dtype).itemsize
+        mapped = np.memmap(self._path(name), dtype=dtype, mode="r+", offset=start * nx * itemsize,
+                           shape=(stop - start, nx))
+        mapped[...] = values
+        mapped.flush()
+        del mapped
+
+    def arrays(self, exptimes):
+        """The finished planes as a `CoaddResult` of memory-mapped arrays.
+
+        The files are unlinked once mapped (on systems that allow it); the
+        data live until the last array referring to them is released.
+        """
+        def open_plane(name):
+            dtype, full_shape = self._specs[name]
+            mapped = np.memmap(self._path(name), dtype=dtype, mode="r+", shape=full_shape)
+            # A plain ndarray view (ASDF refuses the memmap subclass); it keeps
+            # the mapping alive.
+            return np.asarray(mapped)
+
+        result = CoaddResult(
+            data=open_plane("data"),
+            weight=open_plane("weight"),
+            context=open_plane("context"),
+            variances={n: open_plane(f"var-{n}") for n in self.variance_names},
+            exptimes=list(exptimes),
+        )
+        self.close()
+        return result
+
+    def close(self):
+        """Remove the temporary files (mapped arrays stay readable on POSIX systems)."""
+        try:
+            shutil.rmtree(self._dir)
+        except OSError:
+            # Mapped files cannot be removed on some systems: at exit, then.
+            return
+        self._cleanup.detach()
+
+
+def drizzle_images_tiled(
+    load_input,
+    geometry,
+    grid,
+    *,
+    tile_memory,
+    directory=None,
+    kernel="square",
+    pixfrac=1.0,
+    fillval="NaN",
+    weight_type="ivm",
+    good_bits=DEFAULT_GOOD_BITS,
+    include_var_flat=False,
+    pixmap_stepsize=10,
+):
+    """Co-add images onto ``grid`` a strip at a time (see the module docstring).
+
+    Parameters
+    ----------
+    load_input : callable
+        ``load_input(i)`` returns a context manager giving input ``i`` as a
+        `ResampleInput` (so a model can be borrowed while it is used); called
+        once for every strip the input reaches.
+    geometry : list of (wcs, shape)
+        Every input's WCS and shape, in context order.
+    grid : OutputGrid
+    tile_memory : float
+        Bytes allowed for one strip's drizzle arrays.
+    directory : str or os.PathLike, optional
+        Where the memory-mapped output files are made.
+    kernel, pixfrac, fillval, weight_type, good_bits, include_var_flat, pixmap_stepsize
+        As for `drizzle_images`.
+
+    Returns
+    -------
+    result : CoaddResult
+        Arrays memory-mapped from (already unlinked) temporary files.
+    input_pixel_scale : float
+        Native pixel size of the first input, arcseconds.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if not geometry:
+        raise ValueError("no input images to drizzle")
+    n_inputs = len(geometry)
+    variance_names = ["var_rnoise", "var_poisson"] + (["var_flat"] if include_var_flat else [])
+    input_pixel_scale = native_pixel_scale(*geometry[0])
+    # One margin for every strip, from the first input, as drizzle_images does.
+    margin = edge_margin(input_pixel_scale / grid.pixel_scale)
+    ny, nx = grid.shape
+    strips = plan_strips(ny, nx, bytes_per_pixel=bytes_per_output_pixel(
+        n_inputs, len(variance_names)), tile_memory=tile_memory, margin=margin)
+    reach = input_row_ranges(geometry, grid.wcs)
+    log.info("drizzling %d x %d pixels in %d strip(s) of up to %d rows", nx, ny, len(strips),
+             strips[0][1] - strips[0][0])
+
+    planes = MappedPlanes(grid.shape, variance_names, context_planes(n_inputs),
+                          directory=directory)
+    exptimes = [None] * n_inputs
+    used_pixels = {}
+    try:
+        for number, (start, stop) in enumerate(strips, 1):
+            low, high = start - margin, stop + margin
+            coadd = DrizzleCoadd((stop - start + 2 * margin, nx + 2 * margin), n_inputs,
+                                 variance_names=variance_names, kernel=kernel, pixfrac=pixfrac,
+                                 fillval=fillval)
+            reached = 0
+            for index in range(n_inputs):
+                y_min, y_max = reach[index]
+                touches = (math.isfinite(y_min) and y_max >= low - _REACH_SLACK
+                           and y_min < high + _REACH_SLACK)
+                added = False
+                if touches:
+                    with load_input(index) as image:
+                        added = _add_strip_part(
+                            coadd, image, index, grid, low, high, margin, exptimes,
+                            used_pixels, weight_type=weight_type, good_bits=good_bits,
+                            pixmap_stepsize=pixmap_stepsize)
+                if added:
+                    reached += 1
+                else:
+                    _add_nothing(coadd, exptimes[index])
+            result = coadd.finish()
+            del coadd
+            planes.write(start, stop, result.crop(margin))
+            del result
+            log.info("strip %d/%d (rows %d-%d): %d input(s)", number, len(strips), start,
+                     stop - 1, reached)
+        for index in range(n_inputs):
+            if exptimes[index] is None:
+                # Never reached the grid: its exposure time still counts in the
+                # metadata; read it once.
+                with load_input(index) as image:
+                    exptimes[index] = image.exptime
+                    log.info("%s: no pixel lands on the output grid", image.name)
+        return planes.arrays(exptimes), input_pixel_scale
+    except BaseException:
+        planes.close()
+        raise
+
+
+# A stand-in for an input that misses a strip: its context bit is taken but
+# nothing lands (far outside the output, zero weight).
+_NOTHING_DATA = np.zeros((2, 2), np.float32)
+_NOTHING_PIXMAP = np.full((2, 2, 2), -1.0e9)
+
+
+def _add_nothing(coadd, exptime):
+    coadd.add(_NOTHING_DATA, _NOTHING_PIXMAP, weight=_NOTHING_DATA, exptime=exptime or 1.0)
+
+
+def _add_strip_part(coadd, image, index, grid, low, high, margin, exptimes, used_pixels, *,
+                    weight_type, good_bits, pixmap_stepsize):
+    """Drizzle the part of ``image`` landing in padded strip rows ``low:high``.
+
+    Returns False (adding nothing) when no pixel lands there.
+    """
+    exptimes[index] = image.exptime
+    good = good_pixel_mask(image.dq, good_bits)
+    # Weights of the whole image: ivm smoothing works on blocks of it.
+    weight = pixel_weights(
+        weight_type,
+        data=image.data,
+        good=good,
+        var_rnoise=image.variances.get("var_rnoise"),
+        var_poisson=image.variances.get("var_poisson"),
+        exptime=image.exptime,
+    )
+    del good
+    if index not in used_pixels:
+        used_pixels[index] = int(np.count_nonzero(weight))
+        if used_pixels[index] == 0:
+            log.warning("%s: no usable pixels (all flagged, NaN or zero weight)", image.name)
+        else:
+            log.info("%s: %d usable pixels", image.name, used_pixels[index])
+    pixmap = compute_pixmap(image.wcs, grid.wcs, image.shape, stepsize=pixmap_stepsize)
+    part = strip_slices(pixmap, low - _REACH_SLACK, high + _REACH_SLACK)
+    if part is None:
+        return False
+    pixmap = np.ascontiguousarray(pixmap[part])
+    # Shifting grid coordinates by whole numbers is exact.
+    pixmap[..., 0] += margin
+    pixmap[..., 1] -= low
+    scale = native_pixel_scale(image.wcs, image.shape)
+    coadd.add(
+        image.data[part],
+        pixmap,
+        weight=np.ascontiguousarray(weight[part]),
+        variances={name: plane[part] for name, plane in image.variances.items()},
+        exptime=image.exptime,
+        pixel_scale_ratio=grid.pixel_scale / scale,
+    )
+    return True
+
