@@ -21,6 +21,7 @@ _SUBCOMMAND_MODULES = (
     "romosaic.associations",
     "romosaic.preview",
     "romosaic.skycell.cli",
+    "romosaic.custom_mosaic.cli",
     "romosaic.survey.cli",
 )
 

@@ -65,7 +65,7 @@ class OutlierDetectionStep(RomosaicStep):
     good_bits = string(default='~DO_NOT_USE+NON_SCIENCE')  # Acceptable DQ flags
     resample_data = boolean(default=True)  # False: inputs already share one pixel grid
     resample_on_skycell = boolean(default=True)  # Work on the association's skycell grid
-    memory_budget = float(min=1.0, default=256.0)  # MiB of tiles and median sections at once
+    memory_budget = float(min=1.0, default=64.0)  # MiB of tiles and median sections at once
     pixmap_stepsize = integer(min=1, default=10)  # Spacing of exact WCS evaluations (pixels)
     save_intermediate_results = boolean(default=False)  # Write the median and blotted images
     """

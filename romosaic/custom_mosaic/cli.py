@@ -1,0 +1,56 @@
+"""``romosaic custom-mosaic``: one seamless mosaic of a projection region per filter."""
+
+import sys
+
+__all__ = ["add_cli_parser"]
+
+
+def add_cli_parser(subparsers):
+    """Add ``custom-mosaic`` to the ``romosaic`` command."""
+    parser = subparsers.add_parser(
+        "custom-mosaic",
+        help="one seamless mosaic per filter on a projection region's grid",
+        description="Drizzle Level-2 images onto the pixel grid of the projection region "
+        "whose tangent point is nearest their centre, cut to the rectangle they cover, "
+        "running flux, skymatch, outlier_detection, resample and source_catalog. Writes "
+        "PREFIX_<filter>_coadd.asdf, _cat.parquet and _segm.asdf per filter, and the log "
+        "PREFIX.log. The exit status is 0 on success, 1 on failure.",
+    )
+    parser.add_argument(
+        "input", metavar="INPUT",
+        help="a text file listing Level-2 *_cal.asdf files one per line (paths relative to "
+        "the list's directory), or a glob pattern in quotes, e.g. 'data/*_cal.asdf'")
+    parser.add_argument(
+        "-l", "--log-level", default="info", metavar="LEVEL",
+        help="debug, info, warning, error or critical, for the screen and the log file "
+        "(default: info)")
+    parser.add_argument(
+        "-o", "--output-prefix", default=None, metavar="PREFIX",
+        help="product name prefix (default: skycell-p<pppp>-ra<DDD>d<dddd>-dec<n|s><DD>d<dddd> "
+        "from the region)")
+    parser.add_argument("--output-dir", default=".", metavar="DIR",
+                        help="directory for the products and the log (default: .)")
+    parser.add_argument("--coarse", action="store_true",
+                        help="also make PREFIX_<filter>_coarse_* products at 0.11 arcsec, "
+                        "each pixel a 2x2 block of the 0.055 arcsec grid")
+    parser.add_argument("--tile-memory", type=float, default=None, metavar="MIB",
+                        help="MiB of output arrays drizzled at once (default: 4096)")
+    disk = parser.add_mutually_exclusive_group()
+    disk.add_argument("--on-disk", dest="on_disk", action="store_const", const=True,
+                      default=None, help="keep models in temporary files (default: when the "
+                      "inputs would take over a quarter of the memory)")
+    disk.add_argument("--in-memory", dest="on_disk", action="store_const", const=False,
+                      help="keep models in memory")
+    parser.set_defaults(run=_run)
+
+
+def _run(args):
+    from .mosaic import DEFAULT_TILE_MEMORY_MIB, perform
+
+    tile_memory = DEFAULT_TILE_MEMORY_MIB if args.tile_memory is None else args.tile_memory
+    if not tile_memory > 0:
+        print("romosaic custom-mosaic: error: --tile-memory must be > 0 MiB", file=sys.stderr)
+        return 1
+    return perform(args.input, log_level=args.log_level, output_file_prefix=args.output_prefix,
+                   output_dir=args.output_dir, coarse=args.coarse, on_disk=args.on_disk,
+                   tile_memory=tile_memory)
