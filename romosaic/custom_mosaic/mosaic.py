@@ -14,11 +14,10 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._atomic import atomic_save_model
+from .._atomic import atomic_save_model, make_private_dir
 from ..errors import RomosaicInputError
 from ..models import one_line_message, read_exposure_group_id
 from ..wcs_utils import footprint
@@ -239,8 +238,9 @@ def make_custom_mosaic(plan, *, output_dir=".", steps=None, on_disk=None,
     steps = {name: dict(values) for name, values in (steps or {}).items()}
     if on_disk is None:
         on_disk = _auto_on_disk(plan)
-    staging = Path(tempfile.mkdtemp(prefix=f".{plan.prefix}-", suffix=".partial",
-                                    dir=output_dir))
+    # Named after this process, so that a later run removes it if this one
+    # is killed (see romosaic._atomic).
+    staging = make_private_dir(output_dir, "custom")
     try:
         for filter_name, images in plan.by_filter.items():
             log.info("filter %s: %d input(s)%s", filter_name, len(images),

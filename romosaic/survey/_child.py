@@ -11,6 +11,7 @@ process exits rather than running on unsupervised.
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -79,9 +80,12 @@ def main(argv=None):
 
         Step.from_cmdline([PIPELINE_CLASS, spec["association"], *spec["options"],
                            f"--output_dir={staging}", "--disable-crds-steppars"])
-    except SystemExit as exc:  # stpipe's command-line parser gave up
+    except SystemExit as exc:
         exit_status = exc.code if isinstance(exc.code, int) and exc.code else 1
-        error = f"the pipeline's command line was rejected (exit status {exit_status})"
+        if exit_status == 128 + signal.SIGTERM:  # the pipeline's own SIGTERM exit
+            error = "terminated by SIGTERM"
+        else:  # stpipe's command-line parser gave up
+            error = f"the pipeline's command line was rejected (exit status {exit_status})"
     except Exception as exc:
         status = getattr(exc, "exit_status", None)
         if isinstance(status, int) and status != 0:

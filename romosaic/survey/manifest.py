@@ -156,7 +156,8 @@ def should_retry(record, attempts_this_run, retries):
     A failure the input caused (``failure`` "input": exit status 2, e.g. an
     unreadable file) or the task's memory limit ("memory") happens again
     the same way and is not retried; crashes, kills by a signal and lost
-    workers ("crash", "lost") are.
+    workers ("crash", "lost") and failures to write a product ("output": exit
+    status 3, e.g. a full disk) are.
 
     Parameters
     ----------

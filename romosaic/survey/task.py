@@ -57,7 +57,7 @@ import uuid
 from pathlib import Path
 
 from .._atomic import atomic_output
-from ..errors import INPUT_ERROR_EXIT_STATUS
+from ..errors import INPUT_ERROR_EXIT_STATUS, OUTPUT_ERROR_EXIT_STATUS
 from .manifest import file_sha256, format_bytes, receipt_path, utc_now, write_receipt
 
 __all__ = ["EVENT_TOPIC", "LOGS_DIR", "WORK_DIR", "execute_task"]
@@ -90,7 +90,7 @@ def execute_task(spec):
     -------
     dict
         The task's record: ``status`` ("done" or "failed"), ``failure``
-        (None, "input", "memory" or "crash"), ``error``, ``exit_status``,
+        (None, "input", "output", "memory" or "crash"), ``error``, ``exit_status``,
         ``attempts``, ``run``, ``fingerprint``, ``host``, ``worker``,
         ``submitted``, ``started``, ``finished``, ``wall_seconds`` (of the
         child process), ``pipeline_seconds`` (of the pipeline in it),
@@ -237,6 +237,8 @@ def _run_child(spec_path, staging, log_path, name, attempt, memory_limit):
     else:
         if exit_status == INPUT_ERROR_EXIT_STATUS:
             failure = "input"
+        elif exit_status == OUTPUT_ERROR_EXIT_STATUS:
+            failure = "output"  # a product could not be written: retried
         if exit_status != 0 and not error:
             error = f"exited with status {exit_status}: {_last_line(log_path)}"
     peak = max(int(result.get("peak_memory_bytes") or 0), peak_sampled) or None
