@@ -9,6 +9,7 @@ process so the benchmark's own process stays small:
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -83,6 +84,26 @@ def ensure_data(case, data_dir, python):
     recorded = json.loads((case_dir / _SIM_MARKER).read_text())
     print(f"[{case['name']}] simulated in {seconds:.1f} s", flush=True)
     return case_dir / recorded["asn"], seconds
+
+
+def machine_info():
+    """CPU model, core count, Python and platform, recorded with benchmark results."""
+    import platform
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model or platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def _simulate(outdir, options_json):

@@ -70,7 +70,8 @@ from romosaic.steps._survey import survey_inputs
 geometry, _ = survey_inputs(library)
 grid = (skycell_grid_for_association(target=library.target) if args["skycell"]
         else free_grid(geometry, pixel_scale_ratio=0.5))
-frame_mib = 4 * data_window(grid, geometry).shape[0] * data_window(grid, geometry).shape[1] / 2**20
+window_ny, window_nx = data_window(grid, geometry).shape
+frame_mib = 4 * window_ny * window_nx / 2**20
 library.close()
 print(json.dumps({"seconds": elapsed, "peak_mib": peak / 1024, "start_mib": before / 1024,
                   "frame_mib": frame_mib}))

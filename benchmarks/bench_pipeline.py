@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _cases import DEFAULT_DATA_DIR, SEED, ensure_data, parse_case
+from _cases import DEFAULT_DATA_DIR, SEED, ensure_data, machine_info, parse_case
 
 #: The named cases, and those run when no ``--case`` is given.
 CASES = ("4x1x1024", "8x2x1024", "4x1x4088")
@@ -191,25 +191,6 @@ def main(argv=None):
         payload = {"machine": machine_info(), "seed": SEED, "results": results}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {args.json}")
-
-
-def machine_info():
-    import platform
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_model": model or platform.processor(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 # --------------------------------------------------------------------------

@@ -71,7 +71,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _cases import DEFAULT_DATA_DIR, SEED, ensure_data, parse_case
+from _cases import DEFAULT_DATA_DIR, SEED, ensure_data, machine_info, parse_case
 
 #: Environment variable naming the reference environment's Python interpreter.
 REFERENCE_PYTHON_VARIABLE = "ROMOSAIC_REFERENCE_PYTHON"
@@ -634,26 +634,11 @@ def main(argv=None):
               "with the number of exposures):")
         print(series_table(series))
     if args.json:
-        payload = {"machine": _machine_info(), "seed": SEED, "on_disk": args.on_disk,
+        payload = {"machine": machine_info(), "seed": SEED, "on_disk": args.on_disk,
                    "reference_python": reference_python or None, "cases": entries,
                    "on_disk_series": series}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {args.json}")
-
-
-def _machine_info():
-    import platform
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu_model": model or platform.processor(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 # --------------------------------------------------------------------------

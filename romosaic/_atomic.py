@@ -271,7 +271,8 @@ def _fsync_file(path):
         os.fsync(handle.fileno())
 
 
-def _fsync_directory(directory):
+def fsync_directory(directory):
+    """Make renames in ``directory`` durable (quietly skipped where unsupported)."""
     try:
         handle = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -328,7 +329,7 @@ def atomic_outputs(paths):
         for temp_path, path in zip(temp_paths, paths, strict=True):
             current = path
             os.replace(temp_path, path)
-        _fsync_directory(directory)
+        fsync_directory(directory)
     except OutputError:
         raise
     except OSError as error:

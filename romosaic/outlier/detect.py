@@ -151,10 +151,10 @@ class FrameStore:
     Examples
     --------
     >>> store = FrameStore((4, 5))
-    >>> frame = store.new_frame(fill=1.0)
+    >>> frame = store.new_frame()
     >>> store.write(frame, np.full((2, 2), 7.0), rows=(1, 3), cols=(0, 2))
     >>> store.read(frame, rows=(0, 2)).tolist()[1]
-    [7.0, 7.0, 1.0, 1.0, 1.0]
+    [7.0, 7.0, 0.0, 0.0, 0.0]
     >>> store.close()
     """
 
@@ -169,21 +169,17 @@ class FrameStore:
             # one is killed (see romosaic._atomic).
             self._temp = make_private_dir(directory or ".", "median")
 
-    def new_frame(self, *, fill=0.0):
-        """Make a frame filled with ``fill``; returns its key."""
+    def new_frame(self):
+        """Make a frame of zeros (free for a new file); returns its key."""
         key = self._count
         self._count += 1
         if self.on_disk:
             path = os.path.join(self._temp, f"frame{key:04d}.f32")
-            mapped = np.memmap(path, dtype=np.float32, mode="w+", shape=self.shape)
-            if fill != 0.0:  # a new file already reads as zeros
-                for start in range(0, self.shape[0], self._rows_per_chunk()):
-                    mapped[start:start + self._rows_per_chunk()] = fill
-                mapped.flush()
-            del mapped
+            with open(path, "wb") as handle:  # a sparse file: reads as zeros
+                handle.truncate(4 * self.shape[0] * self.shape[1])
             self._frames[key] = path
         else:
-            self._frames[key] = np.full(self.shape, fill, np.float32)
+            self._frames[key] = np.zeros(self.shape, np.float32)
         return key
 
     def add(self, frame):
@@ -253,8 +249,6 @@ class FrameStore:
         c0, c1 = cols if cols is not None else (0, nx)
         return slice(r0, r1), slice(c0, c1)
 
-    def _rows_per_chunk(self):
-        return max(1, (16 * 2**20) // (4 * self.shape[1]))
 
 
 def tile_side(memory_budget):

@@ -56,7 +56,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .._atomic import atomic_output
+from .._atomic import atomic_output, fsync_directory
 from ..errors import INPUT_ERROR_EXIT_STATUS, OUTPUT_ERROR_EXIT_STATUS
 from .manifest import file_sha256, format_bytes, receipt_path, utc_now, write_receipt
 
@@ -265,7 +265,9 @@ def _publish(staging, products_dir, receipt):
     receipt.unlink(missing_ok=True)
     for path in staged:
         _move_into_place(path, products_dir / path.name)
-    _fsync_directory(products_dir)
+    # The renames must survive a crash of the machine, not just of the task,
+    # before the receipt claims the products are there.
+    fsync_directory(products_dir)
     return products
 
 
@@ -280,21 +282,6 @@ def _move_into_place(source, destination):
         # destination first, so that the final step is still a rename.
         with atomic_output(destination) as temporary:
             shutil.copyfile(source, temporary)
-
-
-def _fsync_directory(directory):
-    # The renames must survive a crash of the machine, not just of the task,
-    # before the receipt claims the products are there.
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass  # not every file system can sync a directory
-    finally:
-        os.close(handle)
 
 
 def _resident_bytes(pid):
