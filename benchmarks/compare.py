@@ -35,9 +35,12 @@ Inputs for the reference
     cached in ``<case>/reference_inputs``.
 
 Measurements
-    Each run is a fresh Python process. Its peak resident memory is the
-    ``ru_maxrss`` that ``os.wait4`` returns for that process alone, so it
-    includes the interpreter and the imports. "run" is the wall time of the
+    Each run is a fresh Python process. Its peak memory is the larger of
+    the ``ru_maxrss`` that ``os.wait4`` returns for that process and the
+    peak, sampled every 20 ms, of the summed proportional set size of the
+    process and the worker processes it forks (`_cases.TreeMemorySampler`),
+    so it includes the interpreter, the imports and every worker. CPU time
+    includes the workers. "run" is the wall time of the
     ``MosaicPipeline.call`` inside the child (the time the pipeline itself
     takes); "process" is the wall time of the whole child, start-up and
     imports included. Per-step times come from timing ``stpipe.Step.run``
@@ -71,7 +74,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from _cases import DEFAULT_DATA_DIR, SEED, ensure_data, machine_info, parse_case
+from _cases import (
+    DEFAULT_DATA_DIR,
+    SEED,
+    TreeMemorySampler,
+    ensure_data,
+    machine_info,
+    parse_case,
+)
 
 #: Environment variable naming the reference environment's Python interpreter.
 REFERENCE_PYTHON_VARIABLE = "ROMOSAIC_REFERENCE_PYTHON"
@@ -151,18 +161,27 @@ def run_process(command, *, env, cwd, log_path):
     -------
     returncode : int
     seconds : float
-    peak_rss_mib : float
+    peak_mib : float
+        The larger of the child's ``ru_maxrss`` and the sampled peak of the
+        summed PSS of the child and its worker processes.
+    cpu_seconds : float
+        User and system time of the child and the workers it waited for.
     """
     with open(log_path, "w") as log:
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    cwd=cwd)
-        _, status, usage = os.wait4(process.pid, 0)
+        with TreeMemorySampler(process.pid) as sampler:
+            _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     # Linux reports kilobytes (KiB); macOS reports bytes.
     scale = 1 if sys.platform == "darwin" else 1024
-    return process.returncode, seconds, usage.ru_maxrss * scale / 2**20
+    main_peak = usage.ru_maxrss * scale / 2**20
+    # With worker processes the sampled sum over the process tree is the
+    # larger, honest figure; alone, the main process's exact peak is.
+    peak = max(main_peak, sampler.peak_mib or 0.0)
+    return process.returncode, seconds, peak, usage.ru_utime + usage.ru_stime
 
 
 def _check_output(command, *, env=None, what):
@@ -302,13 +321,14 @@ def run_pipeline(label, python, pipeline, asn, *, work_root, on_disk, env, skip_
     }
     log_path = work / "pipeline.log"
     command = [python, _this_script(), "_run", json.dumps(spec)]
-    returncode, seconds, peak = run_process(command, env=env, cwd=work, log_path=log_path)
+    returncode, seconds, peak, cpu = run_process(command, env=env, cwd=work, log_path=log_path)
     if returncode != 0 or not result_path.exists():
         tail = log_path.read_text()[-3000:]
         print(f"[{label}] FAILED (exit {returncode}; log {log_path}):\n{tail}", flush=True)
         return {"failed": True, "work": str(work), "log": str(log_path)}
     result = json.loads(result_path.read_text())
-    result.update(work=str(work), process_seconds=seconds, peak_rss_mib=peak, failed=False)
+    result.update(work=str(work), process_seconds=seconds, peak_rss_mib=peak,
+                  process_cpu_seconds=cpu, failed=False)
     return result
 
 
@@ -319,8 +339,8 @@ def compare_products(python, ours, theirs, *, work_root):
     os.close(handle)
     log_path = Path(name)
     command = [python, _this_script(), "_compare", json.dumps(spec)]
-    returncode, _, _ = run_process(command, env=dict(os.environ), cwd=work_root,
-                                   log_path=log_path)
+    returncode, _, _, _ = run_process(command, env=dict(os.environ), cwd=work_root,
+                                      log_path=log_path)
     text = log_path.read_text()
     log_path.unlink()
     # The log also holds the child's warnings; the result is its JSON line.
@@ -550,7 +570,9 @@ def print_report(entries, reference_python, on_disk):
     print(summary_table(entries))
     print("\n'romosaic s' and 'ref s' time MosaicPipeline.call in the child; 'CPU ratio' "
           "compares the CPU time of those calls (steadier than wall time on a busy "
-          "machine); peak memory is the whole child process (os.wait4).")
+          "machine) and includes worker processes; peak memory is the larger of the "
+          "child's ru_maxrss (os.wait4) and the sampled peak of the summed PSS of the "
+          "child and its workers.")
     print("\nPer-step wall times (s); 'process' includes interpreter start-up and imports; "
           "'load' is the 1-minute load average before the run:")
     print(step_table(entries))
@@ -704,8 +726,12 @@ def child_run(spec_json):
 
 
 def _cpu_seconds(resource):
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    # This process and the worker processes it has waited for.
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def _package_version(name):

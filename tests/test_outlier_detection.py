@@ -91,6 +91,23 @@ def test_on_disk_flags_equal_in_memory_and_persist(tmp_path):
     assert not list(tmp_path.glob("romosaic-*"))
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_two_workers_flag_exactly_what_one_does(tmp_path, on_disk):
+    sim = simulate_association(tmp_path / "data", n_exposures=3, n_detectors=2, size=160,
+                               seed=6, cosmic_ray_rate=5e-4)
+    flags = {}
+    for workers in (1, 2):
+        library = ModelLibrary(sim.asn_path, on_disk=on_disk, temp_directory=tmp_path)
+        library = OutlierDetectionStep.call(SkyMatchStep.call(FluxStep.call(library)),
+                                            workers=workers, memory_budget=1.0)
+        flags[workers] = [model.dq.copy() for _, model in library.iter_models()]
+        library.close()
+    assert sum(int((f & OUTLIER).astype(bool).sum()) for f in flags[1]) > 20
+    for one, two in zip(flags[1], flags[2], strict=True):
+        np.testing.assert_array_equal(one, two)
+    assert not list(tmp_path.glob("*romosaic-tmp*"))
+
+
 def test_single_exposure_group_is_skipped(caplog):
     models, _, _, _ = make_image_models(n_exposures=1, n_detectors=2, size=96, seed=1)
     library = OutlierDetectionStep.call(FluxStep.call(ModelLibrary(models)))

@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from .._atomic import make_private_dir
 from ..dq import good_pixel_mask
+from ..parallel import shared_zeros
 from ..resample.coadd import DrizzleCoadd
 from ..resample.drizzle_images import edge_margin
 from ..resample.grid import native_pixel_scale
@@ -55,9 +56,12 @@ __all__ = [
     "blot_median",
     "data_window",
     "drizzle_group",
+    "drizzle_group_into",
     "flag_image",
     "image_noise",
     "median_of_frames",
+    "median_section_into",
+    "median_sections",
 ]
 
 log = logging.getLogger(__name__)
@@ -179,7 +183,8 @@ class FrameStore:
                 handle.truncate(4 * self.shape[0] * self.shape[1])
             self._frames[key] = path
         else:
-            self._frames[key] = np.zeros(self.shape, np.float32)
+            # Shared, so that worker processes forked later write into it.
+            self._frames[key] = shared_zeros(self.shape, np.float32)
         return key
 
     def add(self, frame):
@@ -211,10 +216,17 @@ class FrameStore:
         del mapped
 
     def remove(self, key):
-        """Forget a frame (and delete its file)."""
+        """Forget a frame (and delete its file).
+
+        A worker process may delete a frame's file before its parent
+        forgets the frame; the parent's `remove` then only forgets it.
+        """
         frame = self._frames.pop(key)
         if self.on_disk:
-            os.remove(frame)
+            try:
+                os.remove(frame)
+            except FileNotFoundError:
+                pass
 
     def keys(self):
         return list(self._frames)
@@ -267,6 +279,9 @@ def drizzle_group(images, window, store, *, n_images, kernel="square", pixfrac=1
                   memory_budget=DEFAULT_MEMORY_BUDGET):
     """Drizzle one exposure group onto the window; NaN where poorly sampled.
 
+    Makes the group's frames in ``store`` and calls `drizzle_group_into`
+    (which a worker process can call on frames its parent made).
+
     Parameters
     ----------
     images : iterable of ResampleInput
@@ -286,9 +301,26 @@ def drizzle_group(images, window, store, *, n_images, kernel="square", pixfrac=1
     """
     # Both start as zeros (free for a new file): drizzle treats a pixel of
     # zero weight as empty whatever its value, and pixels that stay empty
-    # become NaN in the masking below.
+    # become NaN in the masking.
     data_key = store.new_frame()
     weight_key = store.new_frame()
+    drizzle_group_into(images, window, store, data_key, weight_key, n_images=n_images,
+                       kernel=kernel, pixfrac=pixfrac, weight_type=weight_type,
+                       good_bits=good_bits, maskpt=maskpt, pixmap_stepsize=pixmap_stepsize,
+                       memory_budget=memory_budget)
+    store.remove(weight_key)
+    return data_key
+
+
+def drizzle_group_into(images, window, store, data_key, weight_key, *, n_images,
+                       kernel="square", pixfrac=1.0, weight_type="ivm", good_bits=None,
+                       maskpt=0.7, pixmap_stepsize=10, memory_budget=DEFAULT_MEMORY_BUDGET):
+    """`drizzle_group` into frames of ``store`` made beforehand (zero-filled).
+
+    ``data_key`` receives the group's drizzle, NaN where poorly sampled;
+    ``weight_key`` its weights (the caller removes that frame). The other
+    parameters are those of `drizzle_group`.
+    """
     side = tile_side(memory_budget)
     ny, nx = window.shape
     used = 0
@@ -338,8 +370,6 @@ def drizzle_group(images, window, store, *, n_images, kernel="square", pixfrac=1
         raise ValueError(f"expected {n_images} images in the group, got {used}")
     _mask_poorly_sampled(store, data_key, weight_key, maskpt=maskpt,
                          rows_per_section=max(1, memory_budget // (16 * nx)))
-    store.remove(weight_key)
-    return data_key
 
 
 def _tiles(window_shape, side, bounds, window_origin, margin):
@@ -426,17 +456,26 @@ def median_of_frames(store, *, memory_budget=DEFAULT_MEMORY_BUDGET, low=True, ke
         The median's frame in ``store``.
     """
     keys = store.keys() if keys is None else list(keys)
+    median_key = store.new_frame()
+    for section in median_sections(store, len(keys), memory_budget=memory_budget):
+        median_section_into(store, keys, median_key, section, low=low)
+    return median_key
+
+
+def median_sections(store, n_frames, *, memory_budget=DEFAULT_MEMORY_BUDGET):
+    """The row ranges ``(start, stop)`` `median_of_frames` works in, each within the budget."""
     ny, nx = store.shape
-    n = max(len(keys), 1)
     # Per pixel: the section and the sorted copy (8 bytes a frame) and the
     # counts, indices and results of `nanmedian_stack` (about 40 bytes).
-    rows_per_section = max(1, int(memory_budget // (nx * (8 * n + 40))))
-    median_key = store.new_frame()
-    for start in range(0, ny, rows_per_section):
-        stop = min(ny, start + rows_per_section)
-        section = nanmedian_stack(store.rows(start, stop, keys=keys), low=low)
-        store.write(median_key, section, rows=(start, stop))
-    return median_key
+    rows_per_section = max(1, int(memory_budget // (nx * (8 * max(n_frames, 1) + 40))))
+    return [(start, min(ny, start + rows_per_section)) for start in range(0, ny, rows_per_section)]
+
+
+def median_section_into(store, keys, median_key, rows, *, low=True):
+    """Write the median of frames ``keys`` over ``rows`` into frame ``median_key``."""
+    start, stop = rows
+    section = nanmedian_stack(store.rows(start, stop, keys=keys), low=low)
+    store.write(median_key, section, rows=(start, stop))
 
 
 def blot_median(store, median_key, mapper, window):

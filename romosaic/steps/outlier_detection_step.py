@@ -23,12 +23,15 @@ from ..errors import RomosaicInputError
 from ..outlier.detect import (
     FrameStore,
     data_window,
-    drizzle_group,
+    drizzle_group_into,
     flag_image,
     masked_outliers,
     median_of_frames,
+    median_section_into,
+    median_sections,
 )
 from ..outlier.flagging import parse_pair
+from ..parallel import resolve_workers, run_in_workers
 from ..resample import (
     KERNELS,
     free_grid,
@@ -68,6 +71,7 @@ class OutlierDetectionStep(RomosaicStep):
     memory_budget = float(min=1.0, default=64.0)  # MiB of tiles and median sections at once
     pixmap_stepsize = integer(min=1, default=10)  # Spacing of exact WCS evaluations (pixels)
     save_intermediate_results = boolean(default=False)  # Write the median and blotted images
+    workers = integer(min=0, default=0)  # Worker processes (0: one per usable core)
     """
 
     def check_parameters(self):
@@ -123,21 +127,26 @@ class OutlierDetectionStep(RomosaicStep):
                  grid.shape[1], grid.shape[0])
         # In files, only tiles and sections of the group frames and the median
         # are ever in memory. Use them with on_disk, and also whenever the
-        # frames would need far more memory than the budget: they are scratch
-        # that the page cache holds as well as the process would.
-        frames_bytes = 4 * window.shape[0] * window.shape[1] * (len(groups) + 1)
+        # frames (each group's data and weight, and the median) would need far
+        # more memory than the budget: they are scratch that the page cache
+        # holds as well as the process would.
+        frames_bytes = 4 * window.shape[0] * window.shape[1] * (2 * len(groups) + 1)
         spill = library.on_disk or frames_bytes > 4 * self._memory_budget_bytes
         if spill and not library.on_disk:
             log.info("group frames (%.0f MiB) kept in temporary files", frames_bytes / 2**20)
         store = FrameStore(window.shape, on_disk=spill,
                            directory=self.search_attr("output_dir"))
+        workers = resolve_workers(self.workers)
         try:
-            group_keys = []
-            for group_id, indices in groups.items():
-                group_keys.append(drizzle_group(
-                    self._group_images(library, indices),
-                    window,
-                    store,
+            # Every group's frames exist before any worker starts, so that all
+            # of them (forked afterwards) write into the same frames.
+            batch = [(group_id, indices, store.new_frame(), store.new_frame())
+                     for group_id, indices in groups.items()]
+
+            def drizzle_one(position):
+                group_id, indices, data_key, weight_key = batch[position]
+                drizzle_group_into(
+                    self._group_images(library, indices), window, store, data_key, weight_key,
                     n_images=len(indices),
                     kernel=self.kernel,
                     pixfrac=self.pixfrac,
@@ -146,10 +155,23 @@ class OutlierDetectionStep(RomosaicStep):
                     maskpt=self.maskpt,
                     pixmap_stepsize=self.pixmap_stepsize,
                     memory_budget=self._memory_budget_bytes,
-                ))
+                )
+                # Free the weights (a file on disk) as soon as the group is done.
+                store.remove(weight_key)
                 log.info("group %s drizzled (%d images)", group_id, len(indices))
-            median_key = median_of_frames(store, keys=group_keys,
-                                          memory_budget=self._memory_budget_bytes)
+
+            run_in_workers(drizzle_one, range(len(batch)), workers=workers)
+            group_keys = []
+            for _, _, data_key, weight_key in batch:
+                if weight_key in store.keys():
+                    store.remove(weight_key)
+                group_keys.append(data_key)
+
+            median_key = store.new_frame()
+            sections = median_sections(store, len(group_keys),
+                                       memory_budget=self._memory_budget_bytes)
+            run_in_workers(lambda rows: median_section_into(store, group_keys, median_key, rows),
+                           sections, workers=workers)
             for key in group_keys:
                 store.remove(key)
             if self.save_intermediate_results:
@@ -210,29 +232,53 @@ class OutlierDetectionStep(RomosaicStep):
     # -- flags --------------------------------------------------------------
 
     def _flag_models(self, library, store, median_key, window):
+        workers = resolve_workers(self.workers)
+        if workers > 1 and len(library) > 1:
+            # Workers find each image's outliers; this process then writes
+            # the flags, one model at a time.
+            def flagged_in(index):
+                with library:
+                    model = library.borrow(index)
+                    try:
+                        return self._outlier_pixels(model, store, median_key, window)
+                    finally:
+                        library.shelve(model, index, modify=False)
+
+            flagged = run_in_workers(flagged_in, range(len(library)), workers=workers)
+        else:
+            flagged = None
         total = 0
-        for _, model in library.iter_models(modify=True):
-            image = input_from_model(model)
-            if window is None:
-                blot = store.read(median_key)
-                mask = masked_outliers(image, blot, snr=self._snr, scale=self._scale,
-                                       backg=self.backg, model_error=self.model_error,
-                                       good_bits=self.good_bits)
+        for index, model in library.iter_models(modify=True):
+            if flagged is None:
+                pixels, size = self._outlier_pixels(model, store, median_key, window)
             else:
-                mask, blot = flag_image(image, store, median_key, window, snr=self._snr,
-                                        scale=self._scale, backg=self.backg,
-                                        model_error=self.model_error, good_bits=self.good_bits,
-                                        pixmap_stepsize=self.pixmap_stepsize)
-            del image
-            count = int(mask.sum())
-            total += count
-            model.dq = np.where(mask, model.dq | OUTLIER_FLAGS, model.dq).astype(np.uint32)
+                pixels, size = flagged[index]
+            dq = np.array(model.dq, dtype=np.uint32)
+            dq.reshape(-1)[pixels] |= OUTLIER_FLAGS
+            model.dq = dq
+            total += pixels.size
             self.record_status(model, STEP_COMPLETE)
-            log.info("%s: %d pixels (%.3f%%) flagged as outliers", model.meta.filename, count,
-                     100.0 * count / mask.size)
-            if self.save_intermediate_results:
-                self._save_array(f"{Path(model.meta.filename).stem}_blot", blot, wcs=None)
+            log.info("%s: %d pixels (%.3f%%) flagged as outliers", model.meta.filename,
+                     pixels.size, 100.0 * pixels.size / size)
         log.info("outlier detection flagged %d pixels in %d images", total, len(library))
+
+    def _outlier_pixels(self, model, store, median_key, window):
+        """Flat indices of a model's outlier pixels, and the image's size."""
+        image = input_from_model(model)
+        if window is None:
+            blot = store.read(median_key)
+            mask = masked_outliers(image, blot, snr=self._snr, scale=self._scale,
+                                   backg=self.backg, model_error=self.model_error,
+                                   good_bits=self.good_bits)
+        else:
+            mask, blot = flag_image(image, store, median_key, window, snr=self._snr,
+                                    scale=self._scale, backg=self.backg,
+                                    model_error=self.model_error, good_bits=self.good_bits,
+                                    pixmap_stepsize=self.pixmap_stepsize)
+        del image
+        if self.save_intermediate_results:
+            self._save_array(f"{Path(model.meta.filename).stem}_blot", blot, wcs=None)
+        return np.flatnonzero(mask), mask.size
 
     def _save_array(self, suffix, array, *, wcs=None, offset=(0, 0)):
         output_dir = Path(self.search_attr("output_dir") or ".")

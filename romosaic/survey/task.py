@@ -58,6 +58,7 @@ from pathlib import Path
 
 from .._atomic import atomic_output, fsync_directory
 from ..errors import INPUT_ERROR_EXIT_STATUS, OUTPUT_ERROR_EXIT_STATUS
+from ..parallel import WORKERS_VARIABLE
 from .manifest import file_sha256, format_bytes, receipt_path, utc_now, write_receipt
 
 __all__ = ["EVENT_TOPIC", "LOGS_DIR", "WORK_DIR", "execute_task"]
@@ -184,6 +185,9 @@ def _run_child(spec_path, staging, log_path, name, attempt, memory_limit):
     """Run the child and wait for it, sampling and limiting its memory."""
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, STPIPE_DISABLE_CRDS_STEPPARS="true")
+    # The cluster already runs one task per core: a task's steps should not
+    # fork workers of their own unless the user asks (ROMOSAIC_WORKERS).
+    env.setdefault(WORKERS_VARIABLE, "1")
     with open(log_path, "ab") as log_stream:
         log_stream.write(f"==== {utc_now()} task {name}, attempt {attempt}, host "
                          f"{socket.gethostname()}, pid {os.getpid()}\n".encode())
