@@ -211,6 +211,12 @@ class ModelLibrary(AbstractModelLibrary):
         return "roman"
 
     def _datamodels_open(self, filename, **kwargs):
+        if not self._on_disk:
+            # Read every array now. A model kept in memory is read in full by
+            # the first step anyway, and arrays left to load lazily would be
+            # read through a file handle that forked workers share with this
+            # process (their reads would move one another's file position).
+            kwargs.setdefault("lazy_load", False)
         return open_image_model(filename, **kwargs)
 
     def _member_to_filename(self, member):

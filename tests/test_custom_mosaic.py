@@ -28,7 +28,7 @@ from romosaic.custom_mosaic import (
 from romosaic.pipeline import MosaicPipeline
 from romosaic.resample import drizzle_images, free_grid, input_from_model
 from romosaic.resample.grid import region_window_grid
-from romosaic.resample.tiled import drizzle_images_tiled, plan_strips, strip_slices
+from romosaic.resample.tiled import drizzle_images_tiled, plan_strips
 from romosaic.simulate import make_image_models, simulate_association
 from romosaic.skycell import get_tessellation, skycells_for_image
 from romosaic.wcs_utils import footprint, sky_to_unit_vectors
@@ -165,15 +165,6 @@ def test_plan_strips_cover_the_grid_within_the_budget():
     assert len(plan_strips(1000, 300, bytes_per_pixel=24, tile_memory=2e6, margin=7)) > 3
 
 
-def test_strip_slices_select_the_landing_rows():
-    y, x = np.indices((40, 30), dtype=float)
-    pixmap = np.dstack([x * 0.5 + 3, y * 2.0 + 100])
-    rows, cols = strip_slices(pixmap, 110.0, 120.0, border=1)
-    assert (rows.start, rows.stop) == (4, 11)  # rows 5-9 land in 110 <= y < 120
-    assert (cols.start, cols.stop) == (0, 30)
-    assert strip_slices(pixmap, 500.0, 600.0) is None
-
-
 def test_tiled_drizzle_equals_one_big_drizzle(tmp_path):
     models, *_ = make_image_models(n_exposures=3, n_detectors=2, size=128, seed=4)
     inputs = [input_from_model(m) for m in models]
@@ -194,13 +185,19 @@ def test_tiled_drizzle_equals_one_big_drizzle(tmp_path):
     assert len(plan_strips(*grid.shape, bytes_per_pixel=24, tile_memory=budget,
                            margin=7)) >= 5
     assert tiled_scale == scale
-    assert tiled.exptimes == whole.exptimes
-    np.testing.assert_array_equal(tiled.context, whole.context)
-    np.testing.assert_array_equal(np.isnan(tiled.data), np.isnan(whole.data))
-    np.testing.assert_allclose(tiled.data, whole.data, rtol=2e-7, atol=0, equal_nan=True)
-    np.testing.assert_allclose(tiled.weight, whole.weight, rtol=2e-7)
-    for name, plane in whole.variances.items():
-        np.testing.assert_allclose(tiled.variances[name], plane, rtol=2e-7, equal_nan=True)
+    # Strips in files, and one band per worker in shared memory with two
+    # workers: both equal one big drizzle to the bit.
+    banded, banded_scale = drizzle_images_tiled(load, geometry, grid, workers=2,
+                                                in_memory=True)
+    assert banded_scale == scale
+    for result in (tiled, banded):
+        assert result.exptimes == whole.exptimes
+        np.testing.assert_array_equal(result.context, whole.context)
+        np.testing.assert_array_equal(result.data, whole.data)
+        np.testing.assert_array_equal(result.weight, whole.weight)
+        assert result.variances.keys() == whole.variances.keys()
+        for name, plane in whole.variances.items():
+            np.testing.assert_array_equal(result.variances[name], plane)
 
 
 # -- simulated data on a corner of four skycells -------------------------------------------

@@ -21,9 +21,17 @@ pixel or more, about 5 GB for a 15000 × 15000 mosaic of 3 × 3 skycells.
   the process dies.
 
 Every output pixel therefore gets the same inputs, in the same order, with
-the same pixel maps and weights as in one big drizzle; the results agree to
-float32 rounding (drizzle computes overlaps in strip rather than grid
-coordinates, which changes the last bits of the areas).
+the same pixel maps and weights as in one big drizzle. Strip coordinates
+differ from grid coordinates by whole pixels, a shift that is exact in
+floating point, and the results equal those of one big drizzle to the bit
+(``tests/test_resample_core.py`` compares them).
+
+The same strips let more than one core drizzle: with ``workers`` > 1 the
+strips are drizzled by forked worker processes (`romosaic.parallel`), each
+writing its finished strips into the shared output planes. With
+``in_memory=True`` those planes are shared memory (`SharedPlanes`) instead of
+files and the grid is cut into one strip per worker: the parallel form of
+`drizzle_images`, with identical results.
 """
 
 import logging
@@ -35,20 +43,22 @@ import numpy as np
 
 from .._atomic import make_private_dir
 from ..dq import DEFAULT_GOOD_BITS, good_pixel_mask
+from ..parallel import run_in_workers, shared_zeros
 from ..wcs_utils import footprint
 from .coadd import CoaddResult, DrizzleCoadd, context_planes
 from .drizzle_images import KERNELS, edge_margin
 from .grid import native_pixel_scale
-from .pixmap import compute_pixmap
+from .pixmap import PixelMapper
 from .weights import pixel_weights
 
 __all__ = [
     "MappedPlanes",
+    "SharedPlanes",
     "bytes_per_output_pixel",
     "drizzle_images_tiled",
     "input_row_ranges",
+    "plan_bands",
     "plan_strips",
-    "strip_slices",
 ]
 
 log = logging.getLogger(__name__)
@@ -128,41 +138,6 @@ def input_row_ranges(geometry, grid_wcs, *, points_per_edge=17):
         else:
             ranges.append((float(np.nanmin(y)), float(np.nanmax(y))))
     return ranges
-
-
-def strip_slices(pixmap, y_low, y_high, *, border=_INPUT_BORDER):
-    """The input rows and columns whose pixels land between two output rows.
-
-    Parameters
-    ----------
-    pixmap : numpy.ndarray, shape (ny, nx, 2)
-        Output ``(x, y)`` of every input pixel.
-    y_low, y_high : float
-        Output rows of interest: pixels with ``y_low <= y < y_high``.
-    border : int, optional
-        Input pixels added on each side (clipped to the image).
-
-    Returns
-    -------
-    tuple of slice or None
-        ``(rows, cols)`` of the input, or None if no pixel lands there.
-
-    Examples
-    --------
-    >>> y, x = np.indices((10, 8), dtype=float)
-    >>> strip_slices(np.dstack([x, y]), 3.0, 5.0, border=1)
-    (slice(2, 6, None), slice(0, 8, None))
-    """
-    y = pixmap[..., 1]
-    with np.errstate(invalid="ignore"):
-        inside = (y >= y_low) & (y < y_high)
-    rows = np.flatnonzero(inside.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(inside[rows[0]:rows[-1] + 1].any(axis=0))
-    ny, nx = inside.shape
-    return (slice(max(0, rows[0] - border), min(ny, rows[-1] + 1 + border)),
-            slice(max(0, cols[0] - border), min(nx, cols[-1] + 1 + border)))
 
 
 class MappedPlanes:
@@ -258,13 +233,76 @@ class MappedPlanes:
         self._cleanup.detach()
 
 
+class SharedPlanes:
+    """The output arrays of a tiled drizzle, in memory shared with worker processes.
+
+    The same interface as `MappedPlanes`: strips are written with `write`
+    (by this process or a worker forked after the planes were made), and
+    `arrays` gives the finished planes.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Output ``(ny, nx)``.
+    variance_names : sequence of str
+    n_context_planes : int
+    """
+
+    def __init__(self, shape, variance_names, n_context_planes):
+        self.shape = tuple(int(n) for n in shape)
+        self.variance_names = tuple(variance_names)
+        self.n_context_planes = int(n_context_planes)
+        self._planes = {"data": shared_zeros(self.shape), "weight": shared_zeros(self.shape),
+                        "context": shared_zeros((self.n_context_planes, *self.shape), np.uint32)}
+        for name in self.variance_names:
+            self._planes[f"var-{name}"] = shared_zeros(self.shape)
+
+    def write(self, start, stop, result):
+        """Store a finished strip (a `CoaddResult` for rows ``start:stop``)."""
+        self._planes["data"][start:stop] = result.data
+        self._planes["weight"][start:stop] = result.weight
+        for name in self.variance_names:
+            self._planes[f"var-{name}"][start:stop] = result.variances[name]
+        self._planes["context"][:, start:stop] = result.context
+
+    def arrays(self, exptimes):
+        """The finished planes as a `CoaddResult`."""
+        planes = self._planes
+        return CoaddResult(
+            data=planes["data"],
+            weight=planes["weight"],
+            context=planes["context"],
+            variances={n: planes[f"var-{n}"] for n in self.variance_names},
+            exptimes=list(exptimes),
+        )
+
+    def close(self):
+        """Let the planes go (their memory is freed with the last array using it)."""
+        self._planes = {}
+
+
+def plan_bands(ny, count):
+    """Cut ``ny`` rows into ``count`` bands of (nearly) equal height.
+
+    Examples
+    --------
+    >>> plan_bands(10, 3)
+    [(0, 4), (4, 8), (8, 10)]
+    """
+    count = max(1, min(int(count), int(ny)))
+    height = math.ceil(ny / count)
+    return [(start, min(ny, start + height)) for start in range(0, ny, height)]
+
+
 def drizzle_images_tiled(
     load_input,
     geometry,
     grid,
     *,
-    tile_memory,
+    tile_memory=0,
     directory=None,
+    workers=1,
+    in_memory=False,
     kernel="square",
     pixfrac=1.0,
     fillval="NaN",
@@ -284,17 +322,23 @@ def drizzle_images_tiled(
     geometry : list of (wcs, shape)
         Every input's WCS and shape, in context order.
     grid : OutputGrid
-    tile_memory : float
-        Bytes allowed for one strip's drizzle arrays.
+    tile_memory : float, optional
+        Bytes allowed for one strip's drizzle arrays (with ``in_memory=False``).
     directory : str or os.PathLike, optional
         Where the memory-mapped output files are made.
+    workers : int, optional
+        Processes drizzling strips at once (see `romosaic.parallel`).
+    in_memory : bool, optional
+        Keep the output in shared memory, cut into one strip per worker,
+        rather than in files cut into strips of ``tile_memory``.
     kernel, pixfrac, fillval, weight_type, good_bits, include_var_flat, pixmap_stepsize
         As for `drizzle_images`.
 
     Returns
     -------
     result : CoaddResult
-        Arrays memory-mapped from (already unlinked) temporary files.
+        Arrays in shared memory, or memory-mapped from (already unlinked)
+        temporary files.
     input_pixel_scale : float
         Native pixel size of the first input, arcseconds.
     """
@@ -308,44 +352,52 @@ def drizzle_images_tiled(
     # One margin for every strip, from the first input, as drizzle_images does.
     margin = edge_margin(input_pixel_scale / grid.pixel_scale)
     ny, nx = grid.shape
-    strips = plan_strips(ny, nx, bytes_per_pixel=bytes_per_output_pixel(
-        n_inputs, len(variance_names)), tile_memory=tile_memory, margin=margin)
+    if in_memory:
+        strips = plan_bands(ny, workers)
+        planes = SharedPlanes(grid.shape, variance_names, context_planes(n_inputs))
+    else:
+        strips = plan_strips(ny, nx, bytes_per_pixel=bytes_per_output_pixel(
+            n_inputs, len(variance_names)), tile_memory=tile_memory, margin=margin)
+        planes = MappedPlanes(grid.shape, variance_names, context_planes(n_inputs),
+                              directory=directory)
     reach = input_row_ranges(geometry, grid.wcs)
     log.info("drizzling %d x %d pixels in %d strip(s) of up to %d rows", nx, ny, len(strips),
              strips[0][1] - strips[0][0])
+    options = {"weight_type": weight_type, "good_bits": good_bits,
+               "pixmap_stepsize": pixmap_stepsize}
 
-    planes = MappedPlanes(grid.shape, variance_names, context_planes(n_inputs),
-                          directory=directory)
-    exptimes = [None] * n_inputs
-    used_pixels = {}
+    def drizzle_strip(number):
+        start, stop = strips[number]
+        low, high = start - margin, stop + margin
+        coadd = DrizzleCoadd((stop - start + 2 * margin, nx + 2 * margin), n_inputs,
+                             variance_names=variance_names, kernel=kernel, pixfrac=pixfrac,
+                             fillval=fillval)
+        seen = {}  # input index -> (exposure time, usable pixels)
+        for index in range(n_inputs):
+            y_min, y_max = reach[index]
+            touches = (math.isfinite(y_min) and y_max >= low - _REACH_SLACK
+                       and y_min < high + _REACH_SLACK)
+            added = False
+            if touches:
+                with load_input(index) as image:
+                    added = _add_strip_part(coadd, image, grid, low, high, margin, **options)
+                    seen[index] = (image.exptime, added)
+            if not added:
+                _add_nothing(coadd, seen.get(index, (None,))[0])
+        result = coadd.finish()
+        del coadd
+        planes.write(start, stop, result.crop(margin))
+        del result
+        reached = sum(1 for _, added in seen.values() if added)
+        log.info("strip %d/%d (rows %d-%d): %d input(s)", number + 1, len(strips), start,
+                 stop - 1, reached)
+        return {index: exptime for index, (exptime, _) in seen.items()}
+
     try:
-        for number, (start, stop) in enumerate(strips, 1):
-            low, high = start - margin, stop + margin
-            coadd = DrizzleCoadd((stop - start + 2 * margin, nx + 2 * margin), n_inputs,
-                                 variance_names=variance_names, kernel=kernel, pixfrac=pixfrac,
-                                 fillval=fillval)
-            reached = 0
-            for index in range(n_inputs):
-                y_min, y_max = reach[index]
-                touches = (math.isfinite(y_min) and y_max >= low - _REACH_SLACK
-                           and y_min < high + _REACH_SLACK)
-                added = False
-                if touches:
-                    with load_input(index) as image:
-                        added = _add_strip_part(
-                            coadd, image, index, grid, low, high, margin, exptimes,
-                            used_pixels, weight_type=weight_type, good_bits=good_bits,
-                            pixmap_stepsize=pixmap_stepsize)
-                if added:
-                    reached += 1
-                else:
-                    _add_nothing(coadd, exptimes[index])
-            result = coadd.finish()
-            del coadd
-            planes.write(start, stop, result.crop(margin))
-            del result
-            log.info("strip %d/%d (rows %d-%d): %d input(s)", number, len(strips), start,
-                     stop - 1, reached)
+        exptimes = [None] * n_inputs
+        for seen in run_in_workers(drizzle_strip, range(len(strips)), workers=workers):
+            for index, exptime in seen.items():
+                exptimes[index] = exptime
         for index in range(n_inputs):
             if exptimes[index] is None:
                 # Never reached the grid: its exposure time still counts in the
@@ -369,13 +421,26 @@ def _add_nothing(coadd, exptime):
     coadd.add(_NOTHING_DATA, _NOTHING_PIXMAP, weight=_NOTHING_DATA, exptime=exptime or 1.0)
 
 
-def _add_strip_part(coadd, image, index, grid, low, high, margin, exptimes, used_pixels, *,
-                    weight_type, good_bits, pixmap_stepsize):
+def _add_strip_part(coadd, image, grid, low, high, margin, *, weight_type, good_bits,
+                    pixmap_stepsize):
     """Drizzle the part of ``image`` landing in padded strip rows ``low:high``.
 
     Returns False (adding nothing) when no pixel lands there.
     """
-    exptimes[index] = image.exptime
+    mapper = PixelMapper(image.wcs, grid.wcs, image.shape, stepsize=pixmap_stepsize)
+    nx = grid.shape[1]
+    part = mapper.input_region_for(
+        (-margin - _REACH_SLACK, nx + margin + _REACH_SLACK),
+        (low - _REACH_SLACK, high + _REACH_SLACK))
+    if part is None:
+        return False
+    (r0, r1), (c0, c1) = part
+    # Input pixels landing outside the padded strip are dropped by drizzle,
+    # so a generous rectangle changes nothing in the strip.
+    r0, c0 = max(0, r0 - _INPUT_BORDER), max(0, c0 - _INPUT_BORDER)
+    r1 = min(image.shape[0], r1 + _INPUT_BORDER)
+    c1 = min(image.shape[1], c1 + _INPUT_BORDER)
+    rows, cols = slice(r0, r1), slice(c0, c1)
     good = good_pixel_mask(image.dq, good_bits)
     # Weights of the whole image: ivm smoothing works on blocks of it.
     weight = pixel_weights(
@@ -387,28 +452,18 @@ def _add_strip_part(coadd, image, index, grid, low, high, margin, exptimes, used
         exptime=image.exptime,
     )
     del good
-    if index not in used_pixels:
-        used_pixels[index] = int(np.count_nonzero(weight))
-        if used_pixels[index] == 0:
-            log.warning("%s: no usable pixels (all flagged, NaN or zero weight)", image.name)
-        else:
-            log.info("%s: %d usable pixels", image.name, used_pixels[index])
-    pixmap = compute_pixmap(image.wcs, grid.wcs, image.shape, stepsize=pixmap_stepsize)
-    part = strip_slices(pixmap, low - _REACH_SLACK, high + _REACH_SLACK)
-    if part is None:
-        return False
-    pixmap = np.ascontiguousarray(pixmap[part])
+    weight = np.ascontiguousarray(weight[rows, cols])
+    pixmap = mapper.region((r0, r1), (c0, c1))
     # Shifting grid coordinates by whole numbers is exact.
     pixmap[..., 0] += margin
     pixmap[..., 1] -= low
     scale = native_pixel_scale(image.wcs, image.shape)
     coadd.add(
-        image.data[part],
+        image.data[rows, cols],
         pixmap,
-        weight=np.ascontiguousarray(weight[part]),
-        variances={name: plane[part] for name, plane in image.variances.items()},
+        weight=weight,
+        variances={name: plane[rows, cols] for name, plane in image.variances.items()},
         exptime=image.exptime,
         pixel_scale_ratio=grid.pixel_scale / scale,
     )
     return True
-

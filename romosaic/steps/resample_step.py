@@ -13,6 +13,7 @@ import numpy as np
 
 from ..dq import bad_flags_mask
 from ..errors import RomosaicInputError
+from ..parallel import resolve_workers
 from ..resample import (
     KERNELS,
     build_mosaic_model,
@@ -69,6 +70,7 @@ class ResampleStep(RomosaicStep):
     resample_on_skycell = boolean(default=True)  # Use the association's skycell grid if named
     tile_memory = float(min=0.0, default=0.0)  # MiB per output strip (0: whole grid in memory)
     max_output_pixels = integer(min=1, default={DEFAULT_MAX_OUTPUT_PIXELS})  # Refuse larger grids
+    workers = integer(min=0, default=0)  # Worker processes (0: one per usable core)
     """
 
     #: An `~romosaic.resample.OutputGrid` to use instead of any grid parameter;
@@ -100,8 +102,10 @@ class ResampleStep(RomosaicStep):
             "include_var_flat": self.include_var_flat,
             "pixmap_stepsize": self.pixmap_stepsize,
         }
-        if self.tile_memory > 0:
-            result, input_scale = self._drizzle_tiled(library, geometry, grid, options)
+        workers = resolve_workers(self.workers)
+        if self.tile_memory > 0 or (workers > 1 and len(library) > 1):
+            result, input_scale = self._drizzle_tiled(library, geometry, grid, options,
+                                                      workers=workers)
         else:
             def stream():
                 for _, model in library.iter_models(modify=False):
@@ -130,7 +134,10 @@ class ResampleStep(RomosaicStep):
         mosaic.meta.filename = f"{library.product_name}_coadd.asdf"
         return mosaic
 
-    def _drizzle_tiled(self, library, geometry, grid, options):
+    def _drizzle_tiled(self, library, geometry, grid, options, *, workers):
+        # Strips in files when tile_memory bounds the output's memory; else
+        # one band per worker in shared memory. Either way the result equals
+        # one drizzle of the whole grid, to the bit.
         @contextlib.contextmanager
         def load(index):
             model = library.borrow(index)
@@ -142,6 +149,7 @@ class ResampleStep(RomosaicStep):
         with library:
             return drizzle_images_tiled(
                 load, geometry, grid, tile_memory=self.tile_memory * 2**20,
+                in_memory=self.tile_memory <= 0, workers=workers,
                 directory=self.search_attr("output_dir"), **options)
 
     def check_parameters(self):
