@@ -37,7 +37,7 @@ Inputs for the reference
 Measurements
     Each run is a fresh Python process. Its peak memory is the larger of
     the ``ru_maxrss`` that ``os.wait4`` returns for that process and the
-    peak, sampled every 20 ms, of the summed proportional set size of the
+    peak, sampled every 0.1 s, of the summed proportional set size of the
     process and the worker processes it forks (`_cases.TreeMemorySampler`),
     so it includes the interpreter, the imports and every worker. CPU time
     includes the workers. "run" is the wall time of the

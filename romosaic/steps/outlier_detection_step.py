@@ -137,6 +137,8 @@ class OutlierDetectionStep(RomosaicStep):
         store = FrameStore(window.shape, on_disk=spill,
                            directory=self.search_attr("output_dir"))
         workers = resolve_workers(self.workers)
+        if workers > 1:
+            library.load_arrays()
         try:
             # Every group's frames exist before any worker starts, so that all
             # of them (forked afterwards) write into the same frames.

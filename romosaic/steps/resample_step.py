@@ -146,6 +146,8 @@ class ResampleStep(RomosaicStep):
             finally:
                 library.shelve(model, index, modify=False)
 
+        if workers > 1:
+            library.load_arrays()
         with library:
             return drizzle_images_tiled(
                 load, geometry, grid, tile_memory=self.tile_memory * 2**20,
