@@ -238,6 +238,7 @@ class OutlierDetectionStep(RomosaicStep):
         if workers > 1 and len(library) > 1:
             # Workers find each image's outliers; this process then writes
             # the flags, one model at a time.
+            library.load_arrays()
             def flagged_in(index):
                 with library:
                     model = library.borrow(index)
