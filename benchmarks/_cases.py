@@ -161,7 +161,7 @@ class TreeMemorySampler:
 
 
 def _process_tree(root):
-    """``root`` and the pids of all its living descendants (from ``/proc/<pid>/task/*/children``)."""
+    """``root`` and its living descendants (read from ``/proc/<pid>/task/*/children``)."""
     tree, pending = [], [root]
     while pending:
         pid = pending.pop()
