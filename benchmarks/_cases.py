@@ -106,6 +106,17 @@ def machine_info():
     }
 
 
+def cpu_seconds_with_workers():
+    """User and system CPU seconds of this process and the children it has waited for."""
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
 class TreeMemorySampler:
     """Peak memory of a process and all its descendants, sampled every ``interval`` s.
 

@@ -43,6 +43,7 @@ from _cases import (
     DEFAULT_DATA_DIR,
     SEED,
     TreeMemorySampler,
+    cpu_seconds_with_workers,
     ensure_data,
     machine_info,
     parse_case,
@@ -221,17 +222,6 @@ def _rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def _cpu_seconds():
-    import resource
-
-    # This process and the worker processes it has waited for.
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
-
-
 def child_run(spec_json):
     spec = json.loads(spec_json)
     start = time.perf_counter()
@@ -270,7 +260,7 @@ def child_run(spec_json):
 
     Step.run = timed_run
     load_average = os.getloadavg()[0]
-    cpu0 = _cpu_seconds()
+    cpu0 = cpu_seconds_with_workers()
     whole = None
     if profile_step == "pipeline":
         import cProfile
@@ -284,7 +274,7 @@ def child_run(spec_json):
     total = time.perf_counter() - t0
     # (mosaic, catalog, segmentation); tolerate a bare mosaic too.
     mosaic = output[0] if isinstance(output, tuple) else output
-    cpu = _cpu_seconds() - cpu0
+    cpu = cpu_seconds_with_workers() - cpu0
     if whole is not None:
         whole.disable()
         _report_profile(whole, "pipeline", spec)

@@ -78,6 +78,7 @@ from _cases import (
     DEFAULT_DATA_DIR,
     SEED,
     TreeMemorySampler,
+    cpu_seconds_with_workers,
     ensure_data,
     machine_info,
     parse_case,
@@ -672,7 +673,6 @@ def main(argv=None):
 def child_run(spec_json):
     """Run one pipeline (romosaic's or the reference's) and time its steps."""
     import importlib
-    import resource
 
     spec = json.loads(spec_json)
     start = time.perf_counter()
@@ -702,11 +702,11 @@ def child_run(spec_json):
     if spec["skip_catalog"]:
         kwargs["steps"] = {"source_catalog": {"skip": True}}
     load_average = os.getloadavg()[0]
-    cpu0 = _cpu_seconds(resource)
+    cpu0 = cpu_seconds_with_workers()
     t0 = time.perf_counter()
     output = pipeline_class.call(spec["asn"], **kwargs)
     run_seconds = time.perf_counter() - t0
-    cpu = _cpu_seconds(resource) - cpu0
+    cpu = cpu_seconds_with_workers() - cpu0
     mosaic = output[0] if isinstance(output, tuple) else output
     products = sorted(str(p) for p in Path(spec["output_dir"]).glob("*_coadd.asdf"))
     result = {
@@ -723,15 +723,6 @@ def child_run(spec_json):
         "products": products,
     }
     Path(spec["result"]).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _cpu_seconds(resource):
-    # This process and the worker processes it has waited for.
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
 
 
 def _package_version(name):

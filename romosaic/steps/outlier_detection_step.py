@@ -165,6 +165,8 @@ class OutlierDetectionStep(RomosaicStep):
             run_in_workers(drizzle_one, range(len(batch)), workers=workers)
             group_keys = []
             for _, _, data_key, weight_key in batch:
+                # A worker's removal deleted the file but not this process's
+                # entry; run here (one worker), the entry is already gone.
                 if weight_key in store.keys():
                     store.remove(weight_key)
                 group_keys.append(data_key)
