@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 #: task that already shares its machine with other tasks sets it to 1).
 WORKERS_VARIABLE = "ROMOSAIC_WORKERS"
 
+# Signals held while the pool forks. One arriving during os.fork would run
+# its Python handler inside the at-fork callbacks (logging's lock release),
+# which print and drop exceptions: a Ctrl-C or a SIGTERM would be lost and
+# the run would go on to the end.
+_HELD_DURING_FORK = {signal.SIGINT, signal.SIGTERM}
+
 # The function the forked workers call: set just before the pool forks, so
 # that it needs no pickling (it may be a closure over the caller's state).
 _TASK_FUNCTION = None
@@ -143,8 +149,15 @@ def run_in_workers(function, pieces, *, workers):
         with concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers, mp_context=context,
                 initializer=_reset_signals) as pool:
-            futures = [pool.submit(_call_task, index, piece)
-                       for index, piece in enumerate(pieces)]
+            # With the fork start method, the first submit forks every worker.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_DURING_FORK)
+            try:
+                futures = [pool.submit(_call_task, 0, pieces[0])]
+            finally:
+                # A signal that came meanwhile is delivered (raised) here.
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            futures += [pool.submit(_call_task, index, piece)
+                        for index, piece in enumerate(pieces) if index > 0]
             try:
                 return [future.result() for future in futures]
             except concurrent.futures.process.BrokenProcessPool:
@@ -164,6 +177,9 @@ def _reset_signals():
     # run's temporary files); it just ends, and the parent cleans up.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The mask held while forking was inherited; a signal sent to a worker
+    # now takes effect.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_DURING_FORK)
 
 
 def _call_task(index, piece):

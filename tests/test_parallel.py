@@ -1,6 +1,8 @@
 """Worker processes: shared results, errors, the worker count."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -56,3 +58,33 @@ def test_worker_count_and_its_cap(monkeypatch):
     assert resolve_workers(4) == 1
     monkeypatch.setenv(WORKERS_VARIABLE, "lots")
     assert resolve_workers(2) == 2
+
+
+_INTERRUPT_DURING_FORK = """
+import os, signal, sys
+from romosaic.parallel import run_in_workers
+
+sent = []
+
+def interrupt_once():
+    # Runs in the parent right after each fork, where the pool's own fork
+    # hooks run too: the worst moment for a Ctrl-C to arrive.
+    if not sent:
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGINT)
+
+os.register_at_fork(after_in_parent=interrupt_once)
+try:
+    run_in_workers(lambda piece: piece, range(4), workers=2)
+except KeyboardInterrupt:
+    print("interrupted")
+    sys.exit(0)
+print("not interrupted")
+"""
+
+
+def test_an_interrupt_while_the_workers_fork_is_not_lost():
+    run = subprocess.run([sys.executable, "-c", _INTERRUPT_DURING_FORK], capture_output=True,
+                         text=True, timeout=120)
+    assert run.stdout.strip() == "interrupted", (run.stdout, run.stderr)
+    assert "Exception ignored" not in run.stderr, run.stderr
