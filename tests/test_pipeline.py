@@ -1,5 +1,6 @@
 """The whole pipeline on simulated data: photometry, units, on_disk, the commands."""
 
+import concurrent.futures
 import hashlib
 import json
 import math
@@ -146,21 +147,26 @@ def _strun(args, cwd, env):
                           text=True, timeout=300)
 
 
-def test_strun_association_single_file_and_parameter_file(noisy_sim, tmp_path, clean_env):
-    run = _strun(["roman_mos", noisy_sim.asn_path, "--output_dir", tmp_path / "a"],
-                 tmp_path, clean_env)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert isinstance(rdm.open(tmp_path / "a" / "sim_f158_coadd.asdf"), rdm.MosaicModel)
+def _strun_each(arg_lists, cwd, env):
+    """`_strun` for each argument list, two at a time (each run mostly imports)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda args: _strun(args, cwd, env), arg_lists))
 
+
+def test_strun_association_single_file_and_parameter_file(noisy_sim, tmp_path, clean_env):
     single = noisy_sim.cal_paths[0]
-    run = _strun(["roman_mos", single, "--output_dir", tmp_path / "b"], tmp_path, clean_env)
-    assert run.returncode == 0, run.stderr[-2000:]
+    runs = _strun_each([
+        ["roman_mos", noisy_sim.asn_path, "--output_dir", tmp_path / "a"],
+        ["roman_mos", single, "--output_dir", tmp_path / "b"],
+        [REPO / "config" / "roman_mos.asdf", noisy_sim.asn_path, "--output_dir", tmp_path / "c",
+         "--steps.resample.pixfrac=0.8"],
+    ], tmp_path, clean_env)
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+
+    assert isinstance(rdm.open(tmp_path / "a" / "sim_f158_coadd.asdf"), rdm.MosaicModel)
     expected = tmp_path / "b" / (single.name.replace("_cal.asdf", "_coadd.asdf"))
     assert isinstance(rdm.open(expected), rdm.MosaicModel)
-
-    run = _strun([REPO / "config" / "roman_mos.asdf", noisy_sim.asn_path, "--output_dir",
-                  tmp_path / "c", "--steps.resample.pixfrac=0.8"], tmp_path, clean_env)
-    assert run.returncode == 0, run.stderr[-2000:]
     with rdm.open(tmp_path / "c" / "sim_f158_coadd.asdf") as model:
         assert model.meta.resample.pixfrac == 0.8
 
@@ -221,8 +227,10 @@ def test_bad_inputs_fail_cleanly_through_strun(noisy_sim, tmp_path, clean_env):
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()
     out_dir = tmp_path / "out"
-    for name, path, message in _bad_inputs(noisy_sim, bad_dir):
-        run = _strun(["roman_mos", path, "--output_dir", out_dir], tmp_path, clean_env)
+    cases = list(_bad_inputs(noisy_sim, bad_dir))
+    runs = _strun_each([["roman_mos", path, "--output_dir", out_dir] for _, path, _ in cases],
+                       tmp_path, clean_env)
+    for (name, path, message), run in zip(cases, runs, strict=True):
         output = run.stdout + run.stderr
         assert run.returncode == 2, (name, output[-3000:])
         errors = [line for line in run.stderr.splitlines() if " - ERROR - " in line]

@@ -159,13 +159,16 @@ def test_neighbouring_skycell_mosaics_agree_in_their_overlap(straddling, tmp_pat
     root = tmp_path / "r00001"
     assert romosaic_main(["skycell-asn", "-o", str(root), "--product-type", "full",
                           *map(str, sim.cal_paths)]) == 0
-    mosaics = {}
-    for skycell in (cell, neighbour):
-        asn_path = tmp_path / f"r00001_p_full_{skycell.name}_f158_asn.json"
-        run = subprocess.run([STRUN, "roman_mos", str(asn_path)], cwd=tmp_path, env=clean_env,
-                             capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
-        mosaics[skycell.name] = rdm.open(tmp_path / f"r00001_p_full_{skycell.name}_f158_coadd.asdf")
+    # The two skycells run side by side, as a survey would run them.
+    runs = [subprocess.Popen([STRUN, "roman_mos", f"r00001_p_full_{skycell.name}_f158_asn.json"],
+                             cwd=tmp_path, env=clean_env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+            for skycell in (cell, neighbour)]
+    for run in runs:
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr[-3000:]
+    mosaics = {skycell.name: rdm.open(tmp_path / f"r00001_p_full_{skycell.name}_f158_coadd.asdf")
+               for skycell in (cell, neighbour)}
     left, right = mosaics[cell.name], mosaics[neighbour.name]
     # The neighbour's pixel (x, y) is this cell's (x + 4800, y): the overlap is
     # columns 4800-4999 here and 0-199 there.
