@@ -29,6 +29,7 @@ __all__ = [
     "open_image_model",
     "read_exposure_group_id",
     "require_image_model",
+    "set_array",
 ]
 
 #: Arrays of a Level-2 image that romosaic reads.
@@ -38,6 +39,12 @@ IMAGE_ARRAYS = ("data", "dq", "err", "var_poisson", "var_rnoise", "var_flat")
 #: inverses are fitted polynomials good to about 1e-3 pixel; a WCS that
 #: misses by more than this cannot place the image on a mosaic.
 WCS_ROUND_TRIP_TOLERANCE = 0.1
+
+# Bytes asdf reads from a file at a time. Its default, the file system's
+# block size (4-8 KiB), makes decompressing an lz4 array a Python loop of
+# tens of thousands of reads: 7 s for four 4088 x 4088 images here, against
+# 0.8 s with 1 MiB reads (benchmarks/bench_pipeline.py, "flux" and "other").
+_READ_BLOCK_BYTES = 2**20
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +72,11 @@ def open_image_model(path, **open_kwargs):
     if not path.is_file():
         raise RomosaicInputError(f"{path}: file not found")
     try:
-        model = rdm.open(path, **open_kwargs)
+        # The read size is fixed when the file is opened and used by every
+        # later (lazy) read of its arrays.
+        with asdf.config_context() as config:
+            config.io_block_size = _READ_BLOCK_BYTES
+            model = rdm.open(path, **open_kwargs)
     except Exception as error:  # asdf, yaml, validation and decompression errors alike
         raise RomosaicInputError(
             f"{path}: not a readable Roman data file ({one_line_message(error)})"
@@ -279,3 +290,40 @@ def one_line_message(error):
     text = str(error).strip().splitlines()
     message = text[0] if text else type(error).__name__
     return message if len(message) < 200 else message[:197] + "..."
+
+
+def set_array(model, name, values):
+    """Give a model's array new values, in its own memory when possible.
+
+    An array read from a file is a view of a buffer that asdf keeps (its
+    block cache) until the file is closed. Assigning a new array to the
+    model would keep both in memory: 200 MiB more for each 4088 x 4088
+    image whose data, error and variances a step rescales. Writing into the
+    existing array avoids that. A new array is assigned when there is no
+    array yet, or when it is read-only or of another shape or dtype.
+
+    Parameters
+    ----------
+    model : roman_datamodels.datamodels.DataModel
+    name : str
+        Array attribute, e.g. ``"data"``.
+    values : numpy.ndarray
+        The new values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import roman_datamodels.datamodels as rdm
+    >>> model = rdm.ImageModel.create_fake_data(shape=(2, 2))
+    >>> before = model.data
+    >>> set_array(model, "data", np.full((2, 2), 3.0, np.float32))
+    >>> model.data is before, float(before[0, 0])
+    (True, 3.0)
+    """
+    current = getattr(model, name, None)
+    existing = None if current is None else np.asarray(current)
+    if (existing is not None and existing.flags.writeable and existing.shape == values.shape
+            and existing.dtype == values.dtype):
+        existing[...] = values
+    else:
+        setattr(model, name, values)

@@ -365,13 +365,15 @@ def test_no_steps_between_exposures_in_the_mosaic(n_exposures, n_detectors, skie
     assert spread_after < 0.005 * spread_before
 
 
-def test_on_disk_library_gives_identical_levels(tmp_path):
+def test_on_disk_library_and_workers_give_identical_levels(tmp_path):
     sim = simulate_association(tmp_path / "sim", n_exposures=4, n_detectors=1, size=256,
                                seed=6, sky_levels=SKIES_4)
-    in_memory = SkyMatchStep.call(FluxStep.call(ModelLibrary(sim.asn_path)))
+    in_memory = SkyMatchStep.call(FluxStep.call(ModelLibrary(sim.asn_path)), workers=1)
+    two_workers = SkyMatchStep.call(FluxStep.call(ModelLibrary(sim.asn_path)), workers=2)
+    assert _levels(two_workers) == _levels(in_memory)
     on_disk = ModelLibrary(sim.asn_path, on_disk=True, temp_directory=tmp_path)
     try:
-        SkyMatchStep.call(FluxStep.call(on_disk))
+        SkyMatchStep.call(FluxStep.call(on_disk), workers=2)
         # Read back from the temporary files.
         assert _levels(on_disk) == _levels(in_memory)
         assert all(level is not None for level in _levels(on_disk))

@@ -4,6 +4,7 @@ import logging
 
 from ..errors import RomosaicInputError
 from ..flux import VARIANCE_ARRAYS, check_conversion_factor, scale_to_surface_brightness
+from ..models import set_array
 from .base import STEP_COMPLETE, RomosaicStep, step_status
 
 __all__ = ["FluxStep"]
@@ -33,10 +34,13 @@ class FluxStep(RomosaicStep):
             problem = check_conversion_factor(factor)
             if problem:
                 raise RomosaicInputError(f"{model.meta.filename}: {problem}")
-            names = ("data", "err", *VARIANCE_ARRAYS)
-            arrays = {name: getattr(model, name, None) for name in names}
-            for name, array in scale_to_surface_brightness(arrays, float(factor)).items():
-                setattr(model, name, array)
+            for name in ("data", "err", *VARIANCE_ARRAYS):
+                # One array at a time, so that only one scaled copy exists at once.
+                scaled = scale_to_surface_brightness({name: getattr(model, name, None)},
+                                                     float(factor))
+                if name in scaled:
+                    set_array(model, name, scaled[name])
+                del scaled
             self.record_status(model)
             log.info("%s: converted to MJy/sr (x %.6g)", model.meta.filename, factor)
         return library

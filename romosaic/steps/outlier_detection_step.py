@@ -20,6 +20,7 @@ from roman_datamodels.dqflags import pixel
 from .._atomic import atomic_output
 from ..dq import bad_flags_mask, good_pixel_mask
 from ..errors import RomosaicInputError
+from ..models import set_array
 from ..outlier.detect import (
     FrameStore,
     data_window,
@@ -260,7 +261,8 @@ class OutlierDetectionStep(RomosaicStep):
                 pixels, size = flagged[index]
             dq = np.array(model.dq, dtype=np.uint32)
             dq.reshape(-1)[pixels] |= OUTLIER_FLAGS
-            model.dq = dq
+            set_array(model, "dq", dq)
+            del dq
             total += pixels.size
             self.record_status(model, STEP_COMPLETE)
             log.info("%s: %d pixels (%.3f%%) flagged as outliers", model.meta.filename,

@@ -2,7 +2,8 @@
 
 The algorithm lives in `romosaic.skymatch`. The step reads the library three
 times, one model at a time: the geometry (to lay the coarse cell grid), the
-pixels (to measure each image's sky), and finally to record each level in
+pixels (to measure each image's sky; with ``workers`` above 1, forked workers
+measure different images at once), and finally to record each level in
 ``meta.background`` (and subtract it when asked).
 """
 
@@ -12,6 +13,8 @@ import numpy as np
 
 from ..dq import bad_flags_mask, good_pixel_mask
 from ..errors import RomosaicInputError
+from ..models import set_array
+from ..parallel import resolve_workers, run_in_workers
 from ..skymatch import (
     SKY_METHODS,
     SKY_STATISTICS,
@@ -66,6 +69,7 @@ class SkyMatchStep(RomosaicStep):
     lsigma = float(min=0.0, default=4.0)  # Lower clipping limit, in sigma
     usigma = float(min=0.0, default=4.0)  # Upper clipping limit, in sigma
     binwidth = float(min=0.0, default=0.1)  # Histogram bin width for mode and midpt, in sigma
+    workers = integer(min=0, default=0)  # Worker processes (0: one per usable core)
     """
 
     def check_parameters(self):
@@ -107,13 +111,23 @@ class SkyMatchStep(RomosaicStep):
             log.info("sky differences measured in %d x %d cells of %.2f arcsec (%s per cell)",
                      grid.shape[1], grid.shape[0], grid.pixel_scale, cell_params.skystat)
 
-        skies = []
-        for _, model in library.iter_models(modify=False):
-            data = np.asarray(model.data)
-            good = good_pixel_mask(model.dq, self.dqbits) & np.isfinite(data)
-            skies.append(measure_image_sky(data, good, model.meta.wcs, grid, params,
-                                           cell_params=cell_params))
-            del data, good
+        workers = resolve_workers(self.workers)
+        if workers > 1:
+            library.load_arrays(("data", "dq"))  # before the fork (see ModelLibrary)
+
+        def measure(index):
+            # Images are measured independently, each by one worker.
+            with library:
+                model = library.borrow(index)
+                try:
+                    data = np.asarray(model.data)
+                    good = good_pixel_mask(model.dq, self.dqbits) & np.isfinite(data)
+                    return measure_image_sky(data, good, model.meta.wcs, grid, params,
+                                             cell_params=cell_params)
+                finally:
+                    library.shelve(model, index, modify=False)
+
+        skies = run_in_workers(measure, range(len(library)), workers=workers)
 
         group_ids = list(library.group_indices)
         groups = [library.group_indices[g] for g in group_ids]
@@ -195,7 +209,7 @@ class SkyMatchStep(RomosaicStep):
                      name, previous)
         level = float(level)
         if self.subtract:
-            model.data = (np.asarray(model.data, dtype=np.float32) - np.float32(level))
+            set_array(model, "data", np.asarray(model.data, dtype=np.float32) - np.float32(level))
         model.meta["background"] = {
             "level": level,
             "subtracted": bool(self.subtract),
