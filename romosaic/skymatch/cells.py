@@ -227,7 +227,8 @@ def measure_image_sky(data, good, wcs, grid, params, *, cell_params=None):
     x0, x1, y0, y1 = bounds
     width = x1 - x0 + 1
     for ix, iy in strips:
-        label = iy.astype(np.int64)
+        # int32 is ample: a 4088² image covers about 16 000 cells.
+        label = iy.astype(np.int32)
         label -= y0
         label *= width
         label += ix
