@@ -168,7 +168,8 @@ class _SortedGroups:
             self.values = _from_orderable(keys)
             self.keys = keys
         else:
-            keys = np.asarray(labels, dtype=np.uint64) << np.uint64(32)
+            keys = np.array(labels, dtype=np.uint64)
+            keys <<= np.uint64(32)
             keys |= _orderable(values)
             keys.sort()
             self.keys = keys
