@@ -203,6 +203,16 @@ class FrameStore:
         del mapped  # unmapping returns the pages to the page cache
         return values
 
+    def read_only(self, key, rows=None, cols=None):
+        """``frame[rows, cols]`` for reading only: a view in memory, a copy on disk.
+
+        Saves `read`'s copy where the caller neither keeps nor changes the
+        values (the view would see later writes to the frame).
+        """
+        if not self.on_disk:
+            return self._frames[key][self._region(rows, cols)]
+        return self.read(key, rows=rows, cols=cols)
+
     def write(self, key, values, rows=None, cols=None):
         """Set ``frame[rows, cols] = values``."""
         region = self._region(rows, cols)
@@ -239,7 +249,7 @@ class FrameStore:
         keys = self.keys() if keys is None else keys
         out = np.empty((len(keys), stop - start, self.shape[1]), np.float32)
         for i, key in enumerate(keys):
-            out[i] = self.read(key, rows=(start, stop))
+            out[i] = self.read_only(key, rows=(start, stop))
         return out
 
     def array(self, key):
@@ -351,8 +361,8 @@ def drizzle_group_into(images, window, store, data_key, weight_key, *, n_images,
             tile_data = np.zeros(shape, np.float32)
             tile_weight = np.zeros(shape, np.float32)
             inner = (slice(margin, shape[0] - margin), slice(margin, shape[1] - margin))
-            tile_data[inner] = store.read(data_key, rows=(ty0, ty1), cols=(tx0, tx1))
-            tile_weight[inner] = store.read(weight_key, rows=(ty0, ty1), cols=(tx0, tx1))
+            tile_data[inner] = store.read_only(data_key, rows=(ty0, ty1), cols=(tx0, tx1))
+            tile_weight[inner] = store.read_only(weight_key, rows=(ty0, ty1), cols=(tx0, tx1))
             pixmap = mapper.region((r0, r1), (c0, c1))
             pixmap[..., 0] -= origin_x
             pixmap[..., 1] -= origin_y
@@ -394,7 +404,7 @@ def _mask_poorly_sampled(store, data_key, weight_key, *, maskpt, rows_per_sectio
     for start in range(0, ny, rows_per_section):
         rows = (start, min(ny, start + rows_per_section))
         data = store.read(data_key, rows=rows)
-        weight = store.read(weight_key, rows=rows)
+        weight = store.read_only(weight_key, rows=rows)
         data[~(weight >= threshold) | (weight <= 0)] = np.nan
         store.write(data_key, data, rows=rows)
 
@@ -527,14 +537,18 @@ def _interpolate(median, y, x):
     """Bilinear interpolation of ``median`` at ``(y, x)``, NaN next to holes or outside."""
     coordinates = np.array([y, x])
     holes = np.isnan(median)
-    filled = np.where(holes, np.float32(0.0), median).astype(np.float32)
-    values = ndimage.map_coordinates(filled, coordinates, order=1, mode="constant",
-                                     cval=np.nan, prefilter=False)
-    # A pixel next to a hole would mix in the zero fill: mark it missing.
-    near_hole = ndimage.map_coordinates(holes.astype(np.float32), coordinates, order=1,
-                                        mode="constant", cval=1.0, prefilter=False) > 0
-    values[near_hole] = np.nan
-    return values.astype(np.float32)
+    has_holes = bool(holes.any())
+    filled = np.where(holes, np.float32(0.0), median) if has_holes else median
+    values = ndimage.map_coordinates(filled.astype(np.float32, copy=False), coordinates,
+                                     order=1, mode="constant", cval=np.nan, prefilter=False)
+    if has_holes:
+        # A pixel next to a hole would mix in the zero fill: mark it missing.
+        # (Without holes this second interpolation could only find the
+        # points off the piece, which the first already made NaN.)
+        near_hole = ndimage.map_coordinates(holes.astype(np.float32), coordinates, order=1,
+                                            mode="constant", cval=1.0, prefilter=False) > 0
+        values[near_hole] = np.nan
+    return values.astype(np.float32, copy=False)
 
 
 def flag_image(image, store, median_key, window, *, snr, scale, backg=0.0, model_error=0.0,
