@@ -12,7 +12,12 @@ slightly rotated with respect to a free TAN output grid, as in the pipeline:
   variance planes the pipeline propagates, with a precomputed pixel map and
   including ``compute_pixmap``;
 * ``drizzle.resample.Drizzle.add_image`` itself, with and without the two
-  extra planes, for comparison.
+  extra planes, for comparison;
+* outlier detection's median of 8 group frames (a quarter of a detector's
+  rows on a grid as fine as the inputs: ``romosaic.outlier.nanmedian_stack``
+  against ``numpy.nanmedian``), in median pixels per second, and its blot
+  (``romosaic.outlier.blot_median``, pixel map included) of a median twice as
+  fine as the input back onto the whole detector, in input pixels per second.
 
 Every figure is the best of ``--repeat`` runs, with BLAS limited to one
 thread (see below). "Mpix/s" is input pixels per
@@ -46,6 +51,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np
 from drizzle.resample import Drizzle
 
+from romosaic.outlier import FrameStore, blot_median, data_window, nanmedian_stack
 from romosaic.resample import DrizzleCoadd, compute_pixmap, free_grid
 from romosaic.resample.weights import pixel_weights
 from romosaic.simulate.wcs import build_gwcs, plan_layout
@@ -93,7 +99,9 @@ def run(size, repeat, exact_repeat):
     mpix = size * size / 1e6
     rows = []
 
-    def record(kernel, variant, wall_cpu, note=""):
+    def record(kernel, variant, wall_cpu, note="", pixels=None):
+        # Input pixels unless the kernel says otherwise (the median's output).
+        mpix = size * size / 1e6 if pixels is None else pixels / 1e6
         wall, cpu = wall_cpu
         rows.append({
             "kernel": kernel,
@@ -165,6 +173,29 @@ def run(size, repeat, exact_repeat):
                    clean, exptime=100.0, pixmap=pixmap, data2=data2[:p] or None,
                    weight_map=weight, pixfrac=1.0, in_units="cps"),
                    repeat, setup=new_drizzle(planes)))
+
+    # Outlier detection: the median of the group frames ...
+    rng = np.random.default_rng(3)
+    frames = rng.normal(1.0, 0.1, (8, size // 4, size)).astype(np.float32)
+    frames[rng.random(frames.shape) < 0.1] = np.nan  # pixels a group does not cover
+    pixels = frames.shape[1] * frames.shape[2]
+    record("median of 8 frames", "nanmedian_stack (low median)",
+           timed(lambda f=frames: nanmedian_stack(f, low=True), repeat), pixels=pixels)
+    record("median of 8 frames", "numpy.nanmedian",
+           timed(lambda f=frames: np.nanmedian(f, axis=0), repeat), pixels=pixels)
+    del frames
+    # ... and its blot back onto a whole input, from a grid twice as fine.
+    fine = free_grid([(wcs_in, shape)], pixel_scale_ratio=0.5)
+    window = data_window(fine, [(wcs_in, shape)])
+    median = rng.normal(1.0, 0.1, window.shape).astype(np.float32)
+    median[:8], median[-8:], median[:, :8], median[:, -8:] = np.nan, np.nan, np.nan, np.nan
+    store = FrameStore(window.shape)
+    median_key = store.add(median)
+    del median
+    record("blot_median", f"median grid {window.shape[1]}x{window.shape[0]}, pixmap(10)",
+           timed(lambda: blot_median(store, median_key, window.mapper(wcs_in, shape), window),
+                 repeat))
+    store.close()
     return rows, grid.shape
 
 

@@ -64,6 +64,7 @@ Dec -30° and resampled onto it).
 """
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -308,8 +309,13 @@ def _reference_paths(out_dir, report):
     return asn, skymap
 
 
-def run_pipeline(label, python, pipeline, asn, *, work_root, on_disk, env, skip_catalog=True):
-    """Run one pipeline once in a fresh process; its measurements as a dict."""
+def run_pipeline(label, python, pipeline, asn, *, work_root, on_disk, env, skip_catalog=True,
+                 step_options=None):
+    """Run one pipeline once in a fresh process; its measurements as a dict.
+
+    ``step_options`` (``{step: {parameter: value}}``) are passed to the
+    pipeline's ``call`` as ``steps``.
+    """
     work = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=work_root))
     result_path = work / "result.json"
     spec = {
@@ -318,6 +324,7 @@ def run_pipeline(label, python, pipeline, asn, *, work_root, on_disk, env, skip_
         "output_dir": str(work / "products"),
         "on_disk": on_disk,
         "skip_catalog": skip_catalog,
+        "step_options": step_options or {},
         "result": str(result_path),
     }
     log_path = work / "pipeline.log"
@@ -371,16 +378,18 @@ def run_case(case, args, reference_python, work_root):
     else:
         asn, _ = ensure_data(case, data_dir, args.python)
     entry = {"case": case, "asn": str(asn)}
-    pipelines = [("romosaic", args.python, ROMOSAIC_PIPELINE, asn, None)]
+    pipelines = [("romosaic", args.python, ROMOSAIC_PIPELINE, asn, None, args.romosaic_step)]
     if reference_python:
         ref_asn, skymap = ensure_reference_inputs(asn, reference_python)
-        pipelines.append(("reference", reference_python, REFERENCE_PIPELINE, ref_asn, skymap))
-    for label, python, pipeline, run_asn, skymap in pipelines:
+        pipelines.append(("reference", reference_python, REFERENCE_PIPELINE, ref_asn, skymap,
+                          {}))
+    for label, python, pipeline, run_asn, skymap, step_options in pipelines:
         runs = []
         for index in range(max(1, args.repeat)):
             result = run_pipeline(f"{case['name']}-{label}", python, pipeline, run_asn,
                                   work_root=work_root, on_disk=args.on_disk,
-                                  env=offline_environment(data_dir, skymap))
+                                  env=offline_environment(data_dir, skymap),
+                                  step_options=step_options)
             runs.append(result)
             if not result["failed"]:
                 print(f"[{case['name']} {label} run {index + 1}] "
@@ -419,7 +428,8 @@ def run_series(args, work_root):
         subset_asn.write_text(json.dumps(subset, indent=2) + "\n")
         result = run_pipeline(f"series-{count}", args.python, ROMOSAIC_PIPELINE, subset_asn,
                               work_root=work_root, on_disk=True,
-                              env=offline_environment(args.data_dir))
+                              env=offline_environment(args.data_dir),
+                              step_options=args.romosaic_step)
         result["n_exposures"] = count
         result["size"] = args.series_size
         results.append(result)
@@ -559,9 +569,34 @@ def series_table(results):
     return _table(headers, rows)
 
 
-def print_report(entries, reference_python, on_disk):
+def step_option(text):
+    """``"step.parameter=value"`` as ``(step, parameter, value)``; value parsed as a literal."""
+    name, sep, raw = text.partition("=")
+    step, dot, parameter = name.strip().partition(".")
+    if not sep or not dot or not step or not parameter:
+        raise argparse.ArgumentTypeError(f"expected STEP.PARAMETER=VALUE, got {text!r}")
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = raw.strip()  # a bare word: a string parameter
+    return step, parameter, value
+
+
+def step_options(parsed):
+    """``{step: {parameter: value}}`` from `step_option` results."""
+    options = {}
+    for step, parameter, value in parsed:
+        options.setdefault(step, {})[parameter] = value
+    return options
+
+
+def print_report(entries, reference_python, on_disk, romosaic_steps=None):
     print()
     mode = "on_disk=True" if on_disk else "in memory"
+    if romosaic_steps:
+        listed = ", ".join(f"{step}.{name}={value!r}" for step, options in romosaic_steps.items()
+                           for name, value in options.items())
+        print(f"romosaic ran with {listed}; the reference with its defaults")
     if reference_python:
         print(f"romosaic vs the reference ({reference_python}), {mode}, source catalog "
               "skipped in both; ratio = romosaic / reference")
@@ -621,6 +656,11 @@ def parse_args(argv):
                         help="keep each run's directory (products, log, result.json)")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write every measurement to this JSON file")
+    parser.add_argument("--romosaic-step", action="append", type=step_option, default=[],
+                        metavar="STEP.PARAMETER=VALUE",
+                        help="a step parameter for romosaic's runs only (repeatable), e.g. "
+                             "outlier_detection.pixel_scale_ratio=1; the reference keeps its "
+                             "defaults, so the comparison is then no longer like with like")
     parser.add_argument("--on-disk-series", action="store_true",
                         help="romosaic only, on_disk=True: peak memory for ever more "
                         "exposures onto one skycell (runs no cases unless --case is given)")
@@ -631,7 +671,9 @@ def parse_args(argv):
                         help="detector size of the series (default: %(default)s)")
     parser.add_argument("--python", default=sys.executable,
                         help="romosaic's interpreter for the children (default: this one)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.romosaic_step = step_options(args.romosaic_step)
+    return args
 
 
 def main(argv=None):
@@ -651,13 +693,14 @@ def main(argv=None):
     series = run_series(args, work_root) if args.on_disk_series else []
 
     if entries:
-        print_report(entries, reference_python, args.on_disk)
+        print_report(entries, reference_python, args.on_disk, args.romosaic_step)
     if series:
         print("\nromosaic, on_disk=True, onto one skycell (peak memory should not grow "
               "with the number of exposures):")
         print(series_table(series))
     if args.json:
         payload = {"machine": machine_info(), "seed": SEED, "on_disk": args.on_disk,
+                   "romosaic_steps": args.romosaic_step,
                    "reference_python": reference_python or None, "cases": entries,
                    "on_disk_series": series}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
@@ -699,8 +742,11 @@ def child_run(spec_json):
 
     Step.run = timed_run
     kwargs = {"save_results": True, "output_dir": spec["output_dir"], "on_disk": spec["on_disk"]}
+    steps = {step: dict(options) for step, options in spec.get("step_options", {}).items()}
     if spec["skip_catalog"]:
-        kwargs["steps"] = {"source_catalog": {"skip": True}}
+        steps.setdefault("source_catalog", {})["skip"] = True
+    if steps:
+        kwargs["steps"] = steps
     load_average = os.getloadavg()[0]
     cpu0 = cpu_seconds_with_workers()
     t0 = time.perf_counter()
