@@ -28,7 +28,12 @@ from romosaic.custom_mosaic import (
 from romosaic.pipeline import MosaicPipeline
 from romosaic.resample import drizzle_images, free_grid, input_from_model
 from romosaic.resample.grid import region_window_grid
-from romosaic.resample.tiled import drizzle_images_tiled, plan_strips
+from romosaic.resample.tiled import (
+    data_window,
+    drizzle_images_tiled,
+    input_bounds,
+    plan_strips,
+)
 from romosaic.simulate import make_image_models, simulate_association
 from romosaic.skycell import get_tessellation, skycells_for_image
 from romosaic.wcs_utils import footprint, sky_to_unit_vectors
@@ -163,6 +168,42 @@ def test_plan_strips_cover_the_grid_within_the_budget():
         tallest = max(stop - start for start, stop in strips)
         assert 24 * (nx + 14) * (tallest + 14) <= max(budget, 24 * (nx + 14) * 30)
     assert len(plan_strips(1000, 300, bytes_per_pixel=24, tile_memory=2e6, margin=7)) > 3
+
+
+def test_tiled_drizzle_works_only_where_data_are_and_equals_one_big_drizzle(tmp_path):
+    # A grid much larger than the inputs, as a skycell holding a few
+    # detectors: strips cover only the data window, and the pixels outside
+    # it must still equal those of one drizzle of the whole grid.
+    models, *_ = make_image_models(n_exposures=2, n_detectors=2, size=96, seed=8)
+    inputs = [input_from_model(m) for m in models]
+    geometry = [(image.wcs, image.shape) for image in inputs]
+    fitted = free_grid(geometry)
+    grid = free_grid(geometry, output_shape=(fitted.shape[0] + 301, fitted.shape[1] + 457))
+    whole, scale = drizzle_images(iter(inputs), grid, len(inputs))
+    (row0, row1), (col0, col1) = data_window(input_bounds(geometry, grid.wcs), grid.shape, 7)
+    assert 0 < row0 < row1 < grid.shape[0] and 0 < col0 < col1 < grid.shape[1]
+    assert (row1 - row0) * (col1 - col0) < 0.6 * grid.shape[0] * grid.shape[1]
+    # Nothing lands outside the window in the whole drizzle either.
+    outside = np.ones(grid.shape, bool)
+    outside[row0:row1, col0:col1] = False
+    assert not (whole.weight[outside] > 0).any()
+
+    @contextlib.contextmanager
+    def load(index):
+        yield inputs[index]
+
+    tiled, _ = drizzle_images_tiled(load, geometry, grid, directory=tmp_path,
+                                    tile_memory=24 * (col1 - col0 + 14) * 40)
+    banded, _ = drizzle_images_tiled(load, geometry, grid, workers=2, in_memory=True)
+    single, _ = drizzle_images_tiled(load, geometry, grid, workers=1, in_memory=True)
+    for result in (tiled, banded, single):
+        assert result.exptimes == whole.exptimes
+        np.testing.assert_array_equal(result.context, whole.context)
+        np.testing.assert_array_equal(result.data, whole.data)  # NaN where empty, as in whole
+        np.testing.assert_array_equal(result.weight, whole.weight)
+        for name, plane in whole.variances.items():
+            np.testing.assert_array_equal(result.variances[name], plane)
+    assert np.isnan(whole.data[outside]).all()
 
 
 def test_tiled_drizzle_equals_one_big_drizzle(tmp_path):

@@ -15,6 +15,11 @@ pixel or more, about 5 GB for a 15000 × 15000 mosaic of 3 × 3 skycells.
   the input rows and columns that land in the padded strip are drizzled;
 * inputs that miss a strip still take their turn, as an empty image of
   zero weight, so that input ``i`` keeps context bit ``i`` in every strip;
+* strips cover only the *data window*: the rows and columns of the grid
+  that some input can reach (`data_window`). On a 5000 × 5000 skycell
+  holding a few detectors that is a fraction of the grid; the pixels
+  outside it get the values an empty drizzle gives (``fillval``, zero
+  weight and context), without drizzling them;
 * each finished strip is written into memory-mapped arrays in temporary
   files (`MappedPlanes`), which are unlinked as soon as the result is
   assembled: the space is given back when the last mapping goes, even if
@@ -55,7 +60,9 @@ __all__ = [
     "MappedPlanes",
     "SharedPlanes",
     "bytes_per_output_pixel",
+    "data_window",
     "drizzle_images_tiled",
+    "input_bounds",
     "input_row_ranges",
     "plan_bands",
     "plan_strips",
@@ -114,8 +121,8 @@ def plan_strips(ny, nx, *, bytes_per_pixel, tile_memory, margin):
     return [(start, min(ny, start + height)) for start in range(0, ny, height)]
 
 
-def input_row_ranges(geometry, grid_wcs, *, points_per_edge=17):
-    """The output rows each input reaches, from its footprint.
+def input_bounds(geometry, grid_wcs, *, points_per_edge=17):
+    """The output columns and rows each input reaches, from its footprint.
 
     Parameters
     ----------
@@ -124,20 +131,68 @@ def input_row_ranges(geometry, grid_wcs, *, points_per_edge=17):
 
     Returns
     -------
-    list of (float, float)
-        ``(y_min, y_max)`` in output pixels; ``(nan, nan)`` for an input
-        without a position on the grid.
+    list of (float, float, float, float)
+        ``(x_min, x_max, y_min, y_max)`` in output pixels; all NaN for an
+        input without a position on the grid.
     """
-    ranges = []
+    bounds = []
     for wcs, shape in geometry:
         ra, dec = footprint(wcs, shape, points_per_edge=points_per_edge)
-        _, y = grid_wcs.invert(ra, dec, with_bounding_box=False)
-        y = np.asarray(y, dtype=float)
-        if not np.isfinite(y).any():
-            ranges.append((math.nan, math.nan))
+        x, y = grid_wcs.invert(ra, dec, with_bounding_box=False)
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        finite = np.isfinite(x) & np.isfinite(y)
+        if not finite.any():
+            bounds.append((math.nan,) * 4)
         else:
-            ranges.append((float(np.nanmin(y)), float(np.nanmax(y))))
-    return ranges
+            bounds.append((float(x[finite].min()), float(x[finite].max()),
+                           float(y[finite].min()), float(y[finite].max())))
+    return bounds
+
+
+def input_row_ranges(geometry, grid_wcs, *, points_per_edge=17):
+    """The output rows each input reaches: ``(y_min, y_max)`` of `input_bounds`."""
+    return [(y_min, y_max) for _, _, y_min, y_max
+            in input_bounds(geometry, grid_wcs, points_per_edge=points_per_edge)]
+
+
+def data_window(bounds, shape, margin):
+    """The rows and columns of a grid that the inputs can reach.
+
+    Parameters
+    ----------
+    bounds : list of (float, float, float, float)
+        `input_bounds` of the inputs.
+    shape : (int, int)
+        Grid ``(ny, nx)``.
+    margin : int
+        Drizzle margin: how far past its footprint an input's pixels reach.
+
+    Returns
+    -------
+    ((int, int), (int, int))
+        Half-open ``(row_start, row_stop), (col_start, col_stop)``; the whole
+        grid when no input has a position on it (nothing is then saved, and
+        nothing lands).
+
+    Examples
+    --------
+    >>> data_window([(100.0, 200.0, 50.0, 60.0)], (1000, 1000), 3)
+    ((43, 68), (93, 208))
+    """
+    ny, nx = (int(n) for n in shape)
+    reached = [b for b in bounds if all(math.isfinite(v) for v in b)]
+    if not reached:
+        return (0, ny), (0, nx)
+    pad = int(margin) + _REACH_SLACK
+    x_min = min(b[0] for b in reached)
+    x_max = max(b[1] for b in reached)
+    y_min = min(b[2] for b in reached)
+    y_max = max(b[3] for b in reached)
+    rows = (max(0, math.floor(y_min) - pad), min(ny, math.ceil(y_max) + pad + 1))
+    cols = (max(0, math.floor(x_min) - pad), min(nx, math.ceil(x_max) + pad + 1))
+    if rows[0] >= rows[1] or cols[0] >= cols[1]:
+        return (0, ny), (0, nx)
+    return rows, cols
 
 
 class MappedPlanes:
@@ -178,25 +233,46 @@ class MappedPlanes:
     def _path(self, name):
         return self._dir / f"{name}.bin"
 
-    def write(self, start, stop, result):
-        """Store a finished strip (a `CoaddResult` for rows ``start:stop``)."""
+    def write(self, start, stop, result, cols=None):
+        """Store a finished strip (a `CoaddResult` for rows ``start:stop``).
+
+        ``cols`` (half-open) are the grid columns the strip covers; all by
+        default.
+        """
         planes = {"data": result.data, "weight": result.weight}
         planes.update({f"var-{n}": result.variances[n] for n in self.variance_names})
         ny, nx = self.shape
+        cols = cols or (0, nx)
         for name, values in planes.items():
-            self._write_rows(name, start, stop, values)
+            self._write_rows(name, start, stop, values, cols)
         context = result.context
         for plane in range(self.n_context_planes):
             row_offset = plane * ny
             self._write_rows("context", row_offset + start, row_offset + stop, context[plane],
-                             dtype=np.uint32)
+                             cols, dtype=np.uint32)
 
-    def _write_rows(self, name, start, stop, values, dtype=np.float32):
+    def fill(self, rows, cols, values):
+        """Set ``plane[rows, cols]`` to ``values[plane]`` (a scalar per plane name)."""
+        (r0, r1), (c0, c1) = rows, cols
+        ny, nx = self.shape
+        # A few MiB at a time: the region may be most of a large grid.
+        step = max(1, (4 * 2**20) // (4 * nx))
+        for name, value in values.items():
+            dtype = self._specs[name][0]
+            planes = range(self.n_context_planes) if name == "context" else [0]
+            for plane in planes:
+                for start in range(r0, r1, step):
+                    stop = min(r1, start + step)
+                    block = np.full((stop - start, c1 - c0), value, dtype)
+                    self._write_rows(name, plane * ny + start, plane * ny + stop, block,
+                                     (c0, c1), dtype=dtype)
+
+    def _write_rows(self, name, start, stop, values, cols, dtype=np.float32):
         nx = self.shape[1]
         itemsize = np.dtype(dtype).itemsize
         mapped = np.memmap(self._path(name), dtype=dtype, mode="r+", offset=start * nx * itemsize,
                            shape=(stop - start, nx))
-        mapped[...] = values
+        mapped[:, cols[0]:cols[1]] = values
         mapped.flush()
         del mapped
 
@@ -257,13 +333,23 @@ class SharedPlanes:
         for name in self.variance_names:
             self._planes[f"var-{name}"] = shared_zeros(self.shape)
 
-    def write(self, start, stop, result):
-        """Store a finished strip (a `CoaddResult` for rows ``start:stop``)."""
-        self._planes["data"][start:stop] = result.data
-        self._planes["weight"][start:stop] = result.weight
+    def write(self, start, stop, result, cols=None):
+        """Store a finished strip (a `CoaddResult` for rows ``start:stop``, columns ``cols``)."""
+        c0, c1 = cols or (0, self.shape[1])
+        self._planes["data"][start:stop, c0:c1] = result.data
+        self._planes["weight"][start:stop, c0:c1] = result.weight
         for name in self.variance_names:
-            self._planes[f"var-{name}"][start:stop] = result.variances[name]
-        self._planes["context"][:, start:stop] = result.context
+            self._planes[f"var-{name}"][start:stop, c0:c1] = result.variances[name]
+        self._planes["context"][:, start:stop, c0:c1] = result.context
+
+    def fill(self, rows, cols, values):
+        """Set ``plane[rows, cols]`` to ``values[plane]`` (a scalar per plane name)."""
+        (r0, r1), (c0, c1) = rows, cols
+        for name, value in values.items():
+            if name == "context":
+                self._planes[name][:, r0:r1, c0:c1] = value
+            else:
+                self._planes[name][r0:r1, c0:c1] = value
 
     def arrays(self, exptimes):
         """The finished planes as a `CoaddResult`."""
@@ -352,41 +438,47 @@ def drizzle_images_tiled(
     # One margin for every strip, from the first input, as drizzle_images does.
     margin = edge_margin(input_pixel_scale / grid.pixel_scale)
     ny, nx = grid.shape
+    reach = input_bounds(geometry, grid.wcs)
+    (row0, row1), (col0, col1) = data_window(reach, grid.shape, margin)
+    coadd_options = {"variance_names": variance_names, "kernel": kernel, "pixfrac": pixfrac,
+                     "fillval": fillval}
     if in_memory:
-        strips = plan_bands(ny, workers)
+        strips = [(row0 + start, row0 + stop) for start, stop in plan_bands(row1 - row0, workers)]
         planes = SharedPlanes(grid.shape, variance_names, context_planes(n_inputs))
     else:
-        strips = plan_strips(ny, nx, bytes_per_pixel=bytes_per_output_pixel(
-            n_inputs, len(variance_names)), tile_memory=tile_memory, margin=margin)
+        strips = [(row0 + start, row0 + stop) for start, stop in plan_strips(
+            row1 - row0, col1 - col0, bytes_per_pixel=bytes_per_output_pixel(
+                n_inputs, len(variance_names)), tile_memory=tile_memory, margin=margin)]
         planes = MappedPlanes(grid.shape, variance_names, context_planes(n_inputs),
                               directory=directory)
-    reach = input_row_ranges(geometry, grid.wcs)
-    log.info("drizzling %d x %d pixels in %d strip(s) of up to %d rows", nx, ny, len(strips),
-             strips[0][1] - strips[0][0])
+    log.info("drizzling %d x %d of the grid's %d x %d pixels in %d strip(s) of up to %d rows",
+             col1 - col0, row1 - row0, nx, ny, len(strips), strips[0][1] - strips[0][0])
     options = {"weight_type": weight_type, "good_bits": good_bits,
                "pixmap_stepsize": pixmap_stepsize}
+    # Grid columns of a strip's padded arrays: the same for every strip.
+    left, right = col0 - margin, col1 + margin
 
     def drizzle_strip(number):
         start, stop = strips[number]
         low, high = start - margin, stop + margin
-        coadd = DrizzleCoadd((stop - start + 2 * margin, nx + 2 * margin), n_inputs,
-                             variance_names=variance_names, kernel=kernel, pixfrac=pixfrac,
-                             fillval=fillval)
+        coadd = DrizzleCoadd((stop - start + 2 * margin, right - left), n_inputs,
+                             **coadd_options)
         seen = {}  # input index -> (exposure time, usable pixels)
         for index in range(n_inputs):
-            y_min, y_max = reach[index]
+            _, _, y_min, y_max = reach[index]
             touches = (math.isfinite(y_min) and y_max >= low - _REACH_SLACK
                        and y_min < high + _REACH_SLACK)
             added = False
             if touches:
                 with load_input(index) as image:
-                    added = _add_strip_part(coadd, image, grid, low, high, margin, **options)
+                    added = _add_strip_part(coadd, image, grid, (low, high), (left, right),
+                                            **options)
                     seen[index] = (image.exptime, added)
             if not added:
                 _add_nothing(coadd, seen.get(index, (None,))[0])
         result = coadd.finish()
         del coadd
-        planes.write(start, stop, result.crop(margin))
+        planes.write(start, stop, result.crop(margin), cols=(col0, col1))
         del result
         reached = sum(1 for _, added in seen.values() if added)
         log.info("strip %d/%d (rows %d-%d): %d input(s)", number + 1, len(strips), start,
@@ -394,6 +486,8 @@ def drizzle_images_tiled(
         return {index: exptime for index, (exptime, _) in seen.items()}
 
     try:
+        _fill_outside_window(planes, grid.shape, (row0, row1), (col0, col1),
+                             _empty_pixel(n_inputs, margin, coadd_options))
         exptimes = [None] * n_inputs
         for seen in run_in_workers(drizzle_strip, range(len(strips)), workers=workers):
             for index, exptime in seen.items():
@@ -421,16 +515,48 @@ def _add_nothing(coadd, exptime):
     coadd.add(_NOTHING_DATA, _NOTHING_PIXMAP, weight=_NOTHING_DATA, exptime=exptime or 1.0)
 
 
-def _add_strip_part(coadd, image, grid, low, high, margin, *, weight_type, good_bits,
-                    pixmap_stepsize):
-    """Drizzle the part of ``image`` landing in padded strip rows ``low:high``.
+def _empty_pixel(n_inputs, margin, coadd_options):
+    """Each plane's value where nothing lands, from drizzling nothing onto one pixel."""
+    coadd = DrizzleCoadd((1 + 2 * margin, 1 + 2 * margin), n_inputs, **coadd_options)
+    for _ in range(n_inputs):
+        _add_nothing(coadd, 1.0)
+    empty = coadd.finish().crop(margin)
+    values = {"data": empty.data[0, 0], "weight": empty.weight[0, 0],
+              "context": empty.context[0, 0, 0]}
+    values.update({f"var-{name}": plane[0, 0] for name, plane in empty.variances.items()})
+    return values
 
-    Returns False (adding nothing) when no pixel lands there.
+
+def _fill_outside_window(planes, shape, rows, cols, values):
+    """Give the grid outside the data window the values of an empty drizzle.
+
+    Planes start as zeros, so zero values need no writing (and the pages
+    of a shared or sparse plane stay untouched).
+    """
+    ny, nx = shape
+    (r0, r1), (c0, c1) = rows, cols
+    to_write = {name: value for name, value in values.items() if value != 0}  # NaN != 0
+    if not to_write:
+        return
+    for region in (((0, r0), (0, nx)), ((r1, ny), (0, nx)),
+                   ((r0, r1), (0, c0)), ((r0, r1), (c1, nx))):
+        (a, b), (c, d) = region
+        if b > a and d > c:
+            planes.fill(*region, to_write)
+
+
+def _add_strip_part(coadd, image, grid, strip_rows, strip_cols, *, weight_type, good_bits,
+                    pixmap_stepsize):
+    """Drizzle the part of ``image`` landing in a padded strip.
+
+    ``strip_rows`` and ``strip_cols`` are the grid rows and columns
+    (half-open) of the strip's padded arrays. Returns False (adding nothing)
+    when no pixel lands there.
     """
     mapper = PixelMapper(image.wcs, grid.wcs, image.shape, stepsize=pixmap_stepsize)
-    nx = grid.shape[1]
+    (low, high), (left, right) = strip_rows, strip_cols
     part = mapper.input_region_for(
-        (-margin - _REACH_SLACK, nx + margin + _REACH_SLACK),
+        (left - _REACH_SLACK, right + _REACH_SLACK),
         (low - _REACH_SLACK, high + _REACH_SLACK))
     if part is None:
         return False
@@ -455,7 +581,7 @@ def _add_strip_part(coadd, image, grid, low, high, margin, *, weight_type, good_
     weight = np.ascontiguousarray(weight[rows, cols])
     pixmap = mapper.region((r0, r1), (c0, c1))
     # Shifting grid coordinates by whole numbers is exact.
-    pixmap[..., 0] += margin
+    pixmap[..., 0] -= left
     pixmap[..., 1] -= low
     scale = native_pixel_scale(image.wcs, image.shape)
     coadd.add(
