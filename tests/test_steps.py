@@ -166,3 +166,27 @@ def test_float16_rounding_matches_numpy_bit_for_bit():
         got = to_float16(values).view(np.uint16)
     assert np.count_nonzero(np.abs(values) < 2.0**-14) > 1000  # subnormals tested
     np.testing.assert_array_equal(got, expected)
+
+
+def test_resample_onto_a_mostly_empty_grid_drizzles_the_window_with_any_workers(caplog):
+    # Two 96² detectors on a grid about four times the area they cover: one
+    # worker as well as two drizzle only the data window, and both give
+    # the same mosaic, NaN and zero weight outside the window.
+    from romosaic.simulate import make_image_models
+
+    models, *_ = make_image_models(n_exposures=2, n_detectors=1, size=96, seed=5)
+    library = FluxStep.call(ModelLibrary(models))
+    mosaics = {}
+    for workers in (1, 2):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="romosaic.resample.tiled"):
+            mosaics[workers] = ResampleStep.call(library, output_shape=[260, 250],
+                                                 workers=workers)
+        assert "of the grid's 260 x 250 pixels" in caplog.text
+    one, two = mosaics[1], mosaics[2]
+    for name in ("data", "weight", "context", "var_rnoise", "var_poisson", "err"):
+        np.testing.assert_array_equal(np.asarray(getattr(one, name)),
+                                      np.asarray(getattr(two, name)))
+    weight = np.asarray(one.weight)
+    assert 0.1 < (weight > 0).mean() < 0.5
+    assert np.isnan(np.asarray(one.data)[weight == 0]).all()

@@ -61,6 +61,7 @@ __all__ = [
     "SharedPlanes",
     "bytes_per_output_pixel",
     "data_window",
+    "data_window_fraction",
     "drizzle_images_tiled",
     "input_bounds",
     "input_row_ranges",
@@ -378,6 +379,26 @@ def plan_bands(ny, count):
     count = max(1, min(int(count), int(ny)))
     height = math.ceil(ny / count)
     return [(start, min(ny, start + height)) for start in range(0, ny, height)]
+
+
+def data_window_fraction(geometry, grid):
+    """The fraction of ``grid``'s pixels in the data window `drizzle_images_tiled` uses.
+
+    Parameters
+    ----------
+    geometry : list of (wcs, shape)
+    grid : OutputGrid
+
+    Returns
+    -------
+    float
+        1.0 when the inputs fill the grid; small for a few detectors on a
+        skycell.
+    """
+    margin = edge_margin(native_pixel_scale(*geometry[0]) / grid.pixel_scale)
+    (row0, row1), (col0, col1) = data_window(input_bounds(geometry, grid.wcs), grid.shape,
+                                             margin)
+    return (row1 - row0) * (col1 - col0) / (grid.shape[0] * grid.shape[1])
 
 
 def drizzle_images_tiled(

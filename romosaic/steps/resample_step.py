@@ -25,13 +25,19 @@ from ..resample import (
     skycell_grid_for_association,
 )
 from ..resample.grid import DEFAULT_MAX_OUTPUT_PIXELS, check_grid_size
-from ..resample.tiled import drizzle_images_tiled
+from ..resample.tiled import data_window_fraction, drizzle_images_tiled
 from ._survey import survey_inputs
 from .base import STEP_COMPLETE, RomosaicStep
 
 __all__ = ["ResampleStep"]
 
 log = logging.getLogger(__name__)
+
+# Below this fraction of the grid in the inputs' data window (a few
+# detectors on a skycell), even one worker drizzles the window alone rather
+# than the whole grid: the window's drizzle arrays and the output planes
+# then take less memory, and time, than one drizzle of every grid pixel.
+_MOSTLY_EMPTY = 0.5
 
 
 class ResampleStep(RomosaicStep):
@@ -103,7 +109,8 @@ class ResampleStep(RomosaicStep):
             "pixmap_stepsize": self.pixmap_stepsize,
         }
         workers = resolve_workers(self.workers)
-        if self.tile_memory > 0 or (workers > 1 and len(library) > 1):
+        if (self.tile_memory > 0 or (workers > 1 and len(library) > 1)
+                or (geometry and data_window_fraction(geometry, grid) < _MOSTLY_EMPTY)):
             result, input_scale = self._drizzle_tiled(library, geometry, grid, options,
                                                       workers=workers)
         else:
