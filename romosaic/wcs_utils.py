@@ -25,8 +25,10 @@ __all__ = [
     "affine_tan_wcs",
     "cd_from_orientation",
     "footprint",
+    "footprint_bounds",
     "local_cd_matrix",
     "orientation_and_parity",
+    "padded_window",
     "pixel_scale_arcsec",
     "s_region_polygon",
     "sky_to_unit_vectors",
@@ -171,6 +173,74 @@ def footprint(wcs, shape, *, points_per_edge=9):
     )
     ra, dec = wcs(xs, ys, with_bounding_box=False)
     return np.asarray(ra, dtype=float), np.asarray(dec, dtype=float)
+
+
+def footprint_bounds(geometry, grid_wcs, *, points_per_edge=9):
+    """Where each image's footprint falls on a grid, as a box of grid pixels.
+
+    Parameters
+    ----------
+    geometry : list of (wcs, shape)
+        Each image's WCS and array shape.
+    grid_wcs : gwcs.wcs.WCS
+        The grid's WCS.
+    points_per_edge : int, optional
+        Footprint sampling (see `footprint`).
+
+    Returns
+    -------
+    list of (float, float, float, float)
+        ``(x_min, x_max, y_min, y_max)`` in grid pixels; all NaN for an image
+        without a position on the grid.
+    """
+    bounds = []
+    for wcs, shape in geometry:
+        ra, dec = footprint(wcs, shape, points_per_edge=points_per_edge)
+        x, y = grid_wcs.invert(ra, dec, with_bounding_box=False)
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        finite = np.isfinite(x) & np.isfinite(y)
+        if not finite.any():
+            bounds.append((math.nan,) * 4)
+        else:
+            bounds.append((float(x[finite].min()), float(x[finite].max()),
+                           float(y[finite].min()), float(y[finite].max())))
+    return bounds
+
+
+def padded_window(bounds, shape, pad):
+    """The grid rows and columns holding every box of ``bounds``, ``pad`` pixels wider.
+
+    Parameters
+    ----------
+    bounds : list of (float, float, float, float)
+        `footprint_bounds` of the images.
+    shape : (int, int)
+        Grid ``(ny, nx)``.
+    pad : int
+        Pixels added on every side before clipping to the grid.
+
+    Returns
+    -------
+    ((int, int), (int, int)) or None
+        Half-open ``(row_start, row_stop), (col_start, col_stop)``; None when
+        no image lands on the grid.
+
+    Examples
+    --------
+    >>> padded_window([(100.0, 200.0, 50.0, 60.0)], (1000, 1000), 7)
+    ((43, 68), (93, 208))
+    """
+    ny, nx = (int(n) for n in shape)
+    placed = [b for b in bounds if all(math.isfinite(v) for v in b)]
+    if not placed:
+        return None
+    x_min, x_max = min(b[0] for b in placed), max(b[1] for b in placed)
+    y_min, y_max = min(b[2] for b in placed), max(b[3] for b in placed)
+    rows = (max(0, math.floor(y_min) - pad), min(ny, math.ceil(y_max) + pad + 1))
+    cols = (max(0, math.floor(x_min) - pad), min(nx, math.ceil(x_max) + pad + 1))
+    if rows[0] >= rows[1] or cols[0] >= cols[1]:
+        return None
+    return rows, cols
 
 
 def sky_to_unit_vectors(ra, dec):

@@ -28,15 +28,10 @@ from romosaic.custom_mosaic import (
 from romosaic.pipeline import MosaicPipeline
 from romosaic.resample import drizzle_images, free_grid, input_from_model
 from romosaic.resample.grid import region_window_grid
-from romosaic.resample.tiled import (
-    data_window,
-    drizzle_images_tiled,
-    input_bounds,
-    plan_strips,
-)
+from romosaic.resample.tiled import drizzle_images_tiled, drizzle_window, plan_strips
 from romosaic.simulate import make_image_models, simulate_association
 from romosaic.skycell import get_tessellation, skycells_for_image
-from romosaic.wcs_utils import footprint, sky_to_unit_vectors
+from romosaic.wcs_utils import footprint, footprint_bounds, sky_to_unit_vectors
 
 # Skymatch and outlier detection give results that depend on the whole input
 # set and on the grid of the outlier median (its weight threshold is
@@ -180,7 +175,8 @@ def test_tiled_drizzle_works_only_where_data_are_and_equals_one_big_drizzle(tmp_
     fitted = free_grid(geometry)
     grid = free_grid(geometry, output_shape=(fitted.shape[0] + 301, fitted.shape[1] + 457))
     whole, scale = drizzle_images(iter(inputs), grid, len(inputs))
-    (row0, row1), (col0, col1) = data_window(input_bounds(geometry, grid.wcs), grid.shape, 7)
+    bounds = footprint_bounds(geometry, grid.wcs, points_per_edge=17)
+    (row0, row1), (col0, col1) = drizzle_window(bounds, grid.shape, 7)
     assert 0 < row0 < row1 < grid.shape[0] and 0 < col0 < col1 < grid.shape[1]
     assert (row1 - row0) * (col1 - col0) < 0.6 * grid.shape[0] * grid.shape[1]
     # Nothing lands outside the window in the whole drizzle either.

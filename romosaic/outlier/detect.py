@@ -45,7 +45,7 @@ from ..resample.drizzle_images import edge_margin
 from ..resample.grid import native_pixel_scale
 from ..resample.pixmap import PixelMapper
 from ..resample.weights import pixel_weights
-from ..wcs_utils import footprint
+from ..wcs_utils import footprint_bounds, padded_window
 from .flagging import outlier_mask, sky_level
 from .median import nanmedian_stack
 
@@ -119,21 +119,10 @@ def data_window(grid, geometry, *, margin=8):
     -------
     DataWindow
     """
-    ny, nx = grid.shape
-    xs, ys = [], []
-    for wcs, shape in geometry:
-        ra, dec = footprint(wcs, shape)
-        x, y = grid.wcs.invert(ra, dec, with_bounding_box=False)
-        xs.append(np.asarray(x))
-        ys.append(np.asarray(y))
-    x = np.concatenate(xs)
-    y = np.concatenate(ys)
-    x0 = max(0, int(math.floor(np.nanmin(x))) - margin)
-    y0 = max(0, int(math.floor(np.nanmin(y))) - margin)
-    x1 = min(nx, int(math.ceil(np.nanmax(x))) + margin + 1)
-    y1 = min(ny, int(math.ceil(np.nanmax(y))) + margin + 1)
-    if x1 <= x0 or y1 <= y0:
+    window = padded_window(footprint_bounds(geometry, grid.wcs), grid.shape, margin)
+    if window is None:
         raise ValueError("the inputs do not overlap the output grid")
+    (y0, y1), (x0, x1) = window
     return DataWindow(grid=grid, x0=x0, y0=y0, shape=(y1 - y0, x1 - x0))
 
 

@@ -16,7 +16,7 @@ pixel or more, about 5 GB for a 15000 × 15000 mosaic of 3 × 3 skycells.
 * inputs that miss a strip still take their turn, as an empty image of
   zero weight, so that input ``i`` keeps context bit ``i`` in every strip;
 * strips cover only the *data window*: the rows and columns of the grid
-  that some input can reach (`data_window`). On a 5000 × 5000 skycell
+  that some input can reach (`drizzle_window`). On a 5000 × 5000 skycell
   holding a few detectors that is a fraction of the grid; the pixels
   outside it get the values an empty drizzle gives (``fillval``, zero
   weight and context), without drizzling them;
@@ -49,7 +49,7 @@ import numpy as np
 from .._atomic import make_private_dir
 from ..dq import DEFAULT_GOOD_BITS, good_pixel_mask
 from ..parallel import run_in_workers, shared_zeros
-from ..wcs_utils import footprint
+from ..wcs_utils import footprint_bounds, padded_window
 from .coadd import CoaddResult, DrizzleCoadd, context_planes
 from .drizzle_images import KERNELS, edge_margin
 from .grid import native_pixel_scale
@@ -60,11 +60,9 @@ __all__ = [
     "MappedPlanes",
     "SharedPlanes",
     "bytes_per_output_pixel",
-    "data_window",
     "data_window_fraction",
     "drizzle_images_tiled",
-    "input_bounds",
-    "input_row_ranges",
+    "drizzle_window",
     "plan_bands",
     "plan_strips",
 ]
@@ -122,47 +120,13 @@ def plan_strips(ny, nx, *, bytes_per_pixel, tile_memory, margin):
     return [(start, min(ny, start + height)) for start in range(0, ny, height)]
 
 
-def input_bounds(geometry, grid_wcs, *, points_per_edge=17):
-    """The output columns and rows each input reaches, from its footprint.
-
-    Parameters
-    ----------
-    geometry : list of (wcs, shape)
-    grid_wcs : gwcs.wcs.WCS
-
-    Returns
-    -------
-    list of (float, float, float, float)
-        ``(x_min, x_max, y_min, y_max)`` in output pixels; all NaN for an
-        input without a position on the grid.
-    """
-    bounds = []
-    for wcs, shape in geometry:
-        ra, dec = footprint(wcs, shape, points_per_edge=points_per_edge)
-        x, y = grid_wcs.invert(ra, dec, with_bounding_box=False)
-        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-        finite = np.isfinite(x) & np.isfinite(y)
-        if not finite.any():
-            bounds.append((math.nan,) * 4)
-        else:
-            bounds.append((float(x[finite].min()), float(x[finite].max()),
-                           float(y[finite].min()), float(y[finite].max())))
-    return bounds
-
-
-def input_row_ranges(geometry, grid_wcs, *, points_per_edge=17):
-    """The output rows each input reaches: ``(y_min, y_max)`` of `input_bounds`."""
-    return [(y_min, y_max) for _, _, y_min, y_max
-            in input_bounds(geometry, grid_wcs, points_per_edge=points_per_edge)]
-
-
-def data_window(bounds, shape, margin):
+def drizzle_window(bounds, shape, margin):
     """The rows and columns of a grid that the inputs can reach.
 
     Parameters
     ----------
     bounds : list of (float, float, float, float)
-        `input_bounds` of the inputs.
+        `~romosaic.wcs_utils.footprint_bounds` of the inputs.
     shape : (int, int)
         Grid ``(ny, nx)``.
     margin : int
@@ -174,26 +138,9 @@ def data_window(bounds, shape, margin):
         Half-open ``(row_start, row_stop), (col_start, col_stop)``; the whole
         grid when no input has a position on it (nothing is then saved, and
         nothing lands).
-
-    Examples
-    --------
-    >>> data_window([(100.0, 200.0, 50.0, 60.0)], (1000, 1000), 3)
-    ((43, 68), (93, 208))
     """
-    ny, nx = (int(n) for n in shape)
-    reached = [b for b in bounds if all(math.isfinite(v) for v in b)]
-    if not reached:
-        return (0, ny), (0, nx)
-    pad = int(margin) + _REACH_SLACK
-    x_min = min(b[0] for b in reached)
-    x_max = max(b[1] for b in reached)
-    y_min = min(b[2] for b in reached)
-    y_max = max(b[3] for b in reached)
-    rows = (max(0, math.floor(y_min) - pad), min(ny, math.ceil(y_max) + pad + 1))
-    cols = (max(0, math.floor(x_min) - pad), min(nx, math.ceil(x_max) + pad + 1))
-    if rows[0] >= rows[1] or cols[0] >= cols[1]:
-        return (0, ny), (0, nx)
-    return rows, cols
+    window = padded_window(bounds, shape, int(margin) + _REACH_SLACK)
+    return window or ((0, int(shape[0])), (0, int(shape[1])))
 
 
 class MappedPlanes:
@@ -396,8 +343,8 @@ def data_window_fraction(geometry, grid):
         skycell.
     """
     margin = edge_margin(native_pixel_scale(*geometry[0]) / grid.pixel_scale)
-    (row0, row1), (col0, col1) = data_window(input_bounds(geometry, grid.wcs), grid.shape,
-                                             margin)
+    (row0, row1), (col0, col1) = drizzle_window(_input_bounds(geometry, grid), grid.shape,
+                                                margin)
     return (row1 - row0) * (col1 - col0) / (grid.shape[0] * grid.shape[1])
 
 
@@ -459,8 +406,8 @@ def drizzle_images_tiled(
     # One margin for every strip, from the first input, as drizzle_images does.
     margin = edge_margin(input_pixel_scale / grid.pixel_scale)
     ny, nx = grid.shape
-    reach = input_bounds(geometry, grid.wcs)
-    (row0, row1), (col0, col1) = data_window(reach, grid.shape, margin)
+    reach = _input_bounds(geometry, grid)
+    (row0, row1), (col0, col1) = drizzle_window(reach, grid.shape, margin)
     coadd_options = {"variance_names": variance_names, "kernel": kernel, "pixfrac": pixfrac,
                      "fillval": fillval}
     if in_memory:
@@ -530,6 +477,12 @@ def drizzle_images_tiled(
 # nothing lands (far outside the output, zero weight).
 _NOTHING_DATA = np.zeros((2, 2), np.float32)
 _NOTHING_PIXMAP = np.full((2, 2, 2), -1.0e9)
+
+
+def _input_bounds(geometry, grid):
+    # 17 points an edge: finer than the default, as a strip's reach is
+    # decided from these bounds alone.
+    return footprint_bounds(geometry, grid.wcs, points_per_edge=17)
 
 
 def _add_nothing(coadd, exptime):
