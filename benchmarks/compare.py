@@ -582,7 +582,7 @@ def step_option(text):
     return step, parameter, value
 
 
-def step_options(parsed):
+def parse_step_options(parsed):
     """``{step: {parameter: value}}`` from `step_option` results."""
     options = {}
     for step, parameter, value in parsed:
@@ -672,7 +672,7 @@ def parse_args(argv):
     parser.add_argument("--python", default=sys.executable,
                         help="romosaic's interpreter for the children (default: this one)")
     args = parser.parse_args(argv)
-    args.romosaic_step = step_options(args.romosaic_step)
+    args.romosaic_step = parse_step_options(args.romosaic_step)
     return args
 
 
