@@ -17,6 +17,9 @@ __all__ = ["VARIANCE_ARRAYS", "check_conversion_factor", "scale_to_surface_brigh
 #: Variance arrays a Level-2 image may carry.
 VARIANCE_ARRAYS = ("var_poisson", "var_rnoise", "var_flat")
 
+# Elements scaled at a time (256 KiB of float32).
+_CHUNK = 2**16
+
 
 def check_conversion_factor(factor):
     """Whether ``factor`` is a usable DN/s → MJy/sr conversion.
@@ -41,7 +44,7 @@ def check_conversion_factor(factor):
     return None
 
 
-def scale_to_surface_brightness(arrays, factor):
+def scale_to_surface_brightness(arrays, factor, *, in_place=False):
     """Scale an image's arrays from DN/s to MJy/sr.
 
     Parameters
@@ -51,11 +54,17 @@ def scale_to_surface_brightness(arrays, factor):
         None entries are skipped.
     factor : float
         MJy/sr per DN/s.
+    in_place : bool, optional
+        Write the scaled values into ``numpy.asarray(array)`` where that is
+        writeable and C-contiguous (others get new arrays). This
+        saves a new plane per array, whose memory is slow to obtain on
+        virtual machines that hand freed pages back to their host.
 
     Returns
     -------
     dict of str to numpy.ndarray
-        New arrays with the same names and dtypes.
+        The scaled arrays, with the same names and dtypes (``numpy.asarray``
+        of the given arrays where scaled in place).
 
     Examples
     --------
@@ -69,10 +78,25 @@ def scale_to_surface_brightness(arrays, factor):
     for name, array in arrays.items():
         if array is None:
             continue
-        scale = factor * factor if name in VARIANCE_ARRAYS else factor
+        scale = np.float32(factor * factor if name in VARIANCE_ARRAYS else factor)
         values = np.asarray(array)
-        product = values.astype(np.float32) * np.float32(scale)
-        # Variances in MJy^2/sr^2 are often float16 subnormals (see `to_float16`).
-        scaled[name] = to_float16(product) if values.dtype == np.float16 else (
-            product.astype(values.dtype))
+        writeable = values.flags.writeable and values.flags.c_contiguous
+        out = values if in_place and writeable else np.empty(values.shape, values.dtype)
+        _scale_into(values, scale, out)
+        scaled[name] = out
     return scaled
+
+
+def _scale_into(values, scale, out):
+    """``out = values * scale`` in float32 arithmetic, rounded to ``out``'s dtype.
+
+    Works in chunks, so that the float32 temporaries stay small and ``out``
+    may be ``values`` itself.
+    """
+    flat_values = np.ascontiguousarray(values).reshape(-1)
+    flat_out = out.reshape(-1)
+    for start in range(0, flat_values.size, _CHUNK):
+        chunk = slice(start, start + _CHUNK)
+        product = flat_values[chunk].astype(np.float32) * scale
+        # Variances in MJy^2/sr^2 are often float16 subnormals (see `to_float16`).
+        flat_out[chunk] = to_float16(product) if out.dtype == np.float16 else product

@@ -112,3 +112,44 @@ def test_corrupt_and_missing_files(tmp_path):
         ModelLibrary(tmp_path / "missing_cal.asdf")
     with pytest.raises(AssociationError, match="empty list"):
         ModelLibrary([])
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_map_models_in_threads_gives_results_in_order_and_the_first_error(dataset, on_disk,
+                                                                         tmp_path):
+    asn_path, _ = dataset
+    library = ModelLibrary(asn_path, on_disk=on_disk, temp_directory=tmp_path)
+
+    def describe(index, model):
+        return index, str(model.meta.filename), float(np.asarray(model.data).sum())
+
+    one_at_a_time = library.map_models(describe, threads=1)
+    assert [name for _, name, _ in one_at_a_time] == [
+        "e1_wfi01_cal.asdf", "e1_wfi02_cal.asdf", "e2_wfi01_cal.asdf", "e2_wfi02_cal.asdf"]
+    assert library.map_models(describe, threads=2) == one_at_a_time
+
+    def fail_on_odd(index, model):
+        if index % 2:
+            raise RomosaicInputError(f"{model.meta.filename}: bad {index}")
+        return index
+
+    with pytest.raises(RomosaicInputError, match="e1_wfi02_cal.asdf: bad 1"):
+        library.map_models(fail_on_odd, threads=2)
+    # Every model was shelved again: the library is as usable as before.
+    assert library.map_models(lambda index, model: index, threads=2) == [0, 1, 2, 3]
+    library.close()
+
+
+def test_map_models_keeps_changes_made_in_threads(dataset):
+    asn_path, paths = dataset
+    before = [_digest(p) for p in paths]
+    library = ModelLibrary(asn_path)
+
+    def triple(index, model):
+        model.data = np.asarray(model.data) * 3
+
+    library.map_models(triple, modify=True, threads=2)
+    for index, model in library.iter_models():
+        assert float(model.data[0, 0]) == 3.0 * (1 + index // 2)
+    library.close()
+    assert [_digest(p) for p in paths] == before

@@ -190,3 +190,57 @@ def test_resample_onto_a_mostly_empty_grid_drizzles_the_window_with_any_workers(
     weight = np.asarray(one.weight)
     assert 0.1 < (weight > 0).mean() < 0.5
     assert np.isnan(np.asarray(one.data)[weight == 0]).all()
+
+
+def _flux_test_models():
+    rng = np.random.default_rng(5)
+    models = []
+    for index in range(3):
+        model = make_image_model(shape=(64, 64), conversion=0.37 + 0.1 * index,
+                                 filename=f"f{index}_cal.asdf")
+        data = rng.normal(10, 3, (64, 64)).astype(np.float32)
+        data[3, 4] = np.nan
+        model.data = data
+        # Variances of every size, float16 subnormals after scaling among them.
+        model.var_rnoise = rng.uniform(1e-7, 3e-4, (64, 64)).astype(np.float16)
+        model.var_poisson = rng.uniform(0, 2, (64, 64)).astype(np.float16)
+        models.append(model)
+    return models
+
+
+def test_flux_step_in_threads_equals_numpy_one_model_at_a_time():
+    expected = []
+    for model in _flux_test_models():
+        factor = float(model.meta.photometry.conversion_megajanskys)
+        expected.append({
+            "data": model.data * np.float32(factor),
+            "err": (model.err.astype(np.float32) * np.float32(factor)).astype(np.float16),
+            "var_rnoise": (model.var_rnoise.astype(np.float32)
+                           * np.float32(factor * factor)).astype(np.float16),
+        })
+    for workers in (1, 2):
+        library = FluxStep.call(_flux_test_models(), workers=workers)
+        for index, model in library.iter_models():
+            for name, values in expected[index].items():
+                np.testing.assert_array_equal(
+                    np.asarray(getattr(model, name)).view(np.uint8), values.view(np.uint8),
+                    err_msg=f"{name} of image {index} with {workers} workers")
+            assert model.meta.cal_step.flux == "COMPLETE"
+
+
+def test_flux_scaling_in_place_needs_no_new_plane():
+    import tracemalloc
+
+    from romosaic.flux import scale_to_surface_brightness
+
+    plane = np.random.default_rng(1).uniform(0, 1e-3, (1024, 1024)).astype(np.float16)
+    expected = scale_to_surface_brightness({"var_rnoise": plane}, 0.3)["var_rnoise"]
+    tracemalloc.start()
+    scaled = scale_to_surface_brightness({"var_rnoise": plane}, 0.3, in_place=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert scaled["var_rnoise"] is plane
+    np.testing.assert_array_equal(plane.view(np.uint16), expected.view(np.uint16))
+    # Temporaries stay a few chunks in size (1.5 MiB), less than the plane
+    # itself (2 MiB), let alone its float32 copy (4 MiB).
+    assert peak < plane.nbytes

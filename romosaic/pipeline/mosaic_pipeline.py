@@ -29,6 +29,7 @@ from pathlib import Path
 from .._atomic import atomic_save_models
 from ..errors import RomosaicInputError
 from ..models import inspect_image_model
+from ..parallel import resolve_workers
 from ..skycell import SkycellNotFoundError
 from ..steps import (
     FluxStep,
@@ -134,18 +135,25 @@ class MosaicPipeline(RomosaicPipelineBase):
             The geometry of the images kept.
         """
         good_bits = self.resample.good_bits
+
+        def inspect(index, model):
+            name = str(model.meta.filename)
+            reason = inspect_image_model(model, source=name, good_bits=good_bits)
+            filter_name = model.meta.get("instrument", {}).get("optical_element")
+            return name, reason, (model.meta.wcs, model.data.shape), str(filter_name)
+
+        # Inspecting reads every array: in memory, where the arrays stay for
+        # the steps, two cores read and decompress two files at once.
+        reports = library.map_models(inspect, threads=resolve_workers(0))
         unusable = []
         geometry = []
         filters = {}
-        for index, model in library.iter_models(modify=False):
-            name = str(model.meta.filename)
-            reason = inspect_image_model(model, source=name, good_bits=good_bits)
+        for index, (name, reason, placement, filter_name) in enumerate(reports):
             if reason is not None:
                 unusable.append((index, name, reason))
                 continue
-            geometry.append((model.meta.wcs, model.data.shape))
-            filter_name = model.meta.get("instrument", {}).get("optical_element")
-            filters.setdefault(str(filter_name), name)
+            geometry.append(placement)
+            filters.setdefault(filter_name, name)
         if len(filters) > 1:
             listing = ", ".join(f"{f} ({name})" for f, name in filters.items())
             raise RomosaicInputError(f"inputs are in different filters: {listing}")
