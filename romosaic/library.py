@@ -242,8 +242,8 @@ class ModelLibrary(AbstractModelLibrary):
         ``on_disk`` it is `iter_models`: one model in memory at a time.
 
         ``function`` must touch only the model it is given. If calls fail,
-        the error of the first model (in index order) is raised, after the
-        calls already running have finished and every model is shelved.
+        the error of the first model (in index order) is raised once every
+        call submitted has finished and every model is shelved again.
 
         Parameters
         ----------

@@ -241,6 +241,6 @@ def test_flux_scaling_in_place_needs_no_new_plane():
     tracemalloc.stop()
     assert scaled["var_rnoise"] is plane
     np.testing.assert_array_equal(plane.view(np.uint16), expected.view(np.uint16))
-    # Temporaries stay a few chunks in size (1.5 MiB), less than the plane
+    # Temporaries stay a few chunks in size (1.4 MiB), less than the plane
     # itself (2 MiB), let alone its float32 copy (4 MiB).
     assert peak < plane.nbytes
