@@ -154,6 +154,8 @@ def test_cli_writes_association(tmp_path, capsys):
 def test_bad_options_are_input_errors():
     with pytest.raises(RomosaicInputError, match="sky_levels"):
         make_image_models(n_exposures=2, size=64, sky_levels=[1.0])
+    with pytest.raises(RomosaicInputError, match="detector_sky_scatter"):
+        make_image_models(n_exposures=2, size=64, detector_sky_scatter=-0.1)
     with pytest.raises(RomosaicInputError, match="filter"):
         make_image_models(n_exposures=1, size=64, filter_name="F999")
 
@@ -315,8 +317,10 @@ def test_default_counts_scale_with_area():
 
 def test_sky_levels(noisy, clean):
     models, _, images, _ = noisy
-    assert len(set(np.round(images["sky_dn_s"], 6))) == 3
-    assert np.all((images["sky_dn_s"] >= 0.3) & (images["sky_dn_s"] <= 1.5))
+    # Every image has a sky of its own: the exposure's, scattered by about 10 %
+    # from one detector to the next.
+    assert len(set(np.round(images["sky_dn_s"], 6))) == len(images)
+    assert np.all((images["sky_dn_s"] >= 0.3 * 0.75) & (images["sky_dn_s"] <= 1.5 * 1.25))
     assert np.allclose(images["sky_mjysr"], images["sky_dn_s"] * images["conversion_megajanskys"])
     for model, clean_model, row in zip(models, clean[0], images, strict=True):
         # Where no source light falls the noise-free image is exactly the sky.
@@ -325,13 +329,25 @@ def test_sky_levels(noisy, clean):
         assert np.median(model.data[good]) == pytest.approx(row["sky_dn_s"], abs=0.01)
 
 
-def test_sky_levels_can_be_given():
+@pytest.mark.parametrize("given, expected", [
+    ([0.5, 1.25], [0.5, 0.5, 1.25, 1.25]),  # one per exposure, shared by its detectors
+    ([0.5, 0.6, 1.25, 1.0], [0.5, 0.6, 1.25, 1.0]),  # one per image
+])
+def test_sky_levels_can_be_given(given, expected):
     models, _, images, _ = make_image_models(
-        n_exposures=2, size=64, seed=0, sky_levels=[0.5, 1.25], noise=False, cosmic_ray_rate=0
+        n_exposures=2, n_detectors=2, size=64, seed=0, sky_levels=given, noise=False,
+        cosmic_ray_rate=0
     )
-    assert list(images["sky_dn_s"]) == [0.5, 1.25]
-    for model, level in zip(models, [0.5, 1.25], strict=True):
+    assert list(images["sky_dn_s"]) == expected
+    for model, level in zip(models, expected, strict=True):
         assert np.median(model.data) == pytest.approx(level, abs=1e-4)
+
+
+def test_one_sky_per_exposure_without_detector_scatter():
+    images = make_image_models(n_exposures=3, n_detectors=2, size=64, seed=0,
+                               detector_sky_scatter=0.0)[2]
+    sky = np.asarray(images["sky_dn_s"]).reshape(3, 2)
+    assert np.all(sky[:, 0] == sky[:, 1]) and len(set(sky[:, 0])) == 3
 
 
 def test_error_matches_variances_and_noise(noisy, clean):

@@ -4,10 +4,18 @@ Shared by the tests and the accuracy scripts in ``benchmarks/``, so that a
 number quoted from a script is measured exactly as the tests measure it.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 from roman_datamodels.dqflags import pixel
 
-__all__ = ["aperture_sum", "cosmic_ray_recovery"]
+__all__ = [
+    "CoverageRegions",
+    "aperture_sum",
+    "coverage_regions",
+    "cosmic_ray_recovery",
+    "source_mask",
+]
 
 
 def aperture_sum(mosaic, ra, dec, *, radius_arcsec=0.5):
@@ -94,3 +102,137 @@ def cosmic_ray_recovery(library, cosmic_rays, *, min_sigma=5.0, min_groups=2, ed
     flagged = np.array([bool(images[h["filename"]][0][int(h["y"]), int(h["x"])] & pixel.OUTLIER)
                         for h in hits])
     return int(flagged[eligible].sum()), int(eligible.sum())
+
+
+def source_mask(mosaic, sources, *, star_radius_arcsec=1.0, galaxy_margin_arcsec=0.5):
+    """Pixels of a mosaic near any source of the simulator's truth table.
+
+    Parameters
+    ----------
+    mosaic : roman_datamodels.datamodels.MosaicModel
+    sources : astropy.table.Table
+        The simulator's source truth (ra, dec, kind, truncation_radius).
+    star_radius_arcsec : float, optional
+        Radius masked around each star.
+    galaxy_margin_arcsec : float, optional
+        Added to each galaxy's truncation radius.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
+    ny, nx = mosaic.data.shape
+    scale = mosaic.meta.wcsinfo.pixel_scale * 3600.0
+    x, y = mosaic.meta.wcs.invert(np.asarray(sources["ra"]), np.asarray(sources["dec"]))
+    extent = np.nan_to_num(np.asarray(sources["truncation_radius"], dtype=float))
+    radius = np.where(np.asarray(sources["kind"]) == "star", star_radius_arcsec,
+                      extent + galaxy_margin_arcsec) / scale
+    mask = np.zeros((ny, nx), dtype=bool)
+    for xc, yc, r in zip(x, y, radius, strict=True):
+        if not (np.isfinite(xc) and -r <= xc <= nx + r and -r <= yc <= ny + r):
+            continue
+        y0, y1 = max(int(yc - r), 0), min(int(yc + r) + 2, ny)
+        x0, x1 = max(int(xc - r), 0), min(int(xc + r) + 2, nx)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        mask[y0:y1, x0:x1] |= (xx - xc) ** 2 + (yy - yc) ** 2 <= r * r
+    return mask
+
+
+@dataclass
+class CoverageRegions:
+    """Background of every coverage region of a mosaic.
+
+    A coverage region is the set of pixels with the same contributing inputs
+    (the same context bits).
+
+    Attributes
+    ----------
+    labels : numpy.ndarray of int
+        Region label of every pixel (-1: no data).
+    median : numpy.ndarray of float64
+        Median of each region's source-free pixels.
+    noise : numpy.ndarray of float64
+        Standard error of that median, allowing for the correlation of
+        neighbouring pixels (measured on the mosaic's own source-free sky).
+    npix : numpy.ndarray of int
+        Source-free pixels of each region.
+    n_inputs : numpy.ndarray of int
+        Inputs contributing to each region.
+    neighbours : numpy.ndarray of int, shape (n, 2)
+        Pairs of regions whose pixels touch.
+    """
+
+    labels: np.ndarray
+    median: np.ndarray
+    noise: np.ndarray
+    npix: np.ndarray
+    n_inputs: np.ndarray
+    neighbours: np.ndarray
+
+    def large(self, min_pixels):
+        """Indices of the regions with at least ``min_pixels`` source-free pixels."""
+        return np.flatnonzero(self.npix >= min_pixels)
+
+
+def _correlation_area(data, usable, block=4):
+    """Pixels per independent noise sample: var(block sum) / (block² var(pixel))."""
+    ny, nx = (s - s % block for s in data.shape)
+    tiles = data[:ny, :nx].reshape(ny // block, block, nx // block, block)
+    clean = usable[:ny, :nx].reshape(ny // block, block, nx // block, block).all(axis=(1, 3))
+    sums = tiles.sum(axis=(1, 3))[clean]
+    pixels = data[usable]
+    if sums.size < 30 or pixels.size < 300:
+        return 1.0
+    def robust_var(v):
+        return (1.4826 * np.median(np.abs(v - np.median(v)))) ** 2
+    return max(robust_var(sums) / (block**2 * robust_var(pixels)), 1.0)
+
+
+def coverage_regions(mosaic, mask):
+    """Background medians of the mosaic's coverage regions.
+
+    Parameters
+    ----------
+    mosaic : roman_datamodels.datamodels.MosaicModel
+    mask : numpy.ndarray of bool
+        Pixels to leave out (sources; see `source_mask`).
+
+    Returns
+    -------
+    CoverageRegions
+    """
+    data = np.asarray(mosaic.data, dtype=np.float64)
+    context = np.asarray(mosaic.context)
+    has_data = context.any(axis=0) & np.isfinite(data)
+    keys, inverse = np.unique(context.reshape(context.shape[0], -1).T, axis=0,
+                              return_inverse=True)
+    labels = inverse.reshape(data.shape).astype(np.int64)
+    # Relabel without the "no input" key, so that labels count regions of data.
+    empty = ~keys.any(axis=1)
+    new = np.cumsum(~empty) - 1
+    labels = np.where(has_data, new[labels], -1)
+    keys = keys[~empty]
+    n_inputs = np.array([sum(bin(int(v)).count("1") for v in k) for k in keys], dtype=int)
+    usable = has_data & ~mask
+    n = keys.shape[0]
+    medians = np.full(n, np.nan)
+    spreads = np.full(n, np.nan)
+    npix = np.bincount(labels[usable], minlength=n)
+    order = np.argsort(labels[usable], kind="stable")
+    values = data[usable][order]
+    bounds = np.concatenate([[0], np.cumsum(npix)])
+    for r in range(n):
+        v = values[bounds[r]:bounds[r + 1]]
+        if v.size:
+            medians[r] = np.median(v)
+            spreads[r] = 1.4826 * np.median(np.abs(v - medians[r]))
+    area = _correlation_area(data, usable)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        noise = 1.2533 * spreads * np.sqrt(area / npix)
+    pairs = []
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
+        touching = (a != b) & (a >= 0) & (b >= 0)
+        pairs.append(np.stack([np.minimum(a, b)[touching], np.maximum(a, b)[touching]], 1))
+    neighbours = np.unique(np.concatenate(pairs), axis=0) if pairs else np.empty((0, 2), int)
+    return CoverageRegions(labels=labels, median=medians, noise=noise, npix=npix,
+                           n_inputs=n_inputs, neighbours=neighbours)

@@ -1,6 +1,11 @@
 """The ``romosaic simulate`` sub-command: write a simulated association to a directory."""
 
-from .instrument import CONVERSION_MEGAJANSKYS, COSMIC_RAY_RATE, EXPOSURE_TIME
+from .instrument import (
+    CONVERSION_MEGAJANSKYS,
+    COSMIC_RAY_RATE,
+    DETECTOR_SKY_SCATTER,
+    EXPOSURE_TIME,
+)
 
 __all__ = ["add_cli_parser"]
 
@@ -60,7 +65,13 @@ def add_cli_parser(subparsers):
     )
     parser.add_argument(
         "--sky-levels", type=float, nargs="+", default=None, metavar="DN_S",
-        help="sky level in DN/s of each exposure (random, 0.3-1.5)",
+        help="sky level in DN/s of each exposure, or of each image (random: 0.3-1.5 per "
+             "exposure, each detector differing by --detector-sky-scatter)",
+    )
+    parser.add_argument(
+        "--detector-sky-scatter", type=float, default=DETECTOR_SKY_SCATTER, metavar="FRACTION",
+        help="relative scatter of the detectors' skies about their exposure's, when skies are "
+             f"drawn ({DETECTOR_SKY_SCATTER:g}; 0 for one sky per exposure)",
     )
     parser.add_argument(
         "--exposure-time", type=float, default=EXPOSURE_TIME, metavar="SEC",
@@ -100,6 +111,7 @@ def _run(args):
         cosmic_ray_rate=args.cosmic_ray_rate,
         distortion=args.distortion,
         sky_levels=args.sky_levels,
+        detector_sky_scatter=args.detector_sky_scatter,
         exposure_time=args.exposure_time,
         noise=args.noise,
         roll=args.roll,

@@ -12,6 +12,7 @@ from . import render
 from .instrument import (
     CONVERSION_MEGAJANSKYS,
     COSMIC_RAY_RATE,
+    DETECTOR_SKY_SCATTER,
     EXPOSURE_TIME,
     FLAT_ERROR,
     GAIN,
@@ -80,7 +81,7 @@ def _rng(seed, *stream):
 
 
 def _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
-                   exposure_time, cosmic_ray_rate):
+                   exposure_time, cosmic_ray_rate, detector_sky_scatter):
     if n_exposures < 1:
         raise RomosaicInputError(f"n_exposures must be at least 1, not {n_exposures}")
     if not 1 <= n_detectors <= MAX_DETECTORS:
@@ -95,9 +96,15 @@ def _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
         raise RomosaicInputError(
             f"unknown filter {filter_name!r}; use one of {', '.join(CONVERSION_MEGAJANSKYS)}"
         )
-    if sky_levels is not None and len(sky_levels) != n_exposures:
+    if sky_levels is not None and len(sky_levels) not in (n_exposures,
+                                                          n_exposures * n_detectors):
         raise RomosaicInputError(
-            f"sky_levels has {len(sky_levels)} values for {n_exposures} exposures"
+            f"sky_levels has {len(sky_levels)} values for {n_exposures} exposures of "
+            f"{n_detectors} detectors (give one per exposure or one per image)"
+        )
+    if not 0.0 <= detector_sky_scatter < 0.5:
+        raise RomosaicInputError(
+            f"detector_sky_scatter must be in [0, 0.5), not {detector_sky_scatter}"
         )
     if exposure_time <= 0:
         raise RomosaicInputError(f"exposure_time must be positive, not {exposure_time}")
@@ -113,6 +120,26 @@ def _source_arrays(sources, kind):
                 "truncation_radius")}
     columns["flux"] = columns.pop("flux_njy") * 1.0e-15
     return columns
+
+
+def _image_sky_levels(rng, sky_levels, n_exposures, n_detectors, detector_sky_scatter):
+    """Sky in DN/s of every image, in exposure-then-detector order.
+
+    Drawn skies differ between exposures (zodiacal light changes with the
+    pointing and date) and, by ``detector_sky_scatter``, between the
+    detectors of one exposure: real WFI detectors keep residual bias, dark
+    and flat-field differences, so no two images share a background exactly.
+    Given skies are used as they are.
+    """
+    if sky_levels is None:
+        # Exposure skies first, so they do not depend on the number of detectors.
+        exposure_sky = rng.uniform(*SKY_RANGE, n_exposures)
+        relative = np.clip(rng.standard_normal((n_exposures, n_detectors)), -2.5, 2.5)
+        return (exposure_sky[:, None] * (1.0 + detector_sky_scatter * relative)).ravel()
+    levels = np.asarray(sky_levels, dtype=float)
+    if levels.size == n_exposures:
+        levels = np.repeat(levels, n_detectors)
+    return levels
 
 
 def _render_scene(geometry, stars, galaxies, psf_fwhm):
@@ -149,13 +176,13 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
               filter_name="F158", n_stars=None, n_galaxies=None,
               cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False, sky_levels=None,
               exposure_time=EXPOSURE_TIME, noise=True, roll=None, n_hot_pixels=None,
-              psf_fwhm=PSF_FWHM):
+              psf_fwhm=PSF_FWHM, detector_sky_scatter=DETECTOR_SKY_SCATTER):
     """Yield the truth tables first, then (model, cosmic-ray table) per image.
 
     A generator, so that writing files can drop each model before the next is made.
     """
     _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
-                   exposure_time, cosmic_ray_rate)
+                   exposure_time, cosmic_ray_rate, detector_sky_scatter)
     filter_name = filter_name.upper()
     conversion = CONVERSION_MEGAJANSKYS[filter_name]
     placements = plan_layout(
@@ -165,9 +192,8 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
     geometries = [ImageGeometry(p) for p in placements]
     sources = make_scene(geometries, _rng(seed, _SCENE), ra=ra, dec=dec,
                          n_stars=n_stars, n_galaxies=n_galaxies)
-    if sky_levels is None:
-        sky_levels = _rng(seed, _SKY).uniform(*SKY_RANGE, n_exposures)
-    sky_levels = [float(level) for level in sky_levels]
+    image_skies = _image_sky_levels(_rng(seed, _SKY), sky_levels, n_exposures, n_detectors,
+                                    detector_sky_scatter)
     if n_hot_pixels is None:
         n_hot_pixels = max(3, int(round(HOT_PIXEL_FRACTION * size * size)))
 
@@ -177,8 +203,8 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
             "exposure": [p.exposure for p in placements],
             "detector": [p.detector for p in placements],
             "observation_id": [observation_id(p.exposure) for p in placements],
-            "sky_dn_s": [sky_levels[p.exposure - 1] for p in placements],
-            "sky_mjysr": [sky_levels[p.exposure - 1] * conversion for p in placements],
+            "sky_dn_s": image_skies,
+            "sky_mjysr": image_skies * conversion,
             "exposure_time": [float(exposure_time)] * len(placements),
             "conversion_megajanskys": [conversion] * len(placements),
         }
@@ -189,7 +215,7 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
     yield sources, images
 
     stars, galaxies = _source_arrays(sources, "star"), _source_arrays(sources, "galaxy")
-    for geometry in geometries:
+    for geometry, sky in zip(geometries, image_skies, strict=True):
         p = geometry.placement
         # A detector's read noise and hot pixels are redrawn from its own stream
         # for each exposure (identical every time) rather than kept: 18 full-size
@@ -200,7 +226,7 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
         )
         scene = _render_scene(geometry, stars, galaxies, psf_fwhm)
         arrays, (rows, cols, values) = render.expose(
-            scene, conversion=conversion, sky=sky_levels[p.exposure - 1],
+            scene, conversion=conversion, sky=float(sky),
             detector=detector, exposure_time=exposure_time, gain=GAIN,
             flat_error=FLAT_ERROR, rng=_rng(seed, _EXPOSURE, p.exposure, p.detector),
             noise=noise, cosmic_ray_rate=cosmic_ray_rate,
@@ -251,7 +277,7 @@ def make_image_models(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0
                       filter_name="F158", n_stars=None, n_galaxies=None,
                       cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False, sky_levels=None,
                       exposure_time=EXPOSURE_TIME, noise=True, roll=None, n_hot_pixels=None,
-                      psf_fwhm=PSF_FWHM):
+                      psf_fwhm=PSF_FWHM, detector_sky_scatter=DETECTOR_SKY_SCATTER):
     """Simulate a dithered set of Level-2 images in memory.
 
     Parameters
@@ -276,7 +302,10 @@ def make_image_models(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0
         Add a mild polynomial distortion (True), or one with this corner
         displacement in pixels.
     sky_levels : sequence of float or None
-        Sky in DN/s per exposure; drawn from 0.3-1.5 DN/s when None.
+        Sky in DN/s, one value per exposure (shared by its detectors) or one
+        per image (exposure-then-detector order), used as given. When None,
+        each exposure's sky is drawn from 0.3-1.5 DN/s and each of its
+        detectors differs from it by ``detector_sky_scatter``.
     exposure_time : float
         Seconds (default 139.8).
     noise : bool
@@ -288,6 +317,10 @@ def make_image_models(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0
         Hot pixels per detector; None scales with the detector area.
     psf_fwhm : float
         FWHM of the Gaussian PSF in arcsec (default 0.15).
+    detector_sky_scatter : float
+        Relative standard deviation of a detector's sky about its exposure's
+        when skies are drawn (default 0.1, clipped at 2.5 sigma; 0 gives one
+        sky per exposure).
 
     Returns
     -------
@@ -319,7 +352,8 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
                          dec=-30.0, filter_name="F158", product_name=None, n_stars=None,
                          n_galaxies=None, cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False,
                          sky_levels=None, exposure_time=EXPOSURE_TIME, noise=True, roll=None,
-                         n_hot_pixels=None, psf_fwhm=PSF_FWHM):
+                         n_hot_pixels=None, psf_fwhm=PSF_FWHM,
+                         detector_sky_scatter=DETECTOR_SKY_SCATTER):
     """Simulate a dithered set of Level-2 images and write them with an association.
 
     Parameters
@@ -332,7 +366,7 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
         As for `make_image_models`.
     n_stars, n_galaxies, cosmic_ray_rate, distortion, sky_levels : optional
         As for `make_image_models`.
-    exposure_time, noise, roll, n_hot_pixels, psf_fwhm : optional
+    exposure_time, noise, roll, n_hot_pixels, psf_fwhm, detector_sky_scatter : optional
         As for `make_image_models`.
 
     Returns

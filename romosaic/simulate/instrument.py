@@ -10,6 +10,7 @@ import numpy as np
 __all__ = [
     "ARCSEC_PER_RAD",
     "CONVERSION_MEGAJANSKYS",
+    "DETECTOR_SKY_SCATTER",
     "COSMIC_RAY_RATE",
     "DETECTOR_SIZE",
     "EXPOSURE_TIME",
@@ -55,6 +56,10 @@ EXPOSURE_TIME = 139.8
 
 #: Range of the uniform sky level in DN/s drawn for each exposure.
 SKY_RANGE = (0.3, 1.5)
+
+#: Relative standard deviation of each detector's sky about its exposure's
+#: (residual bias, dark and flat-field differences between detectors).
+DETECTOR_SKY_SCATTER = 0.1
 
 #: Default source densities per square arcminute of the union footprint.
 STAR_DENSITY = 55.0

@@ -8,10 +8,11 @@ The algorithm, on arrays and WCS objects only (the ``skymatch`` step in
 2. `measure_image_sky`, once per image, measures the clipped sky statistic
    over all good pixels (the image's "local" sky) and in every cell
    (`romosaic.skymatch.statistics`).
-3. `match_sky` combines each exposure group's cells, forms sky differences
-   between groups from the cells both fill (`pair_differences`), solves for
-   one offset per group by weighted least squares (`solve_offsets`) and
-   turns offsets and local skies into levels for the chosen method.
+3. `match_sky` forms sky differences between overlapping images from the
+   cells both fill (`pair_differences`), solves for one offset per image by
+   weighted least squares (`solve_offsets`) and turns offsets and local
+   skies into levels for the chosen method. Optionally the images of one
+   exposure share one offset (their cells combined by `combine_group_cells`).
 
 Only step 2 touches pixels, one image at a time; the rest works on tables
 of a few numbers per cell.

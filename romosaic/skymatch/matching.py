@@ -7,22 +7,28 @@ The four methods of the reference pipeline:
 ``global``
     the smallest of the images' local skies, given to every image;
 ``match``
-    one offset per exposure group that equalizes the sky where groups
-    overlap (least squares over all overlapping pairs); within a connected
-    set of overlapping groups the lowest offset is 0 (``match_down``) or the
+    one offset per image that equalizes the sky where images overlap (least
+    squares over all overlapping pairs); within a connected set of
+    overlapping images the lowest offset is 0 (``match_down``) or the
     highest is 0 (otherwise, making the others negative);
 ``global+match``
     the ``match`` offsets plus a common baseline: the smallest of the
-    groups' matched skies (local sky minus offset), so that the group with
+    images' matched skies (local sky minus offset), so that the image with
     the lowest sky after matching is at its own measured sky.
 
-Pair differences (`pair_differences`) use only coarse cells that both groups
+The unknowns are *sky units*: one image each, as in the reference pipeline,
+because every WFI detector has a background of its own (residual bias, dark
+and flat-field differences). `match_sky` also accepts larger units (e.g. the
+detectors of one exposure sharing one offset), which the step offers as an
+option.
+
+Pair differences (`pair_differences`) use only coarse cells that both units
 fill well, combine the cell differences with inverse-variance weights and
 iterative clipping (cells where one exposure has a cosmic ray, a satellite
 trail or the edge of a source the other does not see differ and are
 rejected), and give each pair a variance from the pooled scatter.
 `solve_offsets` then minimizes the weighted squared mismatch
-``Σ w_gh (x_g − x_h − d_gh)²`` for each connected set of groups.
+``Σ w_gh (x_g − x_h − d_gh)²`` for each connected set of units.
 """
 
 import logging
@@ -51,27 +57,28 @@ log = logging.getLogger(__name__)
 #: The sky methods, as spelled in ``meta.background.method``.
 SKY_METHODS = ("local", "global", "match", "global+match")
 
-#: Smallest fraction of a cell that good pixels of a group must cover for the
+#: Smallest fraction of a cell that good pixels of a unit must cover for the
 #: cell to be compared: partly covered cells at image edges see a different
 #: patch of sky than their neighbours' full cells.
 MIN_CELL_FILL = 0.5
 
-#: Fewest common cells for two groups to count as overlapping.
+#: Fewest common cells for two units to count as overlapping.
 MIN_PAIR_CELLS = 3
 
 #: Clipping limit (in robust standard deviations) of cell differences.
 PAIR_CLIP = 3.0
 _PAIR_ITERATIONS = 5
+_MIN_REDUCED_CHI2 = 1e-6
 
 
 @dataclass
 class PairDifferences:
-    """Sky differences between overlapping exposure groups.
+    """Sky differences between overlapping sky units (images or groups of them).
 
     Attributes
     ----------
     first, second : numpy.ndarray of int
-        Group indices, ``first < second``.
+        Unit indices, ``first < second``.
     difference : numpy.ndarray of float64
         Sky of ``first`` minus sky of ``second``.
     variance : numpy.ndarray of float64
@@ -99,15 +106,15 @@ class SkyMatchResult:
     levels : numpy.ndarray of float64
         Sky level per image; NaN for an image without usable pixels.
     group_levels : numpy.ndarray of float64
-        Level per exposure group (NaN when none could be measured).
+        Level per sky unit (NaN when none could be measured).
     offsets : numpy.ndarray of float64
-        Matched offsets per group, the lowest (``match_down``) or highest of
-        each connected set of groups being 0; NaN for a group that overlaps
+        Matched offsets per unit, the lowest (``match_down``) or highest of
+        each connected set of units being 0; NaN for a unit that overlaps
         no other, and all NaN for ``local`` and ``global``.
     isolated : list of int
-        Groups overlapping no other group (``match`` modes only).
+        Units overlapping no other unit (``match`` modes only).
     components : list of list of int
-        Sets of groups connected by overlaps, two or more groups each.
+        Sets of units connected by overlaps, two or more units each.
     pairs : PairDifferences or None
         The pair differences used (``match`` modes only).
     residual_rms : float
@@ -125,11 +132,12 @@ class SkyMatchResult:
 
 
 def combine_group_cells(cell_sets):
-    """Merge the cell statistics of the images of one exposure group.
+    """Merge the cell statistics of the images of one sky unit.
 
-    Detectors of one exposure do not overlap, but a cell on the gap between
-    two of them is shared; its statistics are combined weighted by pixel
-    counts and its fills added.
+    Used when several images share one offset (the detectors of one
+    exposure). They do not overlap, but a cell on the gap between two of them
+    is shared; its statistics are combined weighted by pixel counts and its
+    fills added. A unit of one image keeps its cells as they are.
 
     Parameters
     ----------
@@ -173,12 +181,12 @@ def _grouped_median(values, groups, n_groups):
 
 def pair_differences(group_cells, *, min_fill=MIN_CELL_FILL, min_cells=MIN_PAIR_CELLS,
                      clip=PAIR_CLIP):
-    """Sky differences of every pair of groups that share well-filled cells.
+    """Sky differences of every pair of sky units that share well-filled cells.
 
     Parameters
     ----------
     group_cells : list of SkyCells
-        One per exposure group (`combine_group_cells`).
+        One per sky unit (`combine_group_cells`).
     min_fill : float, optional
         Smallest cell fill used.
     min_cells : int, optional
@@ -192,8 +200,10 @@ def pair_differences(group_cells, *, min_fill=MIN_CELL_FILL, min_cells=MIN_PAIR_
 
     Notes
     -----
-    The cost is proportional to the number of (cell, group) entries times
-    the largest number of groups covering one cell.
+    The cost is proportional to the number of (cell, unit) entries times
+    the largest number of units covering one cell: near-linear in the
+    number of images, since a cell is covered by the images of a few
+    exposures only.
     """
     group = np.concatenate([np.full(len(c), g, np.int64) for g, c in enumerate(group_cells)]
                            or [np.empty(0, np.int64)])
@@ -206,9 +216,9 @@ def pair_differences(group_cells, *, min_fill=MIN_CELL_FILL, min_cells=MIN_PAIR_
     order = np.lexsort((group, cells))
     group, cells, value, variance = group[order], cells[order], value[order], variance[order]
 
-    # Entries of one cell are adjacent, ordered by group: pairing each entry
+    # Entries of one cell are adjacent, ordered by unit: pairing each entry
     # with the one `offset` places later, for growing offsets, visits every
-    # pair of groups sharing a cell once.
+    # pair of units sharing a cell once.
     firsts, seconds = [], []
     offset = 1
     while offset < cells.size:
@@ -254,7 +264,9 @@ def pair_differences(group_cells, *, min_fill=MIN_CELL_FILL, min_cells=MIN_PAIR_
     dof = int(keep.sum()) - n_pairs
     reduced = chi2 / dof if dof > 0 else 1.0
     with np.errstate(divide="ignore"):
-        pair_variance = max(reduced, 1e-300) / sum_w
+        # Noise-free images agree exactly (chi2 = 0); a floor keeps their
+        # pair variances, and so the solver's weights, finite.
+        pair_variance = max(reduced, _MIN_REDUCED_CHI2) / sum_w
     valid = n_cells >= min_cells
     return PairDifferences(
         first=(keys // n_groups)[valid],
@@ -276,10 +288,10 @@ def solve_offsets(n_groups, pairs):
     Returns
     -------
     offsets : numpy.ndarray of float64
-        NaN for groups in no pair. Each connected component's offsets are
-        determined up to a constant; its first group is set to 0.
+        NaN for units in no pair. Each connected component's offsets are
+        determined up to a constant; its first unit is set to 0.
     components : list of list of int
-        The connected components with two or more groups.
+        The connected components with two or more units.
     residual_rms : float
         RMS of ``(x_first − x_second − difference) / sqrt(variance)``.
     """
@@ -294,7 +306,7 @@ def solve_offsets(n_groups, pairs):
     in_pair[a] = in_pair[b] = True
 
     # Normal equations L x = r of the weighted least squares: L is the
-    # weighted graph Laplacian, sparse with one row per group.
+    # weighted graph Laplacian, sparse with one row per unit.
     rows = np.concatenate([a, b, a, b])
     cols = np.concatenate([a, b, b, a])
     vals = np.concatenate([w, w, -w, -w])
@@ -306,7 +318,7 @@ def solve_offsets(n_groups, pairs):
     for comp in np.unique(label[in_pair]):
         members = np.flatnonzero(label == comp)
         components.append(members.tolist())
-        # Fixing one group's offset at 0 removes the null space (a constant).
+        # Fixing one unit's offset at 0 removes the null space (a constant).
         free = members[1:]
         offsets[members[0]] = 0.0
         if free.size == 1:
@@ -326,10 +338,13 @@ def match_sky(image_skies, groups, *, skymethod="match", match_down=True, **pair
     image_skies : list of ImageSky
         One per image (`romosaic.skymatch.measure_image_sky`).
     groups : list of list of int
-        Image indices of each exposure group.
+        Image indices of each sky unit, the images that share one offset:
+        ``[[0], [1], ...]`` matches every image on its own (the reference
+        pipeline's way); the images of each exposure group make the
+        detectors of one exposure move together.
     skymethod : {"local", "global", "match", "global+match"}
     match_down : bool
-        For ``match``: the lowest offset of each connected set of groups is
+        For ``match``: the lowest offset of each connected set of units is
         0 (True) or the highest is (False).
     **pair_options
         Passed to `pair_differences`.
@@ -361,9 +376,10 @@ def match_sky(image_skies, groups, *, skymethod="match", match_down=True, **pair
     for g, members in enumerate(groups):
         group_of[list(members)] = g
     if (group_of < 0).any():
-        raise ValueError("every image must belong to one exposure group")
+        raise ValueError("every image must belong to one sky unit")
     n_groups = len(groups)
-    # The reference takes the lowest of its images' skies as a group's sky.
+    # A unit of several images takes the lowest of their skies (as the
+    # reference does for the images of one group).
     group_local = np.array([np.nanmin(local[m]) if np.isfinite(local[m]).any() else np.nan
                             for m in groups])
     valid = np.isfinite(local)

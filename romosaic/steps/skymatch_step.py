@@ -1,4 +1,4 @@
-"""``skymatch`` step: one sky level per image, equal where exposures overlap.
+"""``skymatch`` step: one sky level per image, equal where images overlap.
 
 The algorithm lives in `romosaic.skymatch`. The step reads the library three
 times, one model at a time: the geometry (to lay the coarse cell grid), the
@@ -47,10 +47,12 @@ def _background_state(model):
 class SkyMatchStep(RomosaicStep):
     """Measure (and optionally subtract) the sky of every image of an association.
 
-    With ``skymethod='match'`` (the default), sky differences between exposure
-    groups are measured only where they overlap on the sky, and one offset
-    per group is solved for by least squares, so that the mosaic shows no
-    steps between exposures. The result is written to ``meta.background``
+    With ``skymethod='match'`` (the default), sky differences between images
+    are measured only where they overlap on the sky, and one offset per image
+    is solved for by least squares, so that the mosaic shows no steps between
+    exposures or detectors (every detector has a background of its own). With
+    ``per_exposure_group=True`` the detectors of one exposure share one
+    offset instead. The result is written to ``meta.background``
     (``level``, ``subtracted``, ``method``); resample and outlier detection
     remove a level that is not yet subtracted on the fly.
     """
@@ -69,6 +71,7 @@ class SkyMatchStep(RomosaicStep):
     lsigma = float(min=0.0, default=4.0)  # Lower clipping limit, in sigma
     usigma = float(min=0.0, default=4.0)  # Upper clipping limit, in sigma
     binwidth = float(min=0.0, default=0.1)  # Histogram bin width for mode and midpt, in sigma
+    per_exposure_group = boolean(default=False)  # One offset per exposure group, not per image
     workers = integer(min=0, default=0)  # Worker processes (0: one per usable core)
     """
 
@@ -129,10 +132,9 @@ class SkyMatchStep(RomosaicStep):
 
         skies = run_in_workers(measure, range(len(library)), workers=workers)
 
-        group_ids = list(library.group_indices)
-        groups = [library.group_indices[g] for g in group_ids]
-        result = match_sky(skies, groups, skymethod=self.skymethod, match_down=self.match_down)
-        self._report(result, skies, names, group_ids, groups)
+        units, unit_names = self._sky_units(library, names)
+        result = match_sky(skies, units, skymethod=self.skymethod, match_down=self.match_down)
+        self._report(result, skies, names, units, unit_names)
 
         for index, model in library.iter_models(modify=True):
             self._record(model, result.levels[index])
@@ -160,7 +162,16 @@ class SkyMatchStep(RomosaicStep):
             names.append(name)
         return geometry, names
 
-    def _report(self, result, skies, names, group_ids, groups):
+    def _sky_units(self, library, names):
+        """The sets of images that share one offset, and how the log names them."""
+        if self.per_exposure_group:
+            group_ids = list(library.group_indices)
+            units = [library.group_indices[g] for g in group_ids]
+            return units, [f"exposure group {g} ({names[m[0]]})"
+                           for g, m in zip(group_ids, units, strict=True)]
+        return [[i] for i in range(len(names))], list(names)
+
+    def _report(self, result, skies, names, units, unit_names):
         for i, sky in enumerate(skies):
             if not sky.valid:
                 log.warning("%s: no usable pixels (all flagged by dqbits, outside "
@@ -172,29 +183,29 @@ class SkyMatchStep(RomosaicStep):
                     log.info("%s: local sky %.6g, level %.6g", names[i], sky.local,
                              result.levels[i])
             return
-        for g in result.isolated:
-            if not np.isfinite(result.group_levels[g]):
+        kind = "exposure groups" if self.per_exposure_group else "images"
+        for u in result.isolated:
+            if not np.isfinite(result.group_levels[u]):
                 continue
-            if len(groups) == 1:
-                log.warning("only one exposure group (%s): nothing to match; its local sky "
-                            "%.6g is used", group_ids[g], result.group_levels[g])
+            if len(units) == 1:
+                log.warning("only one %s (%s): nothing to match; its local sky %.6g is used",
+                            kind[:-1], unit_names[u], result.group_levels[u])
             else:
-                log.warning("exposure group %s (%s) overlaps no other exposure group; "
-                            "its local sky %.6g is used", group_ids[g], names[groups[g][0]],
-                            result.group_levels[g])
+                log.warning("%s overlaps no other %s; its local sky %.6g is used",
+                            unit_names[u], kind[:-1], result.group_levels[u])
         if len(result.components) > 1:
-            log.warning("the exposure groups form %d separate overlapping sets; their skies "
-                        "are matched within each set only", len(result.components))
+            log.warning("the %s form %d separate overlapping sets; their skies are matched "
+                        "within each set only", kind, len(result.components))
         pairs = result.pairs
         if pairs is not None and len(pairs):
-            log.info("matched %d overlapping pairs of exposure groups (%d cells); "
-                     "pair residual rms %.2f sigma", len(pairs), int(pairs.n_cells.sum()),
+            log.info("matched %d overlapping pairs of %s (%d cells); pair residual rms "
+                     "%.2f sigma", len(pairs), kind, int(pairs.n_cells.sum()),
                      result.residual_rms)
-        for g, members in enumerate(groups):
+        for u, members in enumerate(units):
             local = [skies[i].local for i in members if skies[i].valid]
             if local:
-                log.info("exposure group %s: level %.6g (local sky %.6g)", group_ids[g],
-                         result.group_levels[g], min(local))
+                log.info("%s: level %.6g (local sky %.6g)", unit_names[u],
+                         result.group_levels[u], min(local))
 
     def _record(self, model, level):
         name = model.meta.filename
