@@ -69,7 +69,7 @@ def add_cli_parser(subparsers):
              "exposure, each detector differing by --detector-sky-scatter)",
     )
     parser.add_argument(
-        "--detector-sky-scatter", type=float, default=DETECTOR_SKY_SCATTER, metavar="FRACTION",
+        "--detector-sky-scatter", type=float, default=DETECTOR_SKY_SCATTER, metavar="F",
         help="relative scatter of the detectors' skies about their exposure's, when skies are "
              f"drawn ({DETECTOR_SKY_SCATTER:g}; 0 for one sky per exposure)",
     )
