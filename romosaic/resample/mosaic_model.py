@@ -80,6 +80,7 @@ def build_mosaic_model(
     input_pixel_scale,
     data_release_id=None,
     include_var_flat=False,
+    noise=None,
 ):
     """A validated-shape `MosaicModel` from a finished co-add.
 
@@ -98,6 +99,11 @@ def build_mosaic_model(
         Native pixel size of the inputs in arcseconds.
     data_release_id : str, optional
     include_var_flat : bool, optional
+    noise : NoiseCorrelation, optional
+        How the drizzle correlated the noise (see
+        `romosaic.resample.noise_correlation`); recorded as
+        ``meta.resample.aperture_variance_factor``, ``noise_correlation``
+        and ``noise_correlation_inputs``.
 
     Returns
     -------
@@ -144,6 +150,8 @@ def build_mosaic_model(
         "members": [s.filename for s in summaries],
         "weight_type": str(weight_type),
     }
+    if noise is not None:
+        meta.resample.update(noise.to_meta())
     meta.wcs = grid.wcs
     meta.wcsinfo = _wcsinfo(grid)
     meta.statistics = _statistics(result)

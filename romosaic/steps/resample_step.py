@@ -25,6 +25,7 @@ from ..resample import (
     skycell_grid_for_association,
 )
 from ..resample.grid import DEFAULT_MAX_OUTPUT_PIXELS, check_grid_size
+from ..resample.noise_correlation import noise_correlation_for_grid
 from ..resample.tiled import data_window_fraction, drizzle_images_tiled
 from ._survey import survey_inputs
 from .base import STEP_COMPLETE, RomosaicStep
@@ -136,7 +137,11 @@ class ResampleStep(RomosaicStep):
             input_pixel_scale=input_scale,
             data_release_id=library.asn.get("data_release_id"),
             include_var_flat=self.include_var_flat,
+            noise=noise_correlation_for_grid(geometry, grid.wcs, grid.shape,
+                                             kernel=self.kernel, pixfrac=self.pixfrac),
         )
+        log.info("aperture variance factor (drizzle noise correlation): %.3f",
+                 mosaic.meta.resample["aperture_variance_factor"])
         self.record_status(mosaic, STEP_COMPLETE)
         mosaic.meta.filename = f"{library.product_name}_coadd.asdf"
         return mosaic
