@@ -95,7 +95,7 @@ def check_catalog_parameters(*, bkg_boxsize, kernel_fwhm, snr_threshold, npixels
 
 def make_source_catalog(data, err, wcs, *, weight=None, pixel_scale_arcsec=None,
                         bkg_boxsize=1000, kernel_fwhm=2.0, snr_threshold=3.0, npixels=25,
-                        deblend=False, aperture_correction=None):
+                        deblend=False, aperture_correction=None, noise_correlation=None):
     """Detect and measure the sources of a mosaic.
 
     Parameters
@@ -124,6 +124,11 @@ def make_source_catalog(data, err, wcs, *, weight=None, pixel_scale_arcsec=None,
         Split blended sources.
     aperture_correction : ApertureCorrection, optional
         Encircled-energy fractions dividing the aperture fluxes.
+    noise_correlation : NoiseCorrelation, optional
+        How the drizzle correlated the mosaic's noise
+        (`romosaic.resample.noise_correlation.NoiseCorrelation.from_meta`):
+        every uncertainty then includes it. Without it, flux uncertainties
+        are calibrated on empty apertures (`romosaic.catalog.noise`).
 
     Returns
     -------
@@ -195,7 +200,8 @@ def make_source_catalog(data, err, wcs, *, weight=None, pixel_scale_arcsec=None,
     measured = measure_sources(
         subtracted, segmentation, error, no_data, wcs,
         aperture_radii_arcsec=APERTURE_RADII_ARCSEC, pixel_scale_arcsec=pixel_scale_arcsec,
-        deblended=deblend)
+        deblended=deblend,
+        correlation=None if noise_correlation is None else noise_correlation.correlation)
     values = measured.values
     if aperture_correction is not None:
         for radius, ee in zip(APERTURE_RADII_ARCSEC, aperture_correction.ee_fraction,
@@ -204,20 +210,35 @@ def make_source_catalog(data, err, wcs, *, weight=None, pixel_scale_arcsec=None,
             values[name] = values[name] / ee
             values[f"{name}_err"] = values[f"{name}_err"] / ee
     noise = measured.noise
+    if noise_correlation is not None:
+        meta.update({
+            "error_calibration": (
+                "drizzle noise correlation: each uncertainty is the variance of its weighted "
+                "pixel sum with the mosaic's noise_correlation kernel (meta.resample); "
+                "error_factors give its effect on circular apertures on flat noise, "
+                "empty_aperture_check the scatter of empty-aperture sums over their errors"),
+            "aperture_variance_factor": float(noise_correlation.aperture_variance_factor),
+            "error_factors": [float(f) for f in noise.factors],
+            "empty_aperture_check": [float(r) for r in measured.empty_check],
+        })
+    else:
+        meta.update({
+            "error_calibration": ("empty apertures: formal errors multiplied by the factors in "
+                                  "error_factors (Kron and segment: circle of equal area)"
+                                  if noise.calibrated else
+                                  "none: too little empty sky; errors are the formal ones "
+                                  "from the err array and likely underestimated"),
+            "error_factors": [float(f) for f in noise.factors],
+            "error_factor_apertures": [int(n) for n in noise.counts],
+        })
+        if not noise.calibrated:
+            notes.append("too little empty sky to calibrate flux uncertainties on empty "
+                         "apertures")
     meta.update({
-        "error_calibration": ("empty apertures: formal errors multiplied by the factors in "
-                              "error_factors (Kron and segment: circle of equal area)"
-                              if noise.calibrated else
-                              "none: too little empty sky; errors are the formal ones from "
-                              "the err array and likely underestimated"),
-        "error_factors": [float(f) for f in noise.factors],
-        "error_factor_apertures": [int(n) for n in noise.counts],
         "aperture_radii_pix": [float(r) for r in measured.aperture_radii_pix],
         "stellar_locus_concentration": measured.stellar_locus,
         "stellar_locus_measured": measured.stellar_locus_measured,
     })
-    if not noise.calibrated:
-        notes.append("too little empty sky to calibrate flux uncertainties on empty apertures")
     if not measured.stellar_locus_measured:
         notes.append("too few bright, clean sources to measure the point-source "
                      "concentration: is_extended assumed C* = 1")

@@ -13,9 +13,10 @@ per-pixel uncertainty:
   neighbouring source inside an aperture are replaced by their mirror image
   about the source's centre.
 
-romosaic adds what photutils does not provide: uncertainties calibrated on
-empty sky (`romosaic.catalog.noise`; photutils treats pixels as independent,
-drizzled pixels are not), centroid uncertainties,
+romosaic adds what photutils does not provide: uncertainties that include
+the drizzle's noise correlation, or else calibrated on empty sky
+(`romosaic.catalog.noise`; photutils treats pixels as independent, drizzled
+pixels are not), centroid uncertainties,
 the residual local background in a 2.4-2.8″ annulus, sky units from the WCS
 at each source (see `romosaic.catalog.geometry`), nearest neighbours,
 ``is_extended`` (`romosaic.catalog.classify`) and the flags
@@ -32,11 +33,18 @@ import numpy as np
 from photutils.segmentation import SourceCatalog
 from scipy.spatial import cKDTree
 
+from ..resample.noise_correlation import circular_aperture_factor, correlated_variance
 from .classify import classify_extended
 from .columns import aperture_column
 from .flags import BLENDED, MASKED, aperture_flags, centroid_flags
 from .geometry import SR_PER_ARCSEC2, local_geometry
-from .noise import NoiseCalibration, calibrate_aperture_noise
+from .noise import (
+    NoiseCalibration,
+    aperture_errors,
+    calibrate_aperture_noise,
+    empty_aperture_check,
+    segment_errors,
+)
 
 __all__ = [
     "AB_ZERO_POINT_NJY",
@@ -77,7 +85,12 @@ class MeasuredSources:
     aperture_radii_pix : list of float
         Radii of the circular apertures in pixels.
     noise : NoiseCalibration
-        The empty-aperture error factors applied.
+        The error factors: measured on empty apertures and applied (no
+        ``correlation``), or with a correlation the factors of circular
+        apertures on uniform noise, for information.
+    empty_check : list of float or None
+        With a correlation: scatter of empty-aperture sums over their
+        predicted errors, per radius (1 is right).
     """
 
     values: dict
@@ -85,10 +98,11 @@ class MeasuredSources:
     stellar_locus_measured: bool
     aperture_radii_pix: list
     noise: NoiseCalibration
+    empty_check: list | None = None
 
 
 def measure_sources(data, segmentation, error, no_data, wcs, *, aperture_radii_arcsec,
-                    pixel_scale_arcsec, deblended=False):
+                    pixel_scale_arcsec, deblended=False, correlation=None):
     """Measure every segment of a segmentation image.
 
     Parameters
@@ -109,6 +123,10 @@ def measure_sources(data, segmentation, error, no_data, wcs, *, aperture_radii_a
         Pixel size used to turn aperture radii into pixels.
     deblended : bool
         Whether the segmentation was deblended (sets the BLENDED flag).
+    correlation : numpy.ndarray, optional
+        The drizzle's noise correlation kernel ``ρ`` (see
+        `romosaic.resample.noise_correlation`): uncertainties then include
+        it exactly; without it they are calibrated on empty apertures.
 
     Returns
     -------
@@ -141,18 +159,28 @@ def measure_sources(data, segmentation, error, no_data, wcs, *, aperture_radii_a
     win_ok = np.isfinite(ra_win) & np.isfinite(dec_win)
 
     radii_pix = [float(r) / pixel_scale_arcsec for r in aperture_radii_arcsec]
-    noise = calibrate_aperture_noise(data, error, no_data, segmentation.data, radii_pix)
+    empty_check = None
+    if correlation is None:
+        noise = calibrate_aperture_noise(data, error, no_data, segmentation.data, radii_pix)
+    else:
+        # For the record only: what the correlation does to circular apertures on flat noise.
+        noise = NoiseCalibration(radii_pix, [np.sqrt(circular_aperture_factor(correlation, r))
+                                             for r in radii_pix], [0] * len(radii_pix))
+        empty_check, _ = empty_aperture_check(data, error, no_data, segmentation.data,
+                                              radii_pix, correlation)
     area_pix = _plain(catalog.area)
     half_light = _plain(catalog.flux_radius(0.5))
 
     x_err, y_err, xw_err, yw_err = _centroid_errors(
-        data, error, no_data, segmentation, labels, x, y, x_win, y_win, half_light)
-    # The formal errors treat pixels as independent; scale them by the
-    # empty-aperture factor of a comparable aperture (romosaic.catalog.noise).
-    segment_factor = noise.at_area(area_pix)
-    window_factor = noise.at_radius(2.0 * np.maximum(half_light, 0.5))
-    x_err, y_err = x_err * segment_factor, y_err * segment_factor
-    xw_err, yw_err = xw_err * window_factor, yw_err * window_factor
+        data, error, no_data, segmentation, labels, x, y, x_win, y_win, half_light,
+        correlation)
+    if correlation is None:
+        # The formal errors treat pixels as independent; scale them by the
+        # empty-aperture factor of a comparable aperture (romosaic.catalog.noise).
+        segment_factor = noise.at_area(area_pix)
+        window_factor = noise.at_radius(2.0 * np.maximum(half_light, 0.5))
+        x_err, y_err = x_err * segment_factor, y_err * segment_factor
+        xw_err, yw_err = xw_err * window_factor, yw_err * window_factor
     east_err, north_err = _sky_errors(geometry.cd, x_err, y_err)
     east_werr, north_werr = _sky_errors(geometry.cd, xw_err, yw_err)
 
@@ -188,9 +216,15 @@ def measure_sources(data, segmentation, error, no_data, wcs, *, aperture_radii_a
     kron = _per_source(catalog.kron_aperture)
     kron_area = np.array([np.nan if k is None else float(k.area) for k in kron])
     values["segment_flux"] = _plain(catalog.segment_flux) * to_njy
-    values["segment_flux_err"] = _plain(catalog.segment_flux_err) * to_njy * segment_factor
     kron_flux = _plain(catalog.kron_flux) * to_njy
-    kron_err = _plain(catalog.kron_flux_err) * to_njy * noise.at_area(kron_area)
+    if correlation is None:
+        values["segment_flux_err"] = _plain(catalog.segment_flux_err) * to_njy * segment_factor
+        kron_err = _plain(catalog.kron_flux_err) * to_njy * noise.at_area(kron_area)
+    else:
+        values["segment_flux_err"] = segment_errors(segmentation, labels, error,
+                                                    correlation) * to_njy
+        kron_err = _masked_like(aperture_errors(kron, error, correlation),
+                                _plain(catalog.kron_flux_err)) * to_njy
     values["kron_flux"], values["kron_flux_err"] = kron_flux, kron_err
     values["kron_abmag"], values["kron_abmag_err"] = abmag(kron_flux, kron_err)
 
@@ -199,7 +233,12 @@ def measure_sources(data, segmentation, error, no_data, wcs, *, aperture_radii_a
         flux, flux_err = catalog.circular_photometry(radius_pix)
         name = aperture_column(radius)
         values[name] = _plain(flux) * to_njy
-        values[f"{name}_err"] = _plain(flux_err) * to_njy * factor
+        if correlation is None:
+            values[f"{name}_err"] = _plain(flux_err) * to_njy * factor
+        else:
+            circles = _per_source(catalog.make_circular_apertures(radius_pix))
+            values[f"{name}_err"] = _masked_like(aperture_errors(circles, error, correlation),
+                                                 _plain(flux_err)) * to_njy
 
     values["aper_bkg_flux"], values["aper_bkg_flux_err"] = _local_background(
         data, no_data | (segmentation.data > 0), x_geo, y_geo, pixel_scale_arcsec)
@@ -234,7 +273,12 @@ def measure_sources(data, segmentation, error, no_data, wcs, *, aperture_radii_a
     nan = np.full(labels.size, np.nan)
     values["roundness1"], values["sharpness"], values["dust_ebv"] = nan, nan, nan
     return MeasuredSources(values=values, stellar_locus=locus, stellar_locus_measured=measured,
-                           aperture_radii_pix=radii_pix, noise=noise)
+                           aperture_radii_pix=radii_pix, noise=noise, empty_check=empty_check)
+
+
+def _masked_like(errors, photutils_errors):
+    """NaN where photutils found no usable pixel, as its own errors say."""
+    return np.where(np.isfinite(photutils_errors), errors, np.nan)
 
 
 def abmag(flux_njy, flux_err_njy):
@@ -266,30 +310,30 @@ def _sky_errors(cd, x_err, y_err):
 
 
 def _centroid_errors(data, error, no_data, segmentation, labels, x, y, x_win, y_win,
-                     half_light):
-    """Formal uncertainties of the moment and windowed centroids, pixels.
+                     half_light, correlation=None):
+    """Uncertainties of the moment and windowed centroids, pixels.
 
     Moment centroid over the segment S: ``σ_x² = Σ_S (x − x̄)² σ² / (Σ_S I)²``.
     Windowed centroid with Gaussian weights ``w`` (σ_w = half-light radius ×
     2/2.35, pixels within 4 σ_w): ``σ_x² = 4 Σ w² (x − x̄)² σ² / (Σ w I)²``
-    (SourceExtractor's ERRX2WIN). NaN where a centroid is undefined.
+    (SourceExtractor's ERRX2WIN). Both are the variance of a weighted pixel
+    sum, so with a noise ``correlation`` the same weights go through
+    `correlated_variance`. NaN where a centroid is undefined.
     """
     n = labels.size
     out = np.full((4, n), np.nan)
     seg = segmentation.data
     ny, nx = data.shape
-    variance = error.astype(np.float64) ** 2
     slices = dict(zip(segmentation.labels, segmentation.slices, strict=True))
     for i, label in enumerate(labels):
         sy, sx = slices[label]
         inside = (seg[sy, sx] == label) & ~no_data[sy, sx]
-        yy, xx = np.nonzero(inside)
-        values = data[sy, sx][inside].astype(np.float64)
-        var = variance[sy, sx][inside]
-        total = values.sum()
+        total = data[sy, sx][inside].astype(np.float64).sum()
         if total > 0 and np.isfinite(x[i]):
-            out[0, i] = np.sqrt(np.sum((xx + sx.start - x[i]) ** 2 * var)) / total
-            out[1, i] = np.sqrt(np.sum((yy + sy.start - y[i]) ** 2 * var)) / total
+            yy, xx = np.indices(inside.shape)
+            for axis, offset in ((0, xx + sx.start - x[i]), (1, yy + sy.start - y[i])):
+                out[axis, i] = _weighted_sum_error(np.where(inside, offset / total, 0.0),
+                                                   error[sy, sx], correlation)
         if not (np.isfinite(x_win[i]) and np.isfinite(y_win[i])):
             continue
         sigma = max(half_light[i], 0.5) * 2.0 / 2.35 if np.isfinite(half_light[i]) else 0.5
@@ -302,16 +346,22 @@ def _centroid_errors(data, error, no_data, segmentation, labels, x, y, x_win, y_
         dx = np.arange(x0, x1)[None, :] - x_win[i]
         r2 = dx**2 + dy**2
         use = (r2 <= radius**2) & ~no_data[y0:y1, x0:x1]
-        weight = np.exp(-r2 / (2.0 * sigma**2))[use]
-        flux = np.sum(weight * data[y0:y1, x0:x1][use])
+        weight = np.where(use, np.exp(-r2 / (2.0 * sigma**2)), 0.0)
+        flux = np.sum(weight * data[y0:y1, x0:x1])
         if flux <= 0:
             continue
-        var = variance[y0:y1, x0:x1][use]
-        dxu = np.broadcast_to(dx, r2.shape)[use]
-        dyu = np.broadcast_to(dy, r2.shape)[use]
-        out[2, i] = 2.0 * np.sqrt(np.sum(weight**2 * dxu**2 * var)) / flux
-        out[3, i] = 2.0 * np.sqrt(np.sum(weight**2 * dyu**2 * var)) / flux
+        err = error[y0:y1, x0:x1]
+        for axis, offset in ((2, np.broadcast_to(dx, r2.shape)),
+                             (3, np.broadcast_to(dy, r2.shape))):
+            out[axis, i] = _weighted_sum_error(2.0 * weight * offset / flux, err, correlation)
     return out[0], out[1], out[2], out[3]
+
+
+def _weighted_sum_error(weights, err, correlation):
+    """One-sigma uncertainty of ``Σ weights · data``; independent pixels without a correlation."""
+    if correlation is None:
+        return float(np.sqrt(np.sum(weights**2 * err.astype(np.float64) ** 2)))
+    return float(np.sqrt(max(correlated_variance(weights, err, correlation), 0.0)))
 
 
 def _local_background(data, excluded, x, y, pixel_scale_arcsec):

@@ -24,6 +24,7 @@ from ..catalog import (
 )
 from ..errors import ModelTypeError, RomosaicInputError
 from ..models import one_line_message
+from ..resample.noise_correlation import NoiseCorrelation
 from .base import STEP_COMPLETE, RomosaicStep
 
 __all__ = ["SourceCatalogStep"]
@@ -89,6 +90,7 @@ class SourceCatalogStep(RomosaicStep):
             npixels=self.npixels,
             deblend=self.deblend,
             aperture_correction=correction,
+            noise_correlation=NoiseCorrelation.from_meta(mosaic.meta.get("resample")),
         )
         if self.fit_psf:
             log.warning("fit_psf: PSF photometry %s", PSF_NOT_AVAILABLE)
