@@ -8,9 +8,10 @@ Two cases by default:
 Each mosaic is synthetic: a TAN grid, stars and galaxies at the simulator's
 default densities (55 and 37 per arcmin²) rendered with the simulator's
 Gaussian PSF and Sersic profiles, the simulator's sky, Gaussian noise, a
-strip of quarter weight (a dither gap: twice the noise) and an uncovered
-corner (no data, zero weight). It is built once in a child process and cached
-under ``--data-dir`` with its truth table.
+strip of quarter weight (a dither gap: twice the noise, one input instead
+of four in the context image) and an uncovered corner (no data, zero
+weight). It is built once in a child process and cached under
+``--data-dir`` with its truth table.
 
 The step then runs in a fresh process that loads the mosaic first, so the
 reported peak resident memory (``ru_maxrss``) is that of the mosaic plus the
@@ -113,7 +114,11 @@ def build_mosaic(size, scale, path, truth_path):
     model.data = data
     model.err = err
     model.weight = weight
-    model.context = np.ones((1, *shape), np.uint32)
+    # Four inputs everywhere, one in the dither gap, none in the uncovered corner.
+    context = np.full((1, *shape), 0b1111, np.uint32)
+    context[0][weight == 0.25] = 0b0001
+    context[0][uncovered] = 0
+    model.context = context
     for name in ("var_poisson", "var_rnoise"):
         setattr(model, name, (err.astype(np.float32) ** 2) / 2)
     model.meta.wcs = wcs

@@ -4,7 +4,8 @@ Modules, in the order data flows through them:
 
 * `background` — background level and per-pixel noise (photutils Background2D,
   noise following the weight map);
-* `detection` — Gaussian smoothing, thresholding, optional deblending;
+* `detection` — Gaussian smoothing, thresholding, optional deblending,
+  rejection of cosmic rays where a single input covers the mosaic;
 * `measure` — positions, shapes, photometry in nJy, local background,
   neighbours, flags (`flags`) and ``is_extended`` (`classify`), with sky units
   from the WCS at each source (`geometry`);
@@ -26,7 +27,12 @@ from .core import (
     check_catalog_parameters,
     make_source_catalog,
 )
-from .detection import convolve_gaussian, find_sources, gaussian_kernel_1d
+from .detection import (
+    convolve_gaussian,
+    coverage_from_context,
+    find_sources,
+    gaussian_kernel_1d,
+)
 from .geometry import LocalGeometry, local_geometry
 from .measure import abmag, measure_sources
 from .products import catalog_model, product_stem, segmentation_model
@@ -45,6 +51,7 @@ __all__ = [
     "check_catalog_parameters",
     "classify_extended",
     "convolve_gaussian",
+    "coverage_from_context",
     "empty_table",
     "estimate_background",
     "find_sources",

@@ -6,7 +6,9 @@
 2. background level and noise (`romosaic.catalog.background`);
 3. the background-subtracted image is smoothed with a Gaussian of
    ``kernel_fwhm`` pixels and segmented at ``snr_threshold`` × noise
-   (`romosaic.catalog.detection`), optionally deblended;
+   (`romosaic.catalog.detection`), optionally deblended; where a single
+   input covers the mosaic, detections sharper than a point source are
+   rejected as cosmic rays;
 4. every segment is measured (`romosaic.catalog.measure`);
 5. aperture fluxes are divided by the user's encircled-energy fractions, if
    given (`romosaic.catalog.apcorr`).
@@ -26,8 +28,8 @@ from .. import __version__
 from ..errors import RomosaicInputError
 from .background import estimate_background
 from .columns import aperture_column, empty_table, make_table
-from .detection import convolve_gaussian, find_sources, require_deblender
-from .flags import FLAG_DESCRIPTIONS
+from .detection import convolve_gaussian, find_sources, reject_cosmic_rays, require_deblender
+from .flags import FLAG_DESCRIPTIONS, coverage_flags
 from .geometry import local_geometry
 from .measure import KRON_PARAMS, LOCAL_BACKGROUND_ANNULUS, measure_sources
 
@@ -93,7 +95,8 @@ def check_catalog_parameters(*, bkg_boxsize, kernel_fwhm, snr_threshold, npixels
         require_deblender()
 
 
-def make_source_catalog(data, err, wcs, *, weight=None, pixel_scale_arcsec=None,
+def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
+                        pixel_scale_arcsec=None,
                         bkg_boxsize=1000, kernel_fwhm=2.0, snr_threshold=3.0, npixels=25,
                         deblend=False, aperture_correction=None, noise_correlation=None):
     """Detect and measure the sources of a mosaic.
@@ -109,6 +112,11 @@ def make_source_catalog(data, err, wcs, *, weight=None, pixel_scale_arcsec=None,
     weight : numpy.ndarray, optional
         The mosaic's weight map: zero marks pixels without data, and the
         detection noise follows it (see `romosaic.catalog.background`).
+    coverage : numpy.ndarray, optional
+        Number of input images contributing to each pixel (see
+        `romosaic.catalog.detection.coverage_from_context`). Where it is at
+        most 1, detections sharper than a point source are rejected as
+        cosmic rays (`romosaic.catalog.detection.reject_cosmic_rays`).
     pixel_scale_arcsec : float, optional
         Pixel size converting aperture radii to pixels; default: measured
         from ``wcs`` at the centre of the mosaic.
@@ -149,6 +157,8 @@ def make_source_catalog(data, err, wcs, *, weight=None, pixel_scale_arcsec=None,
         raise RomosaicInputError(f"err has shape {err.shape}, data {data.shape}")
     if weight is not None and np.shape(weight) != data.shape:
         raise RomosaicInputError(f"weight has shape {np.shape(weight)}, data {data.shape}")
+    if coverage is not None and np.shape(coverage) != data.shape:
+        raise RomosaicInputError(f"coverage has shape {np.shape(coverage)}, data {data.shape}")
 
     notes = []
     meta = _base_meta(bkg_boxsize, kernel_fwhm, snr_threshold, npixels, deblend,
@@ -196,6 +206,13 @@ def make_source_catalog(data, err, wcs, *, weight=None, pixel_scale_arcsec=None,
     if segmentation is None:
         return _empty(data.shape, meta, notes, "no sources detected",
                       detection_image=detection_image)
+    segmentation, rejection = reject_cosmic_rays(
+        segmentation, subtracted, detection_image, error, no_data, coverage, kernel_fwhm)
+    meta.update(rejection.meta())
+    notes.extend(rejection.notes)
+    if segmentation is None:
+        return _empty(data.shape, meta, notes, "every detection was a cosmic ray",
+                      detection_image=detection_image)
 
     measured = measure_sources(
         subtracted, segmentation, error, no_data, wcs,
@@ -203,6 +220,9 @@ def make_source_catalog(data, err, wcs, *, weight=None, pixel_scale_arcsec=None,
         deblended=deblend,
         correlation=None if noise_correlation is None else noise_correlation.correlation)
     values = measured.values
+    if coverage is not None:
+        values["warning_flags"] = values["warning_flags"] | coverage_flags(
+            values["x_centroid"], values["y_centroid"], np.asarray(coverage))
     if aperture_correction is not None:
         for radius, ee in zip(APERTURE_RADII_ARCSEC, aperture_correction.ee_fraction,
                               strict=True):

@@ -18,6 +18,11 @@ Bit  Name              Meaning
                        overlaps another source's segment; those pixels were
                        replaced by their mirror image about the source's centre
                        before photometry (photutils' ``correct`` method)
+32   SINGLE_INPUT      at most one input image contributes at the centroid
+                       pixel: outlier detection could not compare exposures
+                       there, so a cosmic ray broader than the sharpness test
+                       allows, or one on top of a source, may remain
+                       (set only when the mosaic's context image is known)
 ==== ================= =========================================================
 
 ``image_flags`` (int32) is 1 when any pixel of those apertures lacks data
@@ -37,8 +42,10 @@ __all__ = [
     "MASKED",
     "NEIGHBOUR",
     "NO_DATA_CENTROID",
+    "SINGLE_INPUT",
     "aperture_flags",
     "centroid_flags",
+    "coverage_flags",
 ]
 
 NO_DATA_CENTROID = 1
@@ -46,6 +53,7 @@ EDGE = 2
 MASKED = 4
 BLENDED = 8
 NEIGHBOUR = 16
+SINGLE_INPUT = 32
 
 #: Stored with the catalog so that the file explains its own flags.
 FLAG_DESCRIPTIONS = {
@@ -54,6 +62,8 @@ FLAG_DESCRIPTIONS = {
     "warning_flags_4": "Kron or largest circular aperture contains pixels without data",
     "warning_flags_8": "split from a larger segment by the deblender",
     "warning_flags_16": "Kron or largest circular aperture overlaps another source's segment",
+    "warning_flags_32": "at most one input image contributes at the centroid: cosmic rays "
+                        "could not be rejected by comparing exposures",
     "image_flags_1": "Kron or largest circular aperture contains pixels without data",
 }
 
@@ -82,6 +92,35 @@ def centroid_flags(x, y, no_data):
     bad = ~inside
     bad[inside] = no_data[iy[inside], ix[inside]]
     return np.where(bad, NO_DATA_CENTROID, 0).astype(np.int32)
+
+
+def coverage_flags(x, y, coverage):
+    """SINGLE_INPUT where at most one input image contributes at the rounded centroid.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        Centroids in pixels (may be NaN; such sources are not flagged here,
+        NO_DATA_CENTROID covers them).
+    coverage : numpy.ndarray
+        Number of input images contributing to each pixel.
+
+    Returns
+    -------
+    numpy.ndarray of int32
+    """
+    ny, nx = coverage.shape
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    finite = np.isfinite(x) & np.isfinite(y)
+    ix = np.zeros(x.shape, dtype=np.int64)
+    iy = np.zeros(y.shape, dtype=np.int64)
+    ix[finite] = np.floor(x[finite] + 0.5).astype(np.int64)
+    iy[finite] = np.floor(y[finite] + 0.5).astype(np.int64)
+    inside = finite & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+    single = np.zeros(x.shape, dtype=bool)
+    single[inside] = coverage[iy[inside], ix[inside]] <= 1
+    return np.where(single, SINGLE_INPUT, 0).astype(np.int32)
 
 
 def aperture_flags(apertures, labels, segmentation, no_data):

@@ -17,6 +17,7 @@ from ..catalog import (
     APERTURE_RADII_ARCSEC,
     catalog_model,
     check_catalog_parameters,
+    coverage_from_context,
     make_source_catalog,
     product_stem,
     read_aperture_corrections,
@@ -78,11 +79,14 @@ class SourceCatalogStep(RomosaicStep):
                 self.aperture_corrections, APERTURE_RADII_ARCSEC,
                 None if filter_name is None else str(filter_name))
         weight = getattr(mosaic, "weight", None)
+        context = getattr(mosaic, "context", None)
         result = make_source_catalog(
             mosaic.data,
             mosaic.err,
             wcs,
             weight=None if weight is None else np.asarray(weight),
+            coverage=None if context is None or weight is None else
+            coverage_from_context(context, np.asarray(weight)),
             pixel_scale_arcsec=_pixel_scale_arcsec(mosaic),
             bkg_boxsize=self.bkg_boxsize,
             kernel_fwhm=self.kernel_fwhm,
