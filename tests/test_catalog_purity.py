@@ -163,32 +163,41 @@ def test_coverage_from_context_counts_inputs_over_planes():
     assert coverage_from_context(np.zeros((1, 2, 3), np.uint32), weight) is None
 
 
-def test_minor_moment_tells_a_pixel_from_a_point_source_and_reports_cut_windows():
+def test_minor_moment_tells_a_pixel_from_a_point_source_across_cut_windows():
     from romosaic.catalog.detection import minor_moment
 
-    image = np.zeros((60, 60), np.float32)
-    _gaussian_stamp(image, 15.3, 15.2, 1000.0, 1.3)
-    image[15, 45] = 1000.0
-    _gaussian_stamp(image, 45.2, 44.9, 1000.0, 1.3)
-    _gaussian_stamp(image, 15.2, 45.1, 1000.0, 1.3)
+    image = np.zeros((60, 80), np.float32)
+    positions = [(15.3, 15.2), (45.0, 15.0), (45.2, 44.9), (15.2, 45.1), (60.1, 40.2),
+                 (78.0, 15.0), (1.2, 20.3)]
+    for x, y in positions:
+        if x == int(x) and y == int(y):
+            image[int(y), int(x)] = 1000.0  # a single hot pixel or cosmic ray
+        else:
+            _gaussian_stamp(image, x, y, 1000.0, 1.3)
     no_data = np.zeros(image.shape, bool)
-    no_data[30:, 47:] = True  # close to the third source
+    no_data[30:, 47:54] = True  # two pixels from the third source, a straight edge
     no_data[30:, :11] = True  # five pixels from the fourth
+    no_data[42:, 62:] = True  # a corner next to the fifth
     image[no_data] = 0.0
     labels = np.zeros(image.shape, np.int64)
     error = np.ones(image.shape, np.float32)
-    width, width_err, snr, cut_radius = minor_moment(
-        image, labels, error, no_data, np.array([15, 15, 45, 45]), np.array([15, 45, 45, 15]),
-        np.array([1, 2, 3, 4]), window_sigma=1.7)
-    assert width[1] < 0.3 * width[0]
-    assert np.all(width_err < 0.05 * width[0])
+    peaks = np.round(np.array(positions)).astype(int)
+    width, width_err, snr, clean, trusted = minor_moment(
+        image, labels, error, no_data, peaks[:, 1], peaks[:, 0], np.arange(1, 8),
+        window_sigma=1.7)
+    star = width[0]
+    assert width[1] < 0.3 * star
+    assert np.all(width_err < 0.05 * star)
     assert np.all(snr > 100)
-    # A cut far enough out leaves the width alone; a close one narrows it, and says so.
-    assert list(cut_radius[:2]) == [np.inf, np.inf]
-    assert cut_radius[2] == 2.0
-    assert cut_radius[3] == 5.0
-    assert width[3] == pytest.approx(width[0], rel=0.03)
-    assert width[2] < 0.8 * width[0]
+    assert list(clean) == [True, True, False, False, False, False, False]
+    # Cut far out: unchanged. Cut close by a straight edge (the third source; the
+    # array's edge for the last two): the moment along the edge keeps the width.
+    # Cut at a corner: not to be trusted.
+    assert list(trusted) == [True, True, True, True, False, True, True]
+    assert width[2] == pytest.approx(star, rel=0.05)
+    assert width[3] == pytest.approx(star, rel=0.03)
+    assert width[5] < 0.3 * star
+    assert width[6] == pytest.approx(star, rel=0.05)
 
 
 def test_cosmic_rays_rejected_where_one_input_covers_and_stars_kept():

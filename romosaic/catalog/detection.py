@@ -263,8 +263,12 @@ def minor_moment(image, labels, error, no_data, peaks_y, peaks_x, own_labels, wi
     The window (standard deviation ``window_sigma`` pixels) is re-centred on
     the windowed centroid a few times, starting at the peak. Pixels without
     data or belonging to another source are left out, and so are their
-    mirror images about the peak, so that a cut-off window stays symmetric
-    and does not make a source look narrower than it is.
+    mirror images about the peak, so that a cut-off window stays symmetric.
+    A window cut close to the peak still makes a source look narrow across
+    the cut. When the cut is straight along rows or columns (the edge of
+    the array or of the coverage), the moment *along* the cut is used
+    instead: over a strip of full length it is never below the source's
+    minor-axis width.
 
     Parameters
     ----------
@@ -292,10 +296,11 @@ def minor_moment(image, labels, error, no_data, peaks_y, peaks_x, own_labels, wi
         ``error`` (NaN where the windowed flux is not positive).
     snr : numpy.ndarray
         Signal-to-noise ratio of the windowed flux.
-    cut_radius : numpy.ndarray
-        Distance (pixels) from the peak to the nearest pixel left out of the
-        window; infinite when none was. A cut closer than about three times
-        the windowed source's own width narrows it.
+    clean : numpy.ndarray of bool
+        Whether no pixel of the window was left out.
+    trusted : numpy.ndarray of bool
+        Whether ``width`` is not narrowed by the cuts: none within
+        `INTACT_RADIUS` window sigmas of the peak, or a straight cut.
     """
     half = int(math.ceil(3.0 * window_sigma))
     offsets = np.arange(-half, half + 1)
@@ -312,6 +317,14 @@ def minor_moment(image, labels, error, no_data, peaks_y, peaks_x, own_labels, wi
     usable &= usable[:, ::-1, ::-1]
     radius = np.hypot(offsets[:, None], offsets[None, :])
     cut_radius = np.where(usable, np.inf, radius[None]).min(axis=(1, 2))
+    clean = np.isinf(cut_radius)
+    # A straight cut leaves a rectangle of usable pixels, full along one axis.
+    rows_used = usable.any(axis=2)
+    cols_used = usable.any(axis=1)
+    rectangle = np.all(usable == (rows_used[:, :, None] & cols_used[:, None, :]), axis=(1, 2))
+    close = cut_radius <= INTACT_RADIUS * window_sigma
+    along_y = rectangle & close & rows_used.all(axis=1)
+    along_x = rectangle & close & cols_used.all(axis=1) & ~along_y
 
     x_c = np.asarray(peaks_x, dtype=np.float64)
     y_c = np.asarray(peaks_y, dtype=np.float64)
@@ -336,8 +349,10 @@ def minor_moment(image, labels, error, no_data, peaks_y, peaks_x, own_labels, wi
         mean = 0.5 * (m_xx + m_yy)
         spread = np.hypot(0.5 * (m_xx - m_yy), m_xy)
         width = mean - spread
-        # Along the minor axis the moment is linear in the pixel values.
         angle = 0.5 * np.arctan2(2.0 * m_xy, m_xx - m_yy) + 0.5 * np.pi
+        width = np.where(along_y, m_yy, np.where(along_x, m_xx, width))
+        angle = np.where(along_y, 0.5 * np.pi, np.where(along_x, 0.0, angle))
+        # Along a fixed axis the moment is linear in the pixel values.
         across = dx * np.cos(angle)[:, None, None] + dy * np.sin(angle)[:, None, None]
         gradient = window * (across**2 - width[:, None, None])
         width_err = np.sqrt((gradient**2 * sigma**2).sum(axis=(1, 2))) / flux
@@ -346,7 +361,8 @@ def minor_moment(image, labels, error, no_data, peaks_y, peaks_x, own_labels, wi
     width[bad] = np.nan
     width_err[bad] = np.nan
     snr[bad] = np.nan
-    return width, width_err, snr, cut_radius
+    trusted = ~close | along_x | along_y
+    return width, width_err, snr, clean, trusted
 
 
 def segment_peaks(image, label_image, labels):
@@ -426,12 +442,12 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
     parts = [minor_moment(image, segmentation.data, error, no_data, peaks_y[i:i + CHUNK],
                           peaks_x[i:i + CHUNK], labels[i:i + CHUNK], window_sigma)
              for i in range(0, labels.size, CHUNK)]
-    width, width_err, snr, cut_radius = (np.concatenate(column)
-                                         for column in zip(*parts, strict=True))
+    width, width_err, snr, clean, trusted = (np.concatenate(column)
+                                             for column in zip(*parts, strict=True))
     covered = np.asarray(coverage)[peaks_y, peaks_x]
     # Where two or more inputs overlap, outlier detection took the cosmic
     # rays out: bright sources there define what a point source looks like.
-    locus_sample = np.isinf(cut_radius) & (covered >= 2) & np.isfinite(width) & \
+    locus_sample = clean & (covered >= 2) & np.isfinite(width) & \
         (snr >= LOCUS_MIN_SNR)
     if np.count_nonzero(locus_sample) < MIN_LOCUS_SOURCES:
         rejection.notes.append(
@@ -446,11 +462,10 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
     rejection.point_source_width = float(locus)
     rejection.threshold = float(threshold)
     with np.errstate(invalid="ignore"):
-        # A window cut close to the peak (edge of the data, a neighbour)
-        # makes any source look narrow: such detections are kept.
-        sharp = (covered <= 1) & (width < threshold) & \
-            (locus - width > SHARP_SIGNIFICANCE * width_err) & \
-            (cut_radius > INTACT_RADIUS * window_sigma)
+        # A window cut close to the peak in an irregular way (a corner, a
+        # neighbour) can make any source look narrow: such detections are kept.
+        sharp = trusted & (covered <= 1) & (width < threshold) & \
+            (locus - width > SHARP_SIGNIFICANCE * width_err)
     rejection.rejected = int(np.count_nonzero(sharp))
     log.info("point-source width %.3g px2; %d detections sharper than %.3g px2 where one "
              "input covers the mosaic rejected as cosmic rays", locus, rejection.rejected,
