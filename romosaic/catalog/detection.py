@@ -449,6 +449,8 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
     # rays out: bright sources there define what a point source looks like.
     locus_sample = clean & (covered >= 2) & np.isfinite(width) & \
         (snr >= LOCUS_MIN_SNR)
+    if not np.any(covered <= 1):
+        return segmentation, rejection
     if np.count_nonzero(locus_sample) < MIN_LOCUS_SOURCES:
         rejection.notes.append(
             f"only {np.count_nonzero(locus_sample)} bright, clean sources where two or more "
