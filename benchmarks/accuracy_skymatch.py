@@ -9,6 +9,8 @@ flux and resample only), and prints for each:
 - the spread (max - min) of the source-free background medians of all
   coverage regions (pixels with the same contributing inputs) of at least
   ``--min-pixels`` pixels, and that spread as a fraction of the unmatched one;
+- the rms of those medians about their mean in units of each median's noise
+  (about 1 when what is left is noise, not mismatched skies);
 - the largest difference between touching regions, in units of the pair's
   noise (the standard error of the two medians, allowing for the correlation
   of neighbouring coadd pixels), and where it is.
@@ -72,16 +74,29 @@ def main():
     mask = source_mask(unmatched, sources)
     _, _, spread_unmatched, _, _ = region_summary(unmatched, mask, args.min_pixels)
     print(f"  unmatched:          spread {spread_unmatched:.5f} MJy/sr")
-    for label, per_group in (("per exposure group", True), ("per image", False)):
+    for label, per_group in (("true levels", None), ("per exposure group", True),
+                             ("per image", False)):
         start = time.perf_counter()
-        matched = SkyMatchStep.call(FluxStep.call(ModelLibrary(simulated()[0])),
-                                    skymethod=args.skymethod, per_exposure_group=per_group)
+        if per_group is None:
+            # Perfect matching: what is left is the noise of the region medians.
+            matched = FluxStep.call(ModelLibrary(simulated()[0]))
+            for index, model in matched.iter_models(modify=True):
+                model.meta["background"] = {"level": float(sky[index]), "subtracted": False,
+                                            "method": "local"}
+        else:
+            matched = SkyMatchStep.call(FluxStep.call(ModelLibrary(simulated()[0])),
+                                        skymethod=args.skymethod,
+                                        per_exposure_group=per_group)
         elapsed = time.perf_counter() - start
         coadd = ResampleStep.call(OutlierDetectionStep.call(matched))
         regions, large, spread, sigma, worst = region_summary(coadd, mask, args.min_pixels)
+        medians, noise = regions.median[large], regions.noise[large]
+        mean = np.average(medians, weights=noise**-2.0)
+        scatter = np.sqrt(np.mean(((medians - mean) / noise) ** 2))
         line = (f"  {label + ':':19s} spread {spread:.5f} MJy/sr = "
                 f"{spread / spread_unmatched:.4f} of unmatched ({large.size} regions >= "
-                f"{args.min_pixels} px); skymatch {elapsed:.2f} s")
+                f"{args.min_pixels} px, rms {scatter:.2f} sigma about their mean); "
+                f"skymatch {elapsed:.2f} s")
         if worst is not None:
             a, b = worst
             line += (f"; worst neighbour step {sigma.max():.1f} sigma "
