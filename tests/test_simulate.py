@@ -14,7 +14,7 @@ from romosaic.errors import RomosaicInputError
 from romosaic.simulate import SimulationResult, make_image_models, simulate_association
 from romosaic.simulate.cli import add_cli_parser
 from romosaic.simulate.instrument import PIXEL_AREA, abmag_to_njy
-from romosaic.simulate.wcs import build_gwcs, plan_layout
+from romosaic.simulate.wcs import build_gwcs, plan_layout, to_tangent_plane
 
 ARCSEC_PER_RAD = 180.0 * 3600.0 / np.pi
 HOT = int(dqflags.HOT | dqflags.DO_NOT_USE)
@@ -449,3 +449,151 @@ def test_same_seed_same_arrays(noisy):
             assert np.array_equal(getattr(first, name), getattr(second, name))
     other = make_image_models(**{**LAYOUT, "seed": 12})
     assert not np.array_equal(noisy[0][0].data, other[0][0].data)
+
+
+# --- Pointing errors and the reference catalogue -----------------------------------------
+
+# Noise-free stars on two exposures of a 2-detector instrument, with and without
+# pointing errors: the second detector sits off the boresight, so the roll error
+# moves it more than the first.
+POINTED = {"n_exposures": 2, "n_detectors": 2, "size": 128, "seed": 21, "n_galaxies": 0,
+           "n_stars": 15, "noise": False, "cosmic_ray_rate": 0.0, "distortion": True}
+POINTING_ERROR, ROLL_ERROR = 0.3, 0.01
+
+
+@pytest.fixture(scope="module")
+def pointed():
+    true = make_image_models(**POINTED)
+    wrong = make_image_models(**POINTED, pointing_error=POINTING_ERROR, roll_error=ROLL_ERROR)
+    return true, wrong
+
+
+def _rotate(angle_deg, xi, eta):
+    """Turn tangent-plane offsets by a position-angle change (north through east)."""
+    a = np.deg2rad(angle_deg)
+    return np.cos(a) * xi + np.sin(a) * eta, -np.sin(a) * xi + np.cos(a) * eta
+
+
+def test_pointing_error_changes_no_array(pointed):
+    (true_models, true_sources, _, _), (models, sources, _, _) = pointed
+    assert np.array_equal(np.asarray(true_sources["ra"]), np.asarray(sources["ra"]))
+    for true, model in zip(true_models, models, strict=True):
+        for name in ("data", "dq", "err", "var_poisson", "var_rnoise", "var_flat"):
+            assert np.array_equal(getattr(true, name), getattr(model, name))
+
+
+def test_zero_pointing_error_gives_identical_images(noisy):
+    again = make_image_models(**LAYOUT, pointing_error=0.0, roll_error=0.0)
+    for first, second in zip(noisy[0], again[0], strict=True):
+        for name in ("data", "dq", "err", "var_poisson", "var_rnoise", "var_flat"):
+            assert np.array_equal(getattr(first, name), getattr(second, name))
+        assert first.meta.wcsinfo == second.meta.wcsinfo
+        x, y = np.array([0.0, 80.0, 159.0]), np.array([3.0, 90.0, 159.0])
+        assert np.array_equal(first.meta.wcs(x, y), second.meta.wcs(x, y))
+    images = noisy[2]
+    for name in ("pointing_error_ra", "pointing_error_dec", "roll_error"):
+        assert np.all(images[name] == 0.0)
+
+
+def test_pointing_error_truth_is_per_exposure(pointed):
+    images = pointed[1][2]
+    assert images["pointing_error_ra"].unit == "arcsec"
+    assert images["roll_error"].unit == "deg"
+    error = np.hypot(images["pointing_error_ra"], images["pointing_error_dec"])
+    assert np.allclose(error, POINTING_ERROR, rtol=0, atol=1e-12)
+    assert np.allclose(np.abs(images["roll_error"]), ROLL_ERROR, rtol=0, atol=1e-15)
+    for name in ("pointing_error_ra", "pointing_error_dec", "roll_error"):
+        by_exposure = np.asarray(images[name]).reshape(2, 2)
+        assert np.all(by_exposure[:, 0] == by_exposure[:, 1])  # detectors move together
+    assert images["pointing_error_ra"][0] != images["pointing_error_ra"][2]
+
+
+def test_recorded_wcs_is_off_by_the_stated_error(pointed):
+    (true_models, _, _, _), (models, _, images, _) = pointed
+    x, y = (a.ravel().astype(float) for a in np.meshgrid([0, 40, 127], [0, 90, 127]))
+    for true, model, row in zip(true_models, models, images, strict=True):
+        true_v1 = (true.meta.pointing.ra_v1, true.meta.pointing.dec_v1)
+        wrong_v1 = (model.meta.pointing.ra_v1, model.meta.pointing.dec_v1)
+        # The recorded boresight is displaced by the stated error...
+        east, north = to_tangent_plane(*wrong_v1, *true_v1)
+        assert east == pytest.approx(row["pointing_error_ra"], abs=1e-7)
+        assert north == pytest.approx(row["pointing_error_dec"], abs=1e-7)
+        assert model.meta.pointing.pa_v3 == pytest.approx(
+            (true.meta.pointing.pa_v3 + row["roll_error"]) % 360, abs=1e-9)
+        # ...and every pixel keeps its place on the focal plane, turned by the roll
+        # error about the boresight: exact, including the distortion.
+        xi, eta = to_tangent_plane(*true.meta.wcs(x, y), *true_v1)
+        xi_r, eta_r = to_tangent_plane(*model.meta.wcs(x, y), *wrong_v1)
+        expected = _rotate(row["roll_error"], xi, eta)
+        assert np.allclose(xi_r, expected[0], rtol=0, atol=1e-6)
+        assert np.allclose(eta_r, expected[1], rtol=0, atol=1e-6)
+        # On the boresight detector the shift is the pointing error itself.
+        if model.meta.instrument.detector == "WFI01":
+            ra0, dec0 = true.meta.wcs(63.5, 63.5)
+            ra1, dec1 = model.meta.wcs(63.5, 63.5)
+            shift = np.hypot((ra1 - ra0) * np.cos(np.deg2rad(dec0)), dec1 - dec0) * 3600
+            assert shift == pytest.approx(POINTING_ERROR, abs=1e-3)
+        assert model.meta.wcsinfo.s_region != true.meta.wcsinfo.s_region
+
+
+def _centroid(data, x, y, r=4):
+    xc, yc = int(round(x)), int(round(y))
+    box = data[yc - r:yc + r + 1, xc - r:xc + r + 1].astype(np.float64)
+    box = box - np.median(data)
+    yy, xx = np.mgrid[yc - r:yc + r + 1, xc - r:xc + r + 1]
+    return (box * xx).sum() / box.sum(), (box * yy).sum() / box.sum()
+
+
+def test_stars_land_where_the_true_wcs_says(pointed):
+    (true_models, _, _, _), (models, sources, _, _) = pointed
+    bright = sources[(sources["kind"] == "star") & sources["isolated"]
+                     & (sources["mag_ab"] < 21.0)]
+    checked = 0
+    for true, model in zip(true_models, models, strict=True):
+        for star in bright:
+            x, y = _pixel(true, star["ra"], star["dec"])
+            if not (8 <= x <= 119 and 8 <= y <= 119) or model.dq[
+                    int(y) - 5:int(y) + 6, int(x) - 5:int(x) + 6].any():
+                continue
+            xc, yc = _centroid(model.data, x, y)
+            assert np.hypot(xc - x, yc - y) < 0.05
+            # Where the recorded WCS puts the star is off by about the error.
+            xw, yw = _pixel(model, star["ra"], star["dec"])
+            assert np.hypot(xc - xw, yc - yw) * 0.11 > 0.6 * POINTING_ERROR
+            checked += 1
+    assert checked >= 2
+
+
+def test_refcat_is_written_and_reads_back(written):
+    assert written.refcat_path.name == "sim_f158_refcat.ecsv"
+    refcat = Table.read(written.refcat_path)  # format from the extension
+    stars = written.sources[written.sources["kind"] == "star"]
+    assert len(refcat) == len(stars) > 0
+    assert {"ra", "dec", "mag", "flux"} <= set(refcat.colnames)
+    assert str(refcat["ra"].unit) == "deg" and str(refcat["dec"].unit) == "deg"
+    assert np.array_equal(refcat["ra"], stars["ra"])
+    assert np.array_equal(refcat["dec"], stars["dec"])
+    assert np.array_equal(refcat["mag"], stars["mag_ab"])
+    images = Table.read(written.truth_images_path)
+    assert {"pointing_error_ra", "pointing_error_dec", "roll_error"} <= set(images.colnames)
+
+
+def test_cli_pointing_errors(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="romosaic")
+    add_cli_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["simulate", str(tmp_path), "--n-exposures", "2", "--size", "64", "--seed", "2",
+         "--pointing-error", "0.5", "--roll-error", "0.02", "--no-noise"]
+    )
+    assert (args.pointing_error, args.roll_error) == (0.5, 0.02)
+    assert args.run(args) == 0
+    images = Table.read(tmp_path / "sim_f158_truth_images.ecsv")
+    assert np.allclose(np.hypot(images["pointing_error_ra"], images["pointing_error_dec"]), 0.5)
+    assert np.allclose(np.abs(images["roll_error"]), 0.02)
+    assert (tmp_path / "sim_f158_refcat.ecsv").is_file()
+
+
+@pytest.mark.parametrize("option", ["pointing_error", "roll_error"])
+def test_negative_pointing_errors_are_input_errors(option):
+    with pytest.raises(RomosaicInputError, match=option):
+        make_image_models(n_exposures=1, size=64, **{option: -0.1})

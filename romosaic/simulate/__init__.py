@@ -2,7 +2,8 @@
 
 `simulate_association` writes a dithered set of ``*_cal.asdf`` files, an image
 association listing them, and ECSV truth tables of the sources, the images and
-the cosmic rays; `make_image_models` returns the same data in memory.
+the cosmic rays, and a reference catalogue of the true star positions;
+`make_image_models` returns the same data in memory.
 
 The modules read top to bottom: `instrument` (the numbers describing the
 detector), `wcs` (dither layout and each image's gwcs), `scene` (stars and
@@ -11,7 +12,7 @@ pixels), `writer` (data models and files), `dataset` (putting it together) and
 `cli` (the ``romosaic simulate`` command).
 """
 
-__all__ = ["SimulationResult", "make_image_models", "simulate_association"]
+__all__ = ["SimulationResult", "make_image_models", "reference_catalog", "simulate_association"]
 
 
 def __getattr__(name):

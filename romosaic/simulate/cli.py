@@ -27,7 +27,8 @@ def add_cli_parser(subparsers):
         "simulate",
         help="write simulated WFI Level-2 images, an association and truth tables",
         description="Simulate a dithered set of Roman WFI Level-2 calibrated images of a "
-        "scene of stars and galaxies, with an image association and ECSV truth tables. "
+        "scene of stars and galaxies, with an image association, ECSV truth tables and a "
+        "reference catalogue of the true star positions. "
         "Prints the association's path.",
     )
     parser.add_argument("outdir", help="output directory (created if needed)")
@@ -85,6 +86,15 @@ def add_cli_parser(subparsers):
         "--distortion", action="store_true", help="add a mild polynomial distortion"
     )
     parser.add_argument(
+        "--pointing-error", type=float, default=0.0, metavar="ARCSEC",
+        help="record each exposure's pointing wrong by this much, in a random direction "
+             "(0: the recorded WCS is the true one)",
+    )
+    parser.add_argument(
+        "--roll-error", type=float, default=0.0, metavar="DEG",
+        help="record each exposure's roll wrong by this much, with a random sign (0)",
+    )
+    parser.add_argument(
         "--no-noise", dest="noise", action="store_false", help="render without random noise"
     )
     parser.set_defaults(run=_run)
@@ -115,6 +125,8 @@ def _run(args):
         exposure_time=args.exposure_time,
         noise=args.noise,
         roll=args.roll,
+        pointing_error=args.pointing_error,
+        roll_error=args.roll_error,
     )
     print(result.asn_path)
     return 0

@@ -23,7 +23,7 @@ from .instrument import (
     SKY_RANGE,
 )
 from .scene import make_scene
-from .wcs import ImageGeometry, plan_layout
+from .wcs import ImageGeometry, draw_pointing_errors, plan_layout, recorded_placement
 from .writer import (
     ExposureInfo,
     build_image_model,
@@ -33,7 +33,7 @@ from .writer import (
     write_table,
 )
 
-__all__ = ["SimulationResult", "make_image_models", "simulate_association"]
+__all__ = ["SimulationResult", "make_image_models", "reference_catalog", "simulate_association"]
 
 #: Smallest image that still holds the guaranteed isolated stars.
 MIN_SIZE = 64
@@ -44,7 +44,8 @@ _MIN_SCALE = 0.9 * PIXEL_SCALE
 
 # Independent random streams, so that e.g. changing the cosmic-ray rate does
 # not move the sources, and one detector's hot pixels are the same in every exposure.
-_LAYOUT, _SCENE, _SKY, _DETECTOR, _EXPOSURE = range(5)
+# New streams are appended, so that existing seeds keep giving identical files.
+_LAYOUT, _SCENE, _SKY, _DETECTOR, _EXPOSURE, _POINTING = range(6)
 
 
 @dataclass
@@ -63,6 +64,10 @@ class SimulationResult:
         ECSV truth tables.
     sources, images, cosmic_rays : astropy.table.Table
         The truth tables themselves.
+    refcat_path : pathlib.Path
+        The reference catalogue of true star positions (ECSV).
+    refcat : astropy.table.Table
+        Its contents (see `reference_catalog`).
     """
 
     asn_path: Path
@@ -74,6 +79,8 @@ class SimulationResult:
     sources: Table
     images: Table
     cosmic_rays: Table
+    refcat_path: Path = None
+    refcat: Table = None
 
 
 def _rng(seed, *stream):
@@ -81,7 +88,8 @@ def _rng(seed, *stream):
 
 
 def _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
-                   exposure_time, cosmic_ray_rate, detector_sky_scatter):
+                   exposure_time, cosmic_ray_rate, detector_sky_scatter, pointing_error,
+                   roll_error):
     if n_exposures < 1:
         raise RomosaicInputError(f"n_exposures must be at least 1, not {n_exposures}")
     if not 1 <= n_detectors <= MAX_DETECTORS:
@@ -110,6 +118,11 @@ def _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
         raise RomosaicInputError(f"exposure_time must be positive, not {exposure_time}")
     if cosmic_ray_rate < 0:
         raise RomosaicInputError(f"cosmic_ray_rate must not be negative, not {cosmic_ray_rate}")
+    # Magnitudes: the directions and signs are drawn.
+    if not pointing_error >= 0:
+        raise RomosaicInputError(f"pointing_error must not be negative, not {pointing_error}")
+    if not roll_error >= 0:
+        raise RomosaicInputError(f"roll_error must not be negative, not {roll_error}")
 
 
 def _source_arrays(sources, kind):
@@ -176,13 +189,15 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
               filter_name="F158", n_stars=None, n_galaxies=None,
               cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False, sky_levels=None,
               exposure_time=EXPOSURE_TIME, noise=True, roll=None, n_hot_pixels=None,
-              psf_fwhm=PSF_FWHM, detector_sky_scatter=DETECTOR_SKY_SCATTER):
+              psf_fwhm=PSF_FWHM, detector_sky_scatter=DETECTOR_SKY_SCATTER,
+              pointing_error=0.0, roll_error=0.0):
     """Yield the truth tables first, then (model, cosmic-ray table) per image.
 
     A generator, so that writing files can drop each model before the next is made.
     """
     _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
-                   exposure_time, cosmic_ray_rate, detector_sky_scatter)
+                   exposure_time, cosmic_ray_rate, detector_sky_scatter, pointing_error,
+                   roll_error)
     filter_name = filter_name.upper()
     conversion = CONVERSION_MEGAJANSKYS[filter_name]
     placements = plan_layout(
@@ -190,6 +205,9 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
         n_detectors=n_detectors, size=size, roll=roll, distortion=distortion,
     )
     geometries = [ImageGeometry(p) for p in placements]
+    # One error per exposure: all detectors of an exposure move together.
+    errors = draw_pointing_errors(_rng(seed, _POINTING), n_exposures, pointing_error, roll_error)
+    image_errors = [errors[p.exposure - 1] for p in placements]
     sources = make_scene(geometries, _rng(seed, _SCENE), ra=ra, dec=dec,
                          n_stars=n_stars, n_galaxies=n_galaxies)
     image_skies = _image_sky_levels(_rng(seed, _SKY), sky_levels, n_exposures, n_detectors,
@@ -207,15 +225,21 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
             "sky_mjysr": image_skies * conversion,
             "exposure_time": [float(exposure_time)] * len(placements),
             "conversion_megajanskys": [conversion] * len(placements),
+            "pointing_error_ra": [e.east for e in image_errors],
+            "pointing_error_dec": [e.north for e in image_errors],
+            "roll_error": [e.roll for e in image_errors],
         }
     )
     images["sky_dn_s"].unit = "DN / s"
     images["sky_mjysr"].unit = "MJy / sr"
     images["exposure_time"].unit = "s"
+    images["pointing_error_ra"].unit = "arcsec"
+    images["pointing_error_dec"].unit = "arcsec"
+    images["roll_error"].unit = "deg"
     yield sources, images
 
     stars, galaxies = _source_arrays(sources, "star"), _source_arrays(sources, "galaxy")
-    for geometry, sky in zip(geometries, image_skies, strict=True):
+    for geometry, sky, error in zip(geometries, image_skies, image_errors, strict=True):
         p = geometry.placement
         # A detector's read noise and hot pixels are redrawn from its own stream
         # for each exposure (identical every time) rather than kept: 18 full-size
@@ -237,7 +261,10 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
             filter_name=filter_name, exposure_time=float(exposure_time), conversion=conversion,
             ra_target=float(ra), dec_target=float(dec),
         )
-        model = build_image_model(arrays, geometry, info)
+        # The scene was rendered with the true geometry; the file records the
+        # wrong one, as a pointing error would leave it.
+        recorded = ImageGeometry(recorded_placement(p, error)) if error else geometry
+        model = build_image_model(arrays, recorded, info)
         cosmic_rays = Table(
             {
                 "filename": np.full(len(rows), model.meta.filename, dtype="U64"),
@@ -277,7 +304,8 @@ def make_image_models(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0
                       filter_name="F158", n_stars=None, n_galaxies=None,
                       cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False, sky_levels=None,
                       exposure_time=EXPOSURE_TIME, noise=True, roll=None, n_hot_pixels=None,
-                      psf_fwhm=PSF_FWHM, detector_sky_scatter=DETECTOR_SKY_SCATTER):
+                      psf_fwhm=PSF_FWHM, detector_sky_scatter=DETECTOR_SKY_SCATTER,
+                      pointing_error=0.0, roll_error=0.0):
     """Simulate a dithered set of Level-2 images in memory.
 
     Parameters
@@ -321,6 +349,17 @@ def make_image_models(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0
         Relative standard deviation of a detector's sky about its exposure's
         when skies are drawn (default 0.1, clipped at 2.5 sigma; 0 gives one
         sky per exposure).
+    pointing_error : float
+        Error of each exposure's recorded pointing, arcsec (default 0): the
+        recorded boresight is exactly this far from the true one, in a random
+        direction drawn per exposure.
+    roll_error : float
+        Error of each exposure's recorded roll, degrees (default 0), with a
+        random sign per exposure. The scene is always rendered with the true
+        WCS; with either error, ``meta.wcs`` (and ``meta.wcsinfo``,
+        ``meta.pointing``) record the wrong one, moving all detectors of an
+        exposure together. The errors come from a random stream of their own,
+        so every array is the same as without them.
 
     Returns
     -------
@@ -330,7 +369,10 @@ def make_image_models(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0
         Truth table of the scene (see `romosaic.simulate.scene.make_scene`).
     images : astropy.table.Table
         One row per image: filename, exposure, detector, observation_id,
-        sky_dn_s, sky_mjysr, exposure_time, conversion_megajanskys.
+        sky_dn_s, sky_mjysr, exposure_time, conversion_megajanskys, and the
+        exposure's pointing_error_ra, pointing_error_dec (arcsec, recorded
+        minus true boresight, east and north) and roll_error (deg, recorded
+        minus true roll).
     cosmic_rays : astropy.table.Table
         Every pixel hit by a cosmic ray: filename, x, y, value_dn_s (added DN/s).
 
@@ -353,7 +395,8 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
                          n_galaxies=None, cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False,
                          sky_levels=None, exposure_time=EXPOSURE_TIME, noise=True, roll=None,
                          n_hot_pixels=None, psf_fwhm=PSF_FWHM,
-                         detector_sky_scatter=DETECTOR_SKY_SCATTER):
+                         detector_sky_scatter=DETECTOR_SKY_SCATTER, pointing_error=0.0,
+                         roll_error=0.0):
     """Simulate a dithered set of Level-2 images and write them with an association.
 
     Parameters
@@ -368,6 +411,8 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
         As for `make_image_models`.
     exposure_time, noise, roll, n_hot_pixels, psf_fwhm, detector_sky_scatter : optional
         As for `make_image_models`.
+    pointing_error, roll_error : float, optional
+        As for `make_image_models`: the files record a WCS wrong by this much.
 
     Returns
     -------
@@ -378,7 +423,9 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
     -----
     Writes ``<product>_asn.json``, one ``*_cal.asdf`` file per image, and the
     truth tables ``<product>_truth_sources.ecsv``, ``<product>_truth_images.ecsv``
-    and ``<product>_truth_cosmic_rays.ecsv``. Each model is written and released
+    and ``<product>_truth_cosmic_rays.ecsv``, and ``<product>_refcat.ecsv``, the
+    true star positions (`reference_catalog`), always, so that alignment can be
+    tried on any simulation (as ``abs_refcat`` of ``tweakreg``). Each model is written and released
     before the next is simulated, so memory stays at about one image's worth.
     """
     options = _options(locals())
@@ -406,6 +453,9 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
     write_table(sources, paths["sources"])
     write_table(images, paths["images"])
     write_table(cosmic_rays, paths["cosmic_rays"])
+    refcat = reference_catalog(sources)
+    refcat_path = outdir / f"{product_name}_refcat.ecsv"
+    write_table(refcat, refcat_path)
     return SimulationResult(
         asn_path=asn_path,
         product_name=product_name,
@@ -416,4 +466,48 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
         sources=sources,
         images=images,
         cosmic_rays=cosmic_rays,
+        refcat_path=refcat_path,
+        refcat=refcat,
     )
+
+
+def reference_catalog(sources):
+    """An astrometric reference catalogue: the true positions of the stars.
+
+    Galaxies are left out: their centroids depend on the filter and on how
+    they are measured, which would bias an alignment.
+
+    Parameters
+    ----------
+    sources : astropy.table.Table
+        The sources truth table of a simulation.
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per star: ``ra``, ``dec`` (deg), ``mag`` (AB), ``flux``
+        (nJy) and ``source_id`` (the row's id in the sources table).
+
+    Examples
+    --------
+    >>> from romosaic.simulate import make_image_models, reference_catalog
+    >>> models, sources, images, hits = make_image_models(n_exposures=1, size=64)
+    >>> reference_catalog(sources).colnames
+    ['ra', 'dec', 'mag', 'flux', 'source_id']
+    """
+    stars = sources[sources["kind"] == "star"]
+    table = Table(
+        {
+            "ra": np.asarray(stars["ra"], dtype=float),
+            "dec": np.asarray(stars["dec"], dtype=float),
+            "mag": np.asarray(stars["mag_ab"], dtype=float),
+            "flux": np.asarray(stars["flux_njy"], dtype=float),
+            "source_id": np.asarray(stars["source_id"]),
+        }
+    )
+    table["ra"].unit = "deg"
+    table["dec"].unit = "deg"
+    table["mag"].unit = "mag"
+    table["flux"].unit = "nJy"
+    table.meta["comments"] = ["True positions of the simulated stars (ICRS)."]
+    return table

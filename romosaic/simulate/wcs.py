@@ -9,7 +9,7 @@ Pixel coordinates are 0-based with pixel centres on integers. The detector
 axes have the usual sky parity: with zero roll, north is +y and east is -x.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -24,9 +24,12 @@ from .instrument import DETECTOR_SIZE, PIXEL_SCALE
 __all__ = [
     "ImageGeometry",
     "Placement",
+    "PointingError",
     "build_gwcs",
+    "draw_pointing_errors",
     "from_tangent_plane",
     "plan_layout",
+    "recorded_placement",
     "to_tangent_plane",
 ]
 
@@ -227,6 +230,103 @@ def plan_layout(
                 )
             )
     return placements
+
+
+@dataclass(frozen=True)
+class PointingError:
+    """How far an exposure's recorded pointing is from its true one.
+
+    Attributes
+    ----------
+    east, north : float
+        Offset of the recorded boresight from the true one on the sky, arcsec
+        (east is along increasing RA, i.e. a change of RA times cos(Dec)).
+    roll : float
+        Recorded roll minus true roll, degrees (position angle, east of north).
+    """
+
+    east: float = 0.0
+    north: float = 0.0
+    roll: float = 0.0
+
+    def __bool__(self):
+        return bool(self.east or self.north or self.roll)
+
+
+def draw_pointing_errors(rng, n_exposures, pointing_error=0.0, roll_error=0.0):
+    """Draw one pointing and roll error per exposure.
+
+    Every exposure is off by exactly ``pointing_error`` arcsec, in a random
+    direction, and its roll by exactly ``roll_error`` degrees with a random
+    sign. Fixed magnitudes (rather than Gaussian ones) make a simulation with
+    "0.3 arcsec errors" mean what it says for every exposure, while the random
+    directions still make exposures disagree with each other (by up to twice
+    the magnitude), as alignment must correct.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        A stream of its own: the directions and signs are drawn whatever the
+        magnitudes, so a magnitude scales the errors without turning them, and
+        no other random choice of the simulation changes.
+    n_exposures : int
+    pointing_error : float
+        Magnitude of the boresight error, arcsec (>= 0).
+    roll_error : float
+        Magnitude of the roll error, degrees (>= 0).
+
+    Returns
+    -------
+    list of PointingError
+        One per exposure, in order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> errors = draw_pointing_errors(np.random.default_rng(1), 2, 0.3, 0.01)
+    >>> [round(float(np.hypot(e.east, e.north)), 6) for e in errors]
+    [0.3, 0.3]
+    """
+    angles = rng.uniform(0.0, 2.0 * np.pi, n_exposures)
+    signs = np.where(rng.uniform(size=n_exposures) < 0.5, -1.0, 1.0)
+    return [
+        PointingError(
+            east=float(pointing_error * np.sin(a)),
+            north=float(pointing_error * np.cos(a)),
+            roll=float(roll_error * s),
+        )
+        for a, s in zip(angles, signs, strict=True)
+    ]
+
+
+def recorded_placement(placement, error):
+    """The placement an exposure's file records when its pointing is in error.
+
+    The boresight moves by the error on the sky and the roll turns about the
+    boresight, so all detectors of the exposure move together: those off the
+    boresight also move by the roll error times their distance from it, as
+    for a real attitude error.
+
+    Parameters
+    ----------
+    placement : Placement
+        The true placement.
+    error : PointingError
+
+    Returns
+    -------
+    Placement
+        ``placement`` itself when there is no error.
+    """
+    if not error:
+        return placement
+    ra_v1, dec_v1 = from_tangent_plane(error.east, error.north, placement.ra_v1, placement.dec_v1)
+    return replace(
+        placement,
+        ra_v1=float(ra_v1),
+        dec_v1=float(dec_v1),
+        roll=float((placement.roll + error.roll) % 360.0),
+    )
 
 
 def _polynomial(degree, coefficients):
