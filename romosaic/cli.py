@@ -23,6 +23,7 @@ _SUBCOMMAND_MODULES = (
     "romosaic.skycell.cli",
     "romosaic.custom_mosaic.cli",
     "romosaic.survey.cli",
+    "romosaic.transforms",
 )
 
 
