@@ -12,6 +12,7 @@ def get_steps():
     """Return ``(class name, alias, is_pipeline)`` for every romosaic step."""
     return [
         ("romosaic.pipeline.MosaicPipeline", "roman_mos", True),
+        ("romosaic.steps.TweakRegStep", "tweakreg", False),
         ("romosaic.steps.FluxStep", "flux", False),
         ("romosaic.steps.SkyMatchStep", "skymatch", False),
         ("romosaic.steps.OutlierDetectionStep", "outlier_detection", False),

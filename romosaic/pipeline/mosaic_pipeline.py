@@ -1,8 +1,9 @@
 """``roman_mos``: the mosaic pipeline.
 
-Runs flux → skymatch → outlier_detection → resample → source_catalog over
-one association and writes ``<product>_coadd.asdf``, ``<product>_cat.parquet``
-and ``<product>_segm.asdf``, together and atomically.
+Runs tweakreg (skipped unless asked for) → flux → skymatch →
+outlier_detection → resample → source_catalog over one association and
+writes ``<product>_coadd.asdf``, ``<product>_cat.parquet`` and
+``<product>_segm.asdf``, together and atomically.
 
 Before any step runs, the pipeline checks what can be checked cheaply, so that
 a bad association fails in seconds rather than after hours of work, and
@@ -37,6 +38,7 @@ from ..steps import (
     ResampleStep,
     SkyMatchStep,
     SourceCatalogStep,
+    TweakRegStep,
 )
 from ..steps.base import RomosaicPipelineBase
 
@@ -73,12 +75,21 @@ class MosaicPipeline(RomosaicPipelineBase):
     """
 
     step_defs = {
+        "tweakreg": TweakRegStep,
         "flux": FluxStep,
         "skymatch": SkyMatchStep,
         "outlier_detection": OutlierDetectionStep,
         "resample": ResampleStep,
         "source_catalog": SourceCatalogStep,
     }
+
+    @classmethod
+    def load_spec_file(cls, *args, **kwargs):
+        spec = super().load_spec_file(*args, **kwargs)
+        # Alignment is opt-in, so that the default run is the reference's
+        # chain: --steps.tweakreg.skip=false turns it on.
+        spec["steps"]["tweakreg"]["skip"] = "boolean(default=True)"
+        return spec
 
     def process(self, input_data):
         self._check_step_parameters()
@@ -94,6 +105,7 @@ class MosaicPipeline(RomosaicPipelineBase):
             if self.save_results:
                 self._refuse_to_overwrite_inputs(library, output_dir, product_name)
             self._check_output_grid(library, geometry)
+            library = self.tweakreg.run(library)
             library = self.flux.run(library)
             library = self.skymatch.run(library)
             library = self.outlier_detection.run(library)

@@ -6,6 +6,7 @@ from .outlier_detection_step import OutlierDetectionStep
 from .resample_step import ResampleStep
 from .skymatch_step import SkyMatchStep
 from .source_catalog_step import SourceCatalogStep
+from .tweakreg_step import TweakRegStep
 
 __all__ = [
     "FluxStep",
@@ -14,4 +15,5 @@ __all__ = [
     "RomosaicStep",
     "SkyMatchStep",
     "SourceCatalogStep",
+    "TweakRegStep",
 ]
