@@ -18,9 +18,9 @@ saves to ASDF like any gwcs. All images of an association share one tangent
 point, so corrections fitted in that plane apply to every image exactly,
 without the plane-to-plane conversion tweakwcs would otherwise linearise.
 
-Applying a second correction (absolute after relative) combines it with the
-first into one affine transformation, so a WCS carries at most one
-correction block, named `CORRECTION_NAME`.
+Applying a second correction about the same point (absolute after
+relative) combines it with the first into one affine transformation, so one
+alignment leaves one correction block, named `CORRECTION_NAME`.
 """
 
 from copy import deepcopy
@@ -130,7 +130,9 @@ def apply_tangent_correction(wcs, matrix, shift_arcsec, ra0, dec0):
     The corrected WCS maps a pixel to ``T(sky)``, where ``T`` projects onto the
     tangent plane at (ra0, dec0), applies ``matrix @ p + shift`` and projects
     back. A correction already applied by romosaic about the same point is
-    combined with the new one (new after old).
+    combined with the new one (new after old); one about another point (an
+    image aligned earlier with other images) is kept, and the new block
+    follows it.
 
     Parameters
     ----------
@@ -148,10 +150,6 @@ def apply_tangent_correction(wcs, matrix, shift_arcsec, ra0, dec0):
     gwcs.wcs.WCS
         Same frames, bounding box and pixel shape.
 
-    Raises
-    ------
-    ValueError
-        If the WCS already carries a correction about another tangent point.
     """
     matrix = np.asarray(matrix, float)
     shift = np.asarray(shift_arcsec, float)
@@ -160,17 +158,16 @@ def apply_tangent_correction(wcs, matrix, shift_arcsec, ra0, dec0):
     step = pipeline[index]
     transform = step.transform
     previous = find_tangent_correction(wcs)
+    base = transform
     if previous is not None:
         old_ra0, old_dec0, old_matrix, old_shift = previous
-        if not (np.isclose(old_ra0, ra0, rtol=0, atol=1e-12)
+        if (np.isclose(old_ra0, ra0, rtol=0, atol=1e-12)
                 and np.isclose(old_dec0, dec0, rtol=0, atol=1e-12)):
-            raise ValueError("the WCS already carries a tangent-plane correction about "
-                             f"({old_ra0}, {old_dec0}), not ({ra0}, {dec0})")
-        matrix, shift = matrix @ old_matrix, matrix @ old_shift + shift
-        base = (None if getattr(transform, "name", None) == CORRECTION_NAME
-                else transform.left)
-    else:
-        base = transform
+            matrix, shift = matrix @ old_matrix, matrix @ old_shift + shift
+            base = (None if getattr(transform, "name", None) == CORRECTION_NAME
+                    else transform.left)
+        # About another point (an image aligned before, with other images):
+        # the new block follows the old one.
     correction = _correction_model(ra0, dec0, matrix, shift)
     new_transform = correction if base is None else base | correction
     # A two-frame gwcs keeps its bounding box on this very transform.

@@ -222,6 +222,11 @@ def _read_table(path, catalog_format=None):
         raise RomosaicInputError(f"{path}: is a directory, not a table file")
     fmt = catalog_format or _guess_format(path)
     try:
+        if fmt == "parquet":
+            # astropy's Parquet reader needs pandas; pyarrow alone will do.
+            import pyarrow.parquet as pq
+
+            return Table(pq.read_table(path).to_pydict())
         return Table.read(path, format=fmt) if fmt else Table.read(path)
     except Exception as error:  # astropy raises many kinds for unreadable files
         reason = " ".join(str(error).split())[:150] or type(error).__name__

@@ -81,6 +81,14 @@ class TweakRegStep(RomosaicStep):
     output_use_model = boolean(default=True)  # Name saved files after meta.filename
     """  # noqa: E501
 
+    @staticmethod
+    def remove_suffix(name):
+        # Aligned copies are named x_tweakreg.asdf; aligning one again gives
+        # x_tweakreg.asdf, not x_tweakreg_tweakreg.asdf.
+        if name.endswith("_tweakreg"):
+            return name[: -len("_tweakreg")], "_"
+        return RomosaicStep.remove_suffix(name)
+
     def check_parameters(self):
         self._reference_catalog()
 
