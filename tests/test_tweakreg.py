@@ -393,3 +393,38 @@ def test_pipeline_without_alignment_loses_stars_and_flux(misaligned, tmp_path):
           f"{len(flux)} bright isolated stars, median flux ratio {np.median(flux):.4f}")
     assert np.median(offsets) > 0.1
     assert len(flux) == 0 or np.median(flux) < 0.9
+
+
+# -- custom mosaics ---------------------------------------------------------------------
+
+
+def test_custom_mosaic_aligns_by_default_and_skips_on_request(misaligned, tmp_path, capsys):
+    from romosaic.cli import main
+    from romosaic.custom_mosaic import perform
+
+    files = [str(p) for p in misaligned.cal_paths]
+    assert perform(files, output_dir=tmp_path / "a", output_file_prefix="field",
+                   refcat=str(misaligned.refcat_path)) == 0
+    offsets, flux = _catalog_against_truth(tmp_path / "a" / "field_f158_cat.parquet",
+                                           misaligned.sources)
+    assert np.median(offsets) < MAX_MEDIAN_OFFSET
+    assert abs(np.median(flux) - 1.0) < MAX_FLUX_ERROR
+    log_text = (tmp_path / "a" / "field.log").read_text()
+    assert "absolute fit" in log_text and "relative fit" in log_text
+
+    skip_steps = {"outlier_detection": {"skip": True}, "source_catalog": {"skip": True}}
+    assert perform(files, output_dir=tmp_path / "s", output_file_prefix="field",
+                   align=False, steps=skip_steps) == 0
+    skipped_log = (tmp_path / "s" / "field.log").read_text()
+    assert "Step tweakreg running" in skipped_log and "relative fit" not in skipped_log
+    import roman_datamodels.datamodels as rdm
+    with rdm.open(tmp_path / "s" / "field_f158_coadd.asdf") as mosaic:
+        assert mosaic.data.shape[0] > 0
+
+    bad = tmp_path / "nocoords.ecsv"
+    Table({"x": [1.0]}).write(bad)
+    status = main(["custom-mosaic", files[0], "--output-dir", str(tmp_path / "b"),
+                   "--refcat", str(bad)])
+    assert status == 1
+    assert f"{bad}: reference catalogue has no RA/Dec columns" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())

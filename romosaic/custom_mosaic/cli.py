@@ -12,6 +12,7 @@ def add_cli_parser(subparsers):
         help="one seamless mosaic per filter on a projection region's grid",
         description="Drizzle Level-2 images onto the pixel grid of the projection region "
         "whose tangent point is nearest their centre, cut to the rectangle they cover, "
+        "aligning them first (tweakreg: relative, and absolute with --refcat) and "
         "running flux, skymatch, outlier_detection, resample and source_catalog. Writes "
         "PREFIX_<filter>_coadd.asdf, _cat.parquet and _segm.asdf per filter, and the log "
         "PREFIX.log. The exit status is 0 on success, 1 on failure.",
@@ -35,6 +36,12 @@ def add_cli_parser(subparsers):
                         "each pixel a 2x2 block of the 0.055 arcsec grid")
     parser.add_argument("--tile-memory", type=float, default=None, metavar="MIB",
                         help="MiB of output arrays drizzled at once (default: 4096)")
+    align = parser.add_mutually_exclusive_group()
+    align.add_argument("--refcat", default=None, metavar="FILE",
+                       help="also align to this reference catalogue: an ECSV, Parquet or FITS "
+                       "table with RA/Dec columns in degrees (default: relative alignment only)")
+    align.add_argument("-s", "--skip-alignment", action="store_true",
+                       help="keep the inputs' WCS as recorded (no tweakreg)")
     disk = parser.add_mutually_exclusive_group()
     disk.add_argument("--on-disk", dest="on_disk", action="store_const", const=True,
                       default=None, help="keep models in temporary files (default: when the "
@@ -53,4 +60,5 @@ def _run(args):
         return 1
     return perform(args.input, log_level=args.log_level, output_file_prefix=args.output_prefix,
                    output_dir=args.output_dir, coarse=args.coarse, on_disk=args.on_disk,
-                   tile_memory=tile_memory)
+                   tile_memory=tile_memory, align=not args.skip_alignment,
+                   refcat=args.refcat)

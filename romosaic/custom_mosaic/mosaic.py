@@ -3,7 +3,8 @@
 `plan_custom_mosaic` chooses the projection region and the rectangle of
 its pixel grid (`romosaic.custom_mosaic.grid`) from the inputs' metadata.
 `make_custom_mosaic` runs `~romosaic.pipeline.MosaicPipeline` once per
-filter with the resample step pointed at that grid and drizzling in
+filter, aligning the inputs first (the tweakreg step, on unless
+``align=False``), with the resample step pointed at that grid and drizzling in
 strips, optionally resamples again onto the coarse grid, and moves the
 finished products into place only when every filter has succeeded.
 `perform` wraps both for the command line and Python users: logging, the
@@ -207,7 +208,7 @@ def _machine_memory():
 
 
 def make_custom_mosaic(plan, *, output_dir=".", steps=None, on_disk=None,
-                       tile_memory=DEFAULT_TILE_MEMORY_MIB):
+                       tile_memory=DEFAULT_TILE_MEMORY_MIB, align=True, refcat=None):
     """Run the pipeline for each filter of a plan and write its products.
 
     Products go to a hidden staging directory inside ``output_dir`` and are
@@ -227,6 +228,12 @@ def make_custom_mosaic(plan, *, output_dir=".", steps=None, on_disk=None,
         Keep models in temporary files; None decides by `choose_on_disk`.
     tile_memory : float, optional
         MiB of output arrays drizzled at once.
+    align : bool, optional
+        Align the inputs before drizzling (the tweakreg step; default True).
+        Values in ``steps["tweakreg"]`` take precedence.
+    refcat : str or os.PathLike, optional
+        Reference catalogue file for absolute alignment (tweakreg's
+        ``abs_refcat``); None aligns the exposures to each other only.
 
     Returns
     -------
@@ -236,6 +243,8 @@ def make_custom_mosaic(plan, *, output_dir=".", steps=None, on_disk=None,
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     steps = {name: dict(values) for name, values in (steps or {}).items()}
+    steps["tweakreg"] = {"skip": not align, "abs_refcat": str(refcat or ""),
+                         **steps.get("tweakreg", {})}
     if on_disk is None:
         on_disk = _auto_on_disk(plan)
     # Named after this process, so that a later run removes it if this one
@@ -330,7 +339,7 @@ def _coarse_catalog_step(parameters, step_class):
 
 def perform(input_image_source, log_level="info", output_file_prefix=None, *,
             output_dir=None, coarse=False, steps=None, on_disk=None,
-            tile_memory=DEFAULT_TILE_MEMORY_MIB):
+            tile_memory=DEFAULT_TILE_MEMORY_MIB, align=True, refcat=None):
     """Make a custom mosaic: one seamless mosaic of a projection region per filter.
 
     Parameters
@@ -358,6 +367,12 @@ def perform(input_image_source, log_level="info", output_file_prefix=None, *,
         Keep models in temporary files; None decides from the data size.
     tile_memory : float, optional
         MiB of output arrays drizzled at once.
+    align : bool, optional
+        Align the inputs first (default True; the command's
+        ``--skip-alignment`` sets False).
+    refcat : str or os.PathLike, optional
+        Reference catalogue file (ECSV, Parquet or FITS with RA/Dec) for
+        absolute alignment (``--refcat``); None: relative alignment only.
 
     Returns
     -------
@@ -372,6 +387,11 @@ def perform(input_image_source, log_level="info", output_file_prefix=None, *,
         return 1
     with _logging_to(level) as logs:
         try:
+            if align and refcat:
+                # A bad catalogue is reported before any pixel is read.
+                from ..align import read_reference_catalog
+
+                read_reference_catalog(refcat)
             images = read_inputs(expand_input_source(input_image_source))
             log.info("%d input file(s)", len(images))
             plan = plan_custom_mosaic(images, prefix=output_file_prefix, coarse=coarse)
@@ -379,7 +399,7 @@ def perform(input_image_source, log_level="info", output_file_prefix=None, *,
             output_dir.mkdir(parents=True, exist_ok=True)
             logs.add_file(output_dir / f"{plan.prefix}.log")
             make_custom_mosaic(plan, output_dir=output_dir, steps=steps, on_disk=on_disk,
-                               tile_memory=tile_memory)
+                               tile_memory=tile_memory, align=align, refcat=refcat)
         except RomosaicInputError as error:
             # The pipeline logs its own input errors once already.
             if str(error) not in logs.error_messages():
