@@ -259,7 +259,12 @@ def _run_stage(correctors, refcat, params, tangent, *, enforce_user_order, expan
                       enforce_user_order=enforce_user_order, expand_refcat=expand_refcat,
                       minobj=params.minobj, match=params.matcher(),
                       fitgeom=params.fitgeometry, nclip=params.nclip,
-                      sigma=(params.sigma, "rmse"))
+                      sigma=(params.sigma, "rmse"),
+                      # The exact union of a group's footprints (spherical
+                      # polygons) took 147 of 150 s for 16 images of 1024²;
+                      # the convex hull serves the same purpose (choosing
+                      # the order by overlap) at a negligible cost.
+                      group_bb_policy=1)
         except (ValueError, RuntimeError) as error:
             # NotEnoughCatalogs is a ValueError; xyxymatch raises a
             # RuntimeError when one source matches too many.
