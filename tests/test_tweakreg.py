@@ -16,6 +16,7 @@ import asdf
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import roman_datamodels.datamodels as rdm
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
@@ -36,6 +37,7 @@ from romosaic.models import group_id_from_model
 from romosaic.pipeline import MosaicPipeline
 from romosaic.simulate import make_image_models, simulate_association
 from romosaic.steps import TweakRegStep
+from romosaic.wcs_utils import s_region_polygon
 
 POINTING_ERROR = 0.3  # arcsec
 ROLL_ERROR = 0.01  # degrees
@@ -261,6 +263,29 @@ def test_step_aligns_in_memory_and_records_the_fit(misaligned):
             model.validate()
             library.shelve(model, index, modify=False)
     assert _digests(misaligned.cal_paths) == inputs
+
+
+def test_pointing_keywords_and_footprint_follow_the_correction(misaligned):
+    # The recorded pointing is off by the simulated error; once aligned to the
+    # true stars, ra_ref/dec_ref and roll_ref must be the true ones.
+    library = TweakRegStep.call(str(misaligned.asn_path), abs_refcat=str(misaligned.refcat_path))
+    truth = {row["filename"]: row for row in misaligned.images}
+    with library:
+        for index in range(len(library)):
+            model = library.borrow(index)
+            row = truth[str(model.meta.filename)]
+            with rdm.open(misaligned.cal_paths[index]) as original:
+                recorded = original.meta.wcsinfo
+                east, north = float(row["pointing_error_ra"]), float(row["pointing_error_dec"])
+                true_ra, true_dec = tangent_to_sky(-east, -north, recorded.ra_ref,
+                                                   recorded.dec_ref)
+                true_roll = recorded.roll_ref - float(row["roll_error"])
+            info = model.meta.wcsinfo
+            error = np.hypot(*sky_to_tangent(info.ra_ref, info.dec_ref, true_ra, true_dec))
+            assert error < 0.02  # arcsec; the recorded pointing was 0.3" off
+            assert abs((info.roll_ref - true_roll + 180.0) % 360.0 - 180.0) < 2e-3  # deg
+            assert info.s_region == s_region_polygon(model.meta.wcs, model.data.shape)
+            library.shelve(model, index, modify=False)
 
 
 def test_too_few_matches_keeps_the_wcs_with_a_warning(misaligned, caplog):

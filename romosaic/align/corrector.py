@@ -30,10 +30,14 @@ import numpy as np
 from astropy.modeling import CompoundModel, models
 from tweakwcs.correctors import WCSCorrector
 
+from ..wcs_utils import s_region_polygon
+
 __all__ = [
     "CORRECTION_NAME",
     "SkyTangentCorrector",
     "apply_tangent_correction",
+    "correction_between",
+    "corrected_wcsinfo",
     "find_tangent_correction",
     "sky_to_tangent",
     "tangent_to_sky",
@@ -179,6 +183,79 @@ def apply_tangent_correction(wcs, matrix, shift_arcsec, ra0, dec0):
     if wcs.pixel_shape is not None:
         corrected.pixel_shape = wcs.pixel_shape
     return corrected
+
+
+def correction_between(old_wcs, new_wcs):
+    """The sky → sky map that turns ``old_wcs`` into ``new_wcs``.
+
+    ``new_wcs`` must be ``old_wcs`` with a correction applied by
+    `apply_tangent_correction`: the map is that correction alone, without any
+    correction ``old_wcs`` already carried.
+
+    Parameters
+    ----------
+    old_wcs, new_wcs : gwcs.wcs.WCS
+
+    Returns
+    -------
+    callable
+        ``(ra, dec) → (ra, dec)`` in degrees; the identity when ``new_wcs``
+        carries no romosaic correction.
+    """
+    new = find_tangent_correction(new_wcs)
+    if new is None:
+        return lambda ra, dec: (np.asarray(ra, float), np.asarray(dec, float))
+    ra0, dec0, matrix, shift = new
+    old = find_tangent_correction(old_wcs)
+    if old is not None and np.isclose(old[0], ra0, rtol=0, atol=1e-12) and np.isclose(
+            old[1], dec0, rtol=0, atol=1e-12):
+        # Both corrections are affine in the same plane: new = step ∘ old.
+        inverse = np.linalg.inv(old[2])
+        matrix, shift = matrix @ inverse, shift - matrix @ inverse @ old[3]
+
+    def to_corrected(ra, dec):
+        xi, eta = sky_to_tangent(ra, dec, ra0, dec0)
+        xi, eta = (matrix[0, 0] * xi + matrix[0, 1] * eta + shift[0],
+                   matrix[1, 0] * xi + matrix[1, 1] * eta + shift[1])
+        return tangent_to_sky(xi, eta, ra0, dec0)
+
+    return to_corrected
+
+
+def corrected_wcsinfo(wcsinfo, old_wcs, new_wcs, shape):
+    """``meta.wcsinfo`` entries that follow a WCS correction.
+
+    The telescope's reference point (``ra_ref``, ``dec_ref``) moves with the
+    correction, ``roll_ref`` turns by the rotation the correction gives the
+    sky around it, and ``s_region`` is the corrected footprint.
+
+    Parameters
+    ----------
+    wcsinfo : mapping
+        The image's ``meta.wcsinfo`` (only the keys present are updated).
+    old_wcs, new_wcs : gwcs.wcs.WCS
+        Before and after the correction.
+    shape : (int, int)
+        The image's shape.
+
+    Returns
+    -------
+    dict
+        The updated entries.
+    """
+    updated = {"s_region": s_region_polygon(new_wcs, shape)} if "s_region" in wcsinfo else {}
+    if "ra_ref" not in wcsinfo or "dec_ref" not in wcsinfo:
+        return updated
+    to_corrected = correction_between(old_wcs, new_wcs)
+    ra_ref, dec_ref = float(wcsinfo["ra_ref"]), float(wcsinfo["dec_ref"])
+    # A point 10" north of the reference point, before and after.
+    ra, dec = to_corrected([ra_ref, ra_ref], [dec_ref, dec_ref + 10.0 / _ARCSEC_PER_DEG])
+    updated["ra_ref"], updated["dec_ref"] = float(ra[0]), float(dec[0])
+    if "roll_ref" in wcsinfo:
+        east, north = sky_to_tangent(ra[1], dec[1], ra[0], dec[0])
+        turn = np.degrees(np.arctan2(east, north))
+        updated["roll_ref"] = float((float(wcsinfo["roll_ref"]) + turn) % 360.0)
+    return updated
 
 
 class SkyTangentCorrector(WCSCorrector):

@@ -19,6 +19,7 @@ from ..align import (
     AlignImage,
     MatchParameters,
     align_images,
+    corrected_wcsinfo,
     detect_sources,
     read_image_catalog,
     read_reference_catalog,
@@ -228,6 +229,13 @@ class TweakRegStep(RomosaicStep):
 
     def _record(self, model, wcs, fit):
         if wcs is not None:
+            # The pointing keywords and footprint follow the corrected WCS,
+            # so that aligned copies describe where the image really is.
+            wcsinfo = model.meta.get("wcsinfo")
+            if wcsinfo is not None:
+                for key, value in corrected_wcsinfo(wcsinfo, model.meta.wcs, wcs,
+                                                    model.data.shape).items():
+                    wcsinfo[key] = value
             model.meta.wcs = wcs
         model.meta["wcs_fit_results"] = _plain(fit)
         aligned = wcs is not None or fit["status"] == "REFERENCE"
