@@ -92,33 +92,19 @@ typedef struct {
     int failed; /* 1: out of memory */
 } job_t;
 
-/* Branch-free minimum and maximum of doubles: the comparisons in the
- * overlap computation are unpredictable, and a mispredicted branch costs
- * more than the arithmetic around it. */
-#if (defined(__SSE2__) || defined(_M_X64)) && !defined(KERNELS_PLAIN_MINMAX)
-#include <emmintrin.h>
-static inline double
-dmin(double a, double b)
-{
-    return _mm_cvtsd_f64(_mm_min_sd(_mm_set_sd(a), _mm_set_sd(b)));
-}
-static inline double
-dmax(double a, double b)
-{
-    return _mm_cvtsd_f64(_mm_max_sd(_mm_set_sd(a), _mm_set_sd(b)));
-}
-#else
+/* Minimum and maximum of doubles (compiled to branch-free min/max
+ * instructions where the target has them). */
 static inline double
 dmin(double a, double b)
 {
     return a < b ? a : b;
 }
+
 static inline double
 dmax(double a, double b)
 {
     return a > b ? a : b;
 }
-#endif
 
 /* floor for finite doubles of moderate size, without a libm call */
 static inline long
@@ -126,6 +112,14 @@ ifloor(double x)
 {
     long i = (long) x;
     return i - (x < (double) i);
+}
+
+/* floor of a local coordinate known to be above -1 (a value just below 0,
+ * from rounding, gives 0): a truncation, much cheaper than ifloor */
+static inline long
+local_floor(double x)
+{
+    return (long) x;
 }
 
 /* round half away from zero, as drizzle's nintd (C round) */
@@ -238,9 +232,9 @@ edge_piece(
     ylo = dmin(ya, yb);
     yhi = dmax(ya, yb);
     full = sgn * W;
-    rlo = ifloor(ylo + 0.5);
+    rlo = local_floor(ylo + 0.5);
     rlo = rlo < 0 ? 0 : (rlo > nyl - 1 ? nyl - 1 : rlo);
-    rhi = ifloor(yhi + 0.5);
+    rhi = local_floor(yhi + 0.5);
     rhi = rhi > nyl - 1 ? nyl - 1 : rhi;
     /* rows 0 .. rlo - 1 lie wholly below the piece */
     if (rlo > 0) {
@@ -305,9 +299,9 @@ quad_overlaps(const double *px, const double *py, long nxl, long nyl, double *ac
         slope = dy / (xr - xl);
         /* W times the mean of clamp() over a piece is (H(yb) - H(ya)) / slope */
         f = dy != 0.0 ? sgn * (xr - xl) / dy : 0.0;
-        cl = ifloor(xl + 0.5);
+        cl = local_floor(xl + 0.5);
         cl = cl < 0 ? 0 : (cl > nxl - 1 ? nxl - 1 : cl);
-        cr = ifloor(xr + 0.5);
+        cr = local_floor(xr + 0.5);
         cr = cr > nxl - 1 ? nxl - 1 : cr;
         for (c = cl; c <= cr; ++c) {
             edge_piece(c, xl, yl, xr, slope, f, sgn, nyl, stride, acc, step);
@@ -347,19 +341,22 @@ pixmap_row(const job_t *J, double y, double *row)
     }
 }
 
-/* (x, y) at horizontal position x of an interpolated row */
+/* (x, y) at horizontal position i + off + frac of an interpolated row
+ * (off an integer, 0 <= frac < 1), extrapolated beyond the ends */
 static inline void
-row_point(const double *row, Py_ssize_t nx, double x, double *ox, double *oy)
+row_point(const double *row, Py_ssize_t nx, Py_ssize_t i, long off, double frac, double *ox,
+          double *oy)
 {
-    long i0 = ifloor(x);
+    Py_ssize_t i0 = i + off;
     double f, g;
 
-    if (i0 < 0) {
-        i0 = 0;
-    } else if (i0 > nx - 2) {
-        i0 = (long) nx - 2;
+    if (i0 < 0 || i0 > nx - 2) {
+        Py_ssize_t c = i0 < 0 ? 0 : nx - 2;
+        f = (double) (i0 - c) + frac;
+        i0 = c;
+    } else {
+        f = frac;
     }
-    f = x - (double) i0;
     g = 1.0 - f;
     *ox = row[2 * i0] * g + row[2 * i0 + 2] * f;
     *oy = row[2 * i0 + 1] * g + row[2 * i0 + 3] * f;
@@ -370,6 +367,9 @@ kernel_square(job_t *J)
 {
     Py_ssize_t nx = J->in_nx, ny = J->in_ny, i, j;
     double h = 0.5 * J->pixfrac;
+    /* corner columns i - h and i + h as i + off + frac */
+    long off_m = ifloor(-h), off_p = ifloor(h);
+    double frac_m = -h - (double) off_m, frac_p = h - (double) off_p;
     double *lo = NULL, *hi = NULL;
     float v[MAX_PLANES];
 
@@ -403,10 +403,10 @@ kernel_square(job_t *J)
             }
             /* corners, clockwise in the input as in drizzle:
              * (i-h, j+h), (i+h, j+h), (i+h, j-h), (i-h, j-h) */
-            row_point(hi, nx, (double) i - h, x + 0, y + 0);
-            row_point(hi, nx, (double) i + h, x + 1, y + 1);
-            row_point(lo, nx, (double) i + h, x + 2, y + 2);
-            row_point(lo, nx, (double) i - h, x + 3, y + 3);
+            row_point(hi, nx, i, off_m, frac_m, x + 0, y + 0);
+            row_point(hi, nx, i, off_p, frac_p, x + 1, y + 1);
+            row_point(lo, nx, i, off_p, frac_p, x + 2, y + 2);
+            row_point(lo, nx, i, off_m, frac_m, x + 3, y + 3);
             if (!isfinite(x[0] + x[1] + x[2] + x[3] + y[0] + y[1] + y[2] + y[3])) {
                 continue;
             }
