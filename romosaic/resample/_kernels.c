@@ -137,7 +137,7 @@ deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
     Py_ssize_t k;
     float vc;
     double tot, inv;
-    int m;
+    int m, nvar = J->nvar;
 
     if (dow == 0.0f) {
         return;
@@ -147,16 +147,29 @@ deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
     tot = (double) vc + (double) dow;
     if (vc == 0.0f) {
         J->out[k] = d;
-        for (m = 0; m < J->nvar; ++m) {
+        for (m = 0; m < nvar; ++m) {
             J->ovar[m][k] = v[m];
         }
     } else {
         inv = 1.0 / tot;
         J->out[k] = (float) (((double) J->out[k] * vc + (double) dow * d) * inv);
-        if (J->nvar) {
+        if (nvar) {
             double vc2 = (double) vc * vc, dow2 = (double) dow * dow, inv2 = inv * inv;
-            for (m = 0; m < J->nvar; ++m) {
-                J->ovar[m][k] = (float) (((double) J->ovar[m][k] * vc2 + dow2 * v[m]) * inv2);
+            float *o;
+            /* the usual one to three planes unrolled, then any others */
+            o = J->ovar[0];
+            o[k] = (float) (((double) o[k] * vc2 + dow2 * v[0]) * inv2);
+            if (nvar > 1) {
+                o = J->ovar[1];
+                o[k] = (float) (((double) o[k] * vc2 + dow2 * v[1]) * inv2);
+            }
+            if (nvar > 2) {
+                o = J->ovar[2];
+                o[k] = (float) (((double) o[k] * vc2 + dow2 * v[2]) * inv2);
+            }
+            for (m = 3; m < nvar; ++m) {
+                o = J->ovar[m];
+                o[k] = (float) (((double) o[k] * vc2 + dow2 * v[m]) * inv2);
             }
         }
     }
@@ -316,6 +329,71 @@ quad_overlaps(const double *px, const double *py, long nxl, long nyl, double *ac
     }
 }
 
+/* ∫ max(u - 1, 0) over a width W along which u goes linearly from ua to
+ * ub; inv is |dx/du| of the segment (any value if ua == ub). */
+static inline double
+excess_above(double W, double ua, double ub, double inv)
+{
+    double a = ua - 1.0, b = ub - 1.0;
+
+    if (a <= 0.0 && b <= 0.0) {
+        return 0.0;
+    }
+    if (a >= 0.0 && b >= 0.0) {
+        return W * 0.5 * (a + b);
+    }
+    a = a > b ? a : b; /* the end above: a triangle */
+    return 0.5 * a * a * inv;
+}
+
+/* The same as quad_overlaps for a quadrilateral whose bounding box is at
+ * most 2 x 2 cells (the common case at native pixel size), without loops:
+ * the areas left of the column boundary x = 0.5, below the row boundary
+ * y = 0.5, and both, combine into the four cells. cell[r * 2 + c]. */
+static void
+quad_overlaps_2x2(const double *px, const double *py, double *cell)
+{
+    double T = 0.0, L = 0.0, B = 0.0, LB = 0.0;
+    int k;
+
+    for (k = 0; k < 4; ++k) {
+        int k1 = (k + 1) & 3;
+        double dx = px[k1] - px[k], xl, ul, xr, ur, sgn, W, slope, inv, Wl, um, t, l;
+
+        if (dx == 0.0) {
+            continue;
+        }
+        if (dx > 0.0) {
+            sgn = 1.0;
+            xl = px[k];
+            ul = py[k] + 0.5; /* height above the bottom of row 0 */
+            xr = px[k1];
+            ur = py[k1] + 0.5;
+        } else {
+            sgn = -1.0;
+            xl = px[k1];
+            ul = py[k1] + 0.5;
+            xr = px[k];
+            ur = py[k] + 0.5;
+        }
+        W = xr - xl;
+        slope = (ur - ul) / W;
+        inv = ur != ul ? W / fabs(ur - ul) : 0.0;
+        Wl = dmax(dmin(xr, 0.5) - xl, 0.0); /* the part left of x = 0.5 */
+        um = ul + slope * Wl;
+        t = W * 0.5 * (ul + ur);
+        l = Wl * 0.5 * (ul + um);
+        T += sgn * t;
+        L += sgn * l;
+        B += sgn * (t - excess_above(W, ul, ur, inv));
+        LB += sgn * (l - excess_above(Wl, ul, um, inv));
+    }
+    cell[0] = LB;
+    cell[1] = B - LB;
+    cell[2] = L - LB;
+    cell[3] = T - L - B + LB;
+}
+
 /* Bilinear interpolation (extrapolation at the borders) of the pixel map
  * along a row at vertical position y, for every column: row[2 i], row[2 i + 1]
  * = (x, y) on the grid of the point (i, y) of the input. */
@@ -437,6 +515,32 @@ kernel_square(job_t *J)
             }
             nxl = bi1 - bi0 + 1;
             nyl = bj1 - bj0 + 1;
+            lx0 = (double) bi0;
+            ly0 = (double) bj0;
+            w = w / jaco;
+            if (nxl <= 2 && nyl <= 2) {
+                double cell[4];
+
+                /* Local coordinates relative to the unclipped box origin, so
+                 * that the arithmetic does not depend on where the arrays
+                 * start. */
+                for (k = 0; k < 4; ++k) {
+                    px[k] = x[k] - lx0;
+                    py[k] = y[k] - ly0;
+                }
+                quad_overlaps_2x2(px, py, cell);
+                for (r = r0; r <= r1; ++r) {
+                    for (c = c0; c <= c1; ++c) {
+                        double a = cell[(r - bj0) * 2 + (c - bi0)];
+                        if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
+                            deposit(J, c, r, d, (float) (a * w), v);
+                            hit = 1;
+                        }
+                    }
+                }
+                J->n_used += hit;
+                continue;
+            }
             ncell = (size_t) ((nxl + 1) * (nyl + 1));
             if (2 * ncell > J->area_cap) {
                 double *na = (double *) realloc(J->area, sizeof(double) * 2 * ncell);
@@ -451,17 +555,12 @@ kernel_square(job_t *J)
             }
             memset(J->area, 0, sizeof(double) * 2 * ncell);
 
-            /* Local coordinates relative to the unclipped box origin, so that
-             * the arithmetic does not depend on where the arrays start. */
-            lx0 = (double) bi0;
-            ly0 = (double) bj0;
             for (k = 0; k < 4; ++k) {
                 px[k] = x[k] - lx0;
                 py[k] = y[k] - ly0;
             }
             quad_overlaps(px, py, nxl, nyl, J->area, J->area + ncell);
 
-            w = w / jaco;
             for (r = r0; r <= r1; ++r) {
                 const double *arow = J->area + (r - bj0) * (nxl + 1) - bi0;
                 for (c = c0; c <= c1; ++c) {
