@@ -183,6 +183,13 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="plane"):
         drizzle_add(data, pixmap, out, weight, out_context=np.zeros((1, 5, 5), np.uint32),
                     context_index=32)
+    # a pixel without a position, and one placed absurdly far away (whose
+    # neighbours' drops would span the output): left out, not an error
+    broken = pixmap.copy()
+    broken[2, 2] = np.nan
+    broken[0, 4] = -1e9
+    assert drizzle_add(data, broken, out, weight) < 25
+    out[:], weight[:] = np.nan, 0.0
     # an identity map with the square kernel copies the input
     assert drizzle_add(data * 2, pixmap, out, weight) == 25
     np.testing.assert_array_equal(out, 2.0)

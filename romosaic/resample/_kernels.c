@@ -55,6 +55,11 @@ enum kernel_kind {
  * overlaps. */
 #define AREA_RESIDUE 1e-10
 
+/* A drop wider or taller than this many output pixels comes from a broken
+ * pixel map (e.g. next to a pixel placed far away for want of a sky
+ * position); the square kernel leaves such input pixels out. */
+#define MAX_DROP_SIDE 256
+
 /* Spacing of the Lanczos look-up table, in input pixels (as drizzle). */
 #define LANCZOS_STEP 0.003
 
@@ -515,6 +520,9 @@ kernel_square(job_t *J)
             }
             nxl = bi1 - bi0 + 1;
             nyl = bj1 - bj0 + 1;
+            if (nxl > MAX_DROP_SIDE || nyl > MAX_DROP_SIDE) {
+                continue;
+            }
             lx0 = (double) bi0;
             ly0 = (double) bj0;
             w = w / jaco;

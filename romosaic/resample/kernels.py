@@ -64,7 +64,8 @@ def drizzle_add(
         Output grid ``(x, y)`` of each input pixel centre (float64), as
         `romosaic.resample.compute_pixmap` makes it. Input pixels whose
         position is not finite (or, for the square kernel, whose corners
-        cannot be interpolated from finite positions) are left out.
+        cannot be interpolated from finite positions, or whose drop would
+        span more than 256 output pixels: a broken map) are left out.
     out_data, out_weight : numpy.ndarray of float32, shape (my, mx)
         Running weighted mean and weight, updated in place. Start them with
         the fill value (e.g. NaN) and zeros: pixels that receive nothing keep
