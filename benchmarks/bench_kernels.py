@@ -13,6 +13,13 @@ slightly rotated with respect to a free TAN output grid, as in the pipeline:
   including ``compute_pixmap``;
 * ``drizzle.resample.Drizzle.add_image`` itself, with and without the two
   extra planes, for comparison;
+* romosaic's compiled kernels (``romosaic.resample.kernels.drizzle_add``)
+  side by side with ``Drizzle.add_image`` on the same input, pixel map and
+  grid, both depositing data, weight, the two variance planes and context:
+  on one thread (pixel map given, and including ``compute_pixmap``), and on
+  two threads, each drizzling the input into its own output arrays (the
+  package's kernel holds the interpreter lock, romosaic's does not);
+  ``--kernels`` adds the other kernels (one thread, pixel map given);
 * outlier detection's median of 8 group frames (a quarter of a detector's
   rows on a grid as fine as the inputs: ``romosaic.outlier.nanmedian_stack``
   against ``numpy.nanmedian``), in median pixels per second, and its blot
@@ -30,6 +37,7 @@ Example::
 
     python benchmarks/bench_kernels.py              # 4088², best of 3
     python benchmarks/bench_kernels.py --size 2048 --repeat 1 --json kernels.json
+    python benchmarks/bench_kernels.py --compare-only --kernels all   # kernels only
 """
 
 import argparse
@@ -37,7 +45,9 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 
 # One BLAS thread, so that CPU time measures one core: the kernels are
@@ -53,6 +63,7 @@ from drizzle.resample import Drizzle
 
 from romosaic.outlier import FrameStore, blot_median, data_window, nanmedian_stack
 from romosaic.resample import DrizzleCoadd, compute_pixmap, free_grid
+from romosaic.resample.kernels import KERNELS, drizzle_add
 from romosaic.resample.weights import pixel_weights
 from romosaic.simulate.wcs import build_gwcs, plan_layout
 
@@ -95,7 +106,7 @@ def input_arrays(size):
     return data, good, {"var_rnoise": var_rnoise, "var_poisson": var_poisson}
 
 
-def run(size, repeat, exact_repeat):
+def run(size, repeat, exact_repeat, kernels=("square",), compare_only=False):
     mpix = size * size / 1e6
     rows = []
 
@@ -128,7 +139,7 @@ def run(size, repeat, exact_repeat):
         grids[label] = grid
         input_wcs[label] = wcs_in
         pixmaps[label] = compute_pixmap(wcs_in, grid.wcs, shape, stepsize=10)
-        for step in (10, 1):
+        for step in () if compare_only else (10, 1):
             n = repeat if step > 1 else exact_repeat
             record("compute_pixmap", f"{label}, stepsize={step}",
                    timed(lambda w=wcs_in, g=grid, s=step: compute_pixmap(w, g.wcs, shape,
@@ -174,6 +185,11 @@ def run(size, repeat, exact_repeat):
                    weight_map=weight, pixfrac=1.0, in_units="cps"),
                    repeat, setup=new_drizzle(planes)))
 
+    compare_kernels(record, kernels, data, weight, variances, pixmap, grid, wcs_in, shape,
+                    scale_ratio=1.0, repeat=repeat)
+    if compare_only:
+        return rows, grid.shape
+
     # Outlier detection: the median of the group frames ...
     rng = np.random.default_rng(3)
     frames = rng.normal(1.0, 0.1, (8, size // 4, size)).astype(np.float32)
@@ -197,6 +213,85 @@ def run(size, repeat, exact_repeat):
                  repeat))
     store.close()
     return rows, grid.shape
+
+
+def _two_threads(function, arguments):
+    """Run ``function(argument)`` for both arguments at once on two threads."""
+    threads = [threading.Thread(target=function, args=(a,)) for a in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def compare_kernels(record, kernels, data, weight, variances, pixmap, grid, wcs_in, shape, *,
+                    scale_ratio, repeat):
+    """romosaic's compiled kernels against the ``drizzle`` package's, on the same
+    input, pixel map and grid, both depositing data, weight, the two variance
+    planes and context (the coadd's work for one input)."""
+    planes = [variances[name] for name in VARIANCE_NAMES]
+    clean = np.where(weight > 0, data, 0.0).astype(np.float32)
+    clean2 = [np.where(weight > 0, plane, 0.0).astype(np.float32) for plane in planes]
+
+    # Output arrays are written before timing (np.full, not np.zeros, whose
+    # pages would be zeroed on first touch inside the timed kernel), as in a
+    # run that adds many inputs to the same arrays.
+    def ours_outputs():
+        return dict(data=np.full(grid.shape, np.nan, np.float32),
+                    weight=np.full(grid.shape, 0.0, np.float32),
+                    variances=[np.full(grid.shape, np.nan, np.float32) for _ in planes],
+                    context=np.full((1, *grid.shape), 0, np.uint32))
+
+    def ours(out, kernel="square", pmap=None):
+        drizzle_add(data, pixmap if pmap is None else pmap, out["data"], out["weight"],
+                    weight=weight, variances=planes, out_variances=out["variances"],
+                    out_context=out["context"], kernel=kernel, pixfrac=1.0,
+                    pixel_scale_ratio=scale_ratio)
+
+    def theirs_outputs(kernel="square"):
+        def make():
+            return Drizzle(kernel=kernel, fillval="NaN", fillval2="NaN",
+                           out_img=np.full(grid.shape, np.nan, np.float32),
+                           out_wht=np.full(grid.shape, 0.0, np.float32),
+                           out_ctx=np.full((1, *grid.shape), 0, np.int32),
+                           out_img2=[np.full(grid.shape, np.nan, np.float32) for _ in planes],
+                           begin_ctx_id=0, max_ctx_id=0)
+        return make
+
+    def theirs(driz, pmap=None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "not a flux-conserving kernel"
+            driz.add_image(clean, exptime=100.0, pixmap=pixmap if pmap is None else pmap,
+                           data2=clean2, weight_map=weight, pixfrac=1.0,
+                           pixel_scale_ratio=scale_ratio, in_units="cps")
+
+    def with_pixmap(function):
+        return lambda out: function(out, pmap=compute_pixmap(wcs_in, grid.wcs, shape,
+                                                             stepsize=10))
+
+    what = "data + 2 var planes + context"
+    record("romosaic drizzle_add", f"square, {what}, pixmap given",
+           timed(ours, repeat, setup=ours_outputs))
+    record("drizzle Drizzle.add_image", f"square, {what}, pixmap given",
+           timed(theirs, repeat, setup=theirs_outputs()))
+    record("romosaic drizzle_add", f"square, {what}, + pixmap(10)",
+           timed(with_pixmap(ours), repeat, setup=ours_outputs))
+    record("drizzle Drizzle.add_image", f"square, {what}, + pixmap(10)",
+           timed(with_pixmap(theirs), repeat, setup=theirs_outputs()))
+    pixels = 2 * shape[0] * shape[1]
+    record("romosaic drizzle_add", f"square, {what}, 2 threads x 1 input",
+           timed(lambda outs: _two_threads(ours, outs), repeat,
+                 setup=lambda: [ours_outputs(), ours_outputs()]), pixels=pixels)
+    record("drizzle Drizzle.add_image", f"square, {what}, 2 threads x 1 input",
+           timed(lambda outs: _two_threads(theirs, outs), repeat,
+                 setup=lambda: [theirs_outputs()(), theirs_outputs()()]), pixels=pixels)
+    for kernel in kernels:
+        if kernel == "square":
+            continue
+        record("romosaic drizzle_add", f"{kernel}, {what}, pixmap given",
+               timed(lambda out, k=kernel: ours(out, kernel=k), repeat, setup=ours_outputs))
+        record("drizzle Drizzle.add_image", f"{kernel}, {what}, pixmap given",
+               timed(theirs, repeat, setup=theirs_outputs(kernel)))
 
 
 def cpu_model():
@@ -224,6 +319,23 @@ def print_table(rows):
         print("  ".join(a(v, w) for a, v, w in zip(align, row, widths, strict=True)))
 
 
+def print_ratios(rows):
+    """romosaic's kernels over the drizzle package's, per core and per wall second."""
+    ours = {r["variant"]: r for r in rows if r["kernel"] == "romosaic drizzle_add"}
+    theirs = {r["variant"]: r for r in rows if r["kernel"] == "drizzle Drizzle.add_image"}
+    common = [v for v in ours if v in theirs]
+    if not common:
+        return
+    print()
+    print("romosaic / drizzle package, same work:")
+    for variant in common:
+        a, b = ours[variant], theirs[variant]
+        load_a, load_b = a["cpu_s"] / a["wall_s"], b["cpu_s"] / b["wall_s"]
+        print(f"  {variant:<58} per core x{a['mpix_per_cpu_s'] / b['mpix_per_cpu_s']:5.2f}"
+              f"   per wall second x{a['mpix_per_s'] / b['mpix_per_s']:5.2f}"
+              f"   (CPU/wall {load_a:.2f} against {load_b:.2f})")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Micro-benchmarks of the resampling kernels.")
     parser.add_argument("--size", type=int, default=4088,
@@ -232,6 +344,12 @@ def main(argv=None):
                         help="runs per measurement, best shown (default %(default)s)")
     parser.add_argument("--exact-repeat", type=int, default=1,
                         help="runs of the slow stepsize=1 pixmaps (default %(default)s)")
+    parser.add_argument("--kernels", default="square",
+                        help="kernels to compare with the drizzle package: a comma-separated "
+                             "list or 'all' (default %(default)s)")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="only the comparison of the compiled kernels with the drizzle "
+                             "package (and the rows it needs)")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the measurements to this JSON file")
     args = parser.parse_args(argv)
@@ -240,9 +358,15 @@ def main(argv=None):
                "python": platform.python_version(), "numpy": np.__version__}
     print(f"{machine['cpu_model']}, {machine['cpus']} CPUs, Python {machine['python']}, "
           f"numpy {machine['numpy']}")
-    rows, out_shape = run(args.size, args.repeat, args.exact_repeat)
+    kernels = KERNELS if args.kernels == "all" else tuple(args.kernels.split(","))
+    unknown = set(kernels) - set(KERNELS)
+    if unknown:
+        parser.error(f"unknown kernels: {', '.join(sorted(unknown))}")
+    rows, out_shape = run(args.size, args.repeat, args.exact_repeat, kernels=kernels,
+                          compare_only=args.compare_only)
     print()
     print_table(rows)
+    print_ratios(rows)
     if args.json:
         payload = {"machine": machine, "size": args.size, "output_shape": list(out_shape),
                    "repeat": args.repeat, "results": rows}

@@ -1,0 +1,1008 @@
+/*
+ * romosaic.resample._kernels: drizzle kernels that deposit one input image
+ * onto output arrays in a single pass.
+ *
+ * One call adds one input image: its data, its weight, any number of
+ * variance planes (combined with squared weights) and one context bit, for
+ * every output pixel the input's drops reach. The arithmetic follows the
+ * `drizzle` package's kernels (square, point, turbo, gaussian, lanczos2,
+ * lanczos3), which are the reference the tests compare against; the code is
+ * romosaic's own.
+ *
+ * Arrays come in through the buffer protocol (no numpy headers at build
+ * time); the Python wrapper (`romosaic.resample.kernels`) checks dtypes and
+ * contiguity. The work runs without the GIL, so threads may drizzle into
+ * different output arrays at the same time.
+ *
+ * Output arrays hold the running weighted mean (data, variances) and the
+ * running weight, as drizzle's do: for a deposit of weight dow,
+ *     data   <- (data * W + dow * d) / (W + dow)
+ *     var_k  <- (var_k * W^2 + dow^2 * v_k) / (W + dow)^2
+ *     W      <- W + dow
+ * which is  Σ dow·d / Σ dow  and  Σ dow²·v / (Σ dow)²  at any time.
+ *
+ * Coordinates: the pixel map gives, for each input pixel centre, (x, y) on
+ * the output *grid*. The output arrays cover grid pixels
+ * [x0, x0 + nx) x [y0, y0 + ny) (a tile of the grid, or the whole grid
+ * with x0 = y0 = 0); all geometry is computed in grid coordinates, so a tile
+ * receives bit for bit what the same pixels of the whole grid receive.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef M_PI
+#define M_PI 3.14159265358979323846
+#endif
+
+#define MAX_PLANES 16
+
+enum kernel_kind {
+    K_SQUARE = 0,
+    K_POINT = 1,
+    K_TURBO = 2,
+    K_GAUSSIAN = 3,
+    K_LANCZOS2 = 4,
+    K_LANCZOS3 = 5,
+};
+
+/* Areas smaller than this (in output pixels) are rounding residues of the
+ * exact clipping (a drop's edges cancel to ~1e-16 outside the drop), not
+ * overlaps. */
+#define AREA_RESIDUE 1e-10
+
+/* A drop wider or taller than this many output pixels comes from a broken
+ * pixel map (e.g. next to a pixel placed far away for want of a sky
+ * position); the square kernel leaves such input pixels out. */
+#define MAX_DROP_SIDE 256
+
+/* Spacing of the Lanczos look-up table, in input pixels (as drizzle). */
+#define LANCZOS_STEP 0.003
+
+typedef struct {
+    /* input image, in_ny x in_nx, row-major */
+    const float *data;
+    const float *weight; /* NULL: weight 1 */
+    const double *pixmap; /* in_ny x in_nx x 2 */
+    const float *var[MAX_PLANES]; /* NULL entries count as zero */
+    int nvar;
+    Py_ssize_t in_nx, in_ny;
+
+    /* output arrays, out_ny x out_nx */
+    float *out;
+    float *wht;
+    float *ovar[MAX_PLANES];
+    uint32_t *ctx; /* NULL: no context */
+    uint32_t bit;
+    Py_ssize_t out_nx, out_ny;
+    double gx0, gy0; /* grid coordinates of out[0, 0] */
+    double gx1, gy1; /* grid coordinates of the last column and row */
+
+    /* parameters */
+    int kernel;
+    double pixfrac;
+    float iscale;
+    float pscale; /* output over input pixel size */
+
+    /* scratch */
+    double *area;
+    size_t area_cap;
+
+    /* result */
+    Py_ssize_t n_used;
+    int failed; /* 1: out of memory */
+} job_t;
+
+/* Minimum and maximum of doubles (compiled to branch-free min/max
+ * instructions where the target has them). */
+static inline double
+dmin(double a, double b)
+{
+    return a < b ? a : b;
+}
+
+static inline double
+dmax(double a, double b)
+{
+    return a > b ? a : b;
+}
+
+/* floor for finite doubles of moderate size, without a libm call */
+static inline long
+ifloor(double x)
+{
+    long i = (long) x;
+    return i - (x < (double) i);
+}
+
+/* floor of a local coordinate known to be above -1 (a value just below 0,
+ * from rounding, gives 0): a truncation, much cheaper than ifloor */
+static inline long
+local_floor(double x)
+{
+    return (long) x;
+}
+
+/* round half away from zero, as drizzle's nintd (C round) */
+static inline long
+iround(double x)
+{
+    return (long) round(x);
+}
+
+/* Add one weighted contribution to output pixel (gi, gj) of the grid, which
+ * the caller has checked lies in the output arrays. */
+static inline void
+deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
+{
+    Py_ssize_t k;
+    float vc;
+    double tot, inv;
+    int m, nvar = J->nvar;
+
+    if (dow == 0.0f) {
+        return;
+    }
+    k = (Py_ssize_t) (gj - (long) J->gy0) * J->out_nx + (Py_ssize_t) (gi - (long) J->gx0);
+    vc = J->wht[k];
+    tot = (double) vc + (double) dow;
+    if (vc == 0.0f) {
+        J->out[k] = d;
+        for (m = 0; m < nvar; ++m) {
+            J->ovar[m][k] = v[m];
+        }
+    } else {
+        inv = 1.0 / tot;
+        J->out[k] = (float) (((double) J->out[k] * vc + (double) dow * d) * inv);
+        if (nvar) {
+            double vc2 = (double) vc * vc, dow2 = (double) dow * dow, inv2 = inv * inv;
+            float *o;
+            /* the usual one to three planes unrolled, then any others */
+            o = J->ovar[0];
+            o[k] = (float) (((double) o[k] * vc2 + dow2 * v[0]) * inv2);
+            if (nvar > 1) {
+                o = J->ovar[1];
+                o[k] = (float) (((double) o[k] * vc2 + dow2 * v[1]) * inv2);
+            }
+            if (nvar > 2) {
+                o = J->ovar[2];
+                o[k] = (float) (((double) o[k] * vc2 + dow2 * v[2]) * inv2);
+            }
+            for (m = 3; m < nvar; ++m) {
+                o = J->ovar[m];
+                o[k] = (float) (((double) o[k] * vc2 + dow2 * v[m]) * inv2);
+            }
+        }
+    }
+    J->wht[k] = (float) tot;
+    if (J->ctx && dow > 0.0f) {
+        J->ctx[k] |= J->bit;
+    }
+}
+
+/* Data, weight and variances of input pixel (i, j). Returns 0 when the pixel
+ * must be left out (weight not positive, or data not finite). */
+static inline int
+input_pixel(const job_t *J, Py_ssize_t idx, float *d, double *w, float *v)
+{
+    int m;
+    float wt = J->weight ? J->weight[idx] : 1.0f;
+    float dv = J->data[idx];
+
+    if (!(wt > 0.0f) || !isfinite(dv) || isinf(wt)) {
+        return 0;
+    }
+    *w = (double) wt;
+    *d = dv * J->iscale;
+    if (J->nvar) {
+        float is2 = J->iscale * J->iscale;
+        for (m = 0; m < J->nvar; ++m) {
+            float x = J->var[m] ? J->var[m][idx] * is2 : 0.0f;
+            v[m] = isfinite(x) ? x : 0.0f;
+        }
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------------
+ * Square kernel: exact overlap of the shrunken input pixel (a quadrilateral
+ * on the output grid) with each output pixel.
+ */
+
+/* Integral from 0 to u of clamp(t, 0, 1) dt. */
+static inline double
+clamp_integral(double u)
+{
+    double c = dmin(dmax(u, 0.0), 1.0);
+    return 0.5 * c * c + dmax(u - 1.0, 0.0);
+}
+
+/* Below this change of height across an edge piece, the piece is treated as
+ * flat: the exact mean of clamp() over it then differs from clamp() at its
+ * middle by less than 1e-8 of its width, about the rounding error of the
+ * difference quotient at that threshold. */
+#define FLAT_PIECE 1e-7
+
+/* One piece of a drop's edge: the part over local column c. Adds to acc
+ * the signed area under the piece in the rows it crosses, and to step the
+ * full width for the rows wholly below it (integrated down the column
+ * later). */
+static inline void
+edge_piece(
+    long c, double xl, double yl, double xr, double slope, double f, double sgn, long nyl,
+    long stride, double *acc, double *step)
+{
+    double xa = dmax(xl, (double) c - 0.5);
+    double xb = dmin(xr, (double) c + 0.5);
+    double W, ya, yb, ylo, yhi, full;
+    long rlo, rhi, r;
+
+    W = xb - xa;
+    if (W <= 0.0) {
+        return;
+    }
+    ya = yl + slope * (xa - xl);
+    yb = yl + slope * (xb - xl);
+    ylo = dmin(ya, yb);
+    yhi = dmax(ya, yb);
+    full = sgn * W;
+    rlo = local_floor(ylo + 0.5);
+    rlo = rlo < 0 ? 0 : (rlo > nyl - 1 ? nyl - 1 : rlo);
+    rhi = local_floor(yhi + 0.5);
+    rhi = rhi > nyl - 1 ? nyl - 1 : rhi;
+    /* rows 0 .. rlo - 1 lie wholly below the piece */
+    if (rlo > 0) {
+        step[c] += full;
+        step[rlo * stride + c] -= full;
+    }
+    /* the rows it crosses */
+    if (rlo == rhi) {
+        /* within one row (the common case): the mean height above its
+         * bottom, with no clamping needed */
+        acc[rlo * stride + c] += full * (0.5 * (ya + yb) - ((double) rlo - 0.5));
+    } else if (yhi - ylo > FLAT_PIECE) {
+        for (r = rlo; r <= rhi; ++r) {
+            double bottom = (double) r - 0.5;
+            acc[r * stride + c] +=
+                f * (clamp_integral(yb - bottom) - clamp_integral(ya - bottom));
+        }
+    } else {
+        double ym = 0.5 * (ya + yb);
+        for (r = rlo; r <= rhi; ++r) {
+            double u = ym - ((double) r - 0.5);
+            acc[r * stride + c] += full * dmin(dmax(u, 0.0), 1.0);
+        }
+    }
+}
+
+/* Signed overlap of a quadrilateral with the unit cells of its bounding box.
+ * (px, py): vertices in local coordinates, where cell (c, r) is
+ * [c - 0.5, c + 0.5] x [r - 0.5, r + 0.5] for 0 <= c < nxl, 0 <= r < nyl.
+ * acc and step: zeroed buffers of (nyl + 1) x (nxl + 1); on return acc holds
+ * the overlaps (positive for a clockwise quadrilateral). The overlap is
+ * Σ_edges sign(dx) ∫ clamp(y(x) - bottom, 0, 1) dx over each cell's column.
+ */
+static void
+quad_overlaps(const double *px, const double *py, long nxl, long nyl, double *acc, double *step)
+{
+    long stride = nxl + 1, c, r;
+    int k;
+
+    for (k = 0; k < 4; ++k) {
+        int k1 = (k + 1) & 3;
+        double dx = px[k1] - px[k], xl, yl, xr, yr, sgn, dy, slope, f;
+        long cl, cr;
+
+        if (dx == 0.0) {
+            continue; /* a vertical edge has no area under it */
+        }
+        if (dx > 0.0) {
+            sgn = 1.0;
+            xl = px[k];
+            yl = py[k];
+            xr = px[k1];
+            yr = py[k1];
+        } else {
+            sgn = -1.0;
+            xl = px[k1];
+            yl = py[k1];
+            xr = px[k];
+            yr = py[k];
+        }
+        dy = yr - yl;
+        slope = dy / (xr - xl);
+        /* W times the mean of clamp() over a piece is (H(yb) - H(ya)) / slope */
+        f = dy != 0.0 ? sgn * (xr - xl) / dy : 0.0;
+        cl = local_floor(xl + 0.5);
+        cl = cl < 0 ? 0 : (cl > nxl - 1 ? nxl - 1 : cl);
+        cr = local_floor(xr + 0.5);
+        cr = cr > nxl - 1 ? nxl - 1 : cr;
+        for (c = cl; c <= cr; ++c) {
+            edge_piece(c, xl, yl, xr, slope, f, sgn, nyl, stride, acc, step);
+        }
+    }
+    for (c = 0; c < nxl; ++c) {
+        double run = 0.0;
+        for (r = 0; r < nyl; ++r) {
+            run += step[r * stride + c];
+            acc[r * stride + c] += run;
+        }
+    }
+}
+
+/* ∫ max(u - 1, 0) over a width W along which u goes linearly from ua to
+ * ub; inv is |dx/du| of the segment (any value if ua == ub). */
+static inline double
+excess_above(double W, double ua, double ub, double inv)
+{
+    double a = ua - 1.0, b = ub - 1.0;
+
+    if (a <= 0.0 && b <= 0.0) {
+        return 0.0;
+    }
+    if (a >= 0.0 && b >= 0.0) {
+        return W * 0.5 * (a + b);
+    }
+    a = a > b ? a : b; /* the end above: a triangle */
+    return 0.5 * a * a * inv;
+}
+
+/* The same as quad_overlaps for a quadrilateral whose bounding box is at
+ * most 2 x 2 cells (the common case at native pixel size), without loops:
+ * the areas left of the column boundary x = 0.5, below the row boundary
+ * y = 0.5, and both, combine into the four cells. cell[r * 2 + c]. */
+static void
+quad_overlaps_2x2(const double *px, const double *py, double *cell)
+{
+    double T = 0.0, L = 0.0, B = 0.0, LB = 0.0;
+    int k;
+
+    for (k = 0; k < 4; ++k) {
+        int k1 = (k + 1) & 3;
+        double dx = px[k1] - px[k], xl, ul, xr, ur, sgn, W, slope, inv, Wl, um, t, l;
+
+        if (dx == 0.0) {
+            continue;
+        }
+        if (dx > 0.0) {
+            sgn = 1.0;
+            xl = px[k];
+            ul = py[k] + 0.5; /* height above the bottom of row 0 */
+            xr = px[k1];
+            ur = py[k1] + 0.5;
+        } else {
+            sgn = -1.0;
+            xl = px[k1];
+            ul = py[k1] + 0.5;
+            xr = px[k];
+            ur = py[k] + 0.5;
+        }
+        W = xr - xl;
+        slope = (ur - ul) / W;
+        inv = ur != ul ? W / fabs(ur - ul) : 0.0;
+        Wl = dmax(dmin(xr, 0.5) - xl, 0.0); /* the part left of x = 0.5 */
+        um = ul + slope * Wl;
+        t = W * 0.5 * (ul + ur);
+        l = Wl * 0.5 * (ul + um);
+        T += sgn * t;
+        L += sgn * l;
+        B += sgn * (t - excess_above(W, ul, ur, inv));
+        LB += sgn * (l - excess_above(Wl, ul, um, inv));
+    }
+    cell[0] = LB;
+    cell[1] = B - LB;
+    cell[2] = L - LB;
+    cell[3] = T - L - B + LB;
+}
+
+/* Bilinear interpolation (extrapolation at the borders) of the pixel map
+ * along a row at vertical position y, for every column: row[2 i], row[2 i + 1]
+ * = (x, y) on the grid of the point (i, y) of the input. */
+static void
+pixmap_row(const job_t *J, double y, double *row)
+{
+    Py_ssize_t nx = J->in_nx, i;
+    long j0 = ifloor(y);
+    double f, g;
+    const double *a, *b;
+
+    if (j0 < 0) {
+        j0 = 0;
+    } else if (j0 > J->in_ny - 2) {
+        j0 = (long) J->in_ny - 2;
+    }
+    f = y - (double) j0;
+    g = 1.0 - f;
+    a = J->pixmap + (Py_ssize_t) j0 * nx * 2;
+    b = a + nx * 2;
+    for (i = 0; i < 2 * nx; ++i) {
+        row[i] = a[i] * g + b[i] * f;
+    }
+}
+
+/* (x, y) at horizontal position i + off + frac of an interpolated row
+ * (off an integer, 0 <= frac < 1), extrapolated beyond the ends */
+static inline void
+row_point(const double *row, Py_ssize_t nx, Py_ssize_t i, long off, double frac, double *ox,
+          double *oy)
+{
+    Py_ssize_t i0 = i + off;
+    double f, g;
+
+    if (i0 < 0 || i0 > nx - 2) {
+        Py_ssize_t c = i0 < 0 ? 0 : nx - 2;
+        f = (double) (i0 - c) + frac;
+        i0 = c;
+    } else {
+        f = frac;
+    }
+    g = 1.0 - f;
+    *ox = row[2 * i0] * g + row[2 * i0 + 2] * f;
+    *oy = row[2 * i0 + 1] * g + row[2 * i0 + 3] * f;
+}
+
+static int
+kernel_square(job_t *J)
+{
+    Py_ssize_t nx = J->in_nx, ny = J->in_ny, i, j;
+    double h = 0.5 * J->pixfrac;
+    /* corner columns i - h and i + h as i + off + frac */
+    long off_m = ifloor(-h), off_p = ifloor(h);
+    double frac_m = -h - (double) off_m, frac_p = h - (double) off_p;
+    double *lo = NULL, *hi = NULL;
+    float v[MAX_PLANES];
+
+    lo = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
+    hi = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
+    if (!lo || !hi) {
+        free(lo);
+        free(hi);
+        J->failed = 1;
+        return 1;
+    }
+
+    for (j = 0; j < ny; ++j) {
+        int rows_ready = 0;
+
+        for (i = 0; i < nx; ++i) {
+            double w, x[4], y[4], jaco, minx, maxx, miny, maxy, lx0, ly0;
+            double px[4], py[4];
+            float d;
+            long bi0, bi1, bj0, bj1, c0, c1, r0, r1, nxl, nyl, c, r;
+            size_t ncell;
+            int k, hit = 0;
+
+            if (!input_pixel(J, j * nx + i, &d, &w, v)) {
+                continue;
+            }
+            if (!rows_ready) {
+                pixmap_row(J, (double) j - h, lo);
+                pixmap_row(J, (double) j + h, hi);
+                rows_ready = 1;
+            }
+            /* corners, clockwise in the input as in drizzle:
+             * (i-h, j+h), (i+h, j+h), (i+h, j-h), (i-h, j-h) */
+            row_point(hi, nx, i, off_m, frac_m, x + 0, y + 0);
+            row_point(hi, nx, i, off_p, frac_p, x + 1, y + 1);
+            row_point(lo, nx, i, off_p, frac_p, x + 2, y + 2);
+            row_point(lo, nx, i, off_m, frac_m, x + 3, y + 3);
+            if (!isfinite(x[0] + x[1] + x[2] + x[3] + y[0] + y[1] + y[2] + y[3])) {
+                continue;
+            }
+            jaco = 0.5 * ((x[1] - x[3]) * (y[0] - y[2]) - (x[0] - x[2]) * (y[1] - y[3]));
+            if (jaco == 0.0) {
+                continue;
+            }
+            minx = maxx = x[0];
+            miny = maxy = y[0];
+            for (k = 1; k < 4; ++k) {
+                minx = x[k] < minx ? x[k] : minx;
+                maxx = x[k] > maxx ? x[k] : maxx;
+                miny = y[k] < miny ? y[k] : miny;
+                maxy = y[k] > maxy ? y[k] : maxy;
+            }
+            /* output pixels (grid indices) the drop's bounding box touches */
+            bi0 = ifloor(minx + 0.5);
+            bi1 = ifloor(maxx + 0.5);
+            bj0 = ifloor(miny + 0.5);
+            bj1 = ifloor(maxy + 0.5);
+            /* ... clipped to the output arrays */
+            c0 = bi0 > (long) J->gx0 ? bi0 : (long) J->gx0;
+            c1 = bi1 < (long) J->gx1 ? bi1 : (long) J->gx1;
+            r0 = bj0 > (long) J->gy0 ? bj0 : (long) J->gy0;
+            r1 = bj1 < (long) J->gy1 ? bj1 : (long) J->gy1;
+            if (c0 > c1 || r0 > r1) {
+                continue;
+            }
+            nxl = bi1 - bi0 + 1;
+            nyl = bj1 - bj0 + 1;
+            if (nxl > MAX_DROP_SIDE || nyl > MAX_DROP_SIDE) {
+                continue;
+            }
+            lx0 = (double) bi0;
+            ly0 = (double) bj0;
+            w = w / jaco;
+            if (nxl <= 2 && nyl <= 2) {
+                double cell[4];
+
+                /* Local coordinates relative to the unclipped box origin, so
+                 * that the arithmetic does not depend on where the arrays
+                 * start. */
+                for (k = 0; k < 4; ++k) {
+                    px[k] = x[k] - lx0;
+                    py[k] = y[k] - ly0;
+                }
+                quad_overlaps_2x2(px, py, cell);
+                for (r = r0; r <= r1; ++r) {
+                    for (c = c0; c <= c1; ++c) {
+                        double a = cell[(r - bj0) * 2 + (c - bi0)];
+                        if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
+                            deposit(J, c, r, d, (float) (a * w), v);
+                            hit = 1;
+                        }
+                    }
+                }
+                J->n_used += hit;
+                continue;
+            }
+            ncell = (size_t) ((nxl + 1) * (nyl + 1));
+            if (2 * ncell > J->area_cap) {
+                double *na = (double *) realloc(J->area, sizeof(double) * 2 * ncell);
+                if (!na) {
+                    J->failed = 1;
+                    free(lo);
+                    free(hi);
+                    return 1;
+                }
+                J->area = na;
+                J->area_cap = 2 * ncell;
+            }
+            memset(J->area, 0, sizeof(double) * 2 * ncell);
+
+            for (k = 0; k < 4; ++k) {
+                px[k] = x[k] - lx0;
+                py[k] = y[k] - ly0;
+            }
+            quad_overlaps(px, py, nxl, nyl, J->area, J->area + ncell);
+
+            for (r = r0; r <= r1; ++r) {
+                const double *arow = J->area + (r - bj0) * (nxl + 1) - bi0;
+                for (c = c0; c <= c1; ++c) {
+                    double a = arow[c];
+                    if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
+                        deposit(J, c, r, d, (float) (a * w), v);
+                        hit = 1;
+                    }
+                }
+            }
+            J->n_used += hit;
+        }
+    }
+    free(lo);
+    free(hi);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Kernels that place a function of the distance to the input pixel's
+ * centre on the output grid.
+ */
+
+static inline int
+pixel_centre(const job_t *J, Py_ssize_t idx, double *ox, double *oy)
+{
+    *ox = J->pixmap[2 * idx];
+    *oy = J->pixmap[2 * idx + 1];
+    return !(isnan(*ox) || isnan(*oy) || isinf(*ox) || isinf(*oy));
+}
+
+/* clip an inclusive range of grid indices to the output arrays */
+static inline int
+clip_range(long *a0, long *a1, double lo, double hi)
+{
+    if (*a0 < (long) lo) {
+        *a0 = (long) lo;
+    }
+    if (*a1 > (long) hi) {
+        *a1 = (long) hi;
+    }
+    return *a0 <= *a1;
+}
+
+static int
+kernel_point(job_t *J)
+{
+    Py_ssize_t n = J->in_nx * J->in_ny, idx;
+    float v[MAX_PLANES];
+
+    for (idx = 0; idx < n; ++idx) {
+        double w, ox, oy;
+        float d;
+        long gi, gj;
+
+        if (!input_pixel(J, idx, &d, &w, v) || !pixel_centre(J, idx, &ox, &oy)) {
+            continue;
+        }
+        gi = iround(ox);
+        gj = iround(oy);
+        if (gi < (long) J->gx0 || gi > (long) J->gx1 || gj < (long) J->gy0 ||
+            gj > (long) J->gy1) {
+            continue;
+        }
+        deposit(J, gi, gj, d, (float) w, v);
+        J->n_used += 1;
+    }
+    return 0;
+}
+
+/* Turbo: the drop is a square of side pixfrac (input pixels) aligned with the
+ * output axes, centred on the mapped pixel centre. */
+static int
+kernel_turbo(job_t *J)
+{
+    Py_ssize_t n = J->in_nx * J->in_ny, idx;
+    double pfo = J->pixfrac / (double) J->pscale / 2.0;
+    double scale = (1.0 / (J->pixfrac * J->pixfrac)) * (double) J->pscale * (double) J->pscale;
+    float v[MAX_PLANES];
+
+    for (idx = 0; idx < n; ++idx) {
+        double w, ox, oy, xxi, xxa, yyi, yya;
+        float d;
+        long i0, i1, j0, j1, ii, jj;
+        int hit = 0;
+
+        if (!input_pixel(J, idx, &d, &w, v) || !pixel_centre(J, idx, &ox, &oy)) {
+            continue;
+        }
+        xxi = ox - pfo;
+        xxa = ox + pfo;
+        yyi = oy - pfo;
+        yya = oy + pfo;
+        i0 = iround(xxi);
+        i1 = iround(xxa);
+        j0 = iround(yyi);
+        j1 = iround(yya);
+        if (!clip_range(&i0, &i1, J->gx0, J->gx1) || !clip_range(&j0, &j1, J->gy0, J->gy1)) {
+            continue;
+        }
+        for (jj = j0; jj <= j1; ++jj) {
+            double dy = fmin(yya, (double) jj + 0.5) - fmax(yyi, (double) jj - 0.5);
+            if (!(dy > 0.0)) {
+                continue;
+            }
+            for (ii = i0; ii <= i1; ++ii) {
+                double dx = fmin(xxa, (double) ii + 0.5) - fmax(xxi, (double) ii - 0.5);
+                if (dx > 0.0) {
+                    deposit(J, ii, jj, d, (float) (dx * dy * scale * w), v);
+                    hit = 1;
+                }
+            }
+        }
+        J->n_used += hit;
+    }
+    return 0;
+}
+
+/* Gaussian of FWHM pixfrac input pixels, normalised on the output grid. */
+static int
+kernel_gaussian(job_t *J)
+{
+    Py_ssize_t n = J->in_nx * J->in_ny, idx;
+    double ps = (double) J->pscale;
+    double pfo = 2.5 * J->pixfrac / 2.3548 / ps;
+    double efac = (2.3548 * 2.3548) * ps * ps / (J->pixfrac * J->pixfrac) / 2.0;
+    double es = efac / M_PI;
+    float v[MAX_PLANES];
+
+    if (pfo < 1.2 / ps) {
+        pfo = 1.2 / ps;
+    }
+    for (idx = 0; idx < n; ++idx) {
+        double w, ox, oy;
+        float d;
+        long i0, i1, j0, j1, ii, jj;
+        int hit = 0;
+
+        if (!input_pixel(J, idx, &d, &w, v) || !pixel_centre(J, idx, &ox, &oy)) {
+            continue;
+        }
+        i0 = iround(ox - pfo);
+        i1 = iround(ox + pfo);
+        j0 = iround(oy - pfo);
+        j1 = iround(oy + pfo);
+        if (!clip_range(&i0, &i1, J->gx0, J->gx1) || !clip_range(&j0, &j1, J->gy0, J->gy1)) {
+            continue;
+        }
+        for (jj = j0; jj <= j1; ++jj) {
+            double dy = oy - (double) jj;
+            for (ii = i0; ii <= i1; ++ii) {
+                double dx = ox - (double) ii;
+                float g = (float) (es * exp(-(dx * dx + dy * dy) * efac));
+                deposit(J, ii, jj, d, (float) ((double) g * w), v);
+                hit = 1;
+            }
+        }
+        J->n_used += hit;
+    }
+    return 0;
+}
+
+/* Lanczos of order 2 or 3 (in input pixels), separable, from a table. */
+static int
+kernel_lanczos(job_t *J)
+{
+    Py_ssize_t n = J->in_nx * J->in_ny, idx;
+    int order = J->kernel == K_LANCZOS2 ? 2 : 3;
+    size_t nlut = (size_t) ceil(order / LANCZOS_STEP) + 1, t;
+    double *lut = (double *) malloc(sizeof(double) * nlut);
+    double pfo = (double) order / (double) J->pscale;
+    double sdp = (double) J->pscale / LANCZOS_STEP;
+    float v[MAX_PLANES];
+
+    if (!lut) {
+        J->failed = 1;
+        return 1;
+    }
+    lut[0] = 1.0;
+    for (t = 1; t < nlut; ++t) {
+        double x = (double) t * LANCZOS_STEP;
+        if (x <= order) {
+            double a = M_PI * x, b = a / order;
+            lut[t] = sin(a) * sin(b) / (a * b);
+        } else {
+            lut[t] = 0.0;
+        }
+    }
+    for (idx = 0; idx < n; ++idx) {
+        double w, ox, oy;
+        float d;
+        long i0, i1, j0, j1, ii, jj;
+        int hit = 0;
+
+        if (!input_pixel(J, idx, &d, &w, v) || !pixel_centre(J, idx, &ox, &oy)) {
+            continue;
+        }
+        i0 = (long) floor(ox - pfo) + 1;
+        i1 = (long) floor(ox + pfo);
+        j0 = (long) floor(oy - pfo) + 1;
+        j1 = (long) floor(oy + pfo);
+        if (!clip_range(&i0, &i1, J->gx0, J->gx1) || !clip_range(&j0, &j1, J->gy0, J->gy1)) {
+            continue;
+        }
+        for (jj = j0; jj <= j1; ++jj) {
+            size_t iy = (size_t) iround(fabs((oy - (double) jj) * sdp));
+            if (iy >= nlut) {
+                continue;
+            }
+            for (ii = i0; ii <= i1; ++ii) {
+                size_t ix = (size_t) iround(fabs((ox - (double) ii) * sdp));
+                if (ix >= nlut) {
+                    continue;
+                }
+                deposit(J, ii, jj, d, (float) (lut[ix] * lut[iy] * w), v);
+                hit = 1;
+            }
+        }
+        J->n_used += hit;
+    }
+    free(lut);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Python interface
+ */
+
+/* Check a buffer: C-contiguous, itemsize, kind letter ('f' float, 'u'
+ * unsigned or signed 32-bit int), ndim and shape. */
+static int
+check_buffer(
+    Py_buffer *b, const char *name, Py_ssize_t itemsize, char kind, int ndim,
+    const Py_ssize_t *shape)
+{
+    const char *f = b->format ? b->format : "B";
+    char c;
+    int k;
+
+    while (*f == '<' || *f == '>' || *f == '=' || *f == '@' || *f == '!') {
+        ++f;
+    }
+    c = f[0];
+    if (b->itemsize != itemsize || f[1] != '\0' ||
+        (kind == 'f' && !(c == (itemsize == 4 ? 'f' : 'd'))) ||
+        (kind == 'u' && !(c == 'I' || c == 'i' || c == 'L' || c == 'l'))) {
+        PyErr_Format(
+            PyExc_TypeError, "%s: wrong element type (format '%s', itemsize %zd)", name,
+            b->format ? b->format : "B", b->itemsize);
+        return 1;
+    }
+    if (b->ndim != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %d dimensions, got %d", name, ndim, b->ndim);
+        return 1;
+    }
+    for (k = 0; k < ndim; ++k) {
+        if (shape[k] >= 0 && b->shape[k] != shape[k]) {
+            PyErr_Format(PyExc_ValueError, "%s: shape mismatch in dimension %d", name, k);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+#define N_BUFFERS (6 + 2 * MAX_PLANES)
+
+static PyObject *
+py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {
+        "kernel", "data", "weight", "pixmap", "variances", "out_data", "out_weight",
+        "out_variances", "context", "bit", "x0", "y0", "pixfrac", "pscale_ratio", "iscale",
+        NULL};
+    int kernel, bit;
+    Py_ssize_t x0, y0;
+    double pixfrac, pscale, iscale;
+    PyObject *o_data, *o_weight, *o_pixmap, *o_vars, *o_out, *o_wht, *o_ovars, *o_ctx;
+    Py_buffer bufs[N_BUFFERS];
+    int nbuf = 0, m, nvar, status = 0;
+    job_t J;
+    Py_ssize_t in_shape[3], out_shape[2];
+    const int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT;
+    PyObject *result = NULL;
+
+    (void) self;
+    memset(&J, 0, sizeof(J));
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "iOOOOOOOOinnddd:drizzle_add", kwlist, &kernel, &o_data, &o_weight,
+            &o_pixmap, &o_vars, &o_out, &o_wht, &o_ovars, &o_ctx, &bit, &x0, &y0, &pixfrac,
+            &pscale, &iscale)) {
+        return NULL;
+    }
+    if (kernel < K_SQUARE || kernel > K_LANCZOS3) {
+        PyErr_SetString(PyExc_ValueError, "unknown kernel");
+        return NULL;
+    }
+    if (bit < 0 || bit > 31) {
+        PyErr_SetString(PyExc_ValueError, "context bit must be in 0..31");
+        return NULL;
+    }
+    if (!(pixfrac > 0.0) || !isfinite(pixfrac) || !(pscale > 0.0) || !isfinite(pscale) ||
+        !(iscale > 0.0) || !isfinite(iscale)) {
+        PyErr_SetString(
+            PyExc_ValueError, "pixfrac, pscale_ratio and iscale must be positive and finite");
+        return NULL;
+    }
+    if (!PyTuple_Check(o_vars) || !PyTuple_Check(o_ovars) ||
+        PyTuple_GET_SIZE(o_vars) != PyTuple_GET_SIZE(o_ovars)) {
+        PyErr_SetString(PyExc_ValueError, "variances and out_variances: tuples of equal length");
+        return NULL;
+    }
+    nvar = (int) PyTuple_GET_SIZE(o_ovars);
+    if (nvar > MAX_PLANES) {
+        PyErr_Format(PyExc_ValueError, "at most %d variance planes", MAX_PLANES);
+        return NULL;
+    }
+
+#define GET(obj, fl, name, isz, kind, nd, shp)                                                    \
+    do {                                                                                       \
+        if (PyObject_GetBuffer((obj), &bufs[nbuf], (fl)) != 0) {                               \
+            goto done;                                                                         \
+        }                                                                                      \
+        ++nbuf;                                                                                \
+        if (check_buffer(&bufs[nbuf - 1], (name), (isz), (kind), (nd), (shp))) {               \
+            goto done;                                                                         \
+        }                                                                                      \
+    } while (0)
+
+    in_shape[0] = in_shape[1] = -1;
+    in_shape[2] = 2;
+    GET(o_data, flags, "data", 4, 'f', 2, in_shape);
+    in_shape[0] = bufs[nbuf - 1].shape[0];
+    in_shape[1] = bufs[nbuf - 1].shape[1];
+    J.data = (const float *) bufs[nbuf - 1].buf;
+    J.in_ny = in_shape[0];
+    J.in_nx = in_shape[1];
+    if (o_weight != Py_None) {
+        GET(o_weight, flags, "weight", 4, 'f', 2, in_shape);
+        J.weight = (const float *) bufs[nbuf - 1].buf;
+    }
+    GET(o_pixmap, flags, "pixmap", 8, 'f', 3, in_shape);
+    J.pixmap = (const double *) bufs[nbuf - 1].buf;
+    for (m = 0; m < nvar; ++m) {
+        PyObject *item = PyTuple_GET_ITEM(o_vars, m);
+        if (item == Py_None) {
+            J.var[m] = NULL;
+        } else {
+            GET(item, flags, "variance", 4, 'f', 2, in_shape);
+            J.var[m] = (const float *) bufs[nbuf - 1].buf;
+        }
+    }
+    out_shape[0] = out_shape[1] = -1;
+    GET(o_out, flags | PyBUF_WRITABLE, "out_data", 4, 'f', 2, out_shape);
+    out_shape[0] = bufs[nbuf - 1].shape[0];
+    out_shape[1] = bufs[nbuf - 1].shape[1];
+    J.out = (float *) bufs[nbuf - 1].buf;
+    J.out_ny = out_shape[0];
+    J.out_nx = out_shape[1];
+    GET(o_wht, flags | PyBUF_WRITABLE, "out_weight", 4, 'f', 2, out_shape);
+    J.wht = (float *) bufs[nbuf - 1].buf;
+    for (m = 0; m < nvar; ++m) {
+        GET(PyTuple_GET_ITEM(o_ovars, m), flags | PyBUF_WRITABLE, "out_variance", 4, 'f', 2,
+            out_shape);
+        J.ovar[m] = (float *) bufs[nbuf - 1].buf;
+    }
+    if (o_ctx != Py_None) {
+        GET(o_ctx, flags | PyBUF_WRITABLE, "context", 4, 'u', 2, out_shape);
+        J.ctx = (uint32_t *) bufs[nbuf - 1].buf;
+    }
+#undef GET
+
+    if (kernel == K_SQUARE && (J.in_nx < 2 || J.in_ny < 2)) {
+        PyErr_SetString(PyExc_ValueError, "the square kernel needs an input of at least 2 x 2");
+        goto done;
+    }
+    J.nvar = nvar;
+    J.bit = (uint32_t) 1u << bit;
+    J.gx0 = (double) x0;
+    J.gy0 = (double) y0;
+    J.gx1 = (double) (x0 + J.out_nx - 1);
+    J.gy1 = (double) (y0 + J.out_ny - 1);
+    J.kernel = kernel;
+    J.pixfrac = pixfrac;
+    J.iscale = (float) iscale;
+    J.pscale = (float) pscale;
+
+    if (J.out_nx > 0 && J.out_ny > 0 && J.in_nx > 0 && J.in_ny > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        switch (kernel) {
+        case K_SQUARE:
+            status = kernel_square(&J);
+            break;
+        case K_POINT:
+            status = kernel_point(&J);
+            break;
+        case K_TURBO:
+            status = kernel_turbo(&J);
+            break;
+        case K_GAUSSIAN:
+            status = kernel_gaussian(&J);
+            break;
+        default:
+            status = kernel_lanczos(&J);
+            break;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    if (status || J.failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = PyLong_FromSsize_t(J.n_used);
+
+done:
+    free(J.area);
+    for (m = 0; m < nbuf; ++m) {
+        PyBuffer_Release(&bufs[m]);
+    }
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"drizzle_add", (PyCFunction) (void (*)(void)) py_drizzle_add, METH_VARARGS | METH_KEYWORDS,
+     "drizzle_add(kernel, data, weight, pixmap, variances, out_data, out_weight, "
+     "out_variances, context, bit, x0, y0, pixfrac, pscale_ratio, iscale) -> int\n\n"
+     "Deposit one input image onto the output arrays; see romosaic.resample.kernels."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernels", "romosaic's compiled drizzle kernels.", -1, methods,
+    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC
+PyInit__kernels(void)
+{
+    return PyModule_Create(&module);
+}
