@@ -1,7 +1,8 @@
 """The drizzle co-add: accumulate images on an output grid.
 
-`DrizzleCoadd` wraps the `drizzle` package's C kernel. For each input image
-it adds
+`DrizzleCoadd` drives romosaic's compiled kernels
+(`romosaic.resample.kernels.drizzle_add`, checked against the `drizzle`
+package by the tests). For each input image it adds, in one pass,
 
 * the data, as the weighted mean ``Σ a·w·d / Σ a·w`` (``a`` the kernel
   overlap, ``w`` the pixel weight), so surface brightness in is surface
@@ -18,7 +19,8 @@ it adds
 from dataclasses import dataclass
 
 import numpy as np
-from drizzle.resample import Drizzle
+
+from .kernels import drizzle_add
 
 __all__ = ["CoaddResult", "DrizzleCoadd", "context_planes", "exposure_time_map"]
 
@@ -87,7 +89,7 @@ class DrizzleCoadd:
     fillval : str or float, optional
         Value of output pixels that received no data.
     with_context : bool, optional
-        Keep the context image (one int32 plane per 32 inputs); outlier
+        Keep the context image (one uint32 plane per 32 inputs); outlier
         detection's group drizzles do not need it.
     out_data, out_weight : numpy.ndarray of float32, optional
         Data and weight accumulated so far (e.g. a tile of a larger frame,
@@ -116,26 +118,20 @@ class DrizzleCoadd:
                              "or variance planes")
         self.n_inputs = int(n_inputs)
         self.variance_names = tuple(variance_names)
+        self.kernel = str(kernel)
         self.pixfrac = float(pixfrac)
         self.with_context = bool(with_context)
         self._exptimes = []
         self._added = 0
-        out_img2 = [np.zeros(self.shape, np.float32) for _ in self.variance_names] or None
-        self._drizzle = Drizzle(
-            kernel=kernel,
-            fillval=fillval,
-            fillval2=fillval,
-            out_shape=self.shape,
-            out_img=out_data,
-            out_wht=out_weight,
-            out_img2=out_img2,
-            # drizzle insists on a positive total exposure time once weights
-            # exist; romosaic keeps its own (``_exptimes``), so any will do.
-            exptime=0.0 if out_weight is None else 1.0,
-            begin_ctx_id=0,
-            max_ctx_id=max(self.n_inputs - 1, 0),
-            disable_ctx=not with_context,
-        )
+        fill = np.float32(np.nan if str(fillval).strip().lower() == "nan" else float(fillval))
+        # The kernel keeps running means: pixels that never receive data keep
+        # the fill value they start with.
+        self._data = (np.full(self.shape, fill, np.float32) if out_data is None
+                      else out_data)
+        self._weight = np.zeros(self.shape, np.float32) if out_weight is None else out_weight
+        self._variances = [np.full(self.shape, fill, np.float32) for _ in self.variance_names]
+        self._context = (np.zeros((context_planes(self.n_inputs), *self.shape), np.uint32)
+                         if self.with_context else None)
 
     def add(self, data, pixmap, *, weight, variances=None, exptime, pixel_scale_ratio=1.0):
         """Add one image.
@@ -158,61 +154,30 @@ class DrizzleCoadd:
         """
         if self._added >= self.n_inputs:
             raise ValueError(f"DrizzleCoadd was sized for {self.n_inputs} inputs")
-        weight = np.asarray(weight, dtype=np.float32)
-        usable = weight > 0
-        # NaN times a zero weight is still NaN inside the kernel: zero them.
-        clean = np.where(usable, data, 0.0).astype(np.float32)
-        data2 = None
-        if self.variance_names:
-            variances = variances or {}
-            data2 = []
-            for name in self.variance_names:
-                plane = variances.get(name)
-                if plane is None:
-                    data2.append(np.zeros(clean.shape, np.float32))
-                else:
-                    plane = np.asarray(plane, dtype=np.float32)
-                    data2.append(np.where(usable & np.isfinite(plane), plane, 0.0).astype(
-                        np.float32))
-        if not np.isfinite(pixmap).all():
-            # Pixels without a sky position land far outside the output.
-            pixmap = np.where(np.isfinite(pixmap), pixmap, -1e9)
-        self._drizzle.add_image(
-            clean,
-            exptime=float(exptime),
-            pixmap=pixmap,
-            data2=data2,
-            weight_map=weight,
+        # Pixels with no usable weight, NaN data or no sky position are left
+        # out by the kernel itself, so the inputs need no cleaned copies.
+        variances = variances or {}
+        drizzle_add(
+            data, pixmap, self._data, self._weight,
+            weight=weight,
+            variances=[variances.get(name) for name in self.variance_names],
+            out_variances=self._variances,
+            out_context=self._context,
+            context_index=self._added,
+            kernel=self.kernel,
             pixfrac=self.pixfrac,
-            iscale=1.0,
             pixel_scale_ratio=float(pixel_scale_ratio),
-            in_units="cps",
         )
         self._exptimes.append(float(exptime))
         self._added += 1
 
     def finish(self):
         """The co-added arrays (see `CoaddResult`)."""
-        drizzle = self._drizzle
-        context = drizzle.out_ctx if self.with_context else None
-        if self.with_context:
-            if context is None:
-                context = np.zeros((context_planes(self.n_inputs), *self.shape), np.int32)
-            context = np.ascontiguousarray(context).view(np.uint32)
-        variances = {}
-        if self.variance_names:
-            out_img2 = drizzle.out_img2
-            if isinstance(out_img2, np.ndarray):
-                out_img2 = [out_img2]
-            variances = {
-                name: np.asarray(plane, dtype=np.float32)
-                for name, plane in zip(self.variance_names, out_img2, strict=True)
-            }
         return CoaddResult(
-            data=np.asarray(drizzle.out_img, dtype=np.float32),
-            weight=np.asarray(drizzle.out_wht, dtype=np.float32),
-            context=context,
-            variances=variances,
+            data=self._data,
+            weight=self._weight,
+            context=self._context,
+            variances=dict(zip(self.variance_names, self._variances, strict=True)),
             exptimes=list(self._exptimes),
         )
 
