@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml setup.py romosaic/resample/_kernels.c
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
 	$(BIN)/romosaic simulate $(DEMO_DIR) --n-exposures 4 --n-detectors 2 --size 1024 --seed 1
-	cd $(DEMO_DIR) && ../$(BIN)/strun roman_mos sim_f158_asn.json
+	cd $(DEMO_DIR) && $(abspath $(BIN))/strun roman_mos sim_f158_asn.json
 	$(BIN)/romosaic preview $(DEMO_DIR)/sim_f158_coadd.asdf -o $(DEMO_DIR)/sim_f158_coadd.png
 	@echo ""
 	@echo "Demo products:"
