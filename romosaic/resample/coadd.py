@@ -20,11 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import drizzle_add
+from .kernels import CONTEXT_BITS, drizzle_add
 
 __all__ = ["CoaddResult", "DrizzleCoadd", "context_planes", "exposure_time_map"]
-
-CONTEXT_BITS = 32
 
 
 def context_planes(n_inputs):

@@ -18,6 +18,7 @@ __all__ = ["KERNELS", "drizzle_add"]
 #: Kernel names, in the order of the compiled module's codes.
 KERNELS = ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3")
 
+#: Inputs per context plane (one bit each).
 CONTEXT_BITS = 32
 
 
