@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas
 import pytest
 import roman_datamodels.datamodels as rdm
+from astropy.table import Table
 
 from romosaic.pipeline import MosaicPipeline
 from romosaic.simulate import make_image_models, simulate_association
@@ -127,6 +129,14 @@ def test_product_validates_and_inputs_untouched(noisy_sim, tmp_path):
     stem = noisy_sim.product_name
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [path.name, f"{stem}_cat.parquet", f"{stem}_segm.asdf"])
+    # The catalog opens in the usual tools, units and descriptions intact.
+    catalog = Table.read(tmp_path / f"{stem}_cat.parquet")
+    assert len(catalog) > 0
+    assert catalog["kron_flux"].unit == "nJy" and catalog["ra_centroid"].unit == "deg"
+    assert "Kron" in catalog["kron_flux"].description
+    frame = pandas.read_parquet(tmp_path / f"{stem}_cat.parquet")
+    assert len(frame) == len(catalog)
+    np.testing.assert_array_equal(frame["kron_flux"].to_numpy(), np.asarray(catalog["kron_flux"]))
 
 
 def test_on_disk_gives_identical_arrays(noisy_sim, tmp_path):
