@@ -25,6 +25,7 @@ __all__ = [
     "WCS_ROUND_TRIP_TOLERANCE",
     "check_image_wcs",
     "group_id_from_model",
+    "image_geometry",
     "inspect_image_model",
     "open_image_model",
     "read_exposure_group_id",
@@ -224,6 +225,33 @@ def require_image_model(model, *, source=None):
     raise ModelTypeError(
         f"{name}: is a {kind}, but romosaic needs Level-2 calibrated images (ImageModel)"
     )
+
+
+def image_geometry(model):
+    """An image model's ``(wcs, shape)``, with a one-line error when it has none.
+
+    Parameters
+    ----------
+    model : roman_datamodels.datamodels.DataModel
+
+    Returns
+    -------
+    wcs : gwcs.wcs.WCS
+    shape : tuple of int
+        ``(ny, nx)`` of the data array.
+
+    Raises
+    ------
+    romosaic.errors.RomosaicInputError
+        Without ``meta.wcs``, or when the data are not a 2-D image.
+    """
+    name = _model_filename(model)
+    if model.meta.get("wcs") is None:
+        raise RomosaicInputError(f"{name}: has no WCS (meta.wcs)")
+    shape = model.data.shape
+    if len(shape) != 2:
+        raise RomosaicInputError(f"{name}: data is not a 2-D image (shape {shape})")
+    return model.meta.wcs, shape
 
 
 def read_exposure_group_id(path):

@@ -14,7 +14,7 @@ import numpy as np
 from astropy.table import Table
 
 from ..errors import RomosaicInputError
-from .sources import _read_table
+from .sources import _column_named, _read_table
 
 __all__ = ["read_reference_catalog"]
 
@@ -64,9 +64,7 @@ def read_reference_catalog(path, *, catalog_format=None):
             f"{text}: no such file; abs_refcat must be a local table file (ECSV, Parquet or "
             "FITS with RA/Dec columns), not a catalogue service name")
     table = _read_table(path, catalog_format)
-    names = {name.lower(): name for name in table.colnames}
-    ra_name = next((names[n] for n in _RA_NAMES if n in names), None)
-    dec_name = next((names[n] for n in _DEC_NAMES if n in names), None)
+    ra_name, dec_name = _column_named(table, _RA_NAMES), _column_named(table, _DEC_NAMES)
     if ra_name is None or dec_name is None:
         raise RomosaicInputError(
             f"{path}: reference catalogue has no RA/Dec columns (expected ra and dec, any "
@@ -82,8 +80,9 @@ def read_reference_catalog(path, *, catalog_format=None):
         raise RomosaicInputError(f"{path}: Dec values outside [-90, 90] degrees in column "
                                  f"{dec_name}")
     columns = {"RA": ra % 360.0, "DEC": dec}
-    if "weight" in names:
-        weight = np.asarray(table[names["weight"]], float)
+    weight_name = _column_named(table, ("weight",))
+    if weight_name is not None:
+        weight = np.asarray(table[weight_name], float)
         finite &= np.isfinite(weight) & (weight > 0)
         columns["weight"] = weight
     result = Table(columns)[finite]

@@ -198,9 +198,7 @@ def read_image_catalog(path, *, catalog_format=None):
     """
     path = Path(path)
     table = _read_table(path, catalog_format)
-    names = {name.lower(): name for name in table.colnames}
-    x_name = next((names[n] for n in _X_NAMES if n in names), None)
-    y_name = next((names[n] for n in _Y_NAMES if n in names), None)
+    x_name, y_name = _column_named(table, _X_NAMES), _column_named(table, _Y_NAMES)
     if x_name is None or y_name is None:
         raise RomosaicInputError(
             f"{path}: source catalog has no pixel-position columns (x/y, xcentroid/ycentroid "
@@ -208,10 +206,17 @@ def read_image_catalog(path, *, catalog_format=None):
     x = np.asarray(table[x_name], float)
     y = np.asarray(table[y_name], float)
     columns = {"x": x, "y": y}
-    if "weight" in names:
-        columns["weight"] = np.asarray(table[names["weight"]], float)
+    weight_name = _column_named(table, ("weight",))
+    if weight_name is not None:
+        columns["weight"] = np.asarray(table[weight_name], float)
     result = Table(columns)
     return result[np.isfinite(x) & np.isfinite(y)]
+
+
+def _column_named(table, candidates):
+    """The table's column whose lower-cased name is the first of ``candidates`` found."""
+    names = {name.lower(): name for name in table.colnames}
+    return next((names[n] for n in candidates if n in names), None)
 
 
 def _read_table(path, catalog_format=None):

@@ -3,6 +3,7 @@
 import logging
 
 from ..errors import RomosaicInputError
+from ..models import image_geometry
 from ..resample import summarize_input
 
 __all__ = ["survey_inputs"]
@@ -20,13 +21,7 @@ def survey_inputs(library):
     summaries = []
     group_ids = [m["group_id"] for m in library.asn["products"][0]["members"]]
     for index, model in library.iter_models(modify=False):
-        name = model.meta.filename
-        if model.meta.get("wcs") is None:
-            raise RomosaicInputError(f"{name}: has no WCS (meta.wcs)")
-        shape = model.data.shape
-        if len(shape) != 2:
-            raise RomosaicInputError(f"{name}: data is not a 2-D image (shape {shape})")
-        geometry.append((model.meta.wcs, shape))
+        geometry.append(image_geometry(model))
         summaries.append(summarize_input(model, group_id=group_ids[index]))
     not_converted = [s.filename for s in summaries if s.cal_step.get("flux") != "COMPLETE"]
     if not_converted:

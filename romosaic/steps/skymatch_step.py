@@ -13,7 +13,7 @@ import numpy as np
 
 from ..dq import bad_flags_mask, good_pixel_mask
 from ..errors import RomosaicInputError
-from ..models import set_array
+from ..models import image_geometry, set_array
 from ..parallel import resolve_workers, run_in_workers
 from ..skymatch import (
     SKY_METHODS,
@@ -145,11 +145,7 @@ class SkyMatchStep(RomosaicStep):
         geometry, names = [], []
         for _, model in library.iter_models(modify=False):
             name = str(model.meta.filename)
-            if model.meta.get("wcs") is None:
-                raise RomosaicInputError(f"{name}: has no WCS (meta.wcs)")
-            if model.data.ndim != 2:
-                raise RomosaicInputError(f"{name}: data is not a 2-D image "
-                                         f"(shape {model.data.shape})")
+            wcs_and_shape = image_geometry(model)
             level, subtracted = _background_state(model)
             if subtracted and self.subtract:
                 raise RomosaicInputError(
@@ -158,7 +154,7 @@ class SkyMatchStep(RomosaicStep):
             if step_status(model, "flux") != STEP_COMPLETE:
                 log.info("%s: not in MJy/sr (flux step not run); levels are in the data's units",
                          name)
-            geometry.append((model.meta.wcs, model.data.shape))
+            geometry.append(wcs_and_shape)
             names.append(name)
         return geometry, names
 

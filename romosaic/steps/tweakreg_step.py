@@ -26,7 +26,7 @@ from ..align import (
 )
 from ..dq import good_pixel_mask
 from ..errors import RomosaicInputError
-from ..models import group_id_from_model
+from ..models import group_id_from_model, image_geometry
 from ..parallel import resolve_workers
 from .base import STEP_COMPLETE, STEP_SKIPPED, RomosaicStep
 
@@ -155,11 +155,7 @@ class TweakRegStep(RomosaicStep):
     def _gather(self, index, model):
         """An `AlignImage` for one model: WCS, shape, group and sources."""
         name = str(model.meta.filename)
-        if model.meta.get("wcs") is None:
-            raise RomosaicInputError(f"{name}: has no WCS (meta.wcs)")
-        if model.data.ndim != 2:
-            raise RomosaicInputError(f"{name}: data is not a 2-D image "
-                                     f"(shape {model.data.shape})")
+        image_geometry(model)
         catalog_file = self._catalog_file(model)
         if catalog_file is not None:
             catalog = read_image_catalog(catalog_file, catalog_format=self._read_format(
