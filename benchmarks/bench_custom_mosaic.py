@@ -78,7 +78,7 @@ def ensure_data(name, options, data_dir, python):
 def run_case(case_dir, args):
     work = Path(tempfile.mkdtemp(prefix="run-custom-", dir=args.data_dir))
     spec = {"pattern": str(case_dir / "*_cal.asdf"), "output_dir": str(work / "out"),
-            "coarse": args.coarse, "on_disk": args.on_disk, "tile_memory": args.tile_memory,
+            "coarse": args.coarse, "on_disk": args.on_disk, "memory_budget": args.memory_budget,
             "result": str(work / "result.json")}
     log_path = work / "run.log"
     with open(log_path, "w") as log:
@@ -109,8 +109,8 @@ def parse_args(argv):
     mode.add_argument("--on-disk", dest="on_disk", action="store_const", const=True,
                       default=None, help="force on_disk (default: automatic)")
     mode.add_argument("--in-memory", dest="on_disk", action="store_const", const=False)
-    parser.add_argument("--tile-memory", type=float, default=None, metavar="MIB",
-                        help="MiB per drizzle strip (default: the command's)")
+    parser.add_argument("--memory-budget", type=float, default=None, metavar="MIB",
+                        help="MiB of drizzle planes in memory (default: the steps')")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="where simulated data are cached (default: %(default)s)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
@@ -180,7 +180,7 @@ class _AnonSampler(threading.Thread):
 
 def child_run(spec_json):
     spec = json.loads(spec_json)
-    from romosaic.custom_mosaic import DEFAULT_TILE_MEMORY_MIB, perform
+    from romosaic.custom_mosaic import perform
 
     rss_after_import = _rss_mib()
     sampler = _AnonSampler()
@@ -189,7 +189,7 @@ def child_run(spec_json):
     start = time.perf_counter()
     status = perform(spec["pattern"], output_dir=spec["output_dir"], coarse=spec["coarse"],
                      on_disk=spec["on_disk"],
-                     tile_memory=spec["tile_memory"] or DEFAULT_TILE_MEMORY_MIB)
+                     memory_budget=spec["memory_budget"])
     wall = time.perf_counter() - start
     usage1 = os.times()
     sampler.running = False

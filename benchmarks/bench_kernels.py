@@ -61,9 +61,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np
 from drizzle.resample import Drizzle
 
-from romosaic.outlier import FrameStore, blot_median, data_window, nanmedian_stack
+from romosaic.outlier import blot_median, nanmedian_stack
 from romosaic.resample import DrizzleCoadd, compute_pixmap, free_grid
+from romosaic.resample.engine import data_window
 from romosaic.resample.kernels import KERNELS, drizzle_add
+from romosaic.resample.pixmap import PixelMapper
+from romosaic.resample.planes import PlaneStore
 from romosaic.resample.weights import pixel_weights
 from romosaic.simulate.wcs import build_gwcs, plan_layout
 
@@ -205,11 +208,13 @@ def run(size, repeat, exact_repeat, kernels=("square",), compare_only=False):
     window = data_window(fine, [(wcs_in, shape)])
     median = rng.normal(1.0, 0.1, window.shape).astype(np.float32)
     median[:8], median[-8:], median[:, :8], median[:, -8:] = np.nan, np.nan, np.nan, np.nan
-    store = FrameStore(window.shape)
-    median_key = store.add(median)
+    store = PlaneStore(window.shape)
+    store.new_plane("median")
+    store.write("median", median)
     del median
     record("blot_median", f"median grid {window.shape[1]}x{window.shape[0]}, pixmap(10)",
-           timed(lambda: blot_median(store, median_key, window.mapper(wcs_in, shape), window),
+           timed(lambda: blot_median(store, "median",
+                                     PixelMapper(wcs_in, window.grid.wcs, shape), window),
                  repeat))
     store.close()
     return rows, grid.shape

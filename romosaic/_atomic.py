@@ -207,6 +207,37 @@ def make_private_dir(directory, purpose, *, hidden=True):
         ) from None
 
 
+@contextlib.contextmanager
+def scratch_directory(directory, purpose, *, enabled=True):
+    """A private temporary directory for the duration of a ``with`` block.
+
+    Made with `make_private_dir` (so a later run removes it if this process
+    is killed) and removed when the block ends, whatever happens in it.
+    Arrays memory-mapped from its files stay readable after that (POSIX).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike or None
+        Where to make it (None: the current directory).
+    purpose : str
+        A word naming what it is for.
+    enabled : bool, optional
+        False yields None and makes nothing.
+
+    Yields
+    ------
+    pathlib.Path or None
+    """
+    if not enabled:
+        yield None
+        return
+    path = make_private_dir(directory or ".", purpose)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def prepare_output_directory(directory):
     """Make sure files can be written to ``directory``, before any work is done.
 

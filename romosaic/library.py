@@ -55,10 +55,6 @@ __all__ = ["ModelLibrary"]
 
 log = logging.getLogger(__name__)
 
-#: The arrays the steps' worker processes read (see `ModelLibrary.load_arrays`).
-WORKER_ARRAYS = ("data", "dq", "err", "var_rnoise", "var_poisson", "var_flat")
-
-
 class ModelLibrary(AbstractModelLibrary):
     """The images of one association, with borrow/shelve access.
 
@@ -191,29 +187,6 @@ class ModelLibrary(AbstractModelLibrary):
                 Path(self._temp_filenames[index]).unlink(missing_ok=True)
             self._temp_filenames = {renumber[i]: name for i, name in self._temp_filenames.items()
                                     if i in renumber}
-
-    def load_arrays(self, names=WORKER_ARRAYS):
-        """Read the named arrays of every in-memory model now.
-
-        Call before forking worker processes (`romosaic.parallel`): an array
-        still to be loaded lazily would be read, in a worker, through a file
-        handle the worker shares with this process, and concurrent reads
-        move one another's file position. Read here once, the arrays stay
-        in the models, where the workers see them. With ``on_disk`` a worker
-        opens the model files itself, so nothing is read.
-
-        Parameters
-        ----------
-        names : sequence of str, optional
-            Array attributes to read where the models have them.
-        """
-        if self._on_disk:
-            return
-        for _, model in self.iter_models(modify=False):
-            for name in names:
-                values = getattr(model, name, None)
-                if values is not None:
-                    values[:1]  # indexing makes asdf read (and keep) the whole block
 
     def iter_models(self, *, modify=False):
         """Borrow each model in turn, yielding ``(index, model)``.

@@ -1,6 +1,5 @@
-"""Custom mosaics: region choice, grid, naming, tiled drizzle, products and bad input."""
+"""Custom mosaics: region choice, grid, naming, products and bad input."""
 
-import contextlib
 import hashlib
 import json
 import math
@@ -26,12 +25,10 @@ from romosaic.custom_mosaic import (
     read_inputs,
 )
 from romosaic.pipeline import MosaicPipeline
-from romosaic.resample import drizzle_images, free_grid, input_from_model
 from romosaic.resample.grid import region_window_grid
-from romosaic.resample.tiled import drizzle_images_tiled, drizzle_window, plan_strips
-from romosaic.simulate import make_image_models, simulate_association
+from romosaic.simulate import simulate_association
 from romosaic.skycell import get_tessellation, skycells_for_image
-from romosaic.wcs_utils import footprint, footprint_bounds, sky_to_unit_vectors
+from romosaic.wcs_utils import footprint, sky_to_unit_vectors
 
 # Skymatch and outlier detection give results that depend on the whole input
 # set and on the grid of the outlier median (its weight threshold is
@@ -152,91 +149,6 @@ def test_on_disk_decision_follows_the_memory_estimate():
     assert choose_on_disk(4 * 512**2, 40, 15000**2, memory)
 
 
-# -- tiled drizzle ----------------------------------------------------------------------
-
-
-def test_plan_strips_cover_the_grid_within_the_budget():
-    for ny, nx, budget in [(1000, 300, 2e6), (5, 10, 1e9), (4097, 4000, 64 * 2**20)]:
-        strips = plan_strips(ny, nx, bytes_per_pixel=24, tile_memory=budget, margin=7)
-        assert strips[0][0] == 0 and strips[-1][1] == ny
-        assert all(a[1] == b[0] for a, b in zip(strips, strips[1:], strict=False))
-        tallest = max(stop - start for start, stop in strips)
-        assert 24 * (nx + 14) * (tallest + 14) <= max(budget, 24 * (nx + 14) * 30)
-    assert len(plan_strips(1000, 300, bytes_per_pixel=24, tile_memory=2e6, margin=7)) > 3
-
-
-def test_tiled_drizzle_works_only_where_data_are_and_equals_one_big_drizzle(tmp_path):
-    # A grid much larger than the inputs, as a skycell holding a few
-    # detectors: strips cover only the data window, and the pixels outside
-    # it must still equal those of one drizzle of the whole grid.
-    models, *_ = make_image_models(n_exposures=2, n_detectors=2, size=96, seed=8)
-    inputs = [input_from_model(m) for m in models]
-    geometry = [(image.wcs, image.shape) for image in inputs]
-    fitted = free_grid(geometry)
-    grid = free_grid(geometry, output_shape=(fitted.shape[0] + 301, fitted.shape[1] + 457))
-    whole, scale = drizzle_images(iter(inputs), grid, len(inputs))
-    bounds = footprint_bounds(geometry, grid.wcs, points_per_edge=17)
-    (row0, row1), (col0, col1) = drizzle_window(bounds, grid.shape, 7)
-    assert 0 < row0 < row1 < grid.shape[0] and 0 < col0 < col1 < grid.shape[1]
-    assert (row1 - row0) * (col1 - col0) < 0.6 * grid.shape[0] * grid.shape[1]
-    # Nothing lands outside the window in the whole drizzle either.
-    outside = np.ones(grid.shape, bool)
-    outside[row0:row1, col0:col1] = False
-    assert not (whole.weight[outside] > 0).any()
-
-    @contextlib.contextmanager
-    def load(index):
-        yield inputs[index]
-
-    tiled, _ = drizzle_images_tiled(load, geometry, grid, directory=tmp_path,
-                                    tile_memory=24 * (col1 - col0 + 14) * 40)
-    banded, _ = drizzle_images_tiled(load, geometry, grid, workers=2, in_memory=True)
-    single, _ = drizzle_images_tiled(load, geometry, grid, workers=1, in_memory=True)
-    for result in (tiled, banded, single):
-        assert result.exptimes == whole.exptimes
-        np.testing.assert_array_equal(result.context, whole.context)
-        np.testing.assert_array_equal(result.data, whole.data)  # NaN where empty, as in whole
-        np.testing.assert_array_equal(result.weight, whole.weight)
-        for name, plane in whole.variances.items():
-            np.testing.assert_array_equal(result.variances[name], plane)
-    assert np.isnan(whole.data[outside]).all()
-
-
-def test_tiled_drizzle_equals_one_big_drizzle(tmp_path):
-    models, *_ = make_image_models(n_exposures=3, n_detectors=2, size=128, seed=4)
-    inputs = [input_from_model(m) for m in models]
-    geometry = [(image.wcs, image.shape) for image in inputs]
-    grid = free_grid(geometry, pixel_scale_ratio=0.5)
-    whole, scale = drizzle_images(iter(inputs), grid, len(inputs))
-
-    @contextlib.contextmanager
-    def load(index):
-        yield inputs[index]
-
-    # About 30 rows per strip: most inputs miss some strips.
-    budget = 24 * (grid.shape[1] + 14) * 44
-    tiled, tiled_scale = drizzle_images_tiled(load, geometry, grid, tile_memory=budget,
-                                              directory=tmp_path)
-    # The memory-mapped files are already unlinked; the arrays stay readable.
-    assert list(tmp_path.iterdir()) == []
-    assert len(plan_strips(*grid.shape, bytes_per_pixel=24, tile_memory=budget,
-                           margin=7)) >= 5
-    assert tiled_scale == scale
-    # Strips in files, and one band per worker in shared memory with two
-    # workers: both equal one big drizzle to the bit.
-    banded, banded_scale = drizzle_images_tiled(load, geometry, grid, workers=2,
-                                                in_memory=True)
-    assert banded_scale == scale
-    for result in (tiled, banded):
-        assert result.exptimes == whole.exptimes
-        np.testing.assert_array_equal(result.context, whole.context)
-        np.testing.assert_array_equal(result.data, whole.data)
-        np.testing.assert_array_equal(result.weight, whole.weight)
-        assert result.variances.keys() == whole.variances.keys()
-        for name, plane in whole.variances.items():
-            np.testing.assert_array_equal(result.variances[name], plane)
-
-
 # -- simulated data on a corner of four skycells -------------------------------------------
 
 
@@ -264,10 +176,10 @@ def test_one_mosaic_equals_the_skycell_mosaics_pixel_for_pixel(corner_sim, tmp_p
     sim = corner_sim
     before = _digest(sim.cal_paths)
     out = tmp_path / "out"
-    # A small tile budget makes the drizzle run in several strips.
+    # A small memory budget puts the planes in files, drizzled in several strips.
     # Without alignment, as the skycell mosaics it is compared with.
     status = perform([str(p) for p in sim.cal_paths], log_level="info", output_dir=out,
-                     steps=RESAMPLE_ONLY, tile_memory=2, align=False)
+                     steps=RESAMPLE_ONLY, memory_budget=2, align=False)
     assert status == 0
     images = read_inputs(sim.cal_paths)
     plan = plan_custom_mosaic(images)

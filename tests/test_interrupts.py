@@ -309,16 +309,18 @@ def test_only_stale_private_directories_are_removed(tmp_path):
 
 
 def _working_directory_of(kind, directory):
-    if kind == "outlier_frames":
-        from romosaic.outlier.detect import FrameStore
+    # What the steps do when their planes go to files: a scratch directory
+    # (held open here, as by a step killed in the middle of its work).
+    from romosaic._atomic import scratch_directory
+    from romosaic.resample.planes import PlaneStore
 
-        return FrameStore((4, 4), on_disk=True, directory=directory)
-    from romosaic.resample.tiled import MappedPlanes
+    scratch = scratch_directory(directory, kind)
+    store = PlaneStore((4, 4), directory=scratch.__enter__())
+    store.new_plane("data", fill=float("nan"))
+    return scratch, store
 
-    return MappedPlanes((4, 4), ["var_rnoise"], 1, directory=directory)
 
-
-@pytest.mark.parametrize("kind", ["outlier_frames", "resample_tiles"])
+@pytest.mark.parametrize("kind", ["median", "planes"])
 def test_working_directories_of_a_killed_run_are_removed_by_the_next(kind, tmp_path):
     # Made in a child that is then killed, as by SIGKILL in the middle of a step.
     code = ("import os, sys, signal\n"

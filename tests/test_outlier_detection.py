@@ -212,29 +212,32 @@ def _rotated_input(seed=0, shape=(300, 340), angle=35.0):
 
 
 def _window_for(image):
-    from romosaic.outlier.detect import data_window
     from romosaic.resample import free_grid
+    from romosaic.resample.engine import data_window
 
     grid = free_grid([(image.wcs, image.shape)], pixel_scale_ratio=0.5, rotation=0.0)
     return data_window(grid, [(image.wcs, image.shape)])
 
 
 @pytest.mark.parametrize("on_disk", [False, True])
-def test_tiled_group_drizzle_equals_one_whole_window_drizzle(tmp_path, on_disk):
-    from romosaic.outlier.detect import FrameStore, drizzle_group
+def test_group_drizzle_in_strips_equals_one_whole_window_drizzle(tmp_path, on_disk):
+    from romosaic.outlier.detect import drizzle_group
+    from romosaic.resample.engine import plan_strips
+    from romosaic.resample.planes import PlaneStore
 
     images = [_rotated_input(seed) for seed in (1, 2)]
     window = _window_for(images[0])
-    assert min(window.shape) > 600  # several 256-pixel tiles each way
+    assert min(window.shape) > 600
     frames = {}
-    for budget in (1, 2**30):  # 256-pixel tiles; one tile
-        store = FrameStore(window.shape, on_disk=on_disk, directory=tmp_path)
-        key = drizzle_group(iter(images), window, store, n_images=2, memory_budget=budget)
-        frames[budget] = store.read(key)
+    for name, strips in (("strips", plan_strips(*window.shape, bytes_per_pixel=8,
+                                                memory=8 * window.shape[1] * 100)),
+                         ("whole", [(0, window.shape[0])])):
+        store = PlaneStore(window.shape, directory=tmp_path if on_disk else None)
+        drizzle_group(iter(images), window, store, name="g", n_images=2, strips=strips)
+        frames[name] = store.read("g")
         store.close()
-    tiled, whole = frames[1], frames[2**30]
-    assert np.isfinite(whole).mean() > 0.5
-    np.testing.assert_array_equal(tiled, whole)
+    assert np.isfinite(frames["whole"]).mean() > 0.5
+    np.testing.assert_array_equal(frames["strips"], frames["whole"])
     assert not list(tmp_path.iterdir())  # on-disk frames removed by close()
 
 
@@ -242,19 +245,22 @@ def test_blot_and_flags_in_pieces_equal_whole_image_forms(monkeypatch):
     from scipy import ndimage
 
     from romosaic.outlier import detect
+    from romosaic.resample.pixmap import PixelMapper
+    from romosaic.resample.planes import PlaneStore
 
     image = _rotated_input(3)
     window = _window_for(image)
     rng = np.random.default_rng(4)
     median = rng.normal(1.0, 0.2, window.shape).astype(np.float32)
     median[100:140, 200:260] = np.nan
-    store = detect.FrameStore(window.shape)
-    key = store.add(median)
+    store = PlaneStore(window.shape)
+    store.new_plane("median")
+    store.write("median", median)
     # Small pieces: many blot tiles and flag bands, and bands without data.
     monkeypatch.setattr(detect, "_BLOT_TILE", 64)
     monkeypatch.setattr(detect, "_FLAG_ROWS", 37)
-    mapper = window.mapper(image.wcs, image.shape)
-    blot = detect.blot_median(store, key, mapper, window)
+    mapper = PixelMapper(image.wcs, window.grid.wcs, image.shape)
+    blot = detect.blot_median(store, "median", mapper, window)
     pixmap = mapper.region()
     coordinates = np.array([pixmap[..., 1] - window.y0, pixmap[..., 0] - window.x0])
     holes = np.isnan(median)

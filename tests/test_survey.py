@@ -134,7 +134,7 @@ def killed_then_rerun(planned, tmp_path_factory):
     log_path = home / "killed_run.log"
     with open(log_path, "w") as log:
         client = subprocess.Popen(
-            [ROMOSAIC, "survey", "run", str(plan_dir), "--workers", "1", *OPTIONS],
+            [ROMOSAIC, "survey", "run", str(plan_dir), "--processes", "1", *OPTIONS],
             stdout=log, stderr=subprocess.STDOUT, env=_survey_env(home),
             start_new_session=True)
     receipts = plan_dir / "receipts"
@@ -155,7 +155,7 @@ def killed_then_rerun(planned, tmp_path_factory):
     lines = []
     from romosaic.survey import run_survey
 
-    summary = run_survey(plan_dir, workers=2, options=OPTIONS, retries=1,
+    summary = run_survey(plan_dir, processes=2, options=OPTIONS, retries=1,
                          progress=lines.append, progress_interval=5)
     return summary, done_before, stat_before, lines
 
@@ -274,7 +274,7 @@ def test_processes_fallback_reruns_only_the_failed_task(planned, killed_then_rer
     plan_dir, plan, good, failing = planned
     before = {p.name: p.stat().st_mtime_ns for p in (plan_dir / "products").iterdir()}
     status = romosaic_main(["survey", "run", str(plan_dir), "--scheduler", "processes",
-                            "--workers", "1", "--verify", "checksum", *OPTIONS])
+                            "--processes", "1", "--verify", "checksum", *OPTIONS])
     out = capsys.readouterr().out
     assert status == 1
     assert f"{len(good)} already complete, 1 to run on a process pool of 1 worker" in out
@@ -294,7 +294,7 @@ def test_memory_limit_stops_a_task(planned, tmp_path, capsys):
     (copy / "plan.json").write_text(json.dumps(one))
     from romosaic.survey import run_survey
 
-    summary = run_survey(copy, scheduler="processes", workers=1, memory_limit="40MB",
+    summary = run_survey(copy, scheduler="processes", processes=1, memory_limit="40MB",
                          retries=2, options=OPTIONS, progress=None)
     assert summary.failed == [good[0]]
     record = json.loads((copy / "manifest.json").read_text())["tasks"][good[0]]
@@ -523,7 +523,7 @@ def test_full_skycell_mosaics_and_memory_estimate(field, tmp_path):
                           *map(str, paths[:3])]) == 0
     plan = load_plan(plan_dir)
     assert plan["n_tasks"] == 4
-    summary = run_survey(plan_dir, workers=2, progress=None)
+    summary = run_survey(plan_dir, processes=2, progress=None)
     assert summary.exit_status == 0 and len(summary.succeeded) == 4
     manifest = json.loads((plan_dir / "manifest.json").read_text())
     for task in plan["tasks"]:

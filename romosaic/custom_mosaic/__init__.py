@@ -20,7 +20,6 @@ Examples
 
 __all__ = [
     "COARSE_BLOCK",
-    "DEFAULT_TILE_MEMORY_MIB",
     "CustomMosaicPlan",
     "InputImage",
     "Window",
@@ -41,7 +40,7 @@ _HOMES = {
     "grid": ("COARSE_BLOCK", "Window", "bounding_window", "coarse_window", "default_prefix",
              "footprint_centre", "nearest_region"),
     "inputs": ("InputImage", "expand_input_source", "read_inputs"),
-    "mosaic": ("DEFAULT_TILE_MEMORY_MIB", "CustomMosaicPlan", "choose_on_disk",
+    "mosaic": ("CustomMosaicPlan", "choose_on_disk",
                "make_custom_mosaic", "perform", "plan_custom_mosaic"),
 }
 

@@ -34,8 +34,9 @@ def add_cli_parser(subparsers):
     parser.add_argument("--coarse", action="store_true",
                         help="also make PREFIX_<filter>_coarse_* products at 0.11 arcsec, "
                         "each pixel a 2x2 block of the 0.055 arcsec grid")
-    parser.add_argument("--tile-memory", type=float, default=None, metavar="MIB",
-                        help="MiB of output arrays drizzled at once (default: 4096)")
+    parser.add_argument("--memory-budget", type=float, default=None, metavar="MIB",
+                        help="MiB of drizzle planes held in memory; beyond it they are "
+                        "memory-mapped files (default: the steps' memory_budget, 512)")
     align = parser.add_mutually_exclusive_group()
     align.add_argument("--refcat", default=None, metavar="FILE",
                        help="also align to this reference catalogue: an ECSV, Parquet or FITS "
@@ -52,13 +53,13 @@ def add_cli_parser(subparsers):
 
 
 def _run(args):
-    from .mosaic import DEFAULT_TILE_MEMORY_MIB, perform
+    from .mosaic import perform
 
-    tile_memory = DEFAULT_TILE_MEMORY_MIB if args.tile_memory is None else args.tile_memory
-    if not tile_memory > 0:
-        print("romosaic custom-mosaic: error: --tile-memory must be > 0 MiB", file=sys.stderr)
+    if args.memory_budget is not None and not args.memory_budget >= 1:
+        print("romosaic custom-mosaic: error: --memory-budget must be >= 1 MiB",
+              file=sys.stderr)
         return 1
     return perform(args.input, log_level=args.log_level, output_file_prefix=args.output_prefix,
                    output_dir=args.output_dir, coarse=args.coarse, on_disk=args.on_disk,
-                   tile_memory=tile_memory, align=not args.skip_alignment,
+                   memory_budget=args.memory_budget, align=not args.skip_alignment,
                    refcat=args.refcat)

@@ -33,7 +33,6 @@ from .grid import (
 from .inputs import expand_input_source, read_inputs
 
 __all__ = [
-    "DEFAULT_TILE_MEMORY_MIB",
     "CustomMosaicPlan",
     "choose_on_disk",
     "make_custom_mosaic",
@@ -42,9 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: MiB of output arrays drizzled at once (see `romosaic.resample.tiled`).
-DEFAULT_TILE_MEMORY_MIB = 4096.0
 
 #: Fraction of the machine's memory the inputs and the outlier-detection frames
 #: may take before the models and frames are kept in temporary files.
@@ -208,7 +204,7 @@ def _machine_memory():
 
 
 def make_custom_mosaic(plan, *, output_dir=".", steps=None, on_disk=None,
-                       tile_memory=DEFAULT_TILE_MEMORY_MIB, align=True, refcat=None):
+                       memory_budget=None, align=True, refcat=None):
     """Run the pipeline for each filter of a plan and write its products.
 
     Products go to a hidden staging directory inside ``output_dir`` and are
@@ -226,8 +222,10 @@ def make_custom_mosaic(plan, *, output_dir=".", steps=None, on_disk=None,
         with ``npixels`` and ``bkg_boxsize`` scaled to the same sky area.
     on_disk : bool or None, optional
         Keep models in temporary files; None decides by `choose_on_disk`.
-    tile_memory : float, optional
-        MiB of output arrays drizzled at once.
+    memory_budget : float, optional
+        MiB of drizzle planes the resample and outlier_detection steps hold
+        in memory (their ``memory_budget``; beyond it, memory-mapped files);
+        None keeps the steps' own values.
     align : bool, optional
         Align the inputs before drizzling (the tweakreg step; default True).
         Values in ``steps["tweakreg"]`` take precedence.
@@ -245,6 +243,9 @@ def make_custom_mosaic(plan, *, output_dir=".", steps=None, on_disk=None,
     steps = {name: dict(values) for name, values in (steps or {}).items()}
     steps["tweakreg"] = {"skip": not align, "abs_refcat": str(refcat or ""),
                          **steps.get("tweakreg", {})}
+    if memory_budget is not None:
+        for name in ("outlier_detection", "resample"):
+            steps[name] = {"memory_budget": float(memory_budget), **steps.get(name, {})}
     if on_disk is None:
         on_disk = _auto_on_disk(plan)
     # Named after this process, so that a later run removes it if this one
@@ -255,7 +256,7 @@ def make_custom_mosaic(plan, *, output_dir=".", steps=None, on_disk=None,
             log.info("filter %s: %d input(s)%s", filter_name, len(images),
                      ", models kept in temporary files" if on_disk else "")
             _make_filter_products(plan, filter_name, images, staging, steps=steps,
-                                  on_disk=on_disk, tile_memory=tile_memory)
+                                  on_disk=on_disk)
         written = []
         for filter_name in plan.by_filter:
             for name in plan.product_names(filter_name):
@@ -280,7 +281,7 @@ def _auto_on_disk(plan):
     return choose_on_disk(input_pixels, len(groups), grid_pixels, _machine_memory())
 
 
-def _make_filter_products(plan, filter_name, images, staging, *, steps, on_disk, tile_memory):
+def _make_filter_products(plan, filter_name, images, staging, *, steps, on_disk):
     from ..associations import make_association
     from ..library import ModelLibrary
     from ..pipeline import MosaicPipeline
@@ -292,25 +293,22 @@ def _make_filter_products(plan, filter_name, images, staging, *, steps, on_disk,
         pipeline = MosaicPipeline(steps=steps, on_disk=on_disk, save_results=True,
                                   output_dir=str(staging), resample_on_skycell=False)
         pipeline.resample.output_grid = plan.grid
-        pipeline.resample.tile_memory = float(tile_memory)
         # The mosaic, catalog and segmentation are written by the pipeline.
         result = pipeline.run(library)
         del result
         if coarse_name:
-            _make_coarse_products(plan, library, coarse_name[0], staging, steps=steps,
-                                  tile_memory=tile_memory)
+            _make_coarse_products(plan, library, coarse_name[0], staging, steps=steps)
     finally:
         library.close()
 
 
-def _make_coarse_products(plan, library, name, staging, *, steps, tile_memory):
+def _make_coarse_products(plan, library, name, staging, *, steps):
     """Resample the already processed library onto the coarse grid and catalog it."""
     from ..steps import ResampleStep, SourceCatalogStep
 
     resample = ResampleStep(**steps.get("resample", {}))
     resample.output_dir = str(staging)
     resample.output_grid = plan.coarse_grid
-    resample.tile_memory = float(tile_memory)
     mosaic = resample.run(library)
     mosaic.meta.filename = f"{name}_coadd.asdf"
     catalog = _coarse_catalog_step(steps.get("source_catalog", {}), SourceCatalogStep)
@@ -339,7 +337,7 @@ def _coarse_catalog_step(parameters, step_class):
 
 def perform(input_image_source, log_level="info", output_file_prefix=None, *,
             output_dir=None, coarse=False, steps=None, on_disk=None,
-            tile_memory=DEFAULT_TILE_MEMORY_MIB, align=True, refcat=None):
+            memory_budget=None, align=True, refcat=None):
     """Make a custom mosaic: one seamless mosaic of a projection region per filter.
 
     Parameters
@@ -365,8 +363,10 @@ def perform(input_image_source, log_level="info", output_file_prefix=None, *,
         Step parameters by step name (see `make_custom_mosaic`).
     on_disk : bool or None, optional
         Keep models in temporary files; None decides from the data size.
-    tile_memory : float, optional
-        MiB of output arrays drizzled at once.
+    memory_budget : float, optional
+        MiB of drizzle planes the resample and outlier_detection steps hold
+        in memory (their ``memory_budget``; beyond it, memory-mapped files);
+        None keeps the steps' own values.
     align : bool, optional
         Align the inputs first (default True; the command's
         ``--skip-alignment`` sets False).
@@ -399,7 +399,7 @@ def perform(input_image_source, log_level="info", output_file_prefix=None, *,
             output_dir.mkdir(parents=True, exist_ok=True)
             logs.add_file(output_dir / f"{plan.prefix}.log")
             make_custom_mosaic(plan, output_dir=output_dir, steps=steps, on_disk=on_disk,
-                               tile_memory=tile_memory, align=align, refcat=refcat)
+                               memory_budget=memory_budget, align=align, refcat=refcat)
         except RomosaicInputError as error:
             # The pipeline logs its own input errors once already.
             if str(error) not in logs.error_messages():

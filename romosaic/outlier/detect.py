@@ -3,71 +3,54 @@
 The steps, as in the reference pipeline (REFERENCE §3), with romosaic's
 choices about where and how the work is done:
 
-1. **Where.** Everything happens on a *data window* of the output grid: the
-   bounding box of the inputs' footprints (plus a drizzle margin), clipped
-   to the grid. On a 5000 × 5000 skycell holding a few detectors this is a
-   fraction of the grid, so cost follows the data, not the grid.
+1. **Where.** Everything happens on the data window of the output grid
+   (`romosaic.resample.engine.data_window`): the part the inputs reach.
 2. **Group drizzles.** Each exposure group is drizzled alone onto the
-   window, one output *tile* at a time (`drizzle_group`): only the input
-   pixels that land on the tile are mapped and drizzled, into the tile's
-   part of the group's frame. Pixels whose weight is below ``maskpt`` × the
-   group's typical weight (clipped mean of its non-zero weights) are then
-   set to NaN, since they are poorly sampled edges or holes.
+   window by the `~romosaic.resample.engine.DrizzleEngine` (the engine
+   resample uses: strips, threads, inputs read while the previous one is
+   drizzled). Pixels whose weight is below ``maskpt`` × the group's typical
+   weight (clipped mean of its non-zero weights) are then set to NaN, since
+   they are poorly sampled edges or holes.
 3. **Median.** The per-pixel median over groups (`nanmedian_stack`), taken in
-   horizontal sections of the frames (`median_of_frames`).
+   horizontal sections of the frames by a pool of threads
+   (`median_of_planes`).
 4. **Blot and flag.** For each input image the median is interpolated at the
    input's pixel positions (bilinear, through the same pixel map used to
    drizzle it), one input tile at a time (`blot_median`), and `outlier_mask`
    decides which pixels disagree, a band of rows at a time (`flag_image`).
 
-Frames live in a `FrameStore`, in memory or in memory-mapped temporary
-files. With the files, no step ever holds a whole frame: the working set is
-one input image plus ``memory_budget`` bytes of tiles or sections, whatever
-the number of groups and the size of the window. Tiles and sections change
-where the arithmetic is done, not its result: a tile sees exactly the
-contributions, in the same order, that a whole-window drizzle would.
+Frames live in a `~romosaic.resample.planes.PlaneStore` that the caller
+hands in, in memory or in memory-mapped files: with files, no step holds a
+whole frame, only strips and sections within the memory budget. Strips,
+sections and threads change where the arithmetic is done, not its result.
 """
 
+import concurrent.futures
 import logging
 import math
-import os
-import shutil
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from .._atomic import make_private_dir
 from ..dq import good_pixel_mask
-from ..parallel import shared_zeros
-from ..resample.coadd import DrizzleCoadd
-from ..resample.drizzle_images import edge_margin
-from ..resample.grid import native_pixel_scale
+from ..parallel import prefetch
+from ..resample.engine import DrizzleEngine, plan_strips, prepare_image
 from ..resample.pixmap import PixelMapper
-from ..resample.weights import pixel_weights
-from ..wcs_utils import footprint_bounds, padded_window
 from .flagging import outlier_mask, sky_level
 from .median import nanmedian_stack
 
 __all__ = [
-    "DEFAULT_MEMORY_BUDGET",
-    "DataWindow",
-    "FrameStore",
     "blot_median",
-    "data_window",
     "drizzle_group",
-    "drizzle_group_into",
     "flag_image",
+    "group_frames_bytes",
     "image_noise",
-    "median_of_frames",
-    "median_section_into",
-    "median_sections",
+    "masked_outliers",
+    "median_of_group_drizzles",
+    "median_of_planes",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Bytes of tiles, sections and their temporaries to hold at once.
-DEFAULT_MEMORY_BUDGET = 64 * 2**20
 
 # Side, in input pixels, of the pieces an image is blotted in.
 _BLOT_TILE = 1024
@@ -77,341 +60,142 @@ _BLOT_TILE = 1024
 _FLAG_ROWS = 512
 _FLAG_HALO = 2
 
+# Rows of a group's weights summed at once when finding its typical weight.
+_WEIGHT_SECTION_ROWS = 256
 
-@dataclass
-class DataWindow:
-    """The part of an output grid that the inputs cover.
-
-    Attributes
-    ----------
-    grid : OutputGrid
-        The full output grid.
-    x0, y0 : int
-        Grid pixel of the window's pixel (0, 0).
-    shape : tuple of int
-        ``(ny, nx)`` of the window.
-    """
-
-    grid: object
-    x0: int
-    y0: int
-    shape: tuple
-
-    @property
-    def fraction_of_grid(self):
-        return (self.shape[0] * self.shape[1]) / (self.grid.shape[0] * self.grid.shape[1])
-
-    def mapper(self, wcs, shape, *, stepsize=10):
-        """A `PixelMapper` from an input image onto the grid (window offset not applied)."""
-        return PixelMapper(wcs, self.grid.wcs, shape, stepsize=stepsize)
+#: Bytes per window pixel of a group drizzle's planes (data and weight).
+_GROUP_BYTES_PER_PIXEL = DrizzleEngine.bytes_per_pixel(1, 0, with_context=False)
 
 
-def data_window(grid, geometry, *, margin=8):
-    """The window of ``grid`` holding every input footprint, plus ``margin`` pixels.
+def group_frames_bytes(window_shape, n_groups):
+    """Bytes of the frames outlier detection keeps: each group's data, one
+    group's weight while it is drizzled, and the median."""
+    return 4 * window_shape[0] * window_shape[1] * (int(n_groups) + 2)
+
+
+def median_of_group_drizzles(groups, window, store, *, threads=1, memory_budget=None,
+                             kernel="square", pixfrac=1.0, weight_type="ivm", good_bits=None,
+                             maskpt=0.7, pixmap_stepsize=10):
+    """Drizzle each exposure group onto the window and take the median over groups.
 
     Parameters
     ----------
-    grid : OutputGrid
-    geometry : list of (wcs, shape)
-    margin : int, optional
+    groups : list of (str, int, iterable of ResampleInput)
+        Each group's name, number of images, and its images (consumed once;
+        a generator can load each from its file just in time).
+    window : DataWindow
+    store : PlaneStore
+        Of the window's shape; receives the median (plane ``"median"``).
+    threads : int, optional
+    memory_budget : float, optional
+        Bytes of strips and sections worked on at once when ``store`` is on
+        disk (in memory the planes are there anyway).
+    kernel, pixfrac, weight_type, good_bits, maskpt, pixmap_stepsize
+        As for `drizzle_group`.
 
     Returns
     -------
-    DataWindow
+    str
+        The name of the median's plane in ``store``.
     """
-    window = padded_window(footprint_bounds(geometry, grid.wcs), grid.shape, margin)
-    if window is None:
-        raise ValueError("the inputs do not overlap the output grid")
-    (y0, y1), (x0, x1) = window
-    return DataWindow(grid=grid, x0=x0, y0=y0, shape=(y1 - y0, x1 - x0))
+    budget = memory_budget if store.on_disk else None
+    strips = plan_strips(*window.shape, bytes_per_pixel=_GROUP_BYTES_PER_PIXEL,
+                         threads=threads, memory=budget)
+    names = []
+    try:
+        for position, (group_id, n_images, images) in enumerate(groups):
+            name = f"group{position}"
+            drizzle_group(images, window, store, name=name, n_images=n_images, strips=strips,
+                          threads=threads, kernel=kernel, pixfrac=pixfrac,
+                          weight_type=weight_type, good_bits=good_bits, maskpt=maskpt,
+                          pixmap_stepsize=pixmap_stepsize)
+            names.append(name)
+            log.info("group %s drizzled (%d images)", group_id, n_images)
+        median_of_planes(store, names, "median", threads=threads, memory_budget=memory_budget)
+    finally:
+        for name in names:
+            if name in store:
+                store.remove(name)
+    return "median"
 
 
-class FrameStore:
-    """Float32 frames of one shape, in memory or in memory-mapped temporary files.
-
-    Frames are read and written a rectangle at a time, so that with
-    ``on_disk=True`` only the rectangles in use are in memory.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Frame shape ``(ny, nx)``.
-    on_disk : bool, optional
-        Keep frames in files under ``directory`` instead of memory.
-    directory : str or os.PathLike, optional
-        Where on-disk frames go (a private temporary directory is made in it).
-
-    Examples
-    --------
-    >>> store = FrameStore((4, 5))
-    >>> frame = store.new_frame()
-    >>> store.write(frame, np.full((2, 2), 7.0), rows=(1, 3), cols=(0, 2))
-    >>> store.read(frame, rows=(0, 2)).tolist()[1]
-    [7.0, 7.0, 0.0, 0.0, 0.0]
-    >>> store.close()
-    """
-
-    def __init__(self, shape, *, on_disk=False, directory=None):
-        self.shape = tuple(int(n) for n in shape)
-        self.on_disk = on_disk
-        self._frames = {}
-        self._count = 0
-        self._temp = None
-        if on_disk:
-            # Named after this process, so that a later run removes it if this
-            # one is killed (see romosaic._atomic).
-            self._temp = make_private_dir(directory or ".", "median")
-
-    def new_frame(self):
-        """Make a frame of zeros (free for a new file); returns its key."""
-        key = self._count
-        self._count += 1
-        if self.on_disk:
-            path = os.path.join(self._temp, f"frame{key:04d}.f32")
-            with open(path, "wb") as handle:  # a sparse file: reads as zeros
-                handle.truncate(4 * self.shape[0] * self.shape[1])
-            self._frames[key] = path
-        else:
-            # Shared, so that worker processes forked later write into it.
-            self._frames[key] = shared_zeros(self.shape, np.float32)
-        return key
-
-    def add(self, frame):
-        """Store a whole frame (float32); returns its key."""
-        key = self.new_frame()
-        self.write(key, np.asarray(frame, dtype=np.float32))
-        return key
-
-    def read(self, key, rows=None, cols=None):
-        """A copy of ``frame[rows, cols]`` (half-open ranges; whole axes by default)."""
-        region = self._region(rows, cols)
-        if not self.on_disk:
-            return self._frames[key][region].copy()
-        mapped = np.memmap(self._frames[key], dtype=np.float32, mode="r", shape=self.shape)
-        values = np.array(mapped[region])
-        del mapped  # unmapping returns the pages to the page cache
-        return values
-
-    def read_only(self, key, rows=None, cols=None):
-        """``frame[rows, cols]`` for reading only: a view in memory, a copy on disk.
-
-        Saves `read`'s copy where the caller neither keeps nor changes the
-        values (the view would see later writes to the frame).
-        """
-        if not self.on_disk:
-            return self._frames[key][self._region(rows, cols)]
-        return self.read(key, rows=rows, cols=cols)
-
-    def write(self, key, values, rows=None, cols=None):
-        """Set ``frame[rows, cols] = values``."""
-        region = self._region(rows, cols)
-        if not self.on_disk:
-            self._frames[key][region] = values
-            return
-        mapped = np.memmap(self._frames[key], dtype=np.float32, mode="r+", shape=self.shape)
-        mapped[region] = values
-        # No flush: the files are scratch, and the page cache already shares
-        # the new values with every later map of the file.
-        del mapped
-
-    def remove(self, key):
-        """Forget a frame (and delete its file).
-
-        A worker process may delete a frame's file before its parent
-        forgets the frame; the parent's `remove` then only forgets it.
-        """
-        frame = self._frames.pop(key)
-        if self.on_disk:
-            try:
-                os.remove(frame)
-            except FileNotFoundError:
-                pass
-
-    def keys(self):
-        return list(self._frames)
-
-    def __len__(self):
-        return len(self._frames)
-
-    def rows(self, start, stop, keys=None):
-        """Rows ``start:stop`` of the frames, stacked: shape (n, stop-start, nx)."""
-        keys = self.keys() if keys is None else keys
-        out = np.empty((len(keys), stop - start, self.shape[1]), np.float32)
-        for i, key in enumerate(keys):
-            out[i] = self.read_only(key, rows=(start, stop))
-        return out
-
-    def array(self, key):
-        """The whole frame: the array itself in memory, a read-only map on disk."""
-        if not self.on_disk:
-            return self._frames[key]
-        return np.memmap(self._frames[key], dtype=np.float32, mode="r", shape=self.shape)
-
-    def close(self):
-        """Remove on-disk frames."""
-        self._frames = {}
-        if self._temp is not None:
-            shutil.rmtree(self._temp, ignore_errors=True)
-            self._temp = None
-
-    def _region(self, rows, cols):
-        ny, nx = self.shape
-        r0, r1 = rows if rows is not None else (0, ny)
-        c0, c1 = cols if cols is not None else (0, nx)
-        return slice(r0, r1), slice(c0, c1)
-
-
-
-def tile_side(memory_budget):
-    """Side of the square output tiles that fit ``memory_budget`` bytes.
-
-    A tile holds data and weight (8 bytes per output pixel); the input
-    pixels that land on it need about 24 bytes each (pixel map, data,
-    weight), and there are at most as many as output pixels on the grids
-    outlier detection uses (which are as fine as the inputs or finer).
-    """
-    return max(256, int(math.sqrt(memory_budget / 32)))
-
-
-def drizzle_group(images, window, store, *, n_images, kernel="square", pixfrac=1.0,
-                  weight_type="ivm", good_bits=None, maskpt=0.7, pixmap_stepsize=10,
-                  memory_budget=DEFAULT_MEMORY_BUDGET):
+def drizzle_group(images, window, store, *, name, n_images, strips, threads=1,
+                  kernel="square", pixfrac=1.0, weight_type="ivm", good_bits=None, maskpt=0.7,
+                  pixmap_stepsize=10):
     """Drizzle one exposure group onto the window; NaN where poorly sampled.
-
-    Makes the group's frames in ``store`` and calls `drizzle_group_into`
-    (which a worker process can call on frames its parent made).
 
     Parameters
     ----------
     images : iterable of ResampleInput
-        Consumed one at a time (a generator can load each just in time).
+        Consumed one at a time (in a background thread when ``threads`` > 1).
     window : DataWindow
-    store : FrameStore
-        Holds the result (and, while drizzling, the group's weights).
+    store : PlaneStore
+        Receives the group's frame as plane ``name``.
+    name : str
     n_images : int
         How many images ``images`` yields.
-    memory_budget : int, optional
-        Bytes of output tiles and their inputs to hold at once.
+    strips : list of (int, int)
+        Window rows drizzled at once (see `plan_strips`).
+    threads : int, optional
+    kernel, pixfrac : optional
+        Drizzle kernel and drop size.
+    weight_type : {"ivm", "ivm-sky", "exptime"}
+    good_bits : str, int or None
+        Acceptable DQ flags.
+    maskpt : float, optional
+        Pixels with less than ``maskpt`` × the typical weight become NaN.
+    pixmap_stepsize : int, optional
 
     Returns
     -------
-    key
-        The group's frame in ``store``.
+    str
+        ``name``.
     """
-    # Both start as zeros (free for a new file): drizzle treats a pixel of
-    # zero weight as empty whatever its value, and pixels that stay empty
-    # become NaN in the masking.
-    data_key = store.new_frame()
-    weight_key = store.new_frame()
-    drizzle_group_into(images, window, store, data_key, weight_key, n_images=n_images,
-                       kernel=kernel, pixfrac=pixfrac, weight_type=weight_type,
-                       good_bits=good_bits, maskpt=maskpt, pixmap_stepsize=pixmap_stepsize,
-                       memory_budget=memory_budget)
-    store.remove(weight_key)
-    return data_key
-
-
-def drizzle_group_into(images, window, store, data_key, weight_key, *, n_images,
-                       kernel="square", pixfrac=1.0, weight_type="ivm", good_bits=None,
-                       maskpt=0.7, pixmap_stepsize=10, memory_budget=DEFAULT_MEMORY_BUDGET):
-    """`drizzle_group` into frames of ``store`` made beforehand (zero-filled).
-
-    ``data_key`` receives the group's drizzle, NaN where poorly sampled;
-    ``weight_key`` its weights (the caller removes that frame). The other
-    parameters are those of `drizzle_group`.
-    """
-    side = tile_side(memory_budget)
-    ny, nx = window.shape
-    used = 0
-    for image in images:
-        used += 1
-        scale = native_pixel_scale(image.wcs, image.shape)
-        # Drizzle drops input pixels centred off its output: pad each tile
-        # so that pixels straddling its edge are drizzled into it.
-        margin = edge_margin(scale / window.grid.pixel_scale)
-        mapper = window.mapper(image.wcs, image.shape, stepsize=pixmap_stepsize)
-        good = good_pixel_mask(image.dq, good_bits)
-        weight = pixel_weights(weight_type, data=image.data, good=good,
-                               var_rnoise=image.variances.get("var_rnoise"),
-                               var_poisson=image.variances.get("var_poisson"),
-                               exptime=image.exptime)
-        del good
-        for (ty0, ty1), (tx0, tx1) in _tiles(window.shape, side, mapper.output_bounds(),
-                                             (window.x0, window.y0), margin):
-            # Tile pixel (0, 0) in grid coordinates, padding included.
-            origin_x, origin_y = window.x0 + tx0 - margin, window.y0 + ty0 - margin
-            region = mapper.input_region_for(
-                (origin_x - 0.5, window.x0 + tx1 + margin - 0.5),
-                (origin_y - 0.5, window.y0 + ty1 + margin - 0.5))
-            if region is None:
-                continue
-            (r0, r1), (c0, c1) = region
-            shape = (ty1 - ty0 + 2 * margin, tx1 - tx0 + 2 * margin)
-            tile_data = np.zeros(shape, np.float32)
-            tile_weight = np.zeros(shape, np.float32)
-            inner = (slice(margin, shape[0] - margin), slice(margin, shape[1] - margin))
-            tile_data[inner] = store.read_only(data_key, rows=(ty0, ty1), cols=(tx0, tx1))
-            tile_weight[inner] = store.read_only(weight_key, rows=(ty0, ty1), cols=(tx0, tx1))
-            pixmap = mapper.region((r0, r1), (c0, c1))
-            pixmap[..., 0] -= origin_x
-            pixmap[..., 1] -= origin_y
-            coadd = DrizzleCoadd(shape, 1, kernel=kernel, pixfrac=pixfrac, fillval="NaN",
-                                 with_context=False, out_data=tile_data, out_weight=tile_weight)
-            coadd.add(image.data[r0:r1, c0:c1], pixmap, weight=weight[r0:r1, c0:c1],
-                      exptime=image.exptime, pixel_scale_ratio=window.grid.pixel_scale / scale)
-            result = coadd.finish()
-            del coadd, pixmap
-            store.write(data_key, result.data[inner], rows=(ty0, ty1), cols=(tx0, tx1))
-            store.write(weight_key, result.weight[inner], rows=(ty0, ty1), cols=(tx0, tx1))
-            del result, tile_data, tile_weight
-        del image, weight
+    prefix = f"{name}-"
+    prepared = (prepare_image(image, window.grid, weight_type=weight_type, good_bits=good_bits,
+                              pixmap_stepsize=pixmap_stepsize) for image in images)
+    with DrizzleEngine(window, store, strips=strips, n_inputs=n_images, with_context=False,
+                       kernel=kernel, pixfrac=pixfrac, threads=threads,
+                       prefix=prefix) as engine:
+        for image in prefetch(prepared, enabled=threads > 1):
+            engine.add(image)
+            del image
+    used = len(engine.exptimes)
+    data, weight = engine.names["data"], engine.names["weight"]
     if used != n_images:
+        store.remove(data)
+        store.remove(weight)
         raise ValueError(f"expected {n_images} images in the group, got {used}")
-    _mask_poorly_sampled(store, data_key, weight_key, maskpt=maskpt,
-                         rows_per_section=max(1, memory_budget // (16 * nx)))
+    _mask_poorly_sampled(store, data, weight, maskpt=maskpt, strips=strips)
+    store.remove(weight)
+    store.rename(data, name)
+    return name
 
 
-def _tiles(window_shape, side, bounds, window_origin, margin):
-    """Tiles ``((y0, y1), (x0, x1))`` of the window that an image's bounds reach."""
-    ny, nx = window_shape
-    x_min, x_max, y_min, y_max = bounds
-    wx0, wy0 = window_origin
-    x_lo = max(0, int(math.floor(x_min - wx0)) - margin - 1)
-    x_hi = min(nx, int(math.ceil(x_max - wx0)) + margin + 2)
-    y_lo = max(0, int(math.floor(y_min - wy0)) - margin - 1)
-    y_hi = min(ny, int(math.ceil(y_max - wy0)) + margin + 2)
-    # Tiles are laid on a fixed lattice, the same for every image.
-    for ty0 in range((y_lo // side) * side, y_hi, side):
-        for tx0 in range((x_lo // side) * side, x_hi, side):
-            yield (ty0, min(ny, ty0 + side)), (tx0, min(nx, tx0 + side))
-
-
-def _mask_poorly_sampled(store, data_key, weight_key, *, maskpt, rows_per_section):
+def _mask_poorly_sampled(store, data_name, weight_name, *, maskpt, strips):
     """Set the group's data to NaN where its weight is below ``maskpt`` × typical."""
-    ny = store.shape[0]
-    threshold = maskpt * _typical_weight(store, weight_key, rows_per_section)
-    for start in range(0, ny, rows_per_section):
-        rows = (start, min(ny, start + rows_per_section))
-        data = store.read(data_key, rows=rows)
-        weight = store.read_only(weight_key, rows=rows)
-        data[~(weight >= threshold) | (weight <= 0)] = np.nan
-        store.write(data_key, data, rows=rows)
+    threshold = maskpt * _typical_weight(store, weight_name)
+    for strip in strips:
+        with store.rows(data_name, strip) as data, store.rows(weight_name, strip) as weight:
+            data[~(weight >= threshold) | (weight <= 0)] = np.nan
 
 
-def _typical_weight(store, weight_key, rows_per_section):
+def _typical_weight(store, weight_name):
     """Sigma-clipped mean of a frame's non-zero weights (3σ, at most 3 rounds).
 
     Each round keeps the weights within 3σ of the previous round's mean; as
     the kept set is always an interval of values, the rounds are sums over
-    sections of the frame, never a copy of all the weights.
+    sections of the frame, never a copy of all the weights. The sections
+    are the same whatever the strips and threads of the drizzle, so the
+    sums, and the mask, are too.
     """
     # The smallest positive float32: "non-zero weights" as an interval bound.
     low, high = float(np.nextafter(np.float32(0), np.float32(1))), np.inf
 
     def moments(lo, hi):
         count, total, squares = 0, 0.0, 0.0
-        for start in range(0, store.shape[0], rows_per_section):
-            values = store.read(weight_key, rows=(start, start + rows_per_section))
+        for start in range(0, store.shape[0], _WEIGHT_SECTION_ROWS):
+            values = store.read(weight_name, rows=(start, start + _WEIGHT_SECTION_ROWS))
             kept = (values >= lo) & (values <= hi)
             count += int(np.count_nonzero(kept))
             total += float(np.add.reduce(values, axis=None, dtype=np.float64, where=kept))
@@ -434,58 +218,78 @@ def _typical_weight(store, weight_key, rows_per_section):
     return total / count
 
 
-def median_of_frames(store, *, memory_budget=DEFAULT_MEMORY_BUDGET, low=True, keys=None):
-    """Per-pixel median over stored frames, computed in row sections.
+def median_of_planes(store, names, out_name, *, threads=1, memory_budget=None, low=True):
+    """Per-pixel median over planes of a store, in row sections, in threads.
 
     Parameters
     ----------
-    store : FrameStore
-    memory_budget : int, optional
-        Bytes for a section of the frames and the median's temporaries.
+    store : PlaneStore
+    names : list of str
+        The planes to take the median of.
+    out_name : str
+        The plane made for the median.
+    threads : int, optional
+        Sections worked on at once.
+    memory_budget : float, optional
+        Bytes for the sections being worked on and their temporaries; 64 MiB
+        a thread by default.
     low : bool, optional
         Lower median for even counts (see `nanmedian_stack`): where only two
         groups overlap, the mean of the two would carry half of a cosmic ray
         into the model and hide it.
-    keys : list, optional
-        The frames to use; all by default.
 
     Returns
     -------
-    key
-        The median's frame in ``store``.
+    str
+        ``out_name``.
+
+    Examples
+    --------
+    >>> from romosaic.resample.planes import PlaneStore
+    >>> store = PlaneStore((2, 3))
+    >>> for name, value in (("a", 1.0), ("b", 5.0), ("c", np.nan)):
+    ...     store.new_plane(name, fill=value)
+    >>> store.read(median_of_planes(store, ["a", "b", "c"], "m"))[0].tolist()
+    [1.0, 1.0, 1.0]
     """
-    keys = store.keys() if keys is None else list(keys)
-    median_key = store.new_frame()
-    for section in median_sections(store, len(keys), memory_budget=memory_budget):
-        median_section_into(store, keys, median_key, section, low=low)
-    return median_key
-
-
-def median_sections(store, n_frames, *, memory_budget=DEFAULT_MEMORY_BUDGET):
-    """The row ranges ``(start, stop)`` `median_of_frames` works in, each within the budget."""
+    names = list(names)
+    threads = max(1, int(threads))
     ny, nx = store.shape
+    budget = memory_budget if memory_budget else threads * 64 * 2**20
     # Per pixel: the section and the sorted copy (8 bytes a frame) and the
     # counts, indices and results of `nanmedian_stack` (about 40 bytes).
-    rows_per_section = max(1, int(memory_budget // (nx * (8 * max(n_frames, 1) + 40))))
-    return [(start, min(ny, start + rows_per_section)) for start in range(0, ny, rows_per_section)]
+    per_row = nx * (8 * max(len(names), 1) + 40)
+    rows_per_section = max(1, int(budget // (threads * per_row)))
+    sections = [(start, min(ny, start + rows_per_section))
+                for start in range(0, ny, rows_per_section)]
+    store.new_plane(out_name)
+
+    def median_section(rows):
+        stack = np.empty((len(names), rows[1] - rows[0], nx), np.float32)
+        for layer, name in enumerate(names):
+            with store.rows(name, rows) as band:
+                stack[layer] = band
+        with store.rows(out_name, rows) as out:
+            out[...] = nanmedian_stack(stack, low=low)
+
+    if threads == 1 or len(sections) == 1:
+        for rows in sections:
+            median_section(rows)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(threads, "median") as pool:
+            list(pool.map(median_section, sections))
+    return out_name
 
 
-def median_section_into(store, keys, median_key, rows, *, low=True):
-    """Write the median of frames ``keys`` over ``rows`` into frame ``median_key``."""
-    start, stop = rows
-    section = nanmedian_stack(store.rows(start, stop, keys=keys), low=low)
-    store.write(median_key, section, rows=(start, stop))
-
-
-def blot_median(store, median_key, mapper, window):
+def blot_median(store, median_name, mapper, window):
     """The median interpolated (bilinearly) at an image's pixel positions.
 
     Parameters
     ----------
-    store : FrameStore
+    store : PlaneStore
         Holds the median, in window pixels.
-    median_key
-        The median's frame.
+    median_name : str
+        The median's plane.
     mapper : PixelMapper
         The image's mapping onto the grid.
     window : DataWindow
@@ -517,7 +321,7 @@ def blot_median(store, median_key, mapper, window):
                 continue
             # Shifted coordinates keep points off the median off the piece too:
             # the piece only ends short of the median where no point reaches.
-            piece = store.read(median_key, rows=(y0, y1), cols=(x0, x1))
+            piece = store.read(median_name, rows=(y0, y1), cols=(x0, x1))
             blot[rows[0]:rows[1], cols[0]:cols[1]] = _interpolate(piece, y - y0, x - x0)
     return blot
 
@@ -540,17 +344,17 @@ def _interpolate(median, y, x):
     return values.astype(np.float32, copy=False)
 
 
-def flag_image(image, store, median_key, window, *, snr, scale, backg=0.0, model_error=0.0,
+def flag_image(image, store, median_name, window, *, snr, scale, backg=0.0, model_error=0.0,
                good_bits=None, pixmap_stepsize=10):
     """Outlier mask of one input image against the median.
 
     Parameters
     ----------
     image : ResampleInput
-    store : FrameStore
+    store : PlaneStore
         Holds the median over groups, in window pixels.
-    median_key
-        The median's frame.
+    median_name : str
+        The median's plane.
     window : DataWindow
     snr, scale : (float, float)
     backg, model_error : float, optional
@@ -562,8 +366,8 @@ def flag_image(image, store, median_key, window, *, snr, scale, backg=0.0, model
     mask : numpy.ndarray of bool
     blot : numpy.ndarray of float32
     """
-    mapper = window.mapper(image.wcs, image.shape, stepsize=pixmap_stepsize)
-    blot = blot_median(store, median_key, mapper, window)
+    mapper = PixelMapper(image.wcs, window.grid.wcs, image.shape, stepsize=pixmap_stepsize)
+    blot = blot_median(store, median_name, mapper, window)
     mask = masked_outliers(image, blot, snr=snr, scale=scale, backg=backg,
                            model_error=model_error, good_bits=good_bits)
     return mask, blot

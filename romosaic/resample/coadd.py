@@ -13,6 +13,10 @@ package by the tests). For each input image it adds, in one pass,
 * one context bit: bit ``i % 32`` of plane ``i // 32`` is set where input ``i``
   contributed with non-zero weight, for any number of inputs.
 
+It works on arrays in memory with pixel maps given (the noise-correlation
+estimate drizzles small "comb" images with it); images of a run go through
+`romosaic.resample.engine`, which makes the same planes with the same
+kernel, a strip at a time. `CoaddResult` holds either's finished planes, and
 `exposure_time_map` turns the context into exposure time per output pixel.
 """
 
@@ -50,24 +54,6 @@ class CoaddResult:
     variances: dict
     exptimes: list
 
-    def crop(self, margin):
-        """Remove ``margin`` pixels from each side, in place; returns self.
-
-        Each array is replaced by a contiguous copy of its interior one after
-        the other, so that (once nothing else holds them) the padded arrays
-        are freed one at a time rather than all at the end.
-        """
-        if margin <= 0:
-            return self
-        inner = (slice(margin, -margin), slice(margin, -margin))
-        self.data = np.ascontiguousarray(self.data[inner])
-        self.weight = np.ascontiguousarray(self.weight[inner])
-        if self.context is not None:
-            self.context = np.ascontiguousarray(self.context[(slice(None), *inner)])
-        for name in list(self.variances):
-            self.variances[name] = np.ascontiguousarray(self.variances[name][inner])
-        return self
-
 
 class DrizzleCoadd:
     """Accumulate input images onto one output grid with drizzle.
@@ -87,12 +73,7 @@ class DrizzleCoadd:
     fillval : str or float, optional
         Value of output pixels that received no data.
     with_context : bool, optional
-        Keep the context image (one uint32 plane per 32 inputs); outlier
-        detection's group drizzles do not need it.
-    out_data, out_weight : numpy.ndarray of float32, optional
-        Data and weight accumulated so far (e.g. a tile of a larger frame,
-        continued with more images); updated in place. Only without context
-        or variance planes.
+        Keep the context image (one uint32 plane per 32 inputs).
 
     Examples
     --------
@@ -108,12 +89,9 @@ class DrizzleCoadd:
 
     def __init__(
         self, shape, n_inputs, *, variance_names=(), kernel="square", pixfrac=1.0, fillval="NaN",
-        with_context=True, out_data=None, out_weight=None,
+        with_context=True,
     ):
         self.shape = tuple(int(n) for n in shape)
-        if (out_data is not None or out_weight is not None) and (with_context or variance_names):
-            raise ValueError("out_data/out_weight are only for coadds without context "
-                             "or variance planes")
         self.n_inputs = int(n_inputs)
         self.variance_names = tuple(variance_names)
         self.kernel = str(kernel)
@@ -124,9 +102,8 @@ class DrizzleCoadd:
         fill = np.float32(np.nan if str(fillval).strip().lower() == "nan" else float(fillval))
         # The kernel keeps running means: pixels that never receive data keep
         # the fill value they start with.
-        self._data = (np.full(self.shape, fill, np.float32) if out_data is None
-                      else out_data)
-        self._weight = np.zeros(self.shape, np.float32) if out_weight is None else out_weight
+        self._data = np.full(self.shape, fill, np.float32)
+        self._weight = np.zeros(self.shape, np.float32)
         self._variances = [np.full(self.shape, fill, np.float32) for _ in self.variance_names]
         self._context = (np.zeros((context_planes(self.n_inputs), *self.shape), np.uint32)
                          if self.with_context else None)

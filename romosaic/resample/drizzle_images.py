@@ -1,28 +1,28 @@
 """Drizzle a stream of input images onto one output grid.
 
-`drizzle_images` is the resampling algorithm with no files or stpipe in
-sight: it takes `ResampleInput` objects one at a time (so a caller can load
-each from disk just before it is needed and drop it afterwards), maps each
-onto the grid with `compute_pixmap`, weights it with `pixel_weights`, and
-adds it to a `DrizzleCoadd`.
+`drizzle_images` is resample's algorithm with no files or stpipe in sight:
+it takes `ResampleInput` objects one at a time (so a caller can load each
+from disk just before it is needed and drop it afterwards), prepares each
+once (`prepare_image`) and deposits it with the `DrizzleEngine` on the part
+of the grid the inputs reach, in threads, while the next input is read.
 """
 
 import logging
-import math
 
-import numpy as np
+from ..dq import DEFAULT_GOOD_BITS
+from ..parallel import prefetch
+from .engine import DataWindow, DrizzleEngine, plan_strips, prepare_image, result_on_grid
+from .kernels import KERNELS
+from .planes import PlaneStore
 
-from ..dq import DEFAULT_GOOD_BITS, good_pixel_mask
-from .coadd import DrizzleCoadd
-from .grid import native_pixel_scale
-from .pixmap import compute_pixmap
-from .weights import pixel_weights
-
-__all__ = ["KERNELS", "drizzle_images", "edge_margin"]
+__all__ = ["KERNELS", "drizzle_images", "variance_names_for"]
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3")
+
+def variance_names_for(include_var_flat):
+    """The variance planes a co-add propagates."""
+    return ["var_rnoise", "var_poisson"] + (["var_flat"] if include_var_flat else [])
 
 
 def drizzle_images(
@@ -30,6 +30,10 @@ def drizzle_images(
     grid,
     n_inputs,
     *,
+    window=None,
+    store=None,
+    threads=1,
+    memory_budget=None,
     kernel="square",
     pixfrac=1.0,
     fillval="NaN",
@@ -43,81 +47,71 @@ def drizzle_images(
     Parameters
     ----------
     inputs : iterable of ResampleInput
-        Consumed once, in order; input ``i`` gets context bit ``i``.
+        Consumed once, in order (in a background thread when ``threads`` >
+        1); input ``i`` gets context bit ``i``.
     grid : OutputGrid
     n_inputs : int
         Number of items ``inputs`` will yield.
+    window : DataWindow, optional
+        The part of the grid the inputs reach (see `data_window`); the whole
+        grid by default.
+    store : PlaneStore, optional
+        Where the window's planes live (of the window's shape); in memory by
+        default.
+    threads : int, optional
+        Threads drizzling strips of the window at once.
+    memory_budget : float, optional
+        Bytes of planes the strips being drizzled at once may hold, when
+        ``store`` is on disk.
     kernel, pixfrac, fillval
-        Drizzle parameters (see `DrizzleCoadd`).
+        Drizzle parameters (see `DrizzleEngine`).
     weight_type : {"ivm", "ivm-sky", "exptime"}
     good_bits : str, int or None
         Acceptable DQ flags (see `romosaic.dq`).
     include_var_flat : bool, optional
         Also propagate ``var_flat`` (and include it in the error).
     pixmap_stepsize : int, optional
-        Node spacing of the sparse WCS evaluation (see `compute_pixmap`).
+        Node spacing of the sparse WCS evaluation (see `PixelMapper`).
 
     Returns
     -------
     result : CoaddResult
+        On the whole grid; memory-mapped arrays when ``store`` is on disk.
     input_pixel_scale : float
         Native pixel size of the first input, arcseconds.
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    variance_names = ["var_rnoise", "var_poisson"] + (["var_flat"] if include_var_flat else [])
-    coadd = None
+    if window is None:
+        window = DataWindow(grid=grid, x0=0, y0=0, shape=tuple(grid.shape))
+    if store is None:
+        store = PlaneStore(window.shape)
+    variance_names = variance_names_for(include_var_flat)
+    bytes_per_pixel = DrizzleEngine.bytes_per_pixel(n_inputs, len(variance_names))
+    strips = plan_strips(*window.shape, bytes_per_pixel=bytes_per_pixel, threads=threads,
+                         memory=memory_budget if store.on_disk else None)
+    log.info("drizzling %d x %d of the grid's %d x %d pixels in %d strip(s), %d thread(s)%s",
+             window.shape[1], window.shape[0], grid.shape[1], grid.shape[0], len(strips),
+             threads, ", planes in files" if store.on_disk else "")
+    prepared = (prepare_image(image, grid, weight_type=weight_type, good_bits=good_bits,
+                              pixmap_stepsize=pixmap_stepsize) for image in inputs)
     input_pixel_scale = None
-    for image in inputs:
-        scale = native_pixel_scale(image.wcs, image.shape)
-        if coadd is None:
-            input_pixel_scale = scale
-            margin = edge_margin(scale / grid.pixel_scale)
-            coadd = DrizzleCoadd(
-                (grid.shape[0] + 2 * margin, grid.shape[1] + 2 * margin),
-                n_inputs,
-                variance_names=variance_names,
-                kernel=kernel,
-                pixfrac=pixfrac,
-                fillval=fillval,
-            )
-        good = good_pixel_mask(image.dq, good_bits)
-        weight = pixel_weights(
-            weight_type,
-            data=image.data,
-            good=good,
-            var_rnoise=image.variances.get("var_rnoise"),
-            var_poisson=image.variances.get("var_poisson"),
-            exptime=image.exptime,
-        )
-        n_used = int(np.count_nonzero(weight))
-        if n_used == 0:
-            log.warning("%s: no usable pixels (all flagged, NaN or zero weight)", image.name)
-        pixmap = compute_pixmap(image.wcs, grid.wcs, image.shape, stepsize=pixmap_stepsize)
-        pixmap += margin
-        coadd.add(
-            image.data,
-            pixmap,
-            weight=weight,
-            variances=image.variances,
-            exptime=image.exptime,
-            pixel_scale_ratio=grid.pixel_scale / scale,
-        )
-        log.info("%s: drizzled %d usable pixels", image.name, n_used)
-    if coadd is None:
-        raise ValueError("no input images to drizzle")
-    result = coadd.finish()
-    del coadd  # let the padded arrays go as crop() replaces them
-    return result.crop(margin), input_pixel_scale
-
-
-def edge_margin(input_to_output_scale):
-    """Output pixels added round the grid while drizzling, then cropped.
-
-    drizzle drops an input pixel whose centre falls outside the output
-    image, so the outermost output pixels would otherwise receive only part
-    of their contributions (their values then differ from a neighbouring
-    skycell's in the shared border). The margin holds the widest kernel
-    (lanczos3: three input pixels) at the input-to-output pixel-size ratio.
-    """
-    return int(math.ceil(3.0 * input_to_output_scale)) + 1
+    with DrizzleEngine(window, store, strips=strips, n_inputs=n_inputs,
+                       variance_names=variance_names, kernel=kernel, pixfrac=pixfrac,
+                       fillval=fillval, threads=threads) as engine:
+        for image in prefetch(prepared, enabled=threads > 1):
+            if input_pixel_scale is None:
+                input_pixel_scale = image.pixel_scale
+            deposited = engine.add(image)
+            if deposited:
+                log.info("%s: drizzled %d usable pixels", image.name, image.usable_pixels)
+            else:
+                log.info("%s: no pixel lands on the output grid", image.name)
+            del image
+        if input_pixel_scale is None:
+            raise ValueError("no input images to drizzle")
+        if len(engine.exptimes) != n_inputs:
+            raise ValueError(f"expected {n_inputs} images, got {len(engine.exptimes)}")
+        engine.finish()
+        return result_on_grid(store, window, engine, directory=store.directory), \
+            input_pixel_scale

@@ -289,12 +289,26 @@ def _sigterm_as_exit():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+#: Parameters of earlier romosaic versions that another one replaced: a file
+#: or command line still naming them gets a message naming the new one.
+REPLACED_PARAMETERS = {
+    "tile_memory": "memory_budget (MiB of drizzle planes held in memory; beyond it they "
+                   "are memory-mapped files)",
+}
+
+_EXTRA_VALUE = re.compile(r"Extra value '(?P<name>[^']*)' in (?P<where>\S+)")
+
 _CONFIG_PROBLEM = re.compile(r"Config parameter '(?P<path>[^']*)': (?P<problem>.*)", re.S)
 
 
 def _parameter_message(step_class, error):
     """One line for a parameter value the spec refuses, with what it accepts."""
     text = " ".join(str(error).split())
+    extra = _EXTRA_VALUE.search(text)
+    if extra and extra["name"] in REPLACED_PARAMETERS:
+        where = "" if extra["where"] == "root" else extra["where"].replace("/", ".") + "."
+        return (f"parameter {where}{extra['name']} was replaced by "
+                f"{REPLACED_PARAMETERS[extra['name']]}")
     match = _CONFIG_PROBLEM.match(text)
     if match is None:
         return f"invalid parameter: {text}"

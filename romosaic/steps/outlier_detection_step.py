@@ -5,9 +5,10 @@ association's skycell grid when resample will use one, otherwise on a free
 grid twice as fine as the inputs (``pixel_scale_ratio``),
 drizzles each exposure group onto the window of that grid the inputs cover,
 takes the median, and flags each input's disagreeing pixels with
-DO_NOT_USE | OUTLIER in its ``dq`` (so resample then leaves them out). With
-``on_disk`` the group drizzles live in memory-mapped files and the flagged
-models in the library's temporary files.
+DO_NOT_USE | OUTLIER in its ``dq`` (so resample then leaves them out). The
+group drizzles and their median are held in memory up to ``memory_budget``
+MiB, beyond it (and always with ``on_disk``) in memory-mapped temporary files
+in the output directory.
 """
 
 import logging
@@ -17,22 +18,19 @@ import asdf
 import numpy as np
 from roman_datamodels.dqflags import pixel
 
-from .._atomic import atomic_output
+from .._atomic import atomic_output, scratch_directory
 from ..dq import bad_flags_mask, good_pixel_mask
 from ..errors import RomosaicInputError
 from ..models import set_array
 from ..outlier.detect import (
-    FrameStore,
-    data_window,
-    drizzle_group_into,
     flag_image,
+    group_frames_bytes,
     masked_outliers,
-    median_of_frames,
-    median_section_into,
-    median_sections,
+    median_of_group_drizzles,
+    median_of_planes,
 )
 from ..outlier.flagging import parse_pair
-from ..parallel import resolve_workers, run_in_workers
+from ..parallel import resolve_workers
 from ..resample import (
     KERNELS,
     free_grid,
@@ -40,6 +38,8 @@ from ..resample import (
     require_overlap,
     skycell_grid_for_association,
 )
+from ..resample.engine import DEFAULT_MEMORY_BUDGET_MIB, data_window
+from ..resample.planes import PlaneStore
 from ._survey import survey_inputs
 from .base import STEP_COMPLETE, STEP_SKIPPED, RomosaicStep
 
@@ -69,10 +69,10 @@ class OutlierDetectionStep(RomosaicStep):
     good_bits = string(default='~DO_NOT_USE+NON_SCIENCE')  # Acceptable DQ flags
     resample_data = boolean(default=True)  # False: inputs already share one pixel grid
     resample_on_skycell = boolean(default=True)  # Work on the association's skycell grid
-    memory_budget = float(min=1.0, default=64.0)  # MiB of tiles and median sections at once
+    memory_budget = float(min=1.0, default={DEFAULT_MEMORY_BUDGET_MIB})  # MiB of planes in memory
     pixmap_stepsize = integer(min=1, default=10)  # Spacing of exact WCS evaluations (pixels)
     save_intermediate_results = boolean(default=False)  # Write the median and blotted images
-    workers = integer(min=0, default=0)  # Worker processes (0: one per usable core)
+    workers = integer(min=0, default=0)  # Threads (0: one per usable core)
     """
 
     def check_parameters(self):
@@ -97,16 +97,34 @@ class OutlierDetectionStep(RomosaicStep):
                 for _, model in library.iter_models(modify=True):
                     self.record_status(model, STEP_SKIPPED)
                 return library
-            store = None
-            try:
-                if self.resample_data:
-                    store, median_key, window = self._median_of_group_drizzles(library, groups)
+            if self.resample_data:
+                geometry, _ = survey_inputs(library)
+                grid = self._grid(library, geometry)
+                window = data_window(grid, geometry)
+                log.info("outlier detection on a %d x %d window (%.0f%% of the %d x %d grid)",
+                         window.shape[1], window.shape[0], 100 * window.fraction_of_grid,
+                         grid.shape[1], grid.shape[0])
+                frames_bytes = group_frames_bytes(window.shape, len(groups))
+            else:
+                window = None
+                frames_bytes = 4 * (len(library) + 1) * self._image_pixels(library)
+            # Frames beyond the budget are scratch that the page cache holds
+            # as well as the process would.
+            in_files = library.on_disk or frames_bytes > self._memory_budget_bytes
+            if in_files:
+                log.info("outlier frames (%.0f MiB) kept in memory-mapped files",
+                         frames_bytes / 2**20)
+            with scratch_directory(self.search_attr("output_dir"), "median",
+                                   enabled=in_files) as directory:
+                if window is None:
+                    store, median = self._median_of_raw_images(library, directory)
                 else:
-                    store, median_key = self._median_of_raw_images(library)
-                    window = None
-                self._flag_models(library, store, median_key, window)
-            finally:
-                if store is not None:
+                    store = PlaneStore(window.shape, directory=directory)
+                try:
+                    if window is not None:
+                        median = self._median_of_group_drizzles(library, groups, window, store)
+                    self._flag_models(library, store, median, window)
+                finally:
                     store.close()
         finally:
             if owns_library:
@@ -119,84 +137,24 @@ class OutlierDetectionStep(RomosaicStep):
 
     # -- the median ---------------------------------------------------------
 
-    def _median_of_group_drizzles(self, library, groups):
-        geometry, _ = survey_inputs(library)
-        grid = self._grid(library, geometry)
-        window = data_window(grid, geometry)
-        log.info("outlier detection on a %d x %d window (%.0f%% of the %d x %d grid)",
-                 window.shape[1], window.shape[0], 100 * window.fraction_of_grid,
-                 grid.shape[1], grid.shape[0])
-        # In files, only tiles and sections of the group frames and the median
-        # are ever in memory. Use them with on_disk, and also whenever the
-        # frames (each group's data and weight, and the median) would need far
-        # more memory than the budget: they are scratch that the page cache
-        # holds as well as the process would.
-        frames_bytes = 4 * window.shape[0] * window.shape[1] * (2 * len(groups) + 1)
-        spill = library.on_disk or frames_bytes > 4 * self._memory_budget_bytes
-        if spill and not library.on_disk:
-            log.info("group frames (%.0f MiB) kept in temporary files", frames_bytes / 2**20)
-        store = FrameStore(window.shape, on_disk=spill,
-                           directory=self.search_attr("output_dir"))
-        workers = resolve_workers(self.workers)
-        if workers > 1:
-            library.load_arrays()
-        try:
-            # Every group's frames exist before any worker starts, so that all
-            # of them (forked afterwards) write into the same frames.
-            batch = [(group_id, indices, store.new_frame(), store.new_frame())
-                     for group_id, indices in groups.items()]
-
-            def drizzle_one(position):
-                group_id, indices, data_key, weight_key = batch[position]
-                drizzle_group_into(
-                    self._group_images(library, indices), window, store, data_key, weight_key,
-                    n_images=len(indices),
-                    kernel=self.kernel,
-                    pixfrac=self.pixfrac,
-                    weight_type=self.weight_type,
-                    good_bits=self.good_bits,
-                    maskpt=self.maskpt,
-                    pixmap_stepsize=self.pixmap_stepsize,
-                    memory_budget=self._memory_budget_bytes,
-                )
-                # Free the weights (a file on disk) as soon as the group is done.
-                store.remove(weight_key)
-                log.info("group %s drizzled (%d images)", group_id, len(indices))
-
-            run_in_workers(drizzle_one, range(len(batch)), workers=workers)
-            group_keys = []
-            for _, _, data_key, weight_key in batch:
-                # A worker's removal deleted the file but not this process's
-                # entry; run here (one worker), the entry is already gone.
-                if weight_key in store.keys():
-                    store.remove(weight_key)
-                group_keys.append(data_key)
-
-            median_key = store.new_frame()
-            sections = median_sections(store, len(group_keys),
-                                       memory_budget=self._memory_budget_bytes)
-            run_in_workers(lambda rows: median_section_into(store, group_keys, median_key, rows),
-                           sections, workers=workers)
-            for key in group_keys:
-                store.remove(key)
-            if self.save_intermediate_results:
-                self._save_array("median", store.array(median_key), wcs=grid.wcs,
-                                 offset=(window.x0, window.y0))
-        except BaseException:
-            store.close()
-            raise
-        return store, median_key, window
-
-    @staticmethod
-    def _group_images(library, indices):
-        with library:
-            for index in indices:
-                model = library.borrow(index)
-                try:
-                    yield input_from_model(model)
-                finally:
-                    library.shelve(model, index, modify=False)
-                del model
+    def _median_of_group_drizzles(self, library, groups, window, store):
+        median = median_of_group_drizzles(
+            [(group_id, len(indices), _images(library, indices))
+             for group_id, indices in groups.items()],
+            window, store,
+            threads=resolve_workers(self.workers),
+            memory_budget=self._memory_budget_bytes,
+            kernel=self.kernel,
+            pixfrac=self.pixfrac,
+            weight_type=self.weight_type,
+            good_bits=self.good_bits,
+            maskpt=self.maskpt,
+            pixmap_stepsize=self.pixmap_stepsize,
+        )
+        if self.save_intermediate_results:
+            self._save_array("median", store.array(median), wcs=window.grid.wcs,
+                             offset=(window.x0, window.y0))
+        return median
 
     def _grid(self, library, geometry):
         if self.resample_on_skycell:
@@ -209,76 +167,69 @@ class OutlierDetectionStep(RomosaicStep):
         # undersampled star cores (see docs/steps/outlier_detection.rst).
         return free_grid(geometry, pixel_scale_ratio=self.pixel_scale_ratio)
 
-    def _median_of_raw_images(self, library):
+    @staticmethod
+    def _image_pixels(library):
+        for _, model in library.iter_models(modify=False):
+            return int(np.asarray(model.data).size)
+        return 0
+
+    def _median_of_raw_images(self, library, directory):
         store = None
+        frames = []
         try:
             for _, model in library.iter_models(modify=False):
                 image = input_from_model(model)
-                frame = np.where(good_pixel_mask(image.dq, self.good_bits), image.data, np.nan)
                 if store is None:
-                    store = FrameStore(image.shape, on_disk=library.on_disk,
-                                       directory=self.search_attr("output_dir"))
+                    store = PlaneStore(image.shape, directory=directory)
                 elif image.shape != store.shape:
                     raise RomosaicInputError(
                         f"{image.name}: shape {image.shape} differs from the first image's "
                         f"{store.shape}; resample_data=false needs images on one pixel grid")
-                store.add(frame)
-            frames = store.keys()
-            median_key = median_of_frames(store, keys=frames,
-                                          memory_budget=self._memory_budget_bytes)
-            for key in frames:
-                store.remove(key)
+                name = f"image{len(frames)}"
+                store.new_plane(name)
+                store.write(name, np.where(good_pixel_mask(image.dq, self.good_bits),
+                                           image.data, np.float32(np.nan)))
+                frames.append(name)
+            median = median_of_planes(store, frames, "median",
+                                      threads=resolve_workers(self.workers),
+                                      memory_budget=self._memory_budget_bytes)
+            for name in frames:
+                store.remove(name)
         except BaseException:
             if store is not None:
                 store.close()
             raise
-        return store, median_key
+        return store, median
 
     # -- flags --------------------------------------------------------------
 
-    def _flag_models(self, library, store, median_key, window):
-        workers = resolve_workers(self.workers)
-        if workers > 1 and len(library) > 1:
-            # Workers find each image's outliers; this process then writes
-            # the flags, one model at a time.
-            library.load_arrays()
-            def flagged_in(index):
-                with library:
-                    model = library.borrow(index)
-                    try:
-                        return self._outlier_pixels(model, store, median_key, window)
-                    finally:
-                        library.shelve(model, index, modify=False)
-
-            flagged = run_in_workers(flagged_in, range(len(library)), workers=workers)
-        else:
-            flagged = None
-        total = 0
-        for index, model in library.iter_models(modify=True):
-            if flagged is None:
-                pixels, size = self._outlier_pixels(model, store, median_key, window)
-            else:
-                pixels, size = flagged[index]
+    def _flag_models(self, library, store, median, window):
+        # Images are flagged independently, in threads (an in-memory library)
+        # or one after another.
+        def flag(index, model):
+            pixels, size = self._outlier_pixels(model, store, median, window)
             dq = np.array(model.dq, dtype=np.uint32)
             dq.reshape(-1)[pixels] |= OUTLIER_FLAGS
             set_array(model, "dq", dq)
             del dq
-            total += pixels.size
             self.record_status(model, STEP_COMPLETE)
             log.info("%s: %d pixels (%.3f%%) flagged as outliers", model.meta.filename,
                      pixels.size, 100.0 * pixels.size / size)
-        log.info("outlier detection flagged %d pixels in %d images", total, len(library))
+            return pixels.size
 
-    def _outlier_pixels(self, model, store, median_key, window):
+        counts = library.map_models(flag, modify=True, threads=resolve_workers(self.workers))
+        log.info("outlier detection flagged %d pixels in %d images", sum(counts), len(library))
+
+    def _outlier_pixels(self, model, store, median, window):
         """Flat indices of a model's outlier pixels, and the image's size."""
         image = input_from_model(model)
         if window is None:
-            blot = store.read(median_key)
+            blot = store.read(median)
             mask = masked_outliers(image, blot, snr=self._snr, scale=self._scale,
                                    backg=self.backg, model_error=self.model_error,
                                    good_bits=self.good_bits)
         else:
-            mask, blot = flag_image(image, store, median_key, window, snr=self._snr,
+            mask, blot = flag_image(image, store, median, window, snr=self._snr,
                                     scale=self._scale, backg=self.backg,
                                     model_error=self.model_error, good_bits=self.good_bits,
                                     pixmap_stepsize=self.pixmap_stepsize)
@@ -299,3 +250,15 @@ class OutlierDetectionStep(RomosaicStep):
         with atomic_output(path) as temp_path:
             asdf.AsdfFile(tree).write_to(temp_path)
         log.info("saved %s", path)
+
+
+def _images(library, indices):
+    """The library's images ``indices``, each read when the consumer asks for it."""
+    with library:
+        for index in indices:
+            model = library.borrow(index)
+            try:
+                yield input_from_model(model)
+            finally:
+                library.shelve(model, index, modify=False)
+            del model

@@ -5,12 +5,12 @@ through `romosaic.resample.drizzle_images` one at a time and returns a
 Level-3 ``MosaicModel``. The algorithm lives in `romosaic.resample`.
 """
 
-import contextlib
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import scratch_directory
 from ..dq import bad_flags_mask
 from ..errors import RomosaicInputError
 from ..parallel import resolve_workers
@@ -24,21 +24,17 @@ from ..resample import (
     require_overlap,
     skycell_grid_for_association,
 )
+from ..resample.drizzle_images import variance_names_for
+from ..resample.engine import DEFAULT_MEMORY_BUDGET_MIB, DrizzleEngine, data_window
 from ..resample.grid import DEFAULT_MAX_OUTPUT_PIXELS, check_grid_size
 from ..resample.noise_correlation import noise_correlation_for_grid
-from ..resample.tiled import data_window_fraction, drizzle_images_tiled
+from ..resample.planes import PlaneStore
 from ._survey import survey_inputs
 from .base import STEP_COMPLETE, RomosaicStep
 
 __all__ = ["ResampleStep"]
 
 log = logging.getLogger(__name__)
-
-# Below this fraction of the grid in the inputs' data window (a few
-# detectors on a skycell), even one worker drizzles the window alone rather
-# than the whole grid: the window's drizzle arrays and the output planes
-# then take less memory, and time, than one drizzle of every grid pixel.
-_MOSTLY_EMPTY = 0.5
 
 
 class ResampleStep(RomosaicStep):
@@ -51,10 +47,11 @@ class ResampleStep(RomosaicStep):
     by ``pixel_scale`` or ``pixel_scale_ratio``, ``rotation``, ``crpix``,
     ``crval`` and ``output_shape``.
 
-    With ``tile_memory`` > 0 the output is drizzled in strips of rows whose
-    arrays fit in that many MiB, into memory-mapped temporary files in the
-    output directory (see `romosaic.resample.tiled`); the result is the same
-    to float32 rounding.
+    The drizzle's planes (data, weight, variances, context of the part of
+    the grid the inputs reach) are held in memory up to ``memory_budget``
+    MiB; beyond it they are memory-mapped temporary files in the output
+    directory, drizzled a strip at a time (see `romosaic.resample.engine`).
+    The result is the same either way, and for any number of ``workers``.
     """
 
     class_alias = "resample"
@@ -75,9 +72,9 @@ class ResampleStep(RomosaicStep):
     include_var_flat = boolean(default=False)  # Propagate var_flat and include it in err
     pixmap_stepsize = integer(min=1, default=10)  # Spacing of exact WCS evaluations (pixels)
     resample_on_skycell = boolean(default=True)  # Use the association's skycell grid if named
-    tile_memory = float(min=0.0, default=0.0)  # MiB per output strip (0: whole grid in memory)
+    memory_budget = float(min=1.0, default={DEFAULT_MEMORY_BUDGET_MIB})  # MiB of planes in memory
     max_output_pixels = integer(min=1, default={DEFAULT_MAX_OUTPUT_PIXELS})  # Refuse larger grids
-    workers = integer(min=0, default=0)  # Worker processes (0: one per usable core)
+    workers = integer(min=0, default=0)  # Threads (0: one per usable core)
     """
 
     #: An `~romosaic.resample.OutputGrid` to use instead of any grid parameter;
@@ -100,26 +97,7 @@ class ResampleStep(RomosaicStep):
         log.info("output grid: %d x %d pixels of %.4f arcsec", grid.shape[1], grid.shape[0],
                  grid.pixel_scale)
 
-        options = {
-            "kernel": self.kernel,
-            "pixfrac": self.pixfrac,
-            "fillval": self.fillval,
-            "weight_type": self.weight_type,
-            "good_bits": self.good_bits,
-            "include_var_flat": self.include_var_flat,
-            "pixmap_stepsize": self.pixmap_stepsize,
-        }
-        workers = resolve_workers(self.workers)
-        if (self.tile_memory > 0 or (workers > 1 and len(library) > 1)
-                or (geometry and data_window_fraction(geometry, grid) < _MOSTLY_EMPTY)):
-            result, input_scale = self._drizzle_tiled(library, geometry, grid, options,
-                                                      workers=workers)
-        else:
-            def stream():
-                for _, model in library.iter_models(modify=False):
-                    yield input_from_model(model)
-
-            result, input_scale = drizzle_images(stream(), grid, len(library), **options)
+        result, input_scale = self._drizzle(library, geometry, grid)
         if not _any_positive(result.weight):
             raise RomosaicInputError(
                 f"{library.product_name}: no input pixel landed on the output grid "
@@ -146,25 +124,44 @@ class ResampleStep(RomosaicStep):
         mosaic.meta.filename = f"{library.product_name}_coadd.asdf"
         return mosaic
 
-    def _drizzle_tiled(self, library, geometry, grid, options, *, workers):
-        # Strips in files when tile_memory bounds the output's memory; else
-        # one band per worker in shared memory. Either way the result equals
-        # one drizzle of the whole grid, to the bit.
-        @contextlib.contextmanager
-        def load(index):
-            model = library.borrow(index)
-            try:
-                yield input_from_model(model)
-            finally:
-                library.shelve(model, index, modify=False)
+    def _drizzle(self, library, geometry, grid):
+        try:
+            window = data_window(grid, geometry)
+        except ValueError:
+            raise RomosaicInputError(
+                f"{library.product_name}: no input pixel lands on the output grid") from None
+        n_planes_bytes = DrizzleEngine.bytes_per_pixel(
+            len(library), len(variance_names_for(self.include_var_flat)))
+        budget = self.memory_budget * 2**20
+        in_files = n_planes_bytes * window.shape[0] * window.shape[1] > budget
+        if in_files:
+            log.info("drizzle planes (%.0f MiB) kept in memory-mapped files",
+                     n_planes_bytes * window.shape[0] * window.shape[1] / 2**20)
 
-        if workers > 1:
-            library.load_arrays()
-        with library:
-            return drizzle_images_tiled(
-                load, geometry, grid, tile_memory=self.tile_memory * 2**20,
-                in_memory=self.tile_memory <= 0, workers=workers,
-                directory=self.search_attr("output_dir"), **options)
+        def stream():
+            for _, model in library.iter_models(modify=False):
+                yield input_from_model(model)
+
+        with scratch_directory(self.search_attr("output_dir"), "planes",
+                               enabled=in_files) as directory:
+            store = PlaneStore(window.shape, directory=directory)
+            try:
+                return drizzle_images(
+                    stream(), grid, len(library),
+                    window=window,
+                    store=store,
+                    threads=resolve_workers(self.workers),
+                    memory_budget=budget,
+                    kernel=self.kernel,
+                    pixfrac=self.pixfrac,
+                    fillval=self.fillval,
+                    weight_type=self.weight_type,
+                    good_bits=self.good_bits,
+                    include_var_flat=self.include_var_flat,
+                    pixmap_stepsize=self.pixmap_stepsize,
+                )
+            finally:
+                store.close()
 
     def check_parameters(self):
         if not 0 < self.pixfrac <= 1:

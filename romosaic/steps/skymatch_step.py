@@ -2,7 +2,7 @@
 
 The algorithm lives in `romosaic.skymatch`. The step reads the library three
 times, one model at a time: the geometry (to lay the coarse cell grid), the
-pixels (to measure each image's sky; with ``workers`` above 1, forked workers
+pixels (to measure each image's sky; with ``workers`` above 1, threads
 measure different images at once), and finally to record each level in
 ``meta.background`` (and subtract it when asked).
 """
@@ -14,7 +14,7 @@ import numpy as np
 from ..dq import bad_flags_mask, good_pixel_mask
 from ..errors import RomosaicInputError
 from ..models import image_geometry, set_array
-from ..parallel import resolve_workers, run_in_workers
+from ..parallel import resolve_workers
 from ..skymatch import (
     SKY_METHODS,
     SKY_STATISTICS,
@@ -72,7 +72,7 @@ class SkyMatchStep(RomosaicStep):
     usigma = float(min=0.0, default=4.0)  # Upper clipping limit, in sigma
     binwidth = float(min=0.0, default=0.1)  # Histogram bin width for mode and midpt, in sigma
     per_exposure_group = boolean(default=False)  # One offset per exposure group, not per image
-    workers = integer(min=0, default=0)  # Worker processes (0: one per usable core)
+    workers = integer(min=0, default=0)  # Threads (0: one per usable core)
     """
 
     def check_parameters(self):
@@ -114,23 +114,14 @@ class SkyMatchStep(RomosaicStep):
             log.info("sky differences measured in %d x %d cells of %.2f arcsec (%s per cell)",
                      grid.shape[1], grid.shape[0], grid.pixel_scale, cell_params.skystat)
 
-        workers = resolve_workers(self.workers)
-        if workers > 1:
-            library.load_arrays(("data", "dq"))  # before the fork (see ModelLibrary)
+        def measure(index, model):
+            # Images are measured independently, in threads.
+            data = np.asarray(model.data)
+            good = good_pixel_mask(model.dq, self.dqbits) & np.isfinite(data)
+            return measure_image_sky(data, good, model.meta.wcs, grid, params,
+                                     cell_params=cell_params)
 
-        def measure(index):
-            # Images are measured independently, each by one worker.
-            with library:
-                model = library.borrow(index)
-                try:
-                    data = np.asarray(model.data)
-                    good = good_pixel_mask(model.dq, self.dqbits) & np.isfinite(data)
-                    return measure_image_sky(data, good, model.meta.wcs, grid, params,
-                                             cell_params=cell_params)
-                finally:
-                    library.shelve(model, index, modify=False)
-
-        skies = run_in_workers(measure, range(len(library)), workers=workers)
+        skies = library.map_models(measure, threads=resolve_workers(self.workers))
 
         units, unit_names = self._sky_units(library, names)
         result = match_sky(skies, units, skymethod=self.skymethod, match_down=self.match_down)

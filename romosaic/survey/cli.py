@@ -76,9 +76,13 @@ def add_cli_parser(subparsers):
                      help="address (tcp://host:8786) or scheduler file of an existing Dask "
                      "scheduler; 'processes' for the standard library's process pool "
                      "(default: start a local Dask cluster)")
-    run.add_argument("--workers", type=int, metavar="N",
-                     help="worker processes of the local cluster or process pool "
-                     "(default: number of CPUs)")
+    run.add_argument("--processes", type=int, metavar="N",
+                     help="processes running tasks at once: the workers of the local Dask "
+                     "cluster or of the process pool (default: number of CPUs); each "
+                     "task's steps use their own threads (--steps.<step>.workers)")
+    # The name of earlier versions, refused with the new one (a step's
+    # ``workers`` is its threads; one name, one meaning).
+    run.add_argument("--workers", dest="old_workers", default=None, help=argparse.SUPPRESS)
     run.add_argument("--memory-limit", metavar="M",
                      help="memory per task, e.g. 8GB; a task exceeding it is stopped and "
                      "reported (default: the Dask worker's limit)")
@@ -126,10 +130,14 @@ def _run_plan(args):
 
 
 def _run_run(args):
+    from ..errors import RomosaicInputError
     from .runner import run_survey
 
+    if args.old_workers is not None:
+        raise RomosaicInputError("--workers was renamed --processes (processes running tasks "
+                                 "at once); a step's threads are --steps.<step>.workers")
     summary = run_survey(
-        args.plan_dir, scheduler=args.scheduler, workers=args.workers,
+        args.plan_dir, scheduler=args.scheduler, processes=args.processes,
         memory_limit=args.memory_limit, retries=args.retries,
         options=args.pipeline_options, verify=args.verify,
         progress=lambda line: print(line, flush=True),

@@ -113,7 +113,7 @@ class SurveyRunSummary:
         return lines
 
 
-def run_survey(plan_dir, *, scheduler=None, workers=None, memory_limit=None, retries=1,
+def run_survey(plan_dir, *, scheduler=None, processes=None, memory_limit=None, retries=1,
                options=(), verify="size", progress=print, progress_interval=30.0):
     """Run every task of a plan that is not complete yet.
 
@@ -125,9 +125,10 @@ def run_survey(plan_dir, *, scheduler=None, workers=None, memory_limit=None, ret
         None for a new `distributed.LocalCluster`; a scheduler address
         (``tcp://host:8786``) or a scheduler file for an existing cluster;
         ``"processes"`` for the standard library's process pool.
-    workers : int, optional
-        Worker processes of a LocalCluster or process pool (default: the
-        number of CPUs, at most the number of tasks to run).
+    processes : int, optional
+        Processes running tasks at once: the workers of a LocalCluster or of
+        the process pool (default: the number of CPUs, at most the number of
+        tasks to run).
     memory_limit : str or int, optional
         Memory per task (``"4GB"``); a task whose resident memory exceeds it
         is stopped and reported. Also the LocalCluster's worker limit.
@@ -160,8 +161,8 @@ def run_survey(plan_dir, *, scheduler=None, workers=None, memory_limit=None, ret
         raise RomosaicInputError(f"verify mode {verify!r} is not one of {', '.join(VERIFY_MODES)}")
     if retries < 0:
         raise RomosaicInputError(f"--retries must be 0 or more, not {retries}")
-    if workers is not None and workers < 1:
-        raise RomosaicInputError(f"--workers must be at least 1, not {workers}")
+    if processes is not None and processes < 1:
+        raise RomosaicInputError(f"--processes must be at least 1, not {processes}")
     limit = parse_memory(memory_limit) if memory_limit is not None else None
     if scheduler != PROCESSES:
         _require_dask()
@@ -169,7 +170,7 @@ def run_survey(plan_dir, *, scheduler=None, workers=None, memory_limit=None, ret
     say = progress or (lambda line: None)
     with _run_lock(plan_dir):
         return _Run(plan_dir, plan, options, limit, retries, verify, say,
-                    progress_interval).execute(scheduler, workers)
+                    progress_interval).execute(scheduler, processes)
 
 
 def _require_dask():

@@ -1,0 +1,163 @@
+"""Where drizzle planes live: in memory, or in memory-mapped files.
+
+A `PlaneStore` holds named arrays of one 2-D shape (a co-add's data,
+weight, variances and context; outlier detection's group frames and their
+median), either as ordinary arrays or as files in a directory the caller
+made (and removes). Work on the planes goes through `PlaneStore.rows`, a
+band of rows at a time: in memory that is a view; on disk it is a mapping
+of the file that lives only as long as the band is used, so a process
+holds the pages of the bands it is working on and no others, however large
+the planes are. Both forms give the same values.
+
+Threads may work on different bands of the same plane at once.
+"""
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["PlaneStore"]
+
+
+class PlaneStore:
+    """Named planes of one shape, in memory or in memory-mapped files.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Shape ``(ny, nx)`` of every plane (a plane may add a leading depth
+        axis, e.g. the context's one layer per 32 inputs).
+    directory : str or os.PathLike, optional
+        Keep the planes in files in this existing directory (the caller
+        makes it and removes it); None keeps them in memory.
+
+    Examples
+    --------
+    >>> store = PlaneStore((4, 5))
+    >>> store.new_plane("data", fill=1.0)
+    >>> with store.rows("data", (1, 3)) as band:
+    ...     band[:, 0] = 7.0
+    >>> store.read("data", rows=(0, 2)).tolist()[1]
+    [7.0, 1.0, 1.0, 1.0, 1.0]
+    >>> store.close()
+    """
+
+    def __init__(self, shape, *, directory=None):
+        self.shape = tuple(int(n) for n in shape)
+        self.directory = None if directory is None else Path(directory)
+        self._planes = {}  # name -> (dtype, full shape, array or file path)
+
+    @property
+    def on_disk(self):
+        """Whether the planes are memory-mapped files."""
+        return self.directory is not None
+
+    def nbytes(self, dtype=np.float32, depth=None):
+        """Bytes of one plane of ``dtype`` (with a leading ``depth`` axis if given)."""
+        layers = 1 if depth is None else int(depth)
+        return layers * self.shape[0] * self.shape[1] * np.dtype(dtype).itemsize
+
+    def new_plane(self, name, dtype=np.float32, *, fill=0, depth=None):
+        """Make a plane filled with ``fill``.
+
+        Parameters
+        ----------
+        name : str
+        dtype : numpy dtype, optional
+        fill : scalar, optional
+        depth : int, optional
+            Leading axis length (the plane is then ``(depth, ny, nx)``).
+        """
+        if name in self._planes:
+            raise ValueError(f"plane {name!r} already exists")
+        full = self.shape if depth is None else (int(depth), *self.shape)
+        dtype = np.dtype(dtype)
+        if not self.on_disk:
+            self._planes[name] = (dtype, full, np.full(full, fill, dtype))
+            return
+        path = self.directory / f"{name}-{uuid.uuid4().hex[:8]}.plane"
+        with open(path, "wb") as handle:
+            # Sparse: reads as zeros, no disk used until written.
+            handle.truncate(int(np.prod(full, dtype=np.int64)) * dtype.itemsize)
+        self._planes[name] = (dtype, full, path)
+        if fill != 0:
+            step = max(1, (8 * 2**20) // (self.shape[1] * dtype.itemsize))
+            for start in range(0, self.shape[0], step):
+                with self.rows(name, (start, min(self.shape[0], start + step))) as band:
+                    band[...] = fill
+
+    def names(self):
+        """Names of the planes, in the order they were made."""
+        return list(self._planes)
+
+    def __contains__(self, name):
+        return name in self._planes
+
+    @contextlib.contextmanager
+    def rows(self, name, rows):
+        """Rows ``[start, stop)`` of a plane, writeable, for the duration of a ``with`` block.
+
+        In memory this is a view; on disk a mapping that is closed (its pages
+        left to the system's file cache) when the block ends. Each layer of a
+        plane with depth is C-contiguous.
+        """
+        start, stop = (int(v) for v in rows)
+        dtype, full, held = self._planes[name]
+        if not self.on_disk:
+            yield held[..., start:stop, :]
+            return
+        mapped = np.memmap(held, dtype=dtype, mode="r+", shape=full)
+        try:
+            # A plain ndarray view: consumers that refuse np.memmap subclasses
+            # (ASDF) or keep references see an ordinary array.
+            yield np.asarray(mapped)[..., start:stop, :]
+        finally:
+            # No flush: the file is scratch, and the page cache already shares
+            # the new values with every later mapping.
+            del mapped
+
+    def read(self, name, rows=None, cols=None):
+        """A copy of ``plane[..., rows, cols]`` (half-open ranges; whole axes by default)."""
+        r0, r1 = rows if rows is not None else (0, self.shape[0])
+        c0, c1 = cols if cols is not None else (0, self.shape[1])
+        with self.rows(name, (r0, r1)) as band:
+            return np.array(band[..., c0:c1])
+
+    def write(self, name, values, rows=None, cols=None):
+        """Set ``plane[..., rows, cols] = values``."""
+        r0, r1 = rows if rows is not None else (0, self.shape[0])
+        c0, c1 = cols if cols is not None else (0, self.shape[1])
+        with self.rows(name, (r0, r1)) as band:
+            band[..., c0:c1] = values
+
+    def array(self, name):
+        """The whole plane: the array in memory, or a mapping of its file.
+
+        A mapping stays valid after `remove` or `close` (the file's space is
+        given back when the last array using it goes).
+        """
+        dtype, full, held = self._planes[name]
+        if not self.on_disk:
+            return held
+        return np.asarray(np.memmap(held, dtype=dtype, mode="r+", shape=full))
+
+    def rename(self, name, new_name):
+        """Give a plane another name (its values stay where they are)."""
+        if new_name in self._planes:
+            raise ValueError(f"plane {new_name!r} already exists")
+        self._planes[new_name] = self._planes.pop(name)
+
+    def remove(self, name):
+        """Forget a plane (and delete its file)."""
+        _, _, held = self._planes.pop(name)
+        if self.on_disk:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(held)
+
+    def close(self):
+        """Forget every plane and delete their files."""
+        for name in list(self._planes):
+            self.remove(name)

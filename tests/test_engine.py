@@ -1,0 +1,183 @@
+"""The drizzle engine: strips, windows, plane stores and threads change nothing."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from romosaic.outlier.detect import drizzle_group, median_of_planes
+from romosaic.parallel import prefetch
+from romosaic.resample import drizzle_images, free_grid, input_from_model
+from romosaic.resample.engine import (
+    DataWindow,
+    DrizzleEngine,
+    data_window,
+    plan_strips,
+    prepare_image,
+)
+from romosaic.resample.planes import PlaneStore
+from romosaic.simulate import make_image_models
+
+
+@pytest.fixture(scope="module")
+def images():
+    models, *_ = make_image_models(n_exposures=3, n_detectors=2, size=128, seed=4,
+                                   distortion=True)
+    return [input_from_model(m) for m in models]
+
+
+def _geometry(images):
+    return [(image.wcs, image.shape) for image in images]
+
+
+def _assert_same(result, reference):
+    assert result.exptimes == reference.exptimes
+    np.testing.assert_array_equal(result.context, reference.context)
+    np.testing.assert_array_equal(result.data, reference.data)  # NaN where empty in both
+    np.testing.assert_array_equal(result.weight, reference.weight)
+    assert result.variances.keys() == reference.variances.keys()
+    for name, plane in reference.variances.items():
+        np.testing.assert_array_equal(result.variances[name], plane)
+
+
+def test_plan_strips_cover_the_rows_within_the_budget():
+    for n_rows, n_cols, memory, threads in [(1000, 300, 2e6, 1), (5, 10, 1e9, 2),
+                                            (4097, 4000, 64 * 2**20, 2), (900, 900, None, 2)]:
+        strips = plan_strips(n_rows, n_cols, bytes_per_pixel=20, threads=threads, memory=memory)
+        assert strips[0][0] == 0 and strips[-1][1] == n_rows
+        assert all(a[1] == b[0] for a, b in zip(strips, strips[1:], strict=False))
+        tallest = max(stop - start for start, stop in strips)
+        if memory is not None:
+            assert threads * 20 * n_cols * tallest <= max(memory, threads * 20 * n_cols * 64)
+    # In memory: two strips a thread, so that threads share every input.
+    assert len(plan_strips(900, 900, bytes_per_pixel=20, threads=2)) == 4
+    assert len(plan_strips(900, 900, bytes_per_pixel=20, threads=1)) == 1
+
+
+@pytest.mark.parametrize("kernel", ["square", "lanczos3", "point"])
+def test_strips_windows_files_and_threads_equal_one_drizzle_of_the_grid(images, tmp_path,
+                                                                         kernel):
+    geometry = _geometry(images)
+    fitted = free_grid(geometry, pixel_scale_ratio=0.5)
+    # A grid larger than the inputs, as a skycell holding a few detectors.
+    grid = free_grid(geometry, pixel_scale_ratio=0.5,
+                     output_shape=(fitted.shape[1] + 157, fitted.shape[0] + 301))
+    options = {"kernel": kernel, "pixfrac": 0.8}
+    whole, scale = drizzle_images(iter(images), grid, len(images), **options)
+    window = data_window(grid, geometry)
+    assert window.fraction_of_grid < 0.8
+    outside = np.ones(grid.shape, bool)
+    outside[window.y0:window.y0 + window.shape[0], window.x0:window.x0 + window.shape[1]] = False
+    assert not (whole.weight[outside] > 0).any()
+    assert np.isnan(whole.data[outside]).all()
+
+    windowed, _ = drizzle_images(iter(images), grid, len(images), window=window, **options)
+    _assert_same(windowed, whole)
+    threaded, threaded_scale = drizzle_images(iter(images), grid, len(images), window=window,
+                                              threads=2, **options)
+    assert threaded_scale == scale
+    _assert_same(threaded, whole)
+    # Planes in files, drizzled in strips of ~70 rows by two threads.
+    store = PlaneStore(window.shape, directory=tmp_path)
+    budget = 2 * 28 * window.shape[1] * 70
+    in_files, _ = drizzle_images(iter(images), grid, len(images), window=window, store=store,
+                                 threads=2, memory_budget=budget, **options)
+    store.close()
+    assert list(tmp_path.iterdir()) == []  # the arrays are mappings of unlinked files
+    _assert_same(in_files, whole)
+
+
+def test_more_than_one_thread_deposits_and_results_do_not_depend_on_strips(images):
+    geometry = _geometry(images)
+    grid = free_grid(geometry, pixel_scale_ratio=0.5)
+    window = data_window(grid, geometry)
+    prepared = [prepare_image(image, grid) for image in images]
+    results = []
+    for strips, threads in [([(0, window.shape[0])], 1),
+                            (plan_strips(*window.shape, bytes_per_pixel=28, threads=2), 2),
+                            ([(0, 37), (37, 38), (38, 200), (200, window.shape[0])], 2)]:
+        store = PlaneStore(window.shape)
+        with DrizzleEngine(window, store, strips=strips, n_inputs=len(prepared),
+                           variance_names=["var_rnoise"], threads=threads) as engine:
+            for image in prepared:
+                engine.add(image)
+            engine.finish()
+        if threads > 1:
+            assert len(engine.threads_used) >= 2
+        results.append({name: store.read(name) for name in store.names()})
+    for other in results[1:]:
+        for name, plane in results[0].items():
+            np.testing.assert_array_equal(other[name], plane)
+
+
+def test_group_drizzle_and_median_do_not_depend_on_threads_or_files(images, tmp_path):
+    geometry = _geometry(images)
+    grid = free_grid(geometry, pixel_scale_ratio=0.5)
+    window = data_window(grid, geometry)
+    medians = []
+    for threads, directory in [(1, None), (2, None), (2, tmp_path)]:
+        store = PlaneStore(window.shape, directory=directory)
+        strips = plan_strips(*window.shape, bytes_per_pixel=8, threads=threads,
+                             memory=8 * window.shape[1] * 100 if directory else None)
+        names = [drizzle_group(iter(images[k::3]), window, store, name=f"g{k}", n_images=2,
+                               strips=strips, threads=threads) for k in range(3)]
+        assert sorted(store.names()) == ["g0", "g1", "g2"]  # the weights are gone
+        median_of_planes(store, names, "median", threads=threads, memory_budget=2e5)
+        medians.append(store.read("median"))
+        store.close()
+    assert np.isfinite(medians[0]).mean() > 0.3
+    for other in medians[1:]:
+        np.testing.assert_array_equal(other, medians[0])
+
+
+def test_every_input_keeps_its_context_bit_on_a_grid_covering_part_of_them(images):
+    geometry = _geometry(images)
+    grid = free_grid(geometry[:1])
+    full = DataWindow(grid=grid, x0=0, y0=0, shape=tuple(grid.shape))
+    assert full.covers_grid
+    result, _ = drizzle_images(iter(images), grid, len(images))
+    assert result.exptimes == [image.exptime for image in images]
+    assert result.context.shape == (1, *grid.shape)
+    for index, image in enumerate(images):
+        reached = (result.context[0] & np.uint32(1 << index)) != 0
+        alone, _ = drizzle_images(iter([image]), grid, 1)
+        np.testing.assert_array_equal(reached, alone.weight > 0)
+
+
+def test_prefetch_hands_on_errors_and_stops_its_producer():
+    made = []
+
+    def produce():
+        for k in range(100):
+            made.append(threading.current_thread().name)
+            if k == 3:
+                raise RuntimeError("bad item 3")
+            yield k
+
+    seen = []
+    with pytest.raises(RuntimeError, match="bad item 3"):
+        for item in prefetch(produce()):
+            seen.append(item)
+    assert seen == [0, 1, 2]
+    assert set(made) == {"prefetch"}
+    # A consumer that stops early leaves no producer running.
+    stream = prefetch(iter(range(10**6)))
+    assert next(stream) == 0
+    stream.close()
+    assert not any(t.name == "prefetch" for t in threading.enumerate())
+
+
+def test_old_parameter_names_are_refused_naming_the_new_ones(tmp_path, capsys):
+    from romosaic.cli import main as romosaic_main
+    from romosaic.errors import RomosaicInputError
+    from romosaic.pipeline import MosaicPipeline
+    from romosaic.steps import ResampleStep
+
+    with pytest.raises(RomosaicInputError, match="tile_memory was replaced by memory_budget"):
+        ResampleStep.call(str(tmp_path / "x_asn.json"), tile_memory=2)
+    with pytest.raises(RomosaicInputError,
+                       match="steps.resample.tile_memory was replaced by memory_budget"):
+        MosaicPipeline.call(str(tmp_path / "x_asn.json"), steps={"resample": {"tile_memory": 2}})
+    status = romosaic_main(["survey", "run", str(tmp_path), "--workers", "2"])
+    assert status != 0
+    assert "--workers was renamed --processes" in capsys.readouterr().err
