@@ -63,11 +63,30 @@ enum kernel_kind {
 /* Spacing of the Lanczos look-up table, in input pixels (as drizzle). */
 #define LANCZOS_STEP 0.003
 
+/* The pixel map as two bicubic B-splines of the input position (output x
+ * and y), FITPACK's representation (scipy's RectBivariateSpline): the
+ * coefficient of basis functions (a, b) along (rows, columns) is
+ * c[a * (ntx - 4) + b]. Rows of the map are evaluated as the kernel reaches
+ * them, into a few cached rows. */
+typedef struct {
+    const double *ty, *tx; /* knots along input rows and columns */
+    const double *c[2]; /* coefficients of output x and output y */
+    Py_ssize_t nty, ntx;
+    double row0, col0; /* input position of data[0, 0] */
+    long *span; /* per column: the knot interval */
+    double *basis; /* per column: the four non-zero basis functions */
+    double *coef; /* 2 x (ntx - 4): coefficients collapsed along the rows */
+    double *rows; /* nslots cached rows of the map, 2 * in_nx each */
+    Py_ssize_t *tag; /* the row each slot holds, -1: none */
+    int nslots;
+} spline_t;
+
 typedef struct {
     /* input image, in_ny x in_nx, row-major */
     const float *data;
     const float *weight; /* NULL: weight 1 */
-    const double *pixmap; /* in_ny x in_nx x 2 */
+    const double *pixmap; /* in_ny x in_nx x 2, or NULL: from the spline */
+    spline_t *spline;
     const float *var[MAX_PLANES]; /* NULL entries count as zero */
     int nvar;
     Py_ssize_t in_nx, in_ny;
@@ -399,6 +418,147 @@ quad_overlaps_2x2(const double *px, const double *py, double *cell)
     cell[3] = T - L - B + LB;
 }
 
+/* ------------------------------------------------------------------------
+ * The pixel map from its spline representation.
+ */
+
+/* The knot interval l (3 <= l <= n - 5) of a cubic spline with n knots that
+ * holds x, x clamped to the spline's range as FITPACK's evaluation does. */
+static long
+spline_span(const double *t, Py_ssize_t n, double *x)
+{
+    long a = 3, b = (long) n - 5;
+
+    *x = dmin(dmax(*x, t[3]), t[n - 4]);
+    while (a < b) {
+        long m = (a + b + 1) / 2;
+        if (t[m] <= *x) {
+            a = m;
+        } else {
+            b = m - 1;
+        }
+    }
+    return a;
+}
+
+/* The four cubic B-splines that do not vanish at x in knot interval l (those
+ * of coefficients l - 3 .. l), by the Cox-de Boor recursion. */
+static void
+spline_basis(const double *t, long l, double x, double *h)
+{
+    double hh[3];
+    int i, j;
+
+    h[0] = 1.0;
+    for (j = 1; j <= 3; ++j) {
+        for (i = 0; i < j; ++i) {
+            hh[i] = h[i];
+        }
+        h[0] = 0.0;
+        for (i = 1; i <= j; ++i) {
+            long li = l + i, lj = li - j;
+            double f;
+            if (t[li] == t[lj]) {
+                h[i] = 0.0;
+                continue;
+            }
+            f = hh[i - 1] / (t[li] - t[lj]);
+            h[i - 1] += f * (t[li] - x);
+            h[i] = f * (x - t[lj]);
+        }
+    }
+}
+
+/* Scratch for evaluating the spline along rows of nx pixels; nslots rows are
+ * cached. Returns 1 when out of memory. */
+static int
+spline_setup(spline_t *S, Py_ssize_t nx, int nslots)
+{
+    Py_ssize_t i, nbx = S->ntx - 4;
+    int k;
+
+    S->nslots = nslots;
+    S->span = (long *) malloc(sizeof(long) * (size_t) nx);
+    S->basis = (double *) malloc(sizeof(double) * 4 * (size_t) nx);
+    S->coef = (double *) malloc(sizeof(double) * 2 * (size_t) nbx);
+    S->rows = (double *) malloc(sizeof(double) * 2 * (size_t) nx * (size_t) nslots);
+    S->tag = (Py_ssize_t *) malloc(sizeof(Py_ssize_t) * (size_t) nslots);
+    if (!S->span || !S->basis || !S->coef || !S->rows || !S->tag) {
+        return 1;
+    }
+    for (k = 0; k < nslots; ++k) {
+        S->tag[k] = -1;
+    }
+    /* the basis along a row is the same for every row */
+    for (i = 0; i < nx; ++i) {
+        double x = (double) i + S->col0;
+        S->span[i] = spline_span(S->tx, S->ntx, &x);
+        spline_basis(S->tx, S->span[i], x, S->basis + 4 * i);
+    }
+    return 0;
+}
+
+static void
+spline_free(spline_t *S)
+{
+    free(S->span);
+    free(S->basis);
+    free(S->coef);
+    free(S->rows);
+    free(S->tag);
+}
+
+/* Row r of the pixel map, (x, y) interleaved, evaluated into a cache slot:
+ * the coefficients are first combined along the rows (four per column of
+ * coefficients), leaving four products per pixel and axis. */
+static const double *
+spline_row(const job_t *J, Py_ssize_t r)
+{
+    spline_t *S = J->spline;
+    Py_ssize_t nx = J->in_nx, nbx = S->ntx - 4, i, b;
+    int slot = (int) (r % S->nslots), a, k;
+    double *row = S->rows + (size_t) slot * 2 * (size_t) nx;
+    double y = (double) r + S->row0, wy[4];
+    long ly;
+
+    if (S->tag[slot] == r) {
+        return row;
+    }
+    ly = spline_span(S->ty, S->nty, &y);
+    spline_basis(S->ty, ly, y, wy);
+    for (a = 0; a < 2; ++a) {
+        const double *c = S->c[a] + (ly - 3) * nbx;
+        double *out = S->coef + a * nbx;
+        for (b = 0; b < nbx; ++b) {
+            out[b] = wy[0] * c[b] + wy[1] * c[nbx + b] + wy[2] * c[2 * nbx + b] +
+                     wy[3] * c[3 * nbx + b];
+        }
+    }
+    for (i = 0; i < nx; ++i) {
+        const double *w = S->basis + 4 * i;
+        const double *cx = S->coef + S->span[i] - 3, *cy = cx + nbx;
+        double vx = 0.0, vy = 0.0;
+        for (k = 0; k < 4; ++k) {
+            vx += w[k] * cx[k];
+            vy += w[k] * cy[k];
+        }
+        row[2 * i] = vx;
+        row[2 * i + 1] = vy;
+    }
+    S->tag[slot] = r;
+    return row;
+}
+
+/* Row r of the pixel map, (x, y) interleaved. */
+static inline const double *
+centre_row(const job_t *J, Py_ssize_t r)
+{
+    if (J->pixmap) {
+        return J->pixmap + r * J->in_nx * 2;
+    }
+    return spline_row(J, r);
+}
+
 /* Bilinear interpolation (extrapolation at the borders) of the pixel map
  * along a row at vertical position y, for every column: row[2 i], row[2 i + 1]
  * = (x, y) on the grid of the point (i, y) of the input. */
@@ -417,8 +577,8 @@ pixmap_row(const job_t *J, double y, double *row)
     }
     f = y - (double) j0;
     g = 1.0 - f;
-    a = J->pixmap + (Py_ssize_t) j0 * nx * 2;
-    b = a + nx * 2;
+    a = centre_row(J, j0);
+    b = centre_row(J, j0 + 1);
     for (i = 0; i < 2 * nx; ++i) {
         row[i] = a[i] * g + b[i] * f;
     }
@@ -458,7 +618,9 @@ kernel_square(job_t *J)
 
     lo = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
     hi = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
-    if (!lo || !hi) {
+    /* the rows from floor(j - h) to floor(j + h) + 1 at once, and the next
+     * row's without evaluating again */
+    if (!lo || !hi || (J->spline && spline_setup(J->spline, nx, (int) (off_p - off_m) + 3))) {
         free(lo);
         free(hi);
         J->failed = 1;
@@ -833,7 +995,7 @@ check_buffer(
     return 0;
 }
 
-#define N_BUFFERS (6 + 2 * MAX_PLANES)
+#define N_BUFFERS (9 + 2 * MAX_PLANES) /* a spline is four buffers */
 
 static PyObject *
 py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -841,11 +1003,14 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {
         "kernel", "data", "weight", "pixmap", "variances", "out_data", "out_weight",
         "out_variances", "context", "bit", "x0", "y0", "pixfrac", "pscale_ratio", "iscale",
-        NULL};
+        "spline", "col0", "row0", NULL};
     int kernel, bit;
     Py_ssize_t x0, y0;
     double pixfrac, pscale, iscale;
     PyObject *o_data, *o_weight, *o_pixmap, *o_vars, *o_out, *o_wht, *o_ovars, *o_ctx;
+    PyObject *o_spline = Py_None;
+    Py_ssize_t col0 = 0, row0 = 0;
+    spline_t S;
     Py_buffer bufs[N_BUFFERS];
     int nbuf = 0, m, nvar, status = 0;
     job_t J;
@@ -855,10 +1020,21 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
 
     (void) self;
     memset(&J, 0, sizeof(J));
+    memset(&S, 0, sizeof(S));
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "iOOOOOOOOinnddd:drizzle_add", kwlist, &kernel, &o_data, &o_weight,
-            &o_pixmap, &o_vars, &o_out, &o_wht, &o_ovars, &o_ctx, &bit, &x0, &y0, &pixfrac,
-            &pscale, &iscale)) {
+            args, kwargs, "iOOOOOOOOinnddd|Onn:drizzle_add", kwlist, &kernel, &o_data,
+            &o_weight, &o_pixmap, &o_vars, &o_out, &o_wht, &o_ovars, &o_ctx, &bit, &x0, &y0,
+            &pixfrac, &pscale, &iscale, &o_spline, &col0, &row0)) {
+        return NULL;
+    }
+    if ((o_spline == Py_None) == (o_pixmap == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "give either a pixel map or a spline");
+        return NULL;
+    }
+    if (o_spline != Py_None && (kernel != K_SQUARE || !PyTuple_Check(o_spline) ||
+                                PyTuple_GET_SIZE(o_spline) != 4)) {
+        PyErr_SetString(
+            PyExc_ValueError, "spline: a tuple (ty, tx, cx, cy), for the square kernel only");
         return NULL;
     }
     if (kernel < K_SQUARE || kernel > K_LANCZOS3) {
@@ -909,8 +1085,32 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
         GET(o_weight, flags, "weight", 4, 'f', 2, in_shape);
         J.weight = (const float *) bufs[nbuf - 1].buf;
     }
-    GET(o_pixmap, flags, "pixmap", 8, 'f', 3, in_shape);
-    J.pixmap = (const double *) bufs[nbuf - 1].buf;
+    if (o_pixmap != Py_None) {
+        GET(o_pixmap, flags, "pixmap", 8, 'f', 3, in_shape);
+        J.pixmap = (const double *) bufs[nbuf - 1].buf;
+    } else {
+        Py_ssize_t knots[1] = {-1}, coefs[2];
+        GET(PyTuple_GET_ITEM(o_spline, 0), flags, "spline knots", 8, 'f', 1, knots);
+        S.ty = (const double *) bufs[nbuf - 1].buf;
+        S.nty = bufs[nbuf - 1].shape[0];
+        GET(PyTuple_GET_ITEM(o_spline, 1), flags, "spline knots", 8, 'f', 1, knots);
+        S.tx = (const double *) bufs[nbuf - 1].buf;
+        S.ntx = bufs[nbuf - 1].shape[0];
+        if (S.nty < 8 || S.ntx < 8) {
+            PyErr_SetString(PyExc_ValueError, "spline: a cubic spline needs 8 knots or more");
+            goto done;
+        }
+        coefs[0] = S.nty - 4;
+        coefs[1] = S.ntx - 4;
+        for (m = 0; m < 2; ++m) {
+            GET(PyTuple_GET_ITEM(o_spline, 2 + m), flags, "spline coefficients", 8, 'f', 2,
+                coefs);
+            S.c[m] = (const double *) bufs[nbuf - 1].buf;
+        }
+        S.col0 = (double) col0;
+        S.row0 = (double) row0;
+        J.spline = &S;
+    }
     for (m = 0; m < nvar; ++m) {
         PyObject *item = PyTuple_GET_ITEM(o_vars, m);
         if (item == Py_None) {
@@ -984,6 +1184,7 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
 
 done:
     free(J.area);
+    spline_free(&S);
     for (m = 0; m < nbuf; ++m) {
         PyBuffer_Release(&bufs[m]);
     }
@@ -993,7 +1194,8 @@ done:
 static PyMethodDef methods[] = {
     {"drizzle_add", (PyCFunction) (void (*)(void)) py_drizzle_add, METH_VARARGS | METH_KEYWORDS,
      "drizzle_add(kernel, data, weight, pixmap, variances, out_data, out_weight, "
-     "out_variances, context, bit, x0, y0, pixfrac, pscale_ratio, iscale) -> int\n\n"
+     "out_variances, context, bit, x0, y0, pixfrac, pscale_ratio, iscale, spline=None, "
+     "col0=0, row0=0) -> int\n\n"
      "Deposit one input image onto the output arrays; see romosaic.resample.kernels."},
     {NULL, NULL, 0, NULL}};
 
