@@ -353,69 +353,123 @@ quad_overlaps(const double *px, const double *py, long nxl, long nyl, double *ac
     }
 }
 
-/* ∫ max(u - 1, 0) over a width W along which u goes linearly from ua to
- * ub; inv is |dx/du| of the segment (any value if ua == ub). */
-static inline double
-excess_above(double W, double ua, double ub, double inv)
+/* Where along an edge, t in [0, 1] from value p to value q, the value is
+ * negative: [*t0, *t1] (empty: t0 == t1 == 0). The crossing's division is
+ * made only for an edge that crosses. */
+static inline void
+below_zero(double p, double q, double *t0, double *t1)
 {
-    double a = ua - 1.0, b = ub - 1.0;
-
-    if (a <= 0.0 && b <= 0.0) {
-        return 0.0;
+    if (p < 0.0) {
+        *t0 = 0.0;
+        *t1 = q < 0.0 ? 1.0 : p / (p - q);
+    } else if (q < 0.0) {
+        *t0 = p / (p - q);
+        *t1 = 1.0;
+    } else {
+        *t0 = *t1 = 0.0;
     }
-    if (a >= 0.0 && b >= 0.0) {
-        return W * 0.5 * (a + b);
-    }
-    a = a > b ? a : b; /* the end above: a triangle */
-    return 0.5 * a * a * inv;
 }
 
 /* The same as quad_overlaps for a quadrilateral whose bounding box is at
- * most 2 x 2 cells (the common case at native pixel size), without loops:
- * the areas left of the column boundary x = 0.5, below the row boundary
- * y = 0.5, and both, combine into the four cells. cell[r * 2 + c]. */
+ * most 2 x 2 cells (the common case at native pixel size), without loops or
+ * buffers. With X = Y = 0.5 the boundaries between the columns and the rows,
+ * clamping the boundary onto x <= X, y <= Y or both (which for a convex
+ * region keeps the area inside) turns Green's ∮ (x - X) dy into the area left
+ * of X, below Y, or both:
+ *     left  = ∮ min(x - X, 0) dy,   below = -∮ min(y - Y, 0) dx,
+ *     both  = ∮ min(x - X, 0) d(min(y, Y)),
+ * each an integral of a linear function over the part of each edge below
+ * the boundary, which needs a division only where an edge crosses it. An
+ * edge of an axis-near-aligned drop crosses one of the two boundaries at
+ * most. cell[r * 2 + c], positive for a clockwise quadrilateral. */
 static void
 quad_overlaps_2x2(const double *px, const double *py, double *cell)
 {
-    double T = 0.0, L = 0.0, B = 0.0, LB = 0.0;
+    double A = 0.0, L = 0.0, B = 0.0, LB = 0.0;
     int k;
 
     for (k = 0; k < 4; ++k) {
         int k1 = (k + 1) & 3;
-        double dx = px[k1] - px[k], xl, ul, xr, ur, sgn, W, slope, inv, Wl, um, t, l;
+        double a = px[k] - 0.5, b = px[k1] - 0.5, c = py[k] - 0.5, d = py[k1] - 0.5;
+        double dx = px[k1] - px[k], dy = py[k1] - py[k];
+        double sx0, sx1, sy0, sy1, lo, hi;
 
-        if (dx == 0.0) {
-            continue;
+        A += dy * 0.5 * (a + b);
+        below_zero(a, b, &sx0, &sx1);
+        below_zero(c, d, &sy0, &sy1);
+        if (sx1 > sx0) {
+            L += dy * (sx1 - sx0) * (a + dx * 0.5 * (sx0 + sx1));
         }
-        if (dx > 0.0) {
-            sgn = 1.0;
-            xl = px[k];
-            ul = py[k] + 0.5; /* height above the bottom of row 0 */
-            xr = px[k1];
-            ur = py[k1] + 0.5;
-        } else {
-            sgn = -1.0;
-            xl = px[k1];
-            ul = py[k1] + 0.5;
-            xr = px[k];
-            ur = py[k] + 0.5;
+        if (sy1 > sy0) {
+            B -= dx * (sy1 - sy0) * (c + dy * 0.5 * (sy0 + sy1));
         }
-        W = xr - xl;
-        slope = (ur - ul) / W;
-        inv = ur != ul ? W / fabs(ur - ul) : 0.0;
-        Wl = dmax(dmin(xr, 0.5) - xl, 0.0); /* the part left of x = 0.5 */
-        um = ul + slope * Wl;
-        t = W * 0.5 * (ul + ur);
-        l = Wl * 0.5 * (ul + um);
-        T += sgn * t;
-        L += sgn * l;
-        B += sgn * (t - excess_above(W, ul, ur, inv));
-        LB += sgn * (l - excess_above(Wl, ul, um, inv));
+        lo = dmax(sx0, sy0);
+        hi = dmin(sx1, sy1);
+        if (hi > lo) {
+            LB += dy * (hi - lo) * (a + dx * 0.5 * (lo + hi));
+        }
     }
-    cell[0] = LB;
-    cell[1] = B - LB;
-    cell[2] = L - LB;
-    cell[3] = T - L - B + LB;
+    /* Green's integrals count counter-clockwise areas positive */
+    cell[0] = -LB;
+    cell[1] = LB - B;
+    cell[2] = LB - L;
+    cell[3] = L + B - LB - A;
+}
+
+/* quad_overlaps_2x2 for the usual drop: one vertex in each of the four
+ * cells, in clockwise order from the top left, (cx, cy) the vertices less
+ * the cell boundaries X = Y = 0.5 (cx[0], cy[0] the top left). Each edge
+ * then crosses one boundary, where it is known, and the integrals reduce
+ * to triangles and trapezoids: four divisions, no branches. */
+static inline void
+quad_overlaps_regular(const double *cx, const double *cy, double *cell)
+{
+    double dx1 = cx[2] - cx[1], dx2 = cx[3] - cx[2], dx3 = cx[0] - cx[3];
+    double dy0 = cy[1] - cy[0], dy1 = cy[2] - cy[1], dy2 = cy[3] - cy[2], dy3 = cy[0] - cy[3];
+    /* the parts of the edges left of X (top, bottom) and below Y (right,
+     * left), as fractions of the edge */
+    double top = cx[0] / (cx[0] - cx[1]), bottom = cx[3] / (cx[3] - cx[2]);
+    double right = cy[2] / (cy[2] - cy[1]), left = cy[3] / (cy[3] - cy[0]);
+    double A, L, B, LB, lb;
+
+    A = 0.5 * (dy0 * (cx[0] + cx[1]) + dy1 * (cx[1] + cx[2]) + dy2 * (cx[2] + cx[3]) +
+               dy3 * (cx[3] + cx[0]));
+    lb = 0.5 * dy2 * bottom * cx[3];
+    L = 0.5 * dy0 * top * cx[0] + lb + 0.5 * dy3 * (cx[3] + cx[0]);
+    B = -0.5 * (dx1 * right * cy[2] + dx2 * (cy[2] + cy[3]) + dx3 * left * cy[3]);
+    LB = lb + dy3 * left * (cx[3] + 0.5 * dx3 * left);
+    cell[0] = -LB;
+    cell[1] = LB - B;
+    cell[2] = LB - L;
+    cell[3] = L + B - LB - A;
+}
+
+/* The 2 x 2 overlaps, by quad_overlaps_regular when the vertices fall one in
+ * each cell in clockwise order (at any multiple of a quarter turn), or else
+ * by quad_overlaps_2x2. */
+static inline void
+quad_cells(const double *px, const double *py, double *cell)
+{
+    /* cell code of each vertex: 1 left, 2 bottom; clockwise from the top
+     * left the codes run 1, 0, 2, 3 */
+    int code[4], k, s = -1;
+    double cx[4], cy[4];
+
+    for (k = 0; k < 4; ++k) {
+        code[k] = (px[k] < 0.5) | ((py[k] < 0.5) << 1);
+        if (code[k] == 1) {
+            s = k;
+        }
+    }
+    if (s >= 0 && code[(s + 1) & 3] == 0 && code[(s + 2) & 3] == 2 && code[(s + 3) & 3] == 3) {
+        for (k = 0; k < 4; ++k) {
+            cx[k] = px[(s + k) & 3] - 0.5;
+            cy[k] = py[(s + k) & 3] - 0.5;
+        }
+        quad_overlaps_regular(cx, cy, cell);
+        return;
+    }
+    quad_overlaps_2x2(px, py, cell);
 }
 
 /* ------------------------------------------------------------------------
@@ -605,6 +659,107 @@ row_point(const double *row, Py_ssize_t nx, Py_ssize_t i, long off, double frac,
     *oy = row[2 * i0 + 1] * g + row[2 * i0 + 3] * f;
 }
 
+/* Corner positions along a row: (x, y) at horizontal position i + off +
+ * frac of an interpolated row, for every column i, as row_point gives them,
+ * into separate x and y arrays; the loop over the columns that need no
+ * extrapolation is a plain one the compiler can vectorise. */
+static void
+corner_row(const double *row, Py_ssize_t nx, long off, double frac, double *ox, double *oy)
+{
+    Py_ssize_t i, first = -off, last = nx - 2 - off; /* i + off in [0, nx - 2] */
+    double g = 1.0 - frac;
+
+    if (first < 0) {
+        first = 0;
+    }
+    if (last > nx - 1) {
+        last = nx - 1;
+    }
+    for (i = 0; i < nx && i < first; ++i) {
+        row_point(row, nx, i, off, frac, ox + i, oy + i);
+    }
+    for (i = first; i <= last; ++i) {
+        const double *p = row + 2 * (i + off);
+        ox[i] = p[0] * g + p[2] * frac;
+        oy[i] = p[1] * g + p[3] * frac;
+    }
+    for (i = last + 1 > first ? last + 1 : first; i < nx; ++i) {
+        row_point(row, nx, i, off, frac, ox + i, oy + i);
+    }
+}
+
+/* floor of a value clamped to +-1e9 (as a double), by an integer conversion
+ * that vectorises */
+static inline double
+vfloor(double v)
+{
+    double t;
+
+    v = dmin(dmax(v, -1e9), 1e9);
+    t = (double) (int) v;
+    return t - (v < t ? 1.0 : 0.0);
+}
+
+/* The geometry of a row of drops, before any input value is read: for each
+ * column i, with corners (x[k][i], y[k][i]) clockwise from the top left,
+ * fast[i] = 1 when the drop is the usual one (finite, one vertex in each cell
+ * of a 2 x 2 box of output pixels, in clockwise order from the top left),
+ * and then its box's lower-left output pixel (bx, by), its area (jaco) and
+ * its overlaps with the four cells. The loop has no branches, so that it
+ * runs several columns at a time; the others are left to the general path. */
+typedef struct {
+    double *x[4], *y[4];
+    double *cell[4], *jaco, *bx, *by;
+    unsigned char *fast;
+} row_geometry_t;
+
+static void
+row_geometry(const row_geometry_t *G, Py_ssize_t nx)
+{
+    const double *restrict x0 = G->x[0], *restrict x1 = G->x[1], *restrict x2 = G->x[2],
+                           *restrict x3 = G->x[3];
+    const double *restrict y0 = G->y[0], *restrict y1 = G->y[1], *restrict y2 = G->y[2],
+                           *restrict y3 = G->y[3];
+    double *restrict c0 = G->cell[0], *restrict c1 = G->cell[1], *restrict c2 = G->cell[2],
+                     *restrict c3 = G->cell[3];
+    double *restrict jaco = G->jaco, *restrict bx = G->bx, *restrict by = G->by;
+    unsigned char *restrict fast = G->fast;
+    Py_ssize_t i;
+
+    for (i = 0; i < nx; ++i) {
+        double minx = dmin(dmin(x0[i], x1[i]), dmin(x2[i], x3[i]));
+        double maxx = dmax(dmax(x0[i], x1[i]), dmax(x2[i], x3[i]));
+        double miny = dmin(dmin(y0[i], y1[i]), dmin(y2[i], y3[i]));
+        double maxy = dmax(dmax(y0[i], y1[i]), dmax(y2[i], y3[i]));
+        double fx = vfloor(minx + 0.5), fy = vfloor(miny + 0.5);
+        double X = fx + 0.5, Y = fy + 0.5;
+        double cx[4], cy[4], cell[4];
+        int ok;
+
+        cx[0] = x0[i] - X;
+        cx[1] = x1[i] - X;
+        cx[2] = x2[i] - X;
+        cx[3] = x3[i] - X;
+        cy[0] = y0[i] - Y;
+        cy[1] = y1[i] - Y;
+        cy[2] = y2[i] - Y;
+        cy[3] = y3[i] - Y;
+        /* NaN fails every comparison */
+        ok = (cx[0] < 0.0) & (cx[3] < 0.0) & (cx[1] > 0.0) & (cx[2] > 0.0) & (cy[0] > 0.0) &
+             (cy[1] > 0.0) & (cy[2] < 0.0) & (cy[3] < 0.0) & (maxx < X + 1.0) &
+             (maxy < Y + 1.0) & (minx > -1e9) & (maxx < 1e9) & (miny > -1e9) & (maxy < 1e9);
+        quad_overlaps_regular(cx, cy, cell);
+        c0[i] = cell[0];
+        c1[i] = cell[1];
+        c2[i] = cell[2];
+        c3[i] = cell[3];
+        jaco[i] = 0.5 * ((x1[i] - x3[i]) * (y0[i] - y2[i]) - (x0[i] - x2[i]) * (y1[i] - y3[i]));
+        bx[i] = fx;
+        by[i] = fy;
+        fast[i] = (unsigned char) ok;
+    }
+}
+
 static int
 kernel_square(job_t *J)
 {
@@ -613,19 +768,33 @@ kernel_square(job_t *J)
     /* corner columns i - h and i + h as i + off + frac */
     long off_m = ifloor(-h), off_p = ifloor(h);
     double frac_m = -h - (double) off_m, frac_p = h - (double) off_p;
-    double *lo = NULL, *hi = NULL;
+    double *lo = NULL, *hi = NULL, *geo = NULL;
+    row_geometry_t G;
     float v[MAX_PLANES];
+    int k;
 
     lo = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
     hi = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
+    geo = (double *) malloc(sizeof(double) * 15 * (size_t) nx + (size_t) nx);
     /* the rows from floor(j - h) to floor(j + h) + 1 at once, and the next
      * row's without evaluating again */
-    if (!lo || !hi || (J->spline && spline_setup(J->spline, nx, (int) (off_p - off_m) + 3))) {
+    if (!lo || !hi || !geo ||
+        (J->spline && spline_setup(J->spline, nx, (int) (off_p - off_m) + 3))) {
         free(lo);
         free(hi);
+        free(geo);
         J->failed = 1;
         return 1;
     }
+    for (k = 0; k < 4; ++k) {
+        G.x[k] = geo + (size_t) k * nx;
+        G.y[k] = geo + (size_t) (4 + k) * nx;
+        G.cell[k] = geo + (size_t) (8 + k) * nx;
+    }
+    G.jaco = geo + (size_t) 12 * nx;
+    G.bx = geo + (size_t) 13 * nx;
+    G.by = geo + (size_t) 14 * nx;
+    G.fast = (unsigned char *) (geo + (size_t) 15 * nx);
 
     for (j = 0; j < ny; ++j) {
         int rows_ready = 0;
@@ -636,7 +805,7 @@ kernel_square(job_t *J)
             float d;
             long bi0, bi1, bj0, bj1, c0, c1, r0, r1, nxl, nyl, c, r;
             size_t ncell;
-            int k, hit = 0;
+            int hit = 0;
 
             if (!input_pixel(J, j * nx + i, &d, &w, v)) {
                 continue;
@@ -644,14 +813,44 @@ kernel_square(job_t *J)
             if (!rows_ready) {
                 pixmap_row(J, (double) j - h, lo);
                 pixmap_row(J, (double) j + h, hi);
+                /* corners, clockwise in the input as in drizzle:
+                 * (i-h, j+h), (i+h, j+h), (i+h, j-h), (i-h, j-h) */
+                corner_row(hi, nx, off_m, frac_m, G.x[0], G.y[0]);
+                corner_row(hi, nx, off_p, frac_p, G.x[1], G.y[1]);
+                corner_row(lo, nx, off_p, frac_p, G.x[2], G.y[2]);
+                corner_row(lo, nx, off_m, frac_m, G.x[3], G.y[3]);
+                row_geometry(&G, nx);
                 rows_ready = 1;
             }
-            /* corners, clockwise in the input as in drizzle:
-             * (i-h, j+h), (i+h, j+h), (i+h, j-h), (i-h, j-h) */
-            row_point(hi, nx, i, off_m, frac_m, x + 0, y + 0);
-            row_point(hi, nx, i, off_p, frac_p, x + 1, y + 1);
-            row_point(lo, nx, i, off_p, frac_p, x + 2, y + 2);
-            row_point(lo, nx, i, off_m, frac_m, x + 3, y + 3);
+            if (G.fast[i]) {
+                /* the usual drop: its 2 x 2 box and overlaps are known */
+                jaco = G.jaco[i];
+                bi0 = (long) G.bx[i];
+                bj0 = (long) G.by[i];
+                c0 = bi0 > (long) J->gx0 ? bi0 : (long) J->gx0;
+                c1 = bi0 + 1 < (long) J->gx1 ? bi0 + 1 : (long) J->gx1;
+                r0 = bj0 > (long) J->gy0 ? bj0 : (long) J->gy0;
+                r1 = bj0 + 1 < (long) J->gy1 ? bj0 + 1 : (long) J->gy1;
+                if (c0 > c1 || r0 > r1 || jaco == 0.0) {
+                    continue;
+                }
+                w = w / jaco;
+                for (r = r0; r <= r1; ++r) {
+                    for (c = c0; c <= c1; ++c) {
+                        double a = G.cell[(r - bj0) * 2 + (c - bi0)][i];
+                        if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
+                            deposit(J, c, r, d, (float) (a * w), v);
+                            hit = 1;
+                        }
+                    }
+                }
+                J->n_used += hit;
+                continue;
+            }
+            for (k = 0; k < 4; ++k) {
+                x[k] = G.x[k][i];
+                y[k] = G.y[k][i];
+            }
             if (!isfinite(x[0] + x[1] + x[2] + x[3] + y[0] + y[1] + y[2] + y[3])) {
                 continue;
             }
@@ -698,7 +897,7 @@ kernel_square(job_t *J)
                     px[k] = x[k] - lx0;
                     py[k] = y[k] - ly0;
                 }
-                quad_overlaps_2x2(px, py, cell);
+                quad_cells(px, py, cell);
                 for (r = r0; r <= r1; ++r) {
                     for (c = c0; c <= c1; ++c) {
                         double a = cell[(r - bj0) * 2 + (c - bi0)];
@@ -718,6 +917,7 @@ kernel_square(job_t *J)
                     J->failed = 1;
                     free(lo);
                     free(hi);
+                    free(geo);
                     return 1;
                 }
                 J->area = na;
@@ -746,6 +946,7 @@ kernel_square(job_t *J)
     }
     free(lo);
     free(hi);
+    free(geo);
     return 0;
 }
 
