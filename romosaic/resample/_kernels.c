@@ -153,12 +153,11 @@ iround(double x)
     return (long) round(x);
 }
 
-/* Add one weighted contribution to output pixel (gi, gj) of the grid, which
- * the caller has checked lies in the output arrays. */
+/* Add one weighted contribution to output pixel k of the arrays (index
+ * into the flattened arrays), which the caller has checked exists. */
 static inline void
-deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
+deposit_at(job_t *J, Py_ssize_t k, float d, float dow, const float *v)
 {
-    Py_ssize_t k;
     float vc;
     double tot, inv;
     int m, nvar = J->nvar;
@@ -166,7 +165,6 @@ deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
     if (dow == 0.0f) {
         return;
     }
-    k = (Py_ssize_t) (gj - (long) J->gy0) * J->out_nx + (Py_ssize_t) (gi - (long) J->gx0);
     vc = J->wht[k];
     tot = (double) vc + (double) dow;
     if (vc == 0.0f) {
@@ -201,6 +199,14 @@ deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
     if (J->ctx && dow > 0.0f) {
         J->ctx[k] |= J->bit;
     }
+}
+
+static inline void
+deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
+{
+    deposit_at(
+        J, (Py_ssize_t) (gj - (long) J->gy0) * J->out_nx + (Py_ssize_t) (gi - (long) J->gx0), d,
+        dow, v);
 }
 
 /* Data, weight and variances of input pixel (i, j). Returns 0 when the pixel
@@ -835,6 +841,21 @@ kernel_square(job_t *J)
                     continue;
                 }
                 w = w / jaco;
+                if (c0 == bi0 && c1 == bi0 + 1 && r0 == bj0 && r1 == bj0 + 1) {
+                    /* the whole box within the arrays: one index */
+                    Py_ssize_t k0 = (Py_ssize_t) (bj0 - (long) J->gy0) * J->out_nx +
+                                    (Py_ssize_t) (bi0 - (long) J->gx0);
+                    for (k = 0; k < 4; ++k) {
+                        double a = G.cell[k][i];
+                        if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
+                            deposit_at(J, k0 + (k >> 1) * J->out_nx + (k & 1), d,
+                                       (float) (a * w), v);
+                            hit = 1;
+                        }
+                    }
+                    J->n_used += hit;
+                    continue;
+                }
                 for (r = r0; r <= r1; ++r) {
                     for (c = c0; c <= c1; ++c) {
                         double a = G.cell[(r - bj0) * 2 + (c - bi0)][i];
