@@ -16,7 +16,10 @@ slightly rotated with respect to a free TAN output grid, as in the pipeline:
 * romosaic's compiled kernels (``romosaic.resample.kernels.drizzle_add``)
   side by side with ``Drizzle.add_image`` on the same input, pixel map and
   grid, both depositing data, weight, the two variance planes and context:
-  on one thread (pixel map given, and including ``compute_pixmap``), and on
+  on one thread (pixel map given, and including the pixel map: romosaic's
+  square kernel is given a ``PixelMapper`` and evaluates its splines as it
+  goes, the package's kernel gets ``compute_pixmap``'s array; romosaic's
+  kernel on that array too), and on
   two threads, each drizzling the input into its own output arrays (the
   package's kernel holds the interpreter lock, romosaic's does not);
   ``--kernels`` adds the other kernels (one thread, pixel map given);
@@ -274,12 +277,21 @@ def compare_kernels(record, kernels, data, weight, variances, pixmap, grid, wcs_
         return lambda out: function(out, pmap=compute_pixmap(wcs_in, grid.wcs, shape,
                                                              stepsize=10))
 
+    def with_mapper(function):
+        # romosaic's square kernel takes the mapper and evaluates its splines
+        # row by row: the whole-image pixel map is never made.
+        return lambda out: function(out, pmap=PixelMapper(wcs_in, grid.wcs, shape,
+                                                          stepsize=10))
+
     what = "data + 2 var planes + context"
     record("romosaic drizzle_add", f"square, {what}, pixmap given",
            timed(ours, repeat, setup=ours_outputs))
     record("drizzle Drizzle.add_image", f"square, {what}, pixmap given",
            timed(theirs, repeat, setup=theirs_outputs()))
     record("romosaic drizzle_add", f"square, {what}, + pixmap(10)",
+           timed(with_mapper(ours), repeat, setup=ours_outputs),
+           note="PixelMapper(stepsize=10) given to drizzle_add")
+    record("romosaic drizzle_add", f"square, {what}, + compute_pixmap(10)",
            timed(with_pixmap(ours), repeat, setup=ours_outputs))
     record("drizzle Drizzle.add_image", f"square, {what}, + pixmap(10)",
            timed(with_pixmap(theirs), repeat, setup=theirs_outputs()))

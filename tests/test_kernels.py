@@ -258,3 +258,59 @@ def test_two_threads_overlap_in_time_and_agree():
             np.testing.assert_array_equal(out[name], serial[name])
         for k in range(2):
             np.testing.assert_array_equal(out["variances"][k], serial["variances"][k])
+
+
+def _mapped_scene(size=(130, 150), distortion=True, seed=3):
+    """A distorted simulator detector onto a free grid, with its mapper."""
+    from romosaic.resample import free_grid
+    from romosaic.resample.pixmap import PixelMapper
+    from romosaic.simulate.wcs import build_gwcs, plan_layout
+
+    placements = plan_layout(np.random.default_rng(seed), ra=80.0, dec=-30.0, n_exposures=2,
+                             n_detectors=1, size=max(size), distortion=distortion)
+    wcs_a, wcs_b = (build_gwcs(p) for p in placements)
+    grid = free_grid([(wcs_a, size), (wcs_b, size)])
+    mapper = PixelMapper(wcs_b, grid.wcs, size, stepsize=10)
+    rng = np.random.default_rng(seed)
+    data = rng.normal(1.0, 0.3, size).astype(np.float32)
+    weight = rng.uniform(0.5, 2.0, size).astype(np.float32)
+    variances = [rng.uniform(0.1, 0.2, size).astype(np.float32) for _ in range(N_VARIANCES)]
+    return mapper, grid.shape, data, weight, variances
+
+
+@pytest.mark.parametrize("pixfrac", [1.0, 0.7])
+def test_square_kernel_on_a_mapper_matches_its_pixel_map(pixfrac):
+    """Given a PixelMapper, the square kernel evaluates its splines row by
+    row; the result is that of the mapper's pixel map to within the rounding
+    of the spline evaluation, for the whole image and for a rectangle of it."""
+    mapper, out_shape, data, weight, variances = _mapped_scene()
+    assert mapper.spline_coefficients() is not None
+    ny, nx = mapper.shape
+    for rows, cols in [((0, ny), (0, nx)), ((17, 101), (40, 133))]:
+        cut = (slice(*rows), slice(*cols))
+        results = []
+        for pixmap, origin in [(mapper, (cols[0], rows[0])), (mapper.region(rows, cols), (0, 0))]:
+            out = _empty(out_shape)
+            used = drizzle_add(data[cut], pixmap, out["data"], out["weight"], weight=weight[cut],
+                               variances=[v[cut] for v in variances],
+                               out_variances=out["variances"], out_context=out["context"],
+                               pixfrac=pixfrac, input_origin=origin)
+            results.append((used, out))
+        (used_a, a), (used_b, b) = results
+        assert used_a == used_b > 0
+        np.testing.assert_array_equal(a["context"], b["context"])
+        for x, y in [(a["data"], b["data"]), (a["weight"], b["weight"])] + list(
+                zip(a["variances"], b["variances"], strict=True)):
+            np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
+            np.testing.assert_allclose(x, y, rtol=3e-7, atol=0)
+
+
+def test_other_kernels_take_a_mapper_through_its_pixel_map():
+    mapper, out_shape, data, weight, _ = _mapped_scene()
+    for pixmap in (mapper, mapper.region()):
+        out = _empty(out_shape)
+        drizzle_add(data, pixmap, out["data"], out["weight"], weight=weight, kernel="turbo")
+        if pixmap is mapper:
+            first = out
+    np.testing.assert_array_equal(first["data"], out["data"])
+    np.testing.assert_array_equal(first["weight"], out["weight"])

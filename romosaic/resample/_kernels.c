@@ -63,11 +63,30 @@ enum kernel_kind {
 /* Spacing of the Lanczos look-up table, in input pixels (as drizzle). */
 #define LANCZOS_STEP 0.003
 
+/* The pixel map as two bicubic B-splines of the input position (output x
+ * and y), FITPACK's representation (scipy's RectBivariateSpline): the
+ * coefficient of basis functions (a, b) along (rows, columns) is
+ * c[a * (ntx - 4) + b]. Rows of the map are evaluated as the kernel reaches
+ * them, into a few cached rows. */
+typedef struct {
+    const double *ty, *tx; /* knots along input rows and columns */
+    const double *c[2]; /* coefficients of output x and output y */
+    Py_ssize_t nty, ntx;
+    double row0, col0; /* input position of data[0, 0] */
+    long *span; /* per column: the knot interval */
+    double *basis; /* per column: the four non-zero basis functions */
+    double *coef; /* 2 x (ntx - 4): coefficients collapsed along the rows */
+    double *rows; /* nslots cached rows of the map, 2 * in_nx each */
+    Py_ssize_t *tag; /* the row each slot holds, -1: none */
+    int nslots;
+} spline_t;
+
 typedef struct {
     /* input image, in_ny x in_nx, row-major */
     const float *data;
     const float *weight; /* NULL: weight 1 */
-    const double *pixmap; /* in_ny x in_nx x 2 */
+    const double *pixmap; /* in_ny x in_nx x 2, or NULL: from the spline */
+    spline_t *spline;
     const float *var[MAX_PLANES]; /* NULL entries count as zero */
     int nvar;
     Py_ssize_t in_nx, in_ny;
@@ -134,12 +153,11 @@ iround(double x)
     return (long) round(x);
 }
 
-/* Add one weighted contribution to output pixel (gi, gj) of the grid, which
- * the caller has checked lies in the output arrays. */
+/* Add one weighted contribution to output pixel k of the arrays (index
+ * into the flattened arrays), which the caller has checked exists. */
 static inline void
-deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
+deposit_at(job_t *J, Py_ssize_t k, float d, float dow, const float *v)
 {
-    Py_ssize_t k;
     float vc;
     double tot, inv;
     int m, nvar = J->nvar;
@@ -147,7 +165,6 @@ deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
     if (dow == 0.0f) {
         return;
     }
-    k = (Py_ssize_t) (gj - (long) J->gy0) * J->out_nx + (Py_ssize_t) (gi - (long) J->gx0);
     vc = J->wht[k];
     tot = (double) vc + (double) dow;
     if (vc == 0.0f) {
@@ -182,6 +199,14 @@ deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
     if (J->ctx && dow > 0.0f) {
         J->ctx[k] |= J->bit;
     }
+}
+
+static inline void
+deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
+{
+    deposit_at(
+        J, (Py_ssize_t) (gj - (long) J->gy0) * J->out_nx + (Py_ssize_t) (gi - (long) J->gx0), d,
+        dow, v);
 }
 
 /* Data, weight and variances of input pixel (i, j). Returns 0 when the pixel
@@ -334,69 +359,264 @@ quad_overlaps(const double *px, const double *py, long nxl, long nyl, double *ac
     }
 }
 
-/* ∫ max(u - 1, 0) over a width W along which u goes linearly from ua to
- * ub; inv is |dx/du| of the segment (any value if ua == ub). */
-static inline double
-excess_above(double W, double ua, double ub, double inv)
+/* Where along an edge, t in [0, 1] from value p to value q, the value is
+ * negative: [*t0, *t1] (empty: t0 == t1 == 0). The crossing's division is
+ * made only for an edge that crosses. */
+static inline void
+below_zero(double p, double q, double *t0, double *t1)
 {
-    double a = ua - 1.0, b = ub - 1.0;
-
-    if (a <= 0.0 && b <= 0.0) {
-        return 0.0;
+    if (p < 0.0) {
+        *t0 = 0.0;
+        *t1 = q < 0.0 ? 1.0 : p / (p - q);
+    } else if (q < 0.0) {
+        *t0 = p / (p - q);
+        *t1 = 1.0;
+    } else {
+        *t0 = *t1 = 0.0;
     }
-    if (a >= 0.0 && b >= 0.0) {
-        return W * 0.5 * (a + b);
-    }
-    a = a > b ? a : b; /* the end above: a triangle */
-    return 0.5 * a * a * inv;
 }
 
 /* The same as quad_overlaps for a quadrilateral whose bounding box is at
- * most 2 x 2 cells (the common case at native pixel size), without loops:
- * the areas left of the column boundary x = 0.5, below the row boundary
- * y = 0.5, and both, combine into the four cells. cell[r * 2 + c]. */
+ * most 2 x 2 cells (the common case at native pixel size), without loops or
+ * buffers. With X = Y = 0.5 the boundaries between the columns and the rows,
+ * clamping the boundary onto x <= X, y <= Y or both (which for a convex
+ * region keeps the area inside) turns Green's ∮ (x - X) dy into the area left
+ * of X, below Y, or both:
+ *     left  = ∮ min(x - X, 0) dy,   below = -∮ min(y - Y, 0) dx,
+ *     both  = ∮ min(x - X, 0) d(min(y, Y)),
+ * each an integral of a linear function over the part of each edge below
+ * the boundary, which needs a division only where an edge crosses it. An
+ * edge of an axis-near-aligned drop crosses one of the two boundaries at
+ * most. cell[r * 2 + c], positive for a clockwise quadrilateral. */
 static void
 quad_overlaps_2x2(const double *px, const double *py, double *cell)
 {
-    double T = 0.0, L = 0.0, B = 0.0, LB = 0.0;
+    double A = 0.0, L = 0.0, B = 0.0, LB = 0.0;
     int k;
 
     for (k = 0; k < 4; ++k) {
         int k1 = (k + 1) & 3;
-        double dx = px[k1] - px[k], xl, ul, xr, ur, sgn, W, slope, inv, Wl, um, t, l;
+        double a = px[k] - 0.5, b = px[k1] - 0.5, c = py[k] - 0.5, d = py[k1] - 0.5;
+        double dx = px[k1] - px[k], dy = py[k1] - py[k];
+        double sx0, sx1, sy0, sy1, lo, hi;
 
-        if (dx == 0.0) {
-            continue;
+        A += dy * 0.5 * (a + b);
+        below_zero(a, b, &sx0, &sx1);
+        below_zero(c, d, &sy0, &sy1);
+        if (sx1 > sx0) {
+            L += dy * (sx1 - sx0) * (a + dx * 0.5 * (sx0 + sx1));
         }
-        if (dx > 0.0) {
-            sgn = 1.0;
-            xl = px[k];
-            ul = py[k] + 0.5; /* height above the bottom of row 0 */
-            xr = px[k1];
-            ur = py[k1] + 0.5;
-        } else {
-            sgn = -1.0;
-            xl = px[k1];
-            ul = py[k1] + 0.5;
-            xr = px[k];
-            ur = py[k] + 0.5;
+        if (sy1 > sy0) {
+            B -= dx * (sy1 - sy0) * (c + dy * 0.5 * (sy0 + sy1));
         }
-        W = xr - xl;
-        slope = (ur - ul) / W;
-        inv = ur != ul ? W / fabs(ur - ul) : 0.0;
-        Wl = dmax(dmin(xr, 0.5) - xl, 0.0); /* the part left of x = 0.5 */
-        um = ul + slope * Wl;
-        t = W * 0.5 * (ul + ur);
-        l = Wl * 0.5 * (ul + um);
-        T += sgn * t;
-        L += sgn * l;
-        B += sgn * (t - excess_above(W, ul, ur, inv));
-        LB += sgn * (l - excess_above(Wl, ul, um, inv));
+        lo = dmax(sx0, sy0);
+        hi = dmin(sx1, sy1);
+        if (hi > lo) {
+            LB += dy * (hi - lo) * (a + dx * 0.5 * (lo + hi));
+        }
     }
-    cell[0] = LB;
-    cell[1] = B - LB;
-    cell[2] = L - LB;
-    cell[3] = T - L - B + LB;
+    /* Green's integrals count counter-clockwise areas positive */
+    cell[0] = -LB;
+    cell[1] = LB - B;
+    cell[2] = LB - L;
+    cell[3] = L + B - LB - A;
+}
+
+/* quad_overlaps_2x2 for the usual drop: one vertex in each of the four
+ * cells, in clockwise order from the top left, (cx, cy) the vertices less
+ * the cell boundaries X = Y = 0.5 (cx[0], cy[0] the top left). Each edge
+ * then crosses one boundary, where it is known, and the integrals reduce
+ * to triangles and trapezoids: four divisions, no branches. */
+static inline void
+quad_overlaps_regular(const double *cx, const double *cy, double *cell)
+{
+    double dx1 = cx[2] - cx[1], dx2 = cx[3] - cx[2], dx3 = cx[0] - cx[3];
+    double dy0 = cy[1] - cy[0], dy1 = cy[2] - cy[1], dy2 = cy[3] - cy[2], dy3 = cy[0] - cy[3];
+    /* the parts of the edges left of X (top, bottom) and below Y (right,
+     * left), as fractions of the edge */
+    double top = cx[0] / (cx[0] - cx[1]), bottom = cx[3] / (cx[3] - cx[2]);
+    double right = cy[2] / (cy[2] - cy[1]), left = cy[3] / (cy[3] - cy[0]);
+    double A, L, B, LB, lb;
+
+    A = 0.5 * (dy0 * (cx[0] + cx[1]) + dy1 * (cx[1] + cx[2]) + dy2 * (cx[2] + cx[3]) +
+               dy3 * (cx[3] + cx[0]));
+    lb = 0.5 * dy2 * bottom * cx[3];
+    L = 0.5 * dy0 * top * cx[0] + lb + 0.5 * dy3 * (cx[3] + cx[0]);
+    B = -0.5 * (dx1 * right * cy[2] + dx2 * (cy[2] + cy[3]) + dx3 * left * cy[3]);
+    LB = lb + dy3 * left * (cx[3] + 0.5 * dx3 * left);
+    cell[0] = -LB;
+    cell[1] = LB - B;
+    cell[2] = LB - L;
+    cell[3] = L + B - LB - A;
+}
+
+/* The 2 x 2 overlaps, by quad_overlaps_regular when the vertices fall one in
+ * each cell in clockwise order (at any multiple of a quarter turn), or else
+ * by quad_overlaps_2x2. */
+static inline void
+quad_cells(const double *px, const double *py, double *cell)
+{
+    /* cell code of each vertex: 1 left, 2 bottom; clockwise from the top
+     * left the codes run 1, 0, 2, 3 */
+    int code[4], k, s = -1;
+    double cx[4], cy[4];
+
+    for (k = 0; k < 4; ++k) {
+        code[k] = (px[k] < 0.5) | ((py[k] < 0.5) << 1);
+        if (code[k] == 1) {
+            s = k;
+        }
+    }
+    if (s >= 0 && code[(s + 1) & 3] == 0 && code[(s + 2) & 3] == 2 && code[(s + 3) & 3] == 3) {
+        for (k = 0; k < 4; ++k) {
+            cx[k] = px[(s + k) & 3] - 0.5;
+            cy[k] = py[(s + k) & 3] - 0.5;
+        }
+        quad_overlaps_regular(cx, cy, cell);
+        return;
+    }
+    quad_overlaps_2x2(px, py, cell);
+}
+
+/* ------------------------------------------------------------------------
+ * The pixel map from its spline representation.
+ */
+
+/* The knot interval l (3 <= l <= n - 5) of a cubic spline with n knots that
+ * holds x, x clamped to the spline's range as FITPACK's evaluation does. */
+static long
+spline_span(const double *t, Py_ssize_t n, double *x)
+{
+    long a = 3, b = (long) n - 5;
+
+    *x = dmin(dmax(*x, t[3]), t[n - 4]);
+    while (a < b) {
+        long m = (a + b + 1) / 2;
+        if (t[m] <= *x) {
+            a = m;
+        } else {
+            b = m - 1;
+        }
+    }
+    return a;
+}
+
+/* The four cubic B-splines that do not vanish at x in knot interval l (those
+ * of coefficients l - 3 .. l), by the Cox-de Boor recursion. */
+static void
+spline_basis(const double *t, long l, double x, double *h)
+{
+    double hh[3];
+    int i, j;
+
+    h[0] = 1.0;
+    for (j = 1; j <= 3; ++j) {
+        for (i = 0; i < j; ++i) {
+            hh[i] = h[i];
+        }
+        h[0] = 0.0;
+        for (i = 1; i <= j; ++i) {
+            long li = l + i, lj = li - j;
+            double f;
+            if (t[li] == t[lj]) {
+                h[i] = 0.0;
+                continue;
+            }
+            f = hh[i - 1] / (t[li] - t[lj]);
+            h[i - 1] += f * (t[li] - x);
+            h[i] = f * (x - t[lj]);
+        }
+    }
+}
+
+/* Scratch for evaluating the spline along rows of nx pixels; nslots rows are
+ * cached. Returns 1 when out of memory. */
+static int
+spline_setup(spline_t *S, Py_ssize_t nx, int nslots)
+{
+    Py_ssize_t i, nbx = S->ntx - 4;
+    int k;
+
+    S->nslots = nslots;
+    S->span = (long *) malloc(sizeof(long) * (size_t) nx);
+    S->basis = (double *) malloc(sizeof(double) * 4 * (size_t) nx);
+    S->coef = (double *) malloc(sizeof(double) * 2 * (size_t) nbx);
+    S->rows = (double *) malloc(sizeof(double) * 2 * (size_t) nx * (size_t) nslots);
+    S->tag = (Py_ssize_t *) malloc(sizeof(Py_ssize_t) * (size_t) nslots);
+    if (!S->span || !S->basis || !S->coef || !S->rows || !S->tag) {
+        return 1;
+    }
+    for (k = 0; k < nslots; ++k) {
+        S->tag[k] = -1;
+    }
+    /* the basis along a row is the same for every row */
+    for (i = 0; i < nx; ++i) {
+        double x = (double) i + S->col0;
+        S->span[i] = spline_span(S->tx, S->ntx, &x);
+        spline_basis(S->tx, S->span[i], x, S->basis + 4 * i);
+    }
+    return 0;
+}
+
+static void
+spline_free(spline_t *S)
+{
+    free(S->span);
+    free(S->basis);
+    free(S->coef);
+    free(S->rows);
+    free(S->tag);
+}
+
+/* Row r of the pixel map, (x, y) interleaved, evaluated into a cache slot:
+ * the coefficients are first combined along the rows (four per column of
+ * coefficients), leaving four products per pixel and axis. */
+static const double *
+spline_row(const job_t *J, Py_ssize_t r)
+{
+    spline_t *S = J->spline;
+    Py_ssize_t nx = J->in_nx, nbx = S->ntx - 4, i, b;
+    int slot = (int) (r % S->nslots), a, k;
+    double *row = S->rows + (size_t) slot * 2 * (size_t) nx;
+    double y = (double) r + S->row0, wy[4];
+    long ly;
+
+    if (S->tag[slot] == r) {
+        return row;
+    }
+    ly = spline_span(S->ty, S->nty, &y);
+    spline_basis(S->ty, ly, y, wy);
+    for (a = 0; a < 2; ++a) {
+        const double *c = S->c[a] + (ly - 3) * nbx;
+        double *out = S->coef + a * nbx;
+        for (b = 0; b < nbx; ++b) {
+            out[b] = wy[0] * c[b] + wy[1] * c[nbx + b] + wy[2] * c[2 * nbx + b] +
+                     wy[3] * c[3 * nbx + b];
+        }
+    }
+    for (i = 0; i < nx; ++i) {
+        const double *w = S->basis + 4 * i;
+        const double *cx = S->coef + S->span[i] - 3, *cy = cx + nbx;
+        double vx = 0.0, vy = 0.0;
+        for (k = 0; k < 4; ++k) {
+            vx += w[k] * cx[k];
+            vy += w[k] * cy[k];
+        }
+        row[2 * i] = vx;
+        row[2 * i + 1] = vy;
+    }
+    S->tag[slot] = r;
+    return row;
+}
+
+/* Row r of the pixel map, (x, y) interleaved. */
+static inline const double *
+centre_row(const job_t *J, Py_ssize_t r)
+{
+    if (J->pixmap) {
+        return J->pixmap + r * J->in_nx * 2;
+    }
+    return spline_row(J, r);
 }
 
 /* Bilinear interpolation (extrapolation at the borders) of the pixel map
@@ -417,8 +637,8 @@ pixmap_row(const job_t *J, double y, double *row)
     }
     f = y - (double) j0;
     g = 1.0 - f;
-    a = J->pixmap + (Py_ssize_t) j0 * nx * 2;
-    b = a + nx * 2;
+    a = centre_row(J, j0);
+    b = centre_row(J, j0 + 1);
     for (i = 0; i < 2 * nx; ++i) {
         row[i] = a[i] * g + b[i] * f;
     }
@@ -445,6 +665,107 @@ row_point(const double *row, Py_ssize_t nx, Py_ssize_t i, long off, double frac,
     *oy = row[2 * i0 + 1] * g + row[2 * i0 + 3] * f;
 }
 
+/* Corner positions along a row: (x, y) at horizontal position i + off +
+ * frac of an interpolated row, for every column i, as row_point gives them,
+ * into separate x and y arrays; the loop over the columns that need no
+ * extrapolation is a plain one the compiler can vectorise. */
+static void
+corner_row(const double *row, Py_ssize_t nx, long off, double frac, double *ox, double *oy)
+{
+    Py_ssize_t i, first = -off, last = nx - 2 - off; /* i + off in [0, nx - 2] */
+    double g = 1.0 - frac;
+
+    if (first < 0) {
+        first = 0;
+    }
+    if (last > nx - 1) {
+        last = nx - 1;
+    }
+    for (i = 0; i < nx && i < first; ++i) {
+        row_point(row, nx, i, off, frac, ox + i, oy + i);
+    }
+    for (i = first; i <= last; ++i) {
+        const double *p = row + 2 * (i + off);
+        ox[i] = p[0] * g + p[2] * frac;
+        oy[i] = p[1] * g + p[3] * frac;
+    }
+    for (i = last + 1 > first ? last + 1 : first; i < nx; ++i) {
+        row_point(row, nx, i, off, frac, ox + i, oy + i);
+    }
+}
+
+/* floor of a value clamped to +-1e9 (as a double), by an integer conversion
+ * that vectorises */
+static inline double
+vfloor(double v)
+{
+    double t;
+
+    v = dmin(dmax(v, -1e9), 1e9);
+    t = (double) (int) v;
+    return t - (v < t ? 1.0 : 0.0);
+}
+
+/* The geometry of a row of drops, before any input value is read: for each
+ * column i, with corners (x[k][i], y[k][i]) clockwise from the top left,
+ * fast[i] = 1 when the drop is the usual one (finite, one vertex in each cell
+ * of a 2 x 2 box of output pixels, in clockwise order from the top left),
+ * and then its box's lower-left output pixel (bx, by), its area (jaco) and
+ * its overlaps with the four cells. The loop has no branches, so that it
+ * runs several columns at a time; the others are left to the general path. */
+typedef struct {
+    double *x[4], *y[4];
+    double *cell[4], *jaco, *bx, *by;
+    unsigned char *fast;
+} row_geometry_t;
+
+static void
+row_geometry(const row_geometry_t *G, Py_ssize_t nx)
+{
+    const double *restrict x0 = G->x[0], *restrict x1 = G->x[1], *restrict x2 = G->x[2],
+                           *restrict x3 = G->x[3];
+    const double *restrict y0 = G->y[0], *restrict y1 = G->y[1], *restrict y2 = G->y[2],
+                           *restrict y3 = G->y[3];
+    double *restrict c0 = G->cell[0], *restrict c1 = G->cell[1], *restrict c2 = G->cell[2],
+                     *restrict c3 = G->cell[3];
+    double *restrict jaco = G->jaco, *restrict bx = G->bx, *restrict by = G->by;
+    unsigned char *restrict fast = G->fast;
+    Py_ssize_t i;
+
+    for (i = 0; i < nx; ++i) {
+        double minx = dmin(dmin(x0[i], x1[i]), dmin(x2[i], x3[i]));
+        double maxx = dmax(dmax(x0[i], x1[i]), dmax(x2[i], x3[i]));
+        double miny = dmin(dmin(y0[i], y1[i]), dmin(y2[i], y3[i]));
+        double maxy = dmax(dmax(y0[i], y1[i]), dmax(y2[i], y3[i]));
+        double fx = vfloor(minx + 0.5), fy = vfloor(miny + 0.5);
+        double X = fx + 0.5, Y = fy + 0.5;
+        double cx[4], cy[4], cell[4];
+        int ok;
+
+        cx[0] = x0[i] - X;
+        cx[1] = x1[i] - X;
+        cx[2] = x2[i] - X;
+        cx[3] = x3[i] - X;
+        cy[0] = y0[i] - Y;
+        cy[1] = y1[i] - Y;
+        cy[2] = y2[i] - Y;
+        cy[3] = y3[i] - Y;
+        /* NaN fails every comparison */
+        ok = (cx[0] < 0.0) & (cx[3] < 0.0) & (cx[1] > 0.0) & (cx[2] > 0.0) & (cy[0] > 0.0) &
+             (cy[1] > 0.0) & (cy[2] < 0.0) & (cy[3] < 0.0) & (maxx < X + 1.0) &
+             (maxy < Y + 1.0) & (minx > -1e9) & (maxx < 1e9) & (miny > -1e9) & (maxy < 1e9);
+        quad_overlaps_regular(cx, cy, cell);
+        c0[i] = cell[0];
+        c1[i] = cell[1];
+        c2[i] = cell[2];
+        c3[i] = cell[3];
+        jaco[i] = 0.5 * ((x1[i] - x3[i]) * (y0[i] - y2[i]) - (x0[i] - x2[i]) * (y1[i] - y3[i]));
+        bx[i] = fx;
+        by[i] = fy;
+        fast[i] = (unsigned char) ok;
+    }
+}
+
 static int
 kernel_square(job_t *J)
 {
@@ -453,17 +774,33 @@ kernel_square(job_t *J)
     /* corner columns i - h and i + h as i + off + frac */
     long off_m = ifloor(-h), off_p = ifloor(h);
     double frac_m = -h - (double) off_m, frac_p = h - (double) off_p;
-    double *lo = NULL, *hi = NULL;
+    double *lo = NULL, *hi = NULL, *geo = NULL;
+    row_geometry_t G;
     float v[MAX_PLANES];
+    int k;
 
     lo = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
     hi = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
-    if (!lo || !hi) {
+    geo = (double *) malloc(sizeof(double) * 15 * (size_t) nx + (size_t) nx);
+    /* the rows from floor(j - h) to floor(j + h) + 1 at once, and the next
+     * row's without evaluating again */
+    if (!lo || !hi || !geo ||
+        (J->spline && spline_setup(J->spline, nx, (int) (off_p - off_m) + 3))) {
         free(lo);
         free(hi);
+        free(geo);
         J->failed = 1;
         return 1;
     }
+    for (k = 0; k < 4; ++k) {
+        G.x[k] = geo + (size_t) k * nx;
+        G.y[k] = geo + (size_t) (4 + k) * nx;
+        G.cell[k] = geo + (size_t) (8 + k) * nx;
+    }
+    G.jaco = geo + (size_t) 12 * nx;
+    G.bx = geo + (size_t) 13 * nx;
+    G.by = geo + (size_t) 14 * nx;
+    G.fast = (unsigned char *) (geo + (size_t) 15 * nx);
 
     for (j = 0; j < ny; ++j) {
         int rows_ready = 0;
@@ -474,7 +811,7 @@ kernel_square(job_t *J)
             float d;
             long bi0, bi1, bj0, bj1, c0, c1, r0, r1, nxl, nyl, c, r;
             size_t ncell;
-            int k, hit = 0;
+            int hit = 0;
 
             if (!input_pixel(J, j * nx + i, &d, &w, v)) {
                 continue;
@@ -482,14 +819,59 @@ kernel_square(job_t *J)
             if (!rows_ready) {
                 pixmap_row(J, (double) j - h, lo);
                 pixmap_row(J, (double) j + h, hi);
+                /* corners, clockwise in the input as in drizzle:
+                 * (i-h, j+h), (i+h, j+h), (i+h, j-h), (i-h, j-h) */
+                corner_row(hi, nx, off_m, frac_m, G.x[0], G.y[0]);
+                corner_row(hi, nx, off_p, frac_p, G.x[1], G.y[1]);
+                corner_row(lo, nx, off_p, frac_p, G.x[2], G.y[2]);
+                corner_row(lo, nx, off_m, frac_m, G.x[3], G.y[3]);
+                row_geometry(&G, nx);
                 rows_ready = 1;
             }
-            /* corners, clockwise in the input as in drizzle:
-             * (i-h, j+h), (i+h, j+h), (i+h, j-h), (i-h, j-h) */
-            row_point(hi, nx, i, off_m, frac_m, x + 0, y + 0);
-            row_point(hi, nx, i, off_p, frac_p, x + 1, y + 1);
-            row_point(lo, nx, i, off_p, frac_p, x + 2, y + 2);
-            row_point(lo, nx, i, off_m, frac_m, x + 3, y + 3);
+            if (G.fast[i]) {
+                /* the usual drop: its 2 x 2 box and overlaps are known */
+                jaco = G.jaco[i];
+                bi0 = (long) G.bx[i];
+                bj0 = (long) G.by[i];
+                c0 = bi0 > (long) J->gx0 ? bi0 : (long) J->gx0;
+                c1 = bi0 + 1 < (long) J->gx1 ? bi0 + 1 : (long) J->gx1;
+                r0 = bj0 > (long) J->gy0 ? bj0 : (long) J->gy0;
+                r1 = bj0 + 1 < (long) J->gy1 ? bj0 + 1 : (long) J->gy1;
+                if (c0 > c1 || r0 > r1 || jaco == 0.0) {
+                    continue;
+                }
+                w = w / jaco;
+                if (c0 == bi0 && c1 == bi0 + 1 && r0 == bj0 && r1 == bj0 + 1) {
+                    /* the whole box within the arrays: one index */
+                    Py_ssize_t k0 = (Py_ssize_t) (bj0 - (long) J->gy0) * J->out_nx +
+                                    (Py_ssize_t) (bi0 - (long) J->gx0);
+                    for (k = 0; k < 4; ++k) {
+                        double a = G.cell[k][i];
+                        if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
+                            deposit_at(J, k0 + (k >> 1) * J->out_nx + (k & 1), d,
+                                       (float) (a * w), v);
+                            hit = 1;
+                        }
+                    }
+                    J->n_used += hit;
+                    continue;
+                }
+                for (r = r0; r <= r1; ++r) {
+                    for (c = c0; c <= c1; ++c) {
+                        double a = G.cell[(r - bj0) * 2 + (c - bi0)][i];
+                        if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
+                            deposit(J, c, r, d, (float) (a * w), v);
+                            hit = 1;
+                        }
+                    }
+                }
+                J->n_used += hit;
+                continue;
+            }
+            for (k = 0; k < 4; ++k) {
+                x[k] = G.x[k][i];
+                y[k] = G.y[k][i];
+            }
             if (!isfinite(x[0] + x[1] + x[2] + x[3] + y[0] + y[1] + y[2] + y[3])) {
                 continue;
             }
@@ -536,7 +918,7 @@ kernel_square(job_t *J)
                     px[k] = x[k] - lx0;
                     py[k] = y[k] - ly0;
                 }
-                quad_overlaps_2x2(px, py, cell);
+                quad_cells(px, py, cell);
                 for (r = r0; r <= r1; ++r) {
                     for (c = c0; c <= c1; ++c) {
                         double a = cell[(r - bj0) * 2 + (c - bi0)];
@@ -556,6 +938,7 @@ kernel_square(job_t *J)
                     J->failed = 1;
                     free(lo);
                     free(hi);
+                    free(geo);
                     return 1;
                 }
                 J->area = na;
@@ -584,6 +967,7 @@ kernel_square(job_t *J)
     }
     free(lo);
     free(hi);
+    free(geo);
     return 0;
 }
 
@@ -833,7 +1217,7 @@ check_buffer(
     return 0;
 }
 
-#define N_BUFFERS (6 + 2 * MAX_PLANES)
+#define N_BUFFERS (9 + 2 * MAX_PLANES) /* a spline is four buffers */
 
 static PyObject *
 py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -841,11 +1225,14 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {
         "kernel", "data", "weight", "pixmap", "variances", "out_data", "out_weight",
         "out_variances", "context", "bit", "x0", "y0", "pixfrac", "pscale_ratio", "iscale",
-        NULL};
+        "spline", "col0", "row0", NULL};
     int kernel, bit;
     Py_ssize_t x0, y0;
     double pixfrac, pscale, iscale;
     PyObject *o_data, *o_weight, *o_pixmap, *o_vars, *o_out, *o_wht, *o_ovars, *o_ctx;
+    PyObject *o_spline = Py_None;
+    Py_ssize_t col0 = 0, row0 = 0;
+    spline_t S;
     Py_buffer bufs[N_BUFFERS];
     int nbuf = 0, m, nvar, status = 0;
     job_t J;
@@ -855,10 +1242,21 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
 
     (void) self;
     memset(&J, 0, sizeof(J));
+    memset(&S, 0, sizeof(S));
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "iOOOOOOOOinnddd:drizzle_add", kwlist, &kernel, &o_data, &o_weight,
-            &o_pixmap, &o_vars, &o_out, &o_wht, &o_ovars, &o_ctx, &bit, &x0, &y0, &pixfrac,
-            &pscale, &iscale)) {
+            args, kwargs, "iOOOOOOOOinnddd|Onn:drizzle_add", kwlist, &kernel, &o_data,
+            &o_weight, &o_pixmap, &o_vars, &o_out, &o_wht, &o_ovars, &o_ctx, &bit, &x0, &y0,
+            &pixfrac, &pscale, &iscale, &o_spline, &col0, &row0)) {
+        return NULL;
+    }
+    if ((o_spline == Py_None) == (o_pixmap == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "give either a pixel map or a spline");
+        return NULL;
+    }
+    if (o_spline != Py_None && (kernel != K_SQUARE || !PyTuple_Check(o_spline) ||
+                                PyTuple_GET_SIZE(o_spline) != 4)) {
+        PyErr_SetString(
+            PyExc_ValueError, "spline: a tuple (ty, tx, cx, cy), for the square kernel only");
         return NULL;
     }
     if (kernel < K_SQUARE || kernel > K_LANCZOS3) {
@@ -909,8 +1307,32 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
         GET(o_weight, flags, "weight", 4, 'f', 2, in_shape);
         J.weight = (const float *) bufs[nbuf - 1].buf;
     }
-    GET(o_pixmap, flags, "pixmap", 8, 'f', 3, in_shape);
-    J.pixmap = (const double *) bufs[nbuf - 1].buf;
+    if (o_pixmap != Py_None) {
+        GET(o_pixmap, flags, "pixmap", 8, 'f', 3, in_shape);
+        J.pixmap = (const double *) bufs[nbuf - 1].buf;
+    } else {
+        Py_ssize_t knots[1] = {-1}, coefs[2];
+        GET(PyTuple_GET_ITEM(o_spline, 0), flags, "spline knots", 8, 'f', 1, knots);
+        S.ty = (const double *) bufs[nbuf - 1].buf;
+        S.nty = bufs[nbuf - 1].shape[0];
+        GET(PyTuple_GET_ITEM(o_spline, 1), flags, "spline knots", 8, 'f', 1, knots);
+        S.tx = (const double *) bufs[nbuf - 1].buf;
+        S.ntx = bufs[nbuf - 1].shape[0];
+        if (S.nty < 8 || S.ntx < 8) {
+            PyErr_SetString(PyExc_ValueError, "spline: a cubic spline needs 8 knots or more");
+            goto done;
+        }
+        coefs[0] = S.nty - 4;
+        coefs[1] = S.ntx - 4;
+        for (m = 0; m < 2; ++m) {
+            GET(PyTuple_GET_ITEM(o_spline, 2 + m), flags, "spline coefficients", 8, 'f', 2,
+                coefs);
+            S.c[m] = (const double *) bufs[nbuf - 1].buf;
+        }
+        S.col0 = (double) col0;
+        S.row0 = (double) row0;
+        J.spline = &S;
+    }
     for (m = 0; m < nvar; ++m) {
         PyObject *item = PyTuple_GET_ITEM(o_vars, m);
         if (item == Py_None) {
@@ -984,6 +1406,7 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
 
 done:
     free(J.area);
+    spline_free(&S);
     for (m = 0; m < nbuf; ++m) {
         PyBuffer_Release(&bufs[m]);
     }
@@ -993,7 +1416,8 @@ done:
 static PyMethodDef methods[] = {
     {"drizzle_add", (PyCFunction) (void (*)(void)) py_drizzle_add, METH_VARARGS | METH_KEYWORDS,
      "drizzle_add(kernel, data, weight, pixmap, variances, out_data, out_weight, "
-     "out_variances, context, bit, x0, y0, pixfrac, pscale_ratio, iscale) -> int\n\n"
+     "out_variances, context, bit, x0, y0, pixfrac, pscale_ratio, iscale, spline=None, "
+     "col0=0, row0=0) -> int\n\n"
      "Deposit one input image onto the output arrays; see romosaic.resample.kernels."},
     {NULL, NULL, 0, NULL}};
 

@@ -12,6 +12,7 @@ its own output arrays.
 import numpy as np
 
 from . import _kernels
+from .pixmap import PixelMapper
 
 __all__ = ["KERNELS", "drizzle_add"]
 
@@ -42,7 +43,7 @@ def _output_array(array, dtype, name, shape):
 def drizzle_add(
     data, pixmap, out_data, out_weight, *, weight=None, variances=(), out_variances=(),
     out_context=None, context_index=0, kernel="square", pixfrac=1.0, pixel_scale_ratio=1.0,
-    iscale=1.0, origin=(0, 0),
+    iscale=1.0, origin=(0, 0), input_origin=(0, 0),
 ):
     """Drizzle one input image onto output arrays, in place.
 
@@ -61,12 +62,18 @@ def drizzle_add(
     data : numpy.ndarray, shape (ny, nx)
         Input image (converted to float32). Pixels whose value is not finite
         are left out.
-    pixmap : numpy.ndarray, shape (ny, nx, 2)
+    pixmap : numpy.ndarray, shape (ny, nx, 2), or PixelMapper
         Output grid ``(x, y)`` of each input pixel centre (float64), as
         `romosaic.resample.compute_pixmap` makes it. Input pixels whose
         position is not finite (or, for the square kernel, whose corners
         cannot be interpolated from finite positions, or whose drop would
         span more than 256 output pixels: a broken map) are left out.
+        A `~romosaic.resample.pixmap.PixelMapper` stands for its map of the
+        input pixels ``data`` covers (see ``input_origin``); the square
+        kernel then evaluates the mapper's splines row by row as it goes,
+        without the whole map in memory, and gives what it gives with
+        ``mapper.region(...)`` to within the rounding of the spline
+        evaluation (about 1e-12 output pixel).
     out_data, out_weight : numpy.ndarray of float32, shape (my, mx)
         Running weighted mean and weight, updated in place. Start them with
         the fill value (e.g. NaN) and zeros: pixels that receive nothing keep
@@ -99,6 +106,11 @@ def drizzle_add(
         tile of the grid the pixel map refers to. Geometry is computed in grid
         coordinates, so a tile receives exactly what the same pixels of the
         whole grid receive.
+    input_origin : (int, int), optional
+        With a `~romosaic.resample.pixmap.PixelMapper` for ``pixmap``: input
+        pixel ``(x, y)`` of ``data[0, 0]``, when ``data`` is a rectangle of
+        the mapper's image (as ``mapper.region(rows, cols)`` would map it).
+        Ignored with an array.
 
     Returns
     -------
@@ -137,7 +149,20 @@ def drizzle_add(
     shape = data.shape
     if data.ndim != 2:
         raise ValueError(f"data must be 2-D, got shape {shape}")
-    pixmap = _input_array(pixmap, np.float64, "pixmap", (*shape, 2))
+    spline = None
+    col0 = row0 = 0
+    if isinstance(pixmap, PixelMapper):
+        col0, row0 = (int(v) for v in input_origin)
+        rows, cols = (row0, row0 + shape[0]), (col0, col0 + shape[1])
+        if not (0 <= rows[0] and rows[1] <= pixmap.shape[0] and 0 <= cols[0]
+                and cols[1] <= pixmap.shape[1]):
+            raise ValueError(f"data of shape {shape} at input_origin {tuple(input_origin)} "
+                             f"is not within the mapper's image {pixmap.shape}")
+        if code == KERNELS.index("square") and min(shape) >= 2:
+            spline = pixmap.spline_coefficients()
+        pixmap = None if spline is not None else pixmap.region(rows, cols)
+    if pixmap is not None:
+        pixmap = _input_array(pixmap, np.float64, "pixmap", (*shape, 2))
     if weight is not None:
         weight = _input_array(weight, np.float32, "weight", shape)
     variances = tuple(variances)
@@ -170,4 +195,5 @@ def drizzle_add(
     return _kernels.drizzle_add(
         code, data, weight, pixmap, variances, out_data, out_weight, out_variances,
         context_plane, bit, x0, y0, pixfrac, float(pixel_scale_ratio), float(iscale),
+        spline=spline, col0=col0, row0=row0,
     )

@@ -82,6 +82,7 @@ class PixelMapper:
         ny, nx = self.shape
         stepsize = int(stepsize)
         self._splines = None
+        self._coefficients = None
         self._exact = None
         if stepsize > 1 and nx >= 4 * stepsize and ny >= 4 * stepsize:
             x_nodes = node_positions(nx, stepsize)
@@ -121,6 +122,34 @@ class PixelMapper:
         for axis, spline in enumerate(self._splines):
             pixmap[:, :, axis] = spline(y, x)
         return pixmap
+
+    def spline_coefficients(self):
+        """The bicubic splines of the map, or None when it is evaluated exactly.
+
+        Returns
+        -------
+        (ty, tx, cx, cy) or None
+            Knots along input rows and columns, and the coefficients of the
+            output ``x`` and ``y`` as ``(len(ty) - 4, len(tx) - 4)`` arrays
+            (FITPACK's representation, as `scipy.interpolate.RectBivariateSpline`
+            holds it), all C-contiguous float64: what the compiled square
+            kernel evaluates row by row instead of a pixel map.
+        """
+        if self._splines is None:
+            return None
+        if self._coefficients is None:
+            ty, tx = (np.ascontiguousarray(t, dtype=np.float64)
+                      for t in self._splines[0].tck[:2])
+            # Interpolating splines (s=0) place their knots by the nodes
+            # alone, so both axes share them.
+            other_ty, other_tx = self._splines[1].tck[:2]
+            if not (np.array_equal(other_ty, ty) and np.array_equal(other_tx, tx)):
+                return None
+            self._coefficients = (ty, tx) + tuple(
+                np.ascontiguousarray(spline.tck[2], dtype=np.float64).reshape(
+                    ty.size - 4, tx.size - 4)
+                for spline in self._splines)
+        return self._coefficients
 
     def output_bounds(self):
         """``(x_min, x_max, y_min, y_max)`` of the whole image on the output grid."""
