@@ -442,15 +442,16 @@ class DrizzleEngine:
         weight[r1 - h0:] = 0
         weight[:, :c0 - g0] = 0
         weight[:, c1 - g0:] = 0
-        pixmap = image.mapper.region((h0, h1), (g0, g1))
         variances = [image.variances.get(name) for name in self.variance_names]
         variances = [None if plane is None else plane[rows, cols] for plane in variances]
         with contextlib.ExitStack() as stack:
             def band(name):
                 return stack.enter_context(self.store.rows(name, strip))
 
+            # The mapper itself: the square kernel evaluates the pixel map as
+            # it goes, without the part's whole map in memory.
             deposited = drizzle_add(
-                image.data[rows, cols], pixmap, band(self.names["data"]),
+                image.data[rows, cols], image.mapper, band(self.names["data"]),
                 band(self.names["weight"]),
                 weight=weight,
                 variances=variances,
@@ -462,6 +463,7 @@ class DrizzleEngine:
                 pixfrac=self.pixfrac,
                 pixel_scale_ratio=image.pixel_scale_ratio,
                 origin=(left, top),
+                input_origin=(g0, h0),
             )
         if deposited:
             self.threads_used.add(threading.get_ident())
