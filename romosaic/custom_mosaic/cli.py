@@ -36,7 +36,7 @@ def add_cli_parser(subparsers):
                         "each pixel a 2x2 block of the 0.055 arcsec grid")
     parser.add_argument("--memory-budget", type=float, default=None, metavar="MIB",
                         help="MiB of drizzle planes held in memory; beyond it they are "
-                        "memory-mapped files (default: the steps' memory_budget, 512)")
+                        "memory-mapped files (default: the steps' memory_budget, 64)")
     align = parser.add_mutually_exclusive_group()
     align.add_argument("--refcat", default=None, metavar="FILE",
                        help="also align to this reference catalogue: an ECSV, Parquet or FITS "

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 #: Default of the steps' ``memory_budget`` (MiB): drizzle planes beyond it
 #: are memory-mapped files.
-DEFAULT_MEMORY_BUDGET_MIB = 512
+DEFAULT_MEMORY_BUDGET_MIB = 64
 
 #: Output pixels of slack, beyond a drop's reach, when deciding which input
 #: pixels can land on a strip (footprints and node cells are sampled).

@@ -186,7 +186,7 @@ def _run_child(spec_path, staging, log_path, name, attempt, memory_limit):
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, STPIPE_DISABLE_CRDS_STEPPARS="true")
     # The cluster already runs one task per core: a task's steps should not
-    # fork workers of their own unless the user asks (ROMOSAIC_WORKERS).
+    # run threads of their own unless the user asks (ROMOSAIC_WORKERS).
     env.setdefault(WORKERS_VARIABLE, "1")
     with open(log_path, "ab") as log_stream:
         log_stream.write(f"==== {utc_now()} task {name}, attempt {attempt}, host "
