@@ -20,7 +20,6 @@ from roman_datamodels.dqflags import pixel
 from .._atomic import atomic_output
 from ..dq import bad_flags_mask, good_pixel_mask
 from ..errors import RomosaicInputError
-from ..models import set_array
 from ..outlier.detect import (
     FrameStore,
     data_window,
@@ -254,17 +253,14 @@ class OutlierDetectionStep(RomosaicStep):
         else:
             flagged = None
         total = 0
-        for index, model in library.iter_models(modify=True):
+        for index, model in library.iter_models(modify=False):
             if flagged is None:
                 pixels, size = self._outlier_pixels(model, store, median_key, window)
             else:
                 pixels, size = flagged[index]
-            dq = np.array(model.dq, dtype=np.uint32)
-            dq.reshape(-1)[pixels] |= OUTLIER_FLAGS
-            set_array(model, "dq", dq)
-            del dq
+            library.add_dq_flags(index, pixels, OUTLIER_FLAGS)
             total += pixels.size
-            self.record_status(model, STEP_COMPLETE)
+            self.record_status(model, STEP_COMPLETE, library=library, index=index)
             log.info("%s: %d pixels (%.3f%%) flagged as outliers", model.meta.filename,
                      pixels.size, 100.0 * pixels.size / size)
         log.info("outlier detection flagged %d pixels in %d images", total, len(library))
