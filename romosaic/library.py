@@ -311,18 +311,21 @@ class _EditOnRead:
 
     def __init__(self, value, name):
         self._value = weakref.ref(value)
+        self._lock = threading.Lock()
         self.name = name
         self.edits = []
 
     def __call__(self):
         value = self._value()
-        if value._array is None or not self.edits_applied:
-            array = NDArrayType._make_array(value)
-            for edit in self.edits:
-                array = edit.apply_to(self.name, array)
-            value._array = array
-            self.edits_applied = True
-        return value._array
+        # Two threads reading the array at once must not both edit it.
+        with self._lock:
+            if value._array is None or not self.edits_applied:
+                array = NDArrayType._make_array(value)
+                for edit in self.edits:
+                    array = edit.apply_to(self.name, array)
+                value._array = array
+                self.edits_applied = True
+            return value._array
 
     edits_applied = False
 
@@ -333,10 +336,11 @@ def _defer(value, name, edit):
         return False
     hook = value.__dict__.get("_make_array")
     if isinstance(hook, _EditOnRead):
-        if hook.edits_applied:
-            return False
-        hook.edits.append(edit)
-        return True
+        with hook._lock:
+            if hook.edits_applied:
+                return False
+            hook.edits.append(edit)
+            return True
     if getattr(value, "_array", True) is not None:
         return False
     hook = _EditOnRead(value, name)
@@ -643,12 +647,16 @@ class ModelLibrary(AbstractModelLibrary):
         if model is None and index in self._ledger:
             model = self._ledger[index]
         if model is None:
-            with self:
+            # Opened here without closing the library if the caller has it open.
+            was_open, self._open = self._open, True
+            try:
                 model = self.borrow(index)
                 try:
                     return int(np.prod(model.data.shape))
                 finally:
                     self.shelve(model, index, modify=False)
+            finally:
+                self._open = was_open
         return int(np.prod(model.data.shape))
 
     # -- reading -----------------------------------------------------------
