@@ -61,7 +61,7 @@ from .associations import (
     product_name_from_filename,
     validate_association,
 )
-from .errors import AssociationError, OutputError, RomosaicInputError
+from .errors import AssociationError, OutputError
 from .flux import VARIANCE_ARRAYS, scale_to_surface_brightness
 from .models import group_id_from_model, open_image_model, read_exposure_group_id
 
@@ -189,8 +189,8 @@ class DQFlags:
 
     def apply_to(self, name, array):
         if array.size != self.size:
-            raise RomosaicInputError(
-                f"dq has {array.size} pixels, but flags were recorded for {self.size}")
+            raise ValueError(f"dq has {array.size} pixels, but flags were recorded for "
+                             f"{self.size}")
         ok = array.dtype == np.uint32 and array.flags.c_contiguous and _may_write_into(array)
         dq = array if ok else np.array(array, dtype=np.uint32)
         flat = dq.reshape(-1)

@@ -195,6 +195,21 @@ def test_a_metadata_change_outside_the_edits_is_kept_without_the_model(files):
         {"data": np.asarray(original.data)}, CONVERSION)["data"])
 
 
+def test_a_step_skipped_in_a_pipeline_records_only_its_status(files):
+    from romosaic.library import MetaUpdate
+    from romosaic.pipeline import MosaicPipeline
+
+    asn, _ = files
+    library = ModelLibrary(asn)
+    pipeline = MosaicPipeline()
+    assert pipeline.tweakreg.skip
+    pipeline.tweakreg.run(library)
+    assert pipeline.tweakreg.class_alias == "tweakreg"
+    assert not library._loaded_models
+    (edit,) = library.edits(0).edits
+    assert edit == MetaUpdate(((("cal_step", "tweakreg"), "SKIPPED"),))
+
+
 def test_memory_mapped_inputs_are_edited_in_copies(files):
     asn, paths = files
     before = [_digest(p) for p in paths]

@@ -197,7 +197,8 @@ class _OfflineMixin:
                     # should fail the run now, not after hours of work.
                     output_dir = os.path.expandvars(os.path.expanduser(self.output_dir or "."))
                     created = prepare_output_directory(output_dir)
-                return super().run(*args)
+                with self._skipping_library(args):
+                    return super().run(*args)
             except RomosaicError as error:
                 # strun prints errors word-wrapped in a banner; log the message
                 # once, whole, on one line, where scripts and users look for it.
@@ -218,6 +219,29 @@ class _OfflineMixin:
             except BaseException:
                 remove_empty_directories(created)
                 raise
+
+    @contextlib.contextmanager
+    def _skipping_library(self, args):
+        """Record SKIPPED as a library edit when this step is skipped on a library.
+
+        stpipe records it itself by changing every model and shelving it
+        with ``modify=True``, after which the library must keep a copy of
+        each image's metadata; it leaves the models alone for a step without
+        an alias, which this step pretends to be while stpipe runs it.
+        """
+        library = args[0] if args else None
+        # stpipe runs a skipped step anyway when it has no parent.
+        if not (self.skip and self.parent is not None and self.class_alias
+                and isinstance(library, ModelLibrary)):
+            yield
+            return
+        for index, model in library.iter_models(modify=False):
+            self.record_status(model, STEP_SKIPPED, library=library, index=index)
+        self.class_alias = None
+        try:
+            yield
+        finally:
+            del self.class_alias  # the class's alias again
 
     def open_library(self, input_data):
         """A `ModelLibrary` for this step's input.
