@@ -57,6 +57,7 @@ Examples
     python benchmarks/compare.py --case 4x1x1024 --case 8x2x1024
     python benchmarks/compare.py --case 4x1x1024-skycell --keep-output
     python benchmarks/compare.py --on-disk-series        # romosaic only, 8/16/32 x 4088²
+    python benchmarks/compare.py --on-disk-series --series-size 2048 --series-modes default
 
 A case is ``<exposures>x<detectors>x<size>`` (a free grid) or the same with
 ``-skycell`` (simulated at the centre of the skycell nearest RA 80°,
@@ -103,9 +104,10 @@ ISSUE_FIGURES = {
     "4x1x1024-skycell": (44.0, 1.8 * 1024),
 }
 
-#: Exposures of the on_disk memory series, and their size.
+#: Exposures of the memory series, their size, and the library modes run.
 SERIES_COUNTS = (8, 16, 32)
 SERIES_SIZE = 4088
+SERIES_MODES = ("default", "on_disk")
 
 #: Skycell cases use the skycell whose centre is nearest this position,
 #: the simulator's default pointing.
@@ -412,7 +414,7 @@ def run_case(case, args, reference_python, work_root):
 
 
 def run_series(args, work_root):
-    """romosaic alone, on_disk=True, ever more exposures onto one skycell."""
+    """romosaic alone, ever more exposures onto one skycell, in each mode asked for."""
     counts = sorted(args.series_counts)
     name = f"{counts[-1]}x1x{args.series_size}-skycell"
     case = parse_compare_case(name)
@@ -420,25 +422,27 @@ def run_series(args, work_root):
     full = json.loads(asn.read_text())
     members = full["products"][0]["members"]
     results = []
-    for count in counts:
-        subset = dict(full)
-        product = f"series_{count}"
-        subset["products"] = [{"name": product, "members": members[:count]}]
-        subset_asn = asn.parent / f"{product}_asn.json"
-        subset_asn.write_text(json.dumps(subset, indent=2) + "\n")
-        result = run_pipeline(f"series-{count}", args.python, ROMOSAIC_PIPELINE, subset_asn,
-                              work_root=work_root, on_disk=True,
-                              env=offline_environment(args.data_dir),
-                              step_options=args.romosaic_step)
-        result["n_exposures"] = count
-        result["size"] = args.series_size
-        results.append(result)
-        if not result["failed"]:
-            print(f"[series {count} x {args.series_size}² on_disk] "
-                  f"run {result['run_seconds']:.1f} s, "
-                  f"peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)
-            if not args.keep_output:
-                shutil.rmtree(result["work"], ignore_errors=True)
+    for mode in args.series_modes:
+        for count in counts:
+            subset = dict(full)
+            product = f"series_{count}"
+            subset["products"] = [{"name": product, "members": members[:count]}]
+            subset_asn = asn.parent / f"{product}_asn.json"
+            subset_asn.write_text(json.dumps(subset, indent=2) + "\n")
+            result = run_pipeline(f"series-{mode}-{count}", args.python, ROMOSAIC_PIPELINE,
+                                  subset_asn, work_root=work_root, on_disk=mode == "on_disk",
+                                  env=offline_environment(args.data_dir),
+                                  step_options=args.romosaic_step)
+            result["n_exposures"] = count
+            result["size"] = args.series_size
+            result["mode"] = mode
+            results.append(result)
+            if not result["failed"]:
+                print(f"[series {count} x {args.series_size}² {mode}] "
+                      f"run {result['run_seconds']:.1f} s, "
+                      f"peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)
+                if not args.keep_output:
+                    shutil.rmtree(result["work"], ignore_errors=True)
     return results
 
 
@@ -553,20 +557,30 @@ def check_table(entries):
 
 
 def series_table(results):
-    headers = ["exposures", "size", "in Mpix", "run s", "process s", "peak RSS MiB",
+    headers = ["mode", "exposures", "size", "in Mpix", "run s", "process s", "peak RSS MiB",
                "output (ny, nx)"]
     rows = []
     for r in results:
         mpix = r["n_exposures"] * r["size"] ** 2 / 1e6
+        mode = r.get("mode", "on_disk")
         if r["failed"]:
-            rows.append([str(r["n_exposures"]), str(r["size"]), f"{mpix:.0f}", "failed",
+            rows.append([mode, str(r["n_exposures"]), str(r["size"]), f"{mpix:.0f}", "failed",
                          "", "", ""])
             continue
         shape = r["output_shape"]
-        rows.append([str(r["n_exposures"]), str(r["size"]), f"{mpix:.0f}",
+        rows.append([mode, str(r["n_exposures"]), str(r["size"]), f"{mpix:.0f}",
                      f"{r['run_seconds']:.1f}", f"{r['process_seconds']:.1f}",
                      f"{r['peak_rss_mib']:.0f}", f"({shape[0]}, {shape[1]})"])
     return _table(headers, rows)
+
+
+def _series_modes(text):
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(SERIES_MODES))
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"series modes are {', '.join(SERIES_MODES)}, "
+                                         f"got {text!r}")
+    return modes
 
 
 def step_option(text):
@@ -662,8 +676,13 @@ def parse_args(argv):
                              "outlier_detection.pixel_scale_ratio=1; the reference keeps its "
                              "defaults, so the comparison is then no longer like with like")
     parser.add_argument("--on-disk-series", action="store_true",
-                        help="romosaic only, on_disk=True: peak memory for ever more "
-                        "exposures onto one skycell (runs no cases unless --case is given)")
+                        help="romosaic only: peak memory for ever more exposures onto one "
+                        "skycell, in each of --series-modes (runs no cases unless --case "
+                        "is given)")
+    parser.add_argument("--series-modes", type=_series_modes, default=list(SERIES_MODES),
+                        metavar="MODE,MODE",
+                        help="library modes of the series: default (on_disk=False) and/or "
+                        "on_disk (default: %(default)s)")
     parser.add_argument("--series-counts", type=lambda s: [int(v) for v in s.split(",")],
                         default=list(SERIES_COUNTS), metavar="N,N,...",
                         help="exposure counts of the series (default: %(default)s)")
@@ -695,8 +714,8 @@ def main(argv=None):
     if entries:
         print_report(entries, reference_python, args.on_disk, args.romosaic_step)
     if series:
-        print("\nromosaic, on_disk=True, onto one skycell (peak memory should not grow "
-              "with the number of exposures):")
+        print("\nromosaic onto one skycell (peak memory should not grow with the number "
+              "of exposures, in either mode):")
         print(series_table(series))
     if args.json:
         payload = {"machine": machine_info(), "seed": SEED, "on_disk": args.on_disk,

@@ -8,10 +8,16 @@ version adds:
   ``_cal.asdf`` file, a list of file names, or a list of open models;
 * validation of the association up front, with one-line errors;
 * exposure groups read from the file headers without loading arrays;
-* its own temporary directory, removed by `ModelLibrary.close` (the pipeline
-  calls it on success and on error) and, as a safety net, at exit; named
-  after the process that made it, so that a later run removes it if that
-  process was killed (see `romosaic._atomic`);
+* images that live in their files: a member read from a file is opened when
+  it is borrowed and released when it is shelved, so that memory does not
+  grow with the number of inputs. What the steps change is kept as small
+  per-image state (`ImageEdits`: a flux factor, a subtracted sky level,
+  outlier flags, metadata updates) that every borrow applies again, the
+  array changes only when an array is first read;
+* its own temporary directory (``on_disk``), removed by `ModelLibrary.close`
+  (the pipeline calls it on success and on error) and, as a safety net, at
+  exit; named after the process that made it, so that a later run removes
+  it if that process was killed (see `romosaic._atomic`);
 * member paths are always local files: stpipe would hand a member that looks
   like a URL to the file opener, which may fetch it over the network;
 * optionally (``allow_external_members=False``), members must lie inside the
@@ -19,26 +25,33 @@ version adds:
 * `ModelLibrary.drop_members`, to leave out images found unusable before any
   step has run;
 * no per-step rewrite of every model: stpipe's default ``finalize_result``
-  borrows and re-saves every model after each step, which for an ``on_disk``
-  library means reading and writing every file again for nothing.
+  borrows and re-saves every model after each step, which for models that
+  live in files means reading and writing every file again for nothing.
 
-Input files are never written to: with ``on_disk=False`` modified models live
-in memory; with ``on_disk=True`` they are saved in the temporary directory.
+Input files are never written to. A model changed in a way the edits cannot
+record (arrays changed directly, then shelved with ``modify=True``) is kept
+whole: in memory, or with ``on_disk=True`` in a temporary file.
 """
 
+import collections
 import concurrent.futures
 import contextlib
 import copy
 import logging
+import mmap
 import os
 import shutil
+import threading
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asdf
+import numpy as np
+from asdf.tags.core import NDArrayType
 from stpipe.datamodel import AbstractDataModel
-from stpipe.library import AbstractModelLibrary, NoGroupID
+from stpipe.library import AbstractModelLibrary, BorrowError, ClosedLibraryError, NoGroupID
 
 from ._atomic import make_private_dir
 from .associations import (
@@ -49,14 +62,343 @@ from .associations import (
     validate_association,
 )
 from .errors import AssociationError, OutputError
+from .flux import VARIANCE_ARRAYS, scale_to_surface_brightness
 from .models import group_id_from_model, open_image_model, read_exposure_group_id
 
-__all__ = ["ModelLibrary"]
+__all__ = ["DQFlags", "FluxScale", "ImageEdits", "MetaUpdate", "ModelLibrary", "SkySubtraction"]
 
 log = logging.getLogger(__name__)
 
+# -- per-image edits ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FluxScale:
+    """DN/s → MJy/sr: data and err times ``factor``, variances times its square.
+
+    Arithmetic and float16 rounding are those of
+    `romosaic.flux.scale_to_surface_brightness`.
+
+    Parameters
+    ----------
+    factor : float
+        MJy/sr per DN/s.
+    """
+
+    factor: float
+
+    arrays = ("data", "err", *VARIANCE_ARRAYS)
+
+    def apply_to(self, name, array):
+        return scale_to_surface_brightness({name: array}, self.factor,
+                                           in_place=_may_write_into(array))[name]
+
+
+@dataclass(frozen=True)
+class SkySubtraction:
+    """A sky level removed from the data, in float32.
+
+    Parameters
+    ----------
+    level : float
+        In the data's units.
+    """
+
+    level: float
+
+    arrays = ("data",)
+
+    def apply_to(self, name, array):
+        level = np.float32(self.level)
+        if array.dtype == np.float32 and _may_write_into(array):
+            return np.subtract(array, level, out=array)
+        return np.asarray(array, dtype=np.float32) - level
+
+
+@dataclass(frozen=True)
+class DQFlags:
+    """Flags ORed into some pixels of ``dq``.
+
+    Build it with `DQFlags.from_indices`, which stores the pixels in the
+    smaller of two forms: their flat indices, or a packed bit mask (one bit
+    per pixel) when many pixels are flagged.
+
+    Parameters
+    ----------
+    flags : int
+        The bits to set.
+    indices : numpy.ndarray or None
+        Flat (C-order) pixel indices.
+    packed : numpy.ndarray of uint8 or None
+        ``numpy.packbits`` of the flat mask of ``size`` pixels.
+    size : int
+        Pixels in the image.
+    """
+
+    flags: int
+    indices: np.ndarray | None
+    packed: np.ndarray | None
+    size: int
+
+    arrays = ("dq",)
+
+    @classmethod
+    def from_indices(cls, flat_indices, flags, size):
+        """Store ``flat_indices`` compactly.
+
+        Parameters
+        ----------
+        flat_indices : array_like of int
+            Flat indices of the pixels to flag.
+        flags : int
+            The bits to set.
+        size : int
+            Pixels in the image.
+
+        Returns
+        -------
+        DQFlags
+
+        Examples
+        --------
+        >>> few = DQFlags.from_indices([3, 7], 16, size=4096 * 4096)
+        >>> few.indices.tolist(), few.nbytes
+        ([3, 7], 8)
+        >>> many = DQFlags.from_indices(range(0, 64, 2), 16, size=64)
+        >>> many.indices is None, many.nbytes
+        (True, 8)
+        """
+        indices = np.asarray(flat_indices, dtype=np.int64).reshape(-1)
+        if indices.size and (indices.min() < 0 or indices.max() >= size):
+            raise ValueError(f"pixel indices outside an image of {size} pixels")
+        dtype = np.uint32 if size <= 2**32 else np.uint64
+        if indices.size * np.dtype(dtype).itemsize <= (size + 7) // 8:
+            return cls(int(flags), indices.astype(dtype), None, int(size))
+        mask = np.zeros(size, bool)
+        mask[indices] = True
+        return cls(int(flags), None, np.packbits(mask), int(size))
+
+    @property
+    def nbytes(self):
+        """Bytes the pixel list takes."""
+        return int((self.indices if self.indices is not None else self.packed).nbytes)
+
+    def apply_to(self, name, array):
+        if array.size != self.size:
+            raise ValueError(f"dq has {array.size} pixels, but flags were recorded for "
+                             f"{self.size}")
+        ok = array.dtype == np.uint32 and array.flags.c_contiguous and _may_write_into(array)
+        dq = array if ok else np.array(array, dtype=np.uint32)
+        flat = dq.reshape(-1)
+        where = (self.indices if self.indices is not None
+                 else np.unpackbits(self.packed, count=self.size).view(bool))
+        flat[where] |= np.uint32(self.flags)
+        return dq
+
+
+@dataclass(frozen=True)
+class MetaUpdate:
+    """Values put into ``model.meta``.
+
+    Parameters
+    ----------
+    items : tuple of (tuple of str, object)
+        ``(path, value)`` pairs, applied in order: ``(("cal_step", "flux"),
+        "COMPLETE")`` sets ``model.meta["cal_step"]["flux"]``. Every node
+        above the last key must exist.
+    """
+
+    items: tuple
+
+    def apply(self, model):
+        for path, value in self.items:
+            node = model.meta
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = _fresh(value)
+
+
+@dataclass(frozen=True)
+class _KeptTree:
+    """Every entry of a model but its arrays (``meta`` above all), kept whole.
+
+    Recorded when a model is shelved with ``modify=True`` without any of its
+    arrays read: only those entries can have changed.
+    """
+
+    entries: dict
+
+    def apply(self, model):
+        node = model._instance
+        for key in [k for k in node if k not in self.entries and not _is_array(node[k])]:
+            del node[key]
+        for key, value in self.entries.items():
+            node[key] = value
+
+
+@dataclass
+class ImageEdits:
+    """What the steps changed in one image, applied over its file.
+
+    Array edits (`FluxScale`, `SkySubtraction`, `DQFlags`) are applied, in
+    the order recorded, to each array when it is first read after a borrow;
+    metadata edits (`MetaUpdate`) at the borrow itself.
+
+    Attributes
+    ----------
+    edits : list
+        The edits, in the order recorded.
+    """
+
+    edits: list = field(default_factory=list)
+
+    @property
+    def flux_scale(self):
+        """The product of the recorded flux factors, or None without any."""
+        factors = [e.factor for e in self.edits if isinstance(e, FluxScale)]
+        return float(np.prod(factors)) if factors else None
+
+    @property
+    def nbytes(self):
+        """Bytes taken by the recorded pixel lists (the only sizeable part)."""
+        return sum(e.nbytes for e in self.edits if isinstance(e, DQFlags))
+
+    def apply(self, model):
+        """Apply every edit to a model just opened from its file.
+
+        Parameters
+        ----------
+        model : roman_datamodels.datamodels.ImageModel
+        """
+        for edit in self.edits:
+            _apply_edit(model, edit)
+
+
+def _apply_edit(model, edit):
+    """Apply one edit to ``model``; array edits wait for the array's first read."""
+    if not hasattr(edit, "arrays"):
+        edit.apply(model)
+        return
+    for name in edit.arrays:
+        value = getattr(model, name, None)
+        if value is None:
+            continue
+        if _defer(value, name, edit):
+            continue
+        array = np.asarray(value)
+        result = edit.apply_to(name, array)
+        if result is not array:
+            setattr(model, name, result)
+
+
+# asdf reads an array from its file on first use (``NDArrayType``). An array
+# not read yet gets its edits then: a borrow that only needs metadata, or a
+# few arrays, does not read and convert the others. asdf builds the array in
+# ``_make_array``; the instance's own ``_make_array`` reads it, then edits it.
+_CAN_DEFER = callable(getattr(NDArrayType, "_make_array", None))
+
+
+class _EditOnRead:
+    """An ``NDArrayType``'s ``_make_array``: read the array, then apply edits.
+
+    Holds the array object through a weak reference, so that the array and
+    this function do not keep each other alive after the model is dropped.
+    """
+
+    def __init__(self, value, name):
+        self._value = weakref.ref(value)
+        self._lock = threading.Lock()
+        self.name = name
+        self.edits = []
+
+    def __call__(self):
+        value = self._value()
+        # Two threads reading the array at once must not both edit it.
+        with self._lock:
+            if value._array is None or not self.edits_applied:
+                array = NDArrayType._make_array(value)
+                for edit in self.edits:
+                    array = edit.apply_to(self.name, array)
+                value._array = array
+                self.edits_applied = True
+            return value._array
+
+    edits_applied = False
+
+
+def _defer(value, name, edit):
+    """Queue ``edit`` on an array not read from its file yet; False if it was read."""
+    if not (_CAN_DEFER and isinstance(value, NDArrayType)):
+        return False
+    hook = value.__dict__.get("_make_array")
+    if isinstance(hook, _EditOnRead):
+        with hook._lock:
+            if hook.edits_applied:
+                return False
+            hook.edits.append(edit)
+            return True
+    if getattr(value, "_array", True) is not None:
+        return False
+    hook = _EditOnRead(value, name)
+    hook.edits.append(edit)
+    value._make_array = hook
+    return True
+
+
+def _is_array(value):
+    return isinstance(value, (np.ndarray, NDArrayType))
+
+
+def _is_unread(value):
+    """Whether ``value`` is an array still in its file (so certainly unchanged)."""
+    if not isinstance(value, NDArrayType):
+        return False
+    hook = value.__dict__.get("_make_array")
+    if isinstance(hook, _EditOnRead):
+        return not hook.edits_applied
+    return getattr(value, "_array", True) is None
+
+
+def _may_write_into(array):
+    """Whether an edit may change ``array`` in place.
+
+    Never a memory-mapped file: with a writable mapping that would change
+    the input file itself.
+    """
+    if not array.flags.writeable:
+        return False
+    base = array
+    while base is not None:
+        if isinstance(base, (np.memmap, mmap.mmap)):
+            return False
+        base = getattr(base, "base", None)
+    return True
+
+
+def _fresh(value):
+    """A copy of plain containers, so that no two models share a recorded dict."""
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return value
+
+
 class ModelLibrary(AbstractModelLibrary):
     """The images of one association, with borrow/shelve access.
+
+    A member read from a file lives in that file: borrowing opens it (its
+    arrays are read when first used) and shelving releases it, so memory
+    holds only the models borrowed at the moment, however many images the
+    association has. What the steps change is recorded with
+    `record_flux_scale`, `record_sky_subtraction`, `add_dq_flags` and
+    `update_meta` (see `ImageEdits`) and applied again at every borrow, so
+    every borrower sees the changed model. A model changed in another way
+    and shelved with ``modify=True`` is kept whole instead (in memory, or
+    with ``on_disk`` in a temporary file), so no change is ever lost: only
+    its metadata when none of its arrays was read, else the whole model.
+    Open models given in a list stay in memory, and edits change them at
+    once.
 
     Parameters
     ----------
@@ -65,8 +407,12 @@ class ModelLibrary(AbstractModelLibrary):
         dictionary (member paths relative to the current directory), a list of
         file names, or a list of open ``ImageModel`` objects.
     on_disk : bool, optional
-        Keep models in temporary files between uses, so that memory holds
-        about one model at a time. Not available for a list of open models.
+        Where a model changed outside the recorded edits is kept: False
+        (default) in memory, True in a temporary file, so that memory stays
+        bounded even then. Members read from files are handled the same way
+        in both modes (no temporary copies of inputs). Outlier detection also
+        keeps its group drizzles in memory-mapped files when True. Not
+        available for a list of open models.
     temp_directory : str or os.PathLike, optional
         Where to create the temporary directory for ``on_disk``; defaults to
         the current directory (not the system temporary directory, which is
@@ -85,8 +431,11 @@ class ModelLibrary(AbstractModelLibrary):
     >>> library = ModelLibrary("mosaic_asn.json")  # doctest: +SKIP
     >>> with library:  # doctest: +SKIP
     ...     model = library.borrow(0)
-    ...     print(model.meta.filename)
-    ...     library.shelve(model, 0, modify=False)
+    ...     library.record_flux_scale(0, model.meta.photometry.conversion_megajanskys)
+    ...     library.update_meta(0, {"cal_step.flux": "COMPLETE"})
+    ...     library.shelve(model, 0, modify=False)  # changes are recorded, not in the model
+    >>> library.edits(0).flux_scale  # doctest: +SKIP
+    0.0254
     """
 
     def __init__(self, init, *, on_disk=False, temp_directory=None,
@@ -101,6 +450,13 @@ class ModelLibrary(AbstractModelLibrary):
             self._cleanup = weakref.finalize(self, shutil.rmtree, self._temp_root, True)
             log.debug("on_disk models kept in %s", self._temp_root)
 
+        # Per member read from a file: the edits applied over that file (or
+        # over the member's temporary file, see shelve).
+        self._edits = {}
+        # Per borrowed member read from a file: its arrays as opened, to tell
+        # at shelve time whether any was read (and so possibly changed).
+        self._unread_arrays = {}
+        self._edits_lock = threading.Lock()
         try:
             super().__init__(
                 init,
@@ -138,7 +494,7 @@ class ModelLibrary(AbstractModelLibrary):
 
     @property
     def on_disk(self):
-        """Whether models are kept in temporary files between uses."""
+        """Whether models changed outside the recorded edits go to temporary files."""
         return self._on_disk
 
     def close(self):
@@ -182,18 +538,129 @@ class ModelLibrary(AbstractModelLibrary):
         self._members[:] = [self._members[index] for index in keep]
         self._loaded_models = {renumber[i]: model for i, model in self._loaded_models.items()
                                if i in renumber}
+        self._edits = {renumber[i]: edits for i, edits in self._edits.items() if i in renumber}
         if self._on_disk:
             for index in drop & set(self._temp_filenames):
                 Path(self._temp_filenames[index]).unlink(missing_ok=True)
             self._temp_filenames = {renumber[i]: name for i, name in self._temp_filenames.items()
                                     if i in renumber}
 
+    # -- recorded edits ----------------------------------------------------
+
+    def edits(self, index):
+        """The edits recorded for member ``index`` over its file.
+
+        Parameters
+        ----------
+        index : int
+
+        Returns
+        -------
+        ImageEdits
+            A copy. Empty for a model kept in memory (given open, or changed
+            outside the recorded edits): edits change such a model at once.
+        """
+        self._check_index(index)
+        return ImageEdits(list(self._edits.get(index, ())))
+
+    def record_flux_scale(self, index, factor):
+        """Record a DN/s → MJy/sr conversion of member ``index``.
+
+        Data and err are multiplied by ``factor`` and the variances by its
+        square (see `FluxScale`).
+
+        Parameters
+        ----------
+        index : int
+        factor : float
+            MJy/sr per DN/s.
+        """
+        self._record(index, FluxScale(float(factor)))
+
+    def record_sky_subtraction(self, index, level):
+        """Record that ``level`` is subtracted from the data of member ``index``.
+
+        Parameters
+        ----------
+        index : int
+        level : float
+            In the data's units.
+        """
+        self._record(index, SkySubtraction(float(level)))
+
+    def add_dq_flags(self, index, flat_indices, flags):
+        """Record ``flags`` ORed into some pixels of member ``index``'s ``dq``.
+
+        Parameters
+        ----------
+        index : int
+        flat_indices : array_like of int
+            Flat (C-order) indices of the pixels.
+        flags : int
+            The bits to set.
+
+        Examples
+        --------
+        >>> library.add_dq_flags(0, np.flatnonzero(mask), OUTLIER_FLAGS)  # doctest: +SKIP
+        """
+        self._check_index(index)
+        size = self._data_size(index)
+        self._record(index, DQFlags.from_indices(flat_indices, flags, size))
+
+    def update_meta(self, index, updates):
+        """Record new metadata values for member ``index``.
+
+        Parameters
+        ----------
+        index : int
+        updates : dict
+            Dotted paths under ``meta`` and their values, set in the order
+            given: ``{"cal_step.flux": "COMPLETE", "background": {...}}``.
+            Every node above the last key must exist (record while the
+            model is borrowed to find a missing one at once).
+        """
+        items = tuple((tuple(str(path).split(".")), value) for path, value in updates.items())
+        self._record(index, MetaUpdate(items))
+
+    def _record(self, index, edit):
+        """Apply ``edit`` to the model as it is now, and keep it for later borrows."""
+        self._check_index(index)
+        with self._edits_lock:
+            held = self._loaded_models.get(index)
+            borrowed = self._ledger[index] if index in self._ledger else None
+            for model in {id(m): m for m in (held, borrowed) if m is not None}.values():
+                _apply_edit(model, edit)
+            if held is None:
+                self._edits.setdefault(index, []).append(edit)
+
+    def _check_index(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"no member {index} in a library of {len(self)}")
+
+    def _data_size(self, index):
+        """Pixels of member ``index``'s data, read from the model or its file header."""
+        model = self._loaded_models.get(index)
+        if model is None and index in self._ledger:
+            model = self._ledger[index]
+        if model is None:
+            # Opened here without closing the library if the caller has it open.
+            was_open, self._open = self._open, True
+            try:
+                model = self.borrow(index)
+                try:
+                    return int(np.prod(model.data.shape))
+                finally:
+                    self.shelve(model, index, modify=False)
+            finally:
+                self._open = was_open
+        return int(np.prod(model.data.shape))
+
     def iter_models(self, *, modify=False):
         """Borrow each model in turn, yielding ``(index, model)``.
 
-        The model is shelved (and, with ``modify`` and ``on_disk``, saved to
-        the temporary directory) before the next one is borrowed, so that
-        only one model is in memory at a time.
+        The model is shelved before the next one is borrowed, so that only
+        one model is in memory at a time. ``modify`` is passed to `shelve`:
+        True only for changes not recorded with the edit methods.
         """
         with self:
             for index in range(len(self)):
@@ -207,23 +674,25 @@ class ModelLibrary(AbstractModelLibrary):
     def map_models(self, function, *, modify=False, threads=1):
         """Call ``function(index, model)`` on every model; the results in index order.
 
-        With ``threads`` above 1 and an in-memory library, the calls run in
-        that many threads while this one opens the next models. Reading and
-        decompressing arrays and numpy's arithmetic release the interpreter
-        lock, so two cores share a step's per-model work that is mostly
-        that; the results are the same as one call after another. With
-        ``on_disk`` it is `iter_models`: one model in memory at a time.
+        With ``threads`` above 1, the calls run in that many threads while
+        this one opens the next models; at most ``threads + 1`` models are
+        borrowed at a time. Reading and decompressing arrays and numpy's
+        arithmetic release the interpreter lock, so two cores share a step's
+        per-model work that is mostly that; the results are the same as one
+        call after another.
 
-        ``function`` must touch only the model it is given. If calls fail,
-        the error of the first model (in index order) is raised once every
-        call submitted has finished and every model is shelved again.
+        ``function`` must touch only the model it is given (and record edits
+        for its own index). If a call fails, no further model is borrowed,
+        and the error of the first failing model (in index order) is raised
+        once every call submitted has finished and every model is shelved.
 
         Parameters
         ----------
         function : callable
             ``function(index, model)``.
         modify : bool, optional
-            Whether ``function`` changes the models (see `iter_models`).
+            Whether ``function`` changes the models in ways not recorded as
+            edits (see `shelve`).
         threads : int, optional
             Threads to call ``function`` in.
 
@@ -231,29 +700,47 @@ class ModelLibrary(AbstractModelLibrary):
         -------
         list
         """
-        if self._on_disk or threads <= 1 or len(self) <= 1:
+        if threads <= 1 or len(self) <= 1:
             return [function(index, model) for index, model in self.iter_models(modify=modify)]
-        borrowed = {}
-        futures = []
-        with self:
+        results = [None] * len(self)
+        in_flight = collections.deque()
+        next_index = 0
+        failure = None
+        with self, concurrent.futures.ThreadPoolExecutor(threads) as pool:
             try:
-                with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-                    try:
-                        for index in range(len(self)):
-                            borrowed[index] = self.borrow(index)
-                            futures.append(pool.submit(function, index, borrowed[index]))
-                    except BaseException:
-                        # An earlier model's failure comes first, as it would
-                        # one model after another.
-                        concurrent.futures.wait(futures)
-                        for future in futures:
-                            if future.exception() is not None:
-                                raise future.exception() from None
-                        raise
-                return [future.result() for future in futures]
-            finally:
-                for index, model in borrowed.items():
+                while (failure is None and next_index < len(self)) or in_flight:
+                    while failure is None and next_index < len(self) and (
+                            len(in_flight) <= threads):
+                        model = self.borrow(next_index)
+                        in_flight.append((next_index, model,
+                                          pool.submit(function, next_index, model)))
+                        next_index += 1
+                        del model
+                    index, model, future = in_flight.popleft()
+                    concurrent.futures.wait([future])
                     self.shelve(model, index, modify=modify)
+                    del model
+                    if failure is None:
+                        if future.exception() is not None:
+                            failure = future.exception()
+                        else:
+                            results[index] = future.result()
+            except BaseException as error:
+                # A borrow failed, or an interrupt: the calls submitted
+                # finish, their models are shelved, and an earlier model's
+                # failure comes first.
+                concurrent.futures.wait([future for _, _, future in in_flight])
+                while in_flight:
+                    index, model, future = in_flight.popleft()
+                    self.shelve(model, index, modify=modify)
+                    if failure is None and future.exception() is not None:
+                        failure = future.exception()
+                if failure is not None and isinstance(error, Exception):
+                    raise failure from None
+                raise
+        if failure is not None:
+            raise failure
+        return results
 
     # -- AbstractModelLibrary interface ------------------------------------
 
@@ -297,15 +784,140 @@ class ModelLibrary(AbstractModelLibrary):
         # the exposure group, which later steps use.
         model.meta["group_id"] = member["group_id"]
 
+    def borrow(self, index):
+        """Borrow member ``index``; shelve it before the library is closed.
+
+        A member that lives in its file is opened now (its arrays are read
+        when first used) and gets its recorded edits.
+
+        Parameters
+        ----------
+        index : int
+
+        Returns
+        -------
+        roman_datamodels.datamodels.ImageModel
+
+        Raises
+        ------
+        stpipe.library.ClosedLibraryError
+            Outside a ``with library:`` block.
+        stpipe.library.BorrowError
+            If the model is already borrowed.
+        """
+        if not self._open:
+            raise ClosedLibraryError("ModelLibrary is not open")
+        if index in self._ledger:
+            raise BorrowError("Attempt to double-borrow model")
+        model = self._loaded_models.get(index)
+        if model is None:
+            model = self._open_member(index)
+        self._ledger[index] = model
+        return model
+
+    def _open_member(self, index):
+        """Member ``index`` from its file (or temporary file), with its edits applied."""
+        if self._on_disk and index in self._temp_filenames:
+            model = self._datamodels_open(self._temp_filenames[index],
+                                          **self._datamodels_open_kwargs)
+        else:
+            model = self._load_member(index)
+        try:
+            with self._edits_lock:
+                edits = ImageEdits(list(self._edits.get(index, ())))
+            edits.apply(model)
+            node = model._instance
+            self._unread_arrays[index] = {key: node[key] for key in node
+                                          if _is_unread(node[key])}
+        except BaseException:
+            model.close()
+            raise
+        return model
+
     def shelve(self, model, index=None, modify=True):
-        if not (self._on_disk and modify):
-            return super().shelve(model, index, modify)
+        """Return a borrowed model to the library.
+
+        Parameters
+        ----------
+        model : roman_datamodels.datamodels.ImageModel
+            The model borrowed (or one replacing it, with ``index``).
+        index : int, optional
+            The member; found from the model when it was borrowed.
+        modify : bool, optional
+            Whether the model was changed in ways not recorded with the edit
+            methods (`record_flux_scale`, `add_dq_flags`, `update_meta`, ...).
+            For a member that lives in its file, False releases the model and
+            keeps only the recorded edits. True keeps the changes: if no
+            array of the model was read, its metadata (every entry but the
+            arrays) is kept as an edit and the model released; otherwise the
+            whole model is kept, in memory or, with ``on_disk``, in a
+            temporary file. Models kept in memory keep every change either
+            way.
+
+        Raises
+        ------
+        stpipe.library.ClosedLibraryError
+            Outside a ``with library:`` block.
+        stpipe.library.BorrowError
+            For a model that is not borrowed.
+        """
+        if not self._open:
+            raise ClosedLibraryError("ModelLibrary is not open")
+        if index is None:
+            try:
+                index = self._ledger[model]
+            except KeyError:
+                raise BorrowError("Attempt to shelve an unknown model") from None
+        if index not in self._ledger:
+            raise BorrowError("Attempt to shelve model at a non-borrowed index")
+        borrowed = self._ledger[index]
+        unread = self._unread_arrays.pop(index, None)
+        if index in self._loaded_models:
+            if modify:
+                self._loaded_models[index] = model
+            del self._ledger[index]
+            return
+        try:
+            if modify and model is borrowed and _only_entries_changed(model, unread):
+                self._keep_entries(index, model, unread)
+            elif modify:
+                self._keep_whole(index, model)
+        finally:
+            # Nothing else refers to a model released here, so it is freed
+            # (and its file closed) as soon as the caller lets go of it. It
+            # is not closed: stpipe's in-memory library lets a caller go on
+            # using a model after shelving it.
+            del self._ledger[index]
+
+    def _keep_entries(self, index, model, unread):
+        """Keep a model's non-array entries as an edit over its file."""
+        node = model._instance
+        # A copy detached from the file: the lazily read tree converts its
+        # nodes through the open file, which goes with the model. Arrays
+        # inside (never large in metadata) are read now for the same reason.
+        entries = asdf.treeutil.walk_and_modify(
+            copy.deepcopy({key: node[key] for key in node if key not in unread}),
+            _read_if_array)
+        with self._edits_lock:
+            array_edits = [e for e in self._edits.get(index, ()) if hasattr(e, "arrays")]
+            self._edits[index] = [*array_edits, _KeptTree(entries)]
+
+    def _keep_whole(self, index, model):
+        """Keep a model changed beyond the edits: in memory, or in a temporary file."""
+        if not self._on_disk:
+            log.debug("%s: changed outside the recorded edits; kept in memory",
+                      model.meta.filename)
+            with self._edits_lock:
+                self._loaded_models[index] = model
+                self._edits.pop(index, None)
+            return
         # Temporary files are only read back by this library: schema
         # validation on write (a third of a second per model) buys nothing.
         with asdf.config_context() as config:
             config.validate_on_write = False
             try:
-                return super().shelve(model, index, modify)
+                temp_filename = self._temp_path_for_model(model, index)
+                model.save(temp_filename)
             except OSError as error:
                 if isinstance(error, OutputError):
                     raise
@@ -313,6 +925,12 @@ class ModelLibrary(AbstractModelLibrary):
                 raise OutputError(f"{self._temp_root}: cannot write a temporary file "
                                   f"for {model.meta.filename} ({reason})",
                                   error.errno) from None
+        old = self._temp_filenames.get(index)
+        if old is not None and Path(old) != Path(temp_filename):
+            Path(old).unlink(missing_ok=True)
+        with self._edits_lock:
+            self._temp_filenames[index] = temp_filename
+            self._edits.pop(index, None)
 
     def finalize_result(self, step, reference_files_used):
         # Steps record their own status while they hold each model; see the
@@ -322,6 +940,24 @@ class ModelLibrary(AbstractModelLibrary):
     def get_crds_parameters(self):
         # romosaic never consults a reference-file service.
         return {}
+
+
+def _only_entries_changed(model, unread):
+    """Whether every array of ``model`` is one opened from its file and never read.
+
+    Such a model can differ from its file (and edits) only in its other
+    entries, metadata above all.
+    """
+    if unread is None:
+        return False
+    node = model._instance
+    arrays = {key: node[key] for key in node if _is_array(node[key])}
+    return (arrays.keys() == unread.keys()
+            and all(arrays[key] is value and _is_unread(value) for key, value in unread.items()))
+
+
+def _read_if_array(node):
+    return np.array(node) if isinstance(node, NDArrayType) else node
 
 
 def _normalize_init(init):

@@ -38,26 +38,24 @@ def test_flux_step_scales_arrays_once():
         again.shelve(out, 0, modify=False)
 
 
-def test_flux_step_rescales_arrays_read_from_a_file_in_their_own_memory(tmp_path):
-    # A replaced array would stay in asdf's block cache beside the new one.
+def test_flux_step_rescales_arrays_read_from_a_file_and_leaves_the_file_alone(tmp_path):
+    # The scaling is recorded and applied when each array is read (in its own
+    # memory: tests/test_streaming.py measures that).
     path = tmp_path / "image_cal.asdf"
     make_image_model(shape=(16, 16), data=np.full((16, 16), 3.0), conversion=0.5).save(path)
     library = ModelLibrary([str(path)])
-    with library:
-        model = library.borrow(0)
-        loaded = {name: np.asarray(getattr(model, name)) for name in ("data", "err",
-                                                                       "var_rnoise")}
-        library.shelve(model, 0, modify=False)
     FluxStep.call(library)
+    assert library.edits(0).flux_scale == 0.5
     with library:
         model = library.borrow(0)
-        for name, before in loaded.items():
-            assert np.shares_memory(np.asarray(getattr(model, name)), before), name
-        np.testing.assert_allclose(loaded["data"], 1.5)
+        np.testing.assert_allclose(model.data, 1.5)
+        np.testing.assert_allclose(model.var_rnoise, 0.25 * 1e-2, rtol=1e-3)
+        assert model.meta.cal_step.flux == "COMPLETE"
         library.shelve(model, 0, modify=False)
     library.close()
     with rdm.open(path) as original:  # the file itself is untouched
         np.testing.assert_allclose(original.data, 3.0)
+        assert original.meta.cal_step.flux == "INCOMPLETE"
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])

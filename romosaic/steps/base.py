@@ -131,6 +131,9 @@ class _OfflineMixin:
 
     def save_model(self, model, suffix=None, idx=None, output_file=None, force=False,
                    **components):
+        if isinstance(model, ModelLibrary):
+            return self._save_library(model, suffix=suffix, output_file=output_file,
+                                      force=force, **components)
         if isinstance(model, AbstractModelLibrary) or not isinstance(model, AbstractDataModel):
             # stpipe iterates libraries and calls back here for each model.
             return super().save_model(model, suffix=suffix, idx=idx, output_file=output_file,
@@ -146,6 +149,30 @@ class _OfflineMixin:
         atomic_save_model(model, path)
         log.info("Saved model in %s", path)
         return str(path)
+
+    def _save_library(self, library, *, suffix=None, output_file=None, force=False,
+                      **components):
+        """Save every model of a library, one at a time.
+
+        stpipe's loop shelves each model with ``modify=True`` after saving
+        it; reading the arrays to write them would then keep every model in
+        memory. The only change saving makes, the model's new file name, is
+        recorded as an edit instead.
+        """
+        if not force and not self.save_results and not output_file:
+            return None
+        paths = []
+        with library:
+            for index in range(len(library)):
+                model = library.borrow(index)
+                try:
+                    paths.append(self.save_model(model, idx=index, suffix=suffix, force=force,
+                                                 **components))
+                    if paths[-1] is not None:
+                        library.update_meta(index, {"filename": model.meta.filename})
+                finally:
+                    library.shelve(model, index, modify=False)
+        return paths
 
     @classmethod
     def from_config_section(cls, config, parent=None, name=None, config_file=None):
@@ -170,7 +197,8 @@ class _OfflineMixin:
                     # should fail the run now, not after hours of work.
                     output_dir = os.path.expandvars(os.path.expanduser(self.output_dir or "."))
                     created = prepare_output_directory(output_dir)
-                return super().run(*args)
+                with self._skipping_library(args):
+                    return super().run(*args)
             except RomosaicError as error:
                 # strun prints errors word-wrapped in a banner; log the message
                 # once, whole, on one line, where scripts and users look for it.
@@ -191,6 +219,29 @@ class _OfflineMixin:
             except BaseException:
                 remove_empty_directories(created)
                 raise
+
+    @contextlib.contextmanager
+    def _skipping_library(self, args):
+        """Record SKIPPED as a library edit when this step is skipped on a library.
+
+        stpipe records it itself by changing every model and shelving it
+        with ``modify=True``, after which the library must keep a copy of
+        each image's metadata; it leaves the models alone for a step without
+        an alias, which this step pretends to be while stpipe runs it.
+        """
+        library = args[0] if args else None
+        # stpipe runs a skipped step anyway when it has no parent.
+        if not (self.skip and self.parent is not None and self.class_alias
+                and isinstance(library, ModelLibrary)):
+            yield
+            return
+        for index, model in library.iter_models(modify=False):
+            self.record_status(model, STEP_SKIPPED, library=library, index=index)
+        self.class_alias = None
+        try:
+            yield
+        finally:
+            del self.class_alias  # the class's alias again
 
     def open_library(self, input_data):
         """A `ModelLibrary` for this step's input.
@@ -223,10 +274,30 @@ class _OfflineMixin:
                                                          default=True)),
         )
 
-    def record_status(self, model, status=STEP_COMPLETE):
-        """Record ``status`` in ``model.meta.cal_step.<this step's alias>``."""
-        ensure_cal_step(model)
-        model.meta.cal_step[self.class_alias] = status
+    def record_status(self, model, status=STEP_COMPLETE, *, library=None, index=None):
+        """Record ``status`` in ``model.meta.cal_step.<this step's alias>``.
+
+        Parameters
+        ----------
+        model : roman_datamodels.datamodels.DataModel
+            The model (borrowed from ``library`` when that is given).
+        status : str, optional
+        library : ModelLibrary, optional
+            Record the status as an edit of member ``index`` of this
+            library (see `ModelLibrary.update_meta`), so that the model
+            can be shelved with ``modify=False``.
+        index : int, optional
+            The member, with ``library``.
+        """
+        if library is None:
+            ensure_cal_step(model)
+            model.meta.cal_step[self.class_alias] = status
+        elif model.meta.get("cal_step") is None:
+            cal_step = {name: "INCOMPLETE" for name in _cal_step_names(model)}
+            cal_step[self.class_alias] = status
+            library.update_meta(index, {"cal_step": cal_step})
+        else:
+            library.update_meta(index, {f"cal_step.{self.class_alias}": status})
 
 
 # System errors that mean "no room or no right to write", whatever the file.

@@ -2,11 +2,8 @@
 
 import logging
 
-import numpy as np
-
 from ..errors import RomosaicInputError
-from ..flux import VARIANCE_ARRAYS, check_conversion_factor, scale_to_surface_brightness
-from ..models import set_array
+from ..flux import check_conversion_factor
 from ..parallel import resolve_workers
 from .base import STEP_COMPLETE, RomosaicStep, step_status
 
@@ -30,11 +27,11 @@ class FluxStep(RomosaicStep):
 
     def process(self, input_data):
         library = self.open_library(input_data)
-        library.map_models(self._scale_model, modify=True,
+        library.map_models(lambda index, model: self._scale_model(library, index, model),
                            threads=resolve_workers(self.workers))
         return library
 
-    def _scale_model(self, index, model):
+    def _scale_model(self, library, index, model):
         if step_status(model, "flux") == STEP_COMPLETE:
             log.info("%s: already in MJy/sr; flux step not repeated", model.meta.filename)
             return
@@ -42,16 +39,8 @@ class FluxStep(RomosaicStep):
         problem = check_conversion_factor(factor)
         if problem:
             raise RomosaicInputError(f"{model.meta.filename}: {problem}")
-        for name in ("data", "err", *VARIANCE_ARRAYS):
-            current = getattr(model, name, None)
-            if current is None:
-                continue
-            # In the array's own memory where possible, one array at a time.
-            values = np.asarray(current)
-            scaled = scale_to_surface_brightness({name: values}, float(factor),
-                                                 in_place=True)[name]
-            if scaled is not values:
-                set_array(model, name, scaled)
-            del scaled
-        self.record_status(model)
+        # Recorded, not applied here: the library scales each array when it
+        # is read (in place, in float32 chunks), for every borrower.
+        library.record_flux_scale(index, float(factor))
+        self.record_status(model, library=library, index=index)
         log.info("%s: converted to MJy/sr (x %.6g)", model.meta.filename, factor)

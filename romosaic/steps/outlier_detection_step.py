@@ -21,7 +21,6 @@ from roman_datamodels.dqflags import pixel
 from .._atomic import atomic_output, scratch_directory
 from ..dq import bad_flags_mask, good_pixel_mask
 from ..errors import RomosaicInputError
-from ..models import set_array
 from ..outlier.detect import (
     flag_image,
     group_frames_bytes,
@@ -204,20 +203,17 @@ class OutlierDetectionStep(RomosaicStep):
     # -- flags --------------------------------------------------------------
 
     def _flag_models(self, library, store, median, window):
-        # Images are flagged independently, in threads (an in-memory library)
-        # or one after another.
+        # Images are flagged independently, in threads; the flags are
+        # recorded in the library as small per-image edits.
         def flag(index, model):
             pixels, size = self._outlier_pixels(model, store, median, window)
-            dq = np.array(model.dq, dtype=np.uint32)
-            dq.reshape(-1)[pixels] |= OUTLIER_FLAGS
-            set_array(model, "dq", dq)
-            del dq
-            self.record_status(model, STEP_COMPLETE)
+            library.add_dq_flags(index, pixels, OUTLIER_FLAGS)
+            self.record_status(model, STEP_COMPLETE, library=library, index=index)
             log.info("%s: %d pixels (%.3f%%) flagged as outliers", model.meta.filename,
                      pixels.size, 100.0 * pixels.size / size)
             return pixels.size
 
-        counts = library.map_models(flag, modify=True, threads=resolve_workers(self.workers))
+        counts = library.map_models(flag, modify=False, threads=resolve_workers(self.workers))
         log.info("outlier detection flagged %d pixels in %d images", sum(counts), len(library))
 
     def _outlier_pixels(self, model, store, median, window):

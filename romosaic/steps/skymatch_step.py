@@ -4,7 +4,8 @@ The algorithm lives in `romosaic.skymatch`. The step reads the library three
 times, one model at a time: the geometry (to lay the coarse cell grid), the
 pixels (to measure each image's sky; with ``workers`` above 1, threads
 measure different images at once), and finally to record each level in
-``meta.background`` (and subtract it when asked).
+``meta.background`` (and its subtraction from the data, when asked) as edits
+of the library (`~romosaic.library.ModelLibrary.update_meta`).
 """
 
 import logging
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..dq import bad_flags_mask, good_pixel_mask
 from ..errors import RomosaicInputError
-from ..models import image_geometry, set_array
+from ..models import image_geometry
 from ..parallel import resolve_workers
 from ..skymatch import (
     SKY_METHODS,
@@ -127,8 +128,8 @@ class SkyMatchStep(RomosaicStep):
         result = match_sky(skies, units, skymethod=self.skymethod, match_down=self.match_down)
         self._report(result, skies, names, units, unit_names)
 
-        for index, model in library.iter_models(modify=True):
-            self._record(model, result.levels[index])
+        for index, model in library.iter_models(modify=False):
+            self._record(library, index, model, result.levels[index])
         return library
 
     def _survey(self, library):
@@ -194,10 +195,10 @@ class SkyMatchStep(RomosaicStep):
                 log.info("%s: level %.6g (local sky %.6g)", unit_names[u],
                          result.group_levels[u], min(local))
 
-    def _record(self, model, level):
+    def _record(self, library, index, model, level):
         name = model.meta.filename
         if not np.isfinite(level):
-            self.record_status(model, STEP_SKIPPED)
+            self.record_status(model, STEP_SKIPPED, library=library, index=index)
             return
         previous, was_subtracted = _background_state(model)
         if was_subtracted:
@@ -207,10 +208,10 @@ class SkyMatchStep(RomosaicStep):
                      name, previous)
         level = float(level)
         if self.subtract:
-            set_array(model, "data", np.asarray(model.data, dtype=np.float32) - np.float32(level))
-        model.meta["background"] = {
+            library.record_sky_subtraction(index, level)
+        library.update_meta(index, {"background": {
             "level": level,
             "subtracted": bool(self.subtract),
             "method": str(self.skymethod),
-        }
-        self.record_status(model, STEP_COMPLETE)
+        }})
+        self.record_status(model, STEP_COMPLETE, library=library, index=index)

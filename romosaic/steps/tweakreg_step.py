@@ -3,7 +3,8 @@
 The algorithm lives in `romosaic.align`. The step reads the library twice:
 once to gather each image's WCS, exposure group and sources (from the
 Level-2 catalog the model names, else found in its pixels), and once, after
-the fit, to put the corrected WCS and the fit's record into each model.
+the fit, to record the corrected WCS and the fit's record as edits of each
+image (`~romosaic.library.ModelLibrary.update_meta`).
 Input files are never written to; with ``save_results`` the aligned images
 are written as new ``*_tweakreg.asdf`` files.
 """
@@ -120,8 +121,8 @@ class TweakRegStep(RomosaicStep):
         if len(groups) < 2 and refcat is None:
             log.warning("only one exposure group and no reference catalogue (abs_refcat): "
                         "nothing to align; WCS unchanged")
-            for _, model in library.iter_models(modify=True):
-                self.record_status(model, STEP_SKIPPED)
+            for index, model in library.iter_models(modify=False):
+                self.record_status(model, STEP_SKIPPED, library=library, index=index)
             return library
 
         result = align_images(
@@ -133,8 +134,8 @@ class TweakRegStep(RomosaicStep):
         for message in result.messages:
             log.warning("%s", message)
         self._report(images, result)
-        for index, model in library.iter_models(modify=True):
-            self._record(model, result.wcs[index], result.fits[index])
+        for index, model in library.iter_models(modify=False):
+            self._record(library, index, model, result.wcs[index], result.fits[index])
         if self.save_abs_catalog and result.refcat is not None:
             self._save_refcat(result.refcat, library)
         return library
@@ -223,7 +224,8 @@ class TweakRegStep(RomosaicStep):
                             status, "relatively aligned only" if "(relative alignment kept)"
                             in status else "unchanged")
 
-    def _record(self, model, wcs, fit):
+    def _record(self, library, index, model, wcs, fit):
+        updates = {}
         if wcs is not None:
             # The pointing keywords and footprint follow the corrected WCS,
             # so that aligned copies describe where the image really is.
@@ -231,11 +233,13 @@ class TweakRegStep(RomosaicStep):
             if wcsinfo is not None:
                 for key, value in corrected_wcsinfo(wcsinfo, model.meta.wcs, wcs,
                                                     model.data.shape).items():
-                    wcsinfo[key] = value
-            model.meta.wcs = wcs
-        model.meta["wcs_fit_results"] = _plain(fit)
+                    updates[f"wcsinfo.{key}"] = value
+            updates["wcs"] = wcs
+        updates["wcs_fit_results"] = _plain(fit)
+        library.update_meta(index, updates)
         aligned = wcs is not None or fit["status"] == "REFERENCE"
-        self.record_status(model, STEP_COMPLETE if aligned else STEP_SKIPPED)
+        self.record_status(model, STEP_COMPLETE if aligned else STEP_SKIPPED,
+                           library=library, index=index)
 
     # -- outputs ---------------------------------------------------------------
 
