@@ -478,6 +478,152 @@ quad_cells(const double *px, const double *py, double *cell)
     quad_overlaps_2x2(px, py, cell);
 }
 
+/* Largest box side (in output pixels) of quad_overlaps_box: drops on output
+ * grids down to about a quarter of the input pixel size. */
+#define BOX_MAX 4
+
+/* The contribution of one piece of a drop's edge to the one row it lies in,
+ * as edge_piece adds it; 0 when the piece leaves that row (after rounding)
+ * or is empty. */
+static inline int
+box_piece(
+    long c, long row, double xl, double yl, double xr, double slope, double sgn, double *add,
+    double *full)
+{
+    double xa = dmax(xl, (double) c - 0.5);
+    double xb = dmin(xr, (double) c + 0.5);
+    double W = xb - xa, ya, yb;
+
+    if (W <= 0.0) {
+        *add = *full = 0.0;
+        return 1;
+    }
+    ya = yl + slope * (xa - xl);
+    yb = yl + slope * (xb - xl);
+    *full = sgn * W;
+    *add = *full * (0.5 * (ya + yb) - ((double) row - 0.5));
+    return local_floor(dmin(ya, yb) + 0.5) == row && local_floor(dmax(ya, yb) + 0.5) == row;
+}
+
+/* The contributions of a drop's side edge, from (x0, y0) to (x1, y1), lying
+ * in local column c and crossing every one of the nyl rows, as edge_piece
+ * adds them (add[r] for row r). Returns 0 when the edge, after rounding, does
+ * not reach from the bottom row to the top one or is nearly flat. */
+static inline int
+box_side(double x0, double y0, double x1, double y1, long c, long nyl, double *add)
+{
+    double dx = x1 - x0, xl, yl, xr, yr, sgn, dy, slope, f, xa, xb, ya, yb, ylo, yhi;
+    long r;
+
+    if (dx == 0.0) {
+        for (r = 0; r < nyl; ++r) {
+            add[r] = 0.0;
+        }
+        return 1;
+    }
+    if (dx > 0.0) {
+        sgn = 1.0;
+        xl = x0;
+        yl = y0;
+        xr = x1;
+        yr = y1;
+    } else {
+        sgn = -1.0;
+        xl = x1;
+        yl = y1;
+        xr = x0;
+        yr = y0;
+    }
+    dy = yr - yl;
+    slope = dy / (xr - xl);
+    f = dy != 0.0 ? sgn * (xr - xl) / dy : 0.0;
+    xa = dmax(xl, (double) c - 0.5);
+    xb = dmin(xr, (double) c + 0.5);
+    ya = yl + slope * (xa - xl);
+    yb = yl + slope * (xb - xl);
+    ylo = dmin(ya, yb);
+    yhi = dmax(ya, yb);
+    if (!(xb - xa > 0.0) || !(ylo + 0.5 < 1.0) || local_floor(yhi + 0.5) != nyl - 1 ||
+        !(yhi - ylo > FLAT_PIECE)) {
+        return 0;
+    }
+    for (r = 0; r < nyl; ++r) {
+        double bottom = (double) r - 0.5;
+        add[r] = f * (clamp_integral(yb - bottom) - clamp_integral(ya - bottom));
+    }
+    return 1;
+}
+
+/* quad_overlaps for the usual drop on an output grid finer than the input:
+ * a box of nxl x nyl cells (2 to BOX_MAX each), one vertex in each corner
+ * cell, clockwise from the top left. Each edge then lies in one row (top,
+ * bottom) or one column (sides) of the box, so the pieces and rows that
+ * quad_overlaps finds by search are known, and its sums are formed here in
+ * the same order: the result is the same to the bit, without its loops,
+ * branches and buffers. Returns 0, with cell undefined, when the drop is
+ * not of this kind (quad_overlaps must then be used). cell[r * BOX_MAX + c]. */
+static int
+quad_overlaps_box(const double *px, const double *py, long nxl, long nyl, double *cell)
+{
+    long top = nyl - 1, right = nxl - 1, c, r;
+    double slope, sgn, top_full[BOX_MAX], add, side[BOX_MAX];
+
+    /* vertex k's column and row, as quad_overlaps's clamped floors find them */
+    if (!(px[0] + 0.5 < 1.0) || !(px[3] + 0.5 < 1.0) || local_floor(px[1] + 0.5) != right ||
+        local_floor(px[2] + 0.5) != right || !(py[2] + 0.5 < 1.0) || !(py[3] + 0.5 < 1.0) ||
+        local_floor(py[0] + 0.5) != top || local_floor(py[1] + 0.5) != top) {
+        return 0;
+    }
+    for (r = 0; r < nyl; ++r) {
+        for (c = 0; c < nxl; ++c) {
+            cell[r * BOX_MAX + c] = 0.0;
+        }
+    }
+    /* edge 0, the top (v0 to v1, rightwards): one piece per column, in the
+     * top row; the rows below it are added as a step, at the end */
+    slope = (py[1] - py[0]) / (px[1] - px[0]);
+    for (c = 0; c < nxl; ++c) {
+        if (!box_piece(c, top, px[0], py[0], px[1], slope, 1.0, &add, &top_full[c])) {
+            return 0;
+        }
+        cell[top * BOX_MAX + c] += add;
+    }
+    /* edge 1, the right side */
+    if (!box_side(px[1], py[1], px[2], py[2], right, nyl, side)) {
+        return 0;
+    }
+    for (r = 0; r < nyl; ++r) {
+        cell[r * BOX_MAX + right] += side[r];
+    }
+    /* edge 2, the bottom (v2 to v3, leftwards: negative area) */
+    slope = (py[2] - py[3]) / (px[2] - px[3]);
+    sgn = -1.0;
+    for (c = 0; c < nxl; ++c) {
+        double full;
+        if (!box_piece(c, 0, px[3], py[3], px[2], slope, sgn, &add, &full)) {
+            return 0;
+        }
+        cell[c] += add;
+    }
+    /* edge 3, the left side */
+    if (!box_side(px[3], py[3], px[0], py[0], 0, nyl, side)) {
+        return 0;
+    }
+    for (r = 0; r < nyl; ++r) {
+        cell[r * BOX_MAX] += side[r];
+    }
+    /* the step: the top edge's full width in every row below it, which
+     * quad_overlaps accumulates as full, then full - full = 0 */
+    for (c = 0; c < nxl; ++c) {
+        double run = 0.0 + top_full[c], none = run + (0.0 - top_full[c]);
+        for (r = 0; r < top; ++r) {
+            cell[r * BOX_MAX + c] += run;
+        }
+        cell[top * BOX_MAX + c] += none;
+    }
+    return 1;
+}
+
 /* ------------------------------------------------------------------------
  * The pixel map from its spline representation.
  */
@@ -708,29 +854,29 @@ vfloor(double v)
 
 /* The geometry of a row of drops, before any input value is read: for each
  * column i, with corners (x[k][i], y[k][i]) clockwise from the top left,
- * fast[i] = 1 when the drop is the usual one (finite, one vertex in each cell
- * of a 2 x 2 box of output pixels, in clockwise order from the top left),
- * and then its box's lower-left output pixel (bx, by), its area (jaco) and
- * its overlaps with the four cells. The loop has no branches, so that it
- * runs several columns at a time; the others are left to the general path. */
+ * fast[i] = 1 when the drop is the usual one at native pixel size (finite,
+ * one vertex in each cell of a 2 x 2 box of output pixels, in clockwise
+ * order from the top left), and then its box's lower-left output pixel
+ * (bx, by) and its area (jaco); row_cells adds its overlaps with the four
+ * cells. The loops have no branches, so that they run several columns at a
+ * time; the other drops are left to the general path. */
 typedef struct {
     double *x[4], *y[4];
     double *cell[4], *jaco, *bx, *by;
     unsigned char *fast;
 } row_geometry_t;
 
-static void
+/* Returns the number of fast drops. */
+static Py_ssize_t
 row_geometry(const row_geometry_t *G, Py_ssize_t nx)
 {
     const double *restrict x0 = G->x[0], *restrict x1 = G->x[1], *restrict x2 = G->x[2],
                            *restrict x3 = G->x[3];
     const double *restrict y0 = G->y[0], *restrict y1 = G->y[1], *restrict y2 = G->y[2],
                            *restrict y3 = G->y[3];
-    double *restrict c0 = G->cell[0], *restrict c1 = G->cell[1], *restrict c2 = G->cell[2],
-                     *restrict c3 = G->cell[3];
     double *restrict jaco = G->jaco, *restrict bx = G->bx, *restrict by = G->by;
     unsigned char *restrict fast = G->fast;
-    Py_ssize_t i;
+    Py_ssize_t i, n = 0;
 
     for (i = 0; i < nx; ++i) {
         double minx = dmin(dmin(x0[i], x1[i]), dmin(x2[i], x3[i]));
@@ -739,8 +885,52 @@ row_geometry(const row_geometry_t *G, Py_ssize_t nx)
         double maxy = dmax(dmax(y0[i], y1[i]), dmax(y2[i], y3[i]));
         double fx = vfloor(minx + 0.5), fy = vfloor(miny + 0.5);
         double X = fx + 0.5, Y = fy + 0.5;
-        double cx[4], cy[4], cell[4];
         int ok;
+
+        /* NaN fails every comparison */
+        ok = (x0[i] - X < 0.0) & (x3[i] - X < 0.0) & (x1[i] - X > 0.0) & (x2[i] - X > 0.0) &
+             (y0[i] - Y > 0.0) & (y1[i] - Y > 0.0) & (y2[i] - Y < 0.0) & (y3[i] - Y < 0.0) &
+             (maxx < X + 1.0) & (maxy < Y + 1.0) & (minx > -1e9) & (maxx < 1e9) &
+             (miny > -1e9) & (maxy < 1e9);
+        jaco[i] = 0.5 * ((x1[i] - x3[i]) * (y0[i] - y2[i]) - (x0[i] - x2[i]) * (y1[i] - y3[i]));
+        bx[i] = fx;
+        by[i] = fy;
+        fast[i] = (unsigned char) ok;
+        n += ok;
+    }
+    return n;
+}
+
+/* The four overlaps of drop i, whose box row_geometry found. */
+static inline void
+drop_cells(const row_geometry_t *G, Py_ssize_t i, double *cell)
+{
+    double X = G->bx[i] + 0.5, Y = G->by[i] + 0.5, cx[4], cy[4];
+    int k;
+
+    for (k = 0; k < 4; ++k) {
+        cx[k] = G->x[k][i] - X;
+        cy[k] = G->y[k][i] - Y;
+    }
+    quad_overlaps_regular(cx, cy, cell);
+}
+
+/* drop_cells for every column of the row, into G->cell (the same values,
+ * several columns at a time): worth it when most drops are fast. */
+static void
+row_cells(const row_geometry_t *G, Py_ssize_t nx)
+{
+    const double *restrict x0 = G->x[0], *restrict x1 = G->x[1], *restrict x2 = G->x[2],
+                           *restrict x3 = G->x[3];
+    const double *restrict y0 = G->y[0], *restrict y1 = G->y[1], *restrict y2 = G->y[2],
+                           *restrict y3 = G->y[3];
+    const double *restrict bx = G->bx, *restrict by = G->by;
+    double *restrict c0 = G->cell[0], *restrict c1 = G->cell[1], *restrict c2 = G->cell[2],
+                     *restrict c3 = G->cell[3];
+    Py_ssize_t i;
+
+    for (i = 0; i < nx; ++i) {
+        double X = bx[i] + 0.5, Y = by[i] + 0.5, cx[4], cy[4], cell[4];
 
         cx[0] = x0[i] - X;
         cx[1] = x1[i] - X;
@@ -750,20 +940,52 @@ row_geometry(const row_geometry_t *G, Py_ssize_t nx)
         cy[1] = y1[i] - Y;
         cy[2] = y2[i] - Y;
         cy[3] = y3[i] - Y;
-        /* NaN fails every comparison */
-        ok = (cx[0] < 0.0) & (cx[3] < 0.0) & (cx[1] > 0.0) & (cx[2] > 0.0) & (cy[0] > 0.0) &
-             (cy[1] > 0.0) & (cy[2] < 0.0) & (cy[3] < 0.0) & (maxx < X + 1.0) &
-             (maxy < Y + 1.0) & (minx > -1e9) & (maxx < 1e9) & (miny > -1e9) & (maxy < 1e9);
         quad_overlaps_regular(cx, cy, cell);
         c0[i] = cell[0];
         c1[i] = cell[1];
         c2[i] = cell[2];
         c3[i] = cell[3];
-        jaco[i] = 0.5 * ((x1[i] - x3[i]) * (y0[i] - y2[i]) - (x0[i] - x2[i]) * (y1[i] - y3[i]));
-        bx[i] = fx;
-        by[i] = fy;
-        fast[i] = (unsigned char) ok;
     }
+}
+
+/* Deposit a drop's overlaps with the cells of its box (cell[r * stride + c]
+ * for box cell (c, r)): the box's lower left at grid pixel (bi0, bj0), nxl x
+ * nyl cells, clipped to grid columns c0..c1 and rows r0..r1 of the arrays.
+ * w: the pixel's weight over the drop's area. Counts the pixel as used when
+ * it deposits anything. */
+static inline void
+deposit_box(
+    job_t *J, const double *cell, long stride, long bi0, long bj0, long nxl, long nyl, long c0,
+    long c1, long r0, long r1, float d, double w, const float *v)
+{
+    long c, r;
+    int hit = 0;
+
+    if (c0 == bi0 && c1 == bi0 + nxl - 1 && r0 == bj0 && r1 == bj0 + nyl - 1) {
+        /* the whole box within the arrays: indices step from one corner */
+        Py_ssize_t k0 = (Py_ssize_t) (bj0 - (long) J->gy0) * J->out_nx +
+                        (Py_ssize_t) (bi0 - (long) J->gx0);
+        for (r = 0; r < nyl; ++r) {
+            for (c = 0; c < nxl; ++c) {
+                double a = cell[r * stride + c];
+                if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
+                    deposit_at(J, k0 + r * J->out_nx + c, d, (float) (a * w), v);
+                    hit = 1;
+                }
+            }
+        }
+    } else {
+        for (r = r0; r <= r1; ++r) {
+            for (c = c0; c <= c1; ++c) {
+                double a = cell[(r - bj0) * stride + (c - bi0)];
+                if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
+                    deposit(J, c, r, d, (float) (a * w), v);
+                    hit = 1;
+                }
+            }
+        }
+    }
+    J->n_used += hit;
 }
 
 static int
@@ -803,7 +1025,8 @@ kernel_square(job_t *J)
     G.fast = (unsigned char *) (geo + (size_t) 15 * nx);
 
     for (j = 0; j < ny; ++j) {
-        int rows_ready = 0;
+        int rows_ready = 0, cells_ready = 0;
+        Py_ssize_t n_fast;
 
         for (i = 0; i < nx; ++i) {
             double w, x[4], y[4], jaco, minx, maxx, miny, maxy, lx0, ly0;
@@ -825,11 +1048,19 @@ kernel_square(job_t *J)
                 corner_row(hi, nx, off_p, frac_p, G.x[1], G.y[1]);
                 corner_row(lo, nx, off_p, frac_p, G.x[2], G.y[2]);
                 corner_row(lo, nx, off_m, frac_m, G.x[3], G.y[3]);
-                row_geometry(&G, nx);
+                /* on grids finer than the input, few drops are fast: their
+                 * overlaps are then found one by one, as they come */
+                n_fast = row_geometry(&G, nx);
+                cells_ready = 3 * n_fast >= nx;
+                if (cells_ready) {
+                    row_cells(&G, nx);
+                }
                 rows_ready = 1;
             }
             if (G.fast[i]) {
-                /* the usual drop: its 2 x 2 box and overlaps are known */
+                /* the usual drop at native pixel size: its 2 x 2 box is known */
+                double cell[4];
+
                 jaco = G.jaco[i];
                 bi0 = (long) G.bx[i];
                 bj0 = (long) G.by[i];
@@ -840,32 +1071,14 @@ kernel_square(job_t *J)
                 if (c0 > c1 || r0 > r1 || jaco == 0.0) {
                     continue;
                 }
-                w = w / jaco;
-                if (c0 == bi0 && c1 == bi0 + 1 && r0 == bj0 && r1 == bj0 + 1) {
-                    /* the whole box within the arrays: one index */
-                    Py_ssize_t k0 = (Py_ssize_t) (bj0 - (long) J->gy0) * J->out_nx +
-                                    (Py_ssize_t) (bi0 - (long) J->gx0);
+                if (cells_ready) {
                     for (k = 0; k < 4; ++k) {
-                        double a = G.cell[k][i];
-                        if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
-                            deposit_at(J, k0 + (k >> 1) * J->out_nx + (k & 1), d,
-                                       (float) (a * w), v);
-                            hit = 1;
-                        }
+                        cell[k] = G.cell[k][i];
                     }
-                    J->n_used += hit;
-                    continue;
+                } else {
+                    drop_cells(&G, i, cell);
                 }
-                for (r = r0; r <= r1; ++r) {
-                    for (c = c0; c <= c1; ++c) {
-                        double a = G.cell[(r - bj0) * 2 + (c - bi0)][i];
-                        if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
-                            deposit(J, c, r, d, (float) (a * w), v);
-                            hit = 1;
-                        }
-                    }
-                }
-                J->n_used += hit;
+                deposit_box(J, cell, 2, bi0, bj0, 2, 2, c0, c1, r0, r1, d, w / jaco, v);
                 continue;
             }
             for (k = 0; k < 4; ++k) {
@@ -930,6 +1143,19 @@ kernel_square(job_t *J)
                 }
                 J->n_used += hit;
                 continue;
+            }
+            if (nxl >= 2 && nyl >= 2 && nxl <= BOX_MAX && nyl <= BOX_MAX) {
+                double cell[BOX_MAX * BOX_MAX];
+
+                for (k = 0; k < 4; ++k) {
+                    px[k] = x[k] - lx0;
+                    py[k] = y[k] - ly0;
+                }
+                if (quad_overlaps_box(px, py, nxl, nyl, cell)) {
+                    deposit_box(J, cell, BOX_MAX, bi0, bj0, nxl, nyl, c0, c1, r0, r1, d,
+                                w, v);
+                    continue;
+                }
             }
             ncell = (size_t) ((nxl + 1) * (nyl + 1));
             if (2 * ncell > J->area_cap) {
