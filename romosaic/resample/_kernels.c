@@ -840,15 +840,21 @@ corner_row(const double *row, Py_ssize_t nx, long off, double frac, double *ox, 
     }
 }
 
-/* floor of a value clamped to +-1e9 (as a double), by an integer conversion
- * that vectorises */
+/* 1.5 * 2^52: adding and subtracting it rounds a double of magnitude below
+ * 2^51 to an integer (in the default rounding mode, to the nearest) */
+#define ROUND_SHIFT 6755399441055744.0
+
+/* floor of a value clamped to +-1e9 (as a double), without an integer
+ * conversion, which the compiler would not run on several columns at a time
+ * (a conversion of a value out of range traps; here the clamp, which the
+ * compiler may make a branch, would guard it) */
 static inline double
 vfloor(double v)
 {
     double t;
 
     v = dmin(dmax(v, -1e9), 1e9);
-    t = (double) (int) v;
+    t = (v + ROUND_SHIFT) - ROUND_SHIFT;
     return t - (v < t ? 1.0 : 0.0);
 }
 
@@ -866,9 +872,10 @@ typedef struct {
     unsigned char *fast;
 } row_geometry_t;
 
-/* Returns the number of fast drops. */
+/* Returns the number of fast drops; *n_wide: the number of drops whose box
+ * is more than 2 output pixels wide or tall (on finer grids). */
 static Py_ssize_t
-row_geometry(const row_geometry_t *G, Py_ssize_t nx)
+row_geometry(const row_geometry_t *G, Py_ssize_t nx, Py_ssize_t *n_wide)
 {
     const double *restrict x0 = G->x[0], *restrict x1 = G->x[1], *restrict x2 = G->x[2],
                            *restrict x3 = G->x[3];
@@ -876,7 +883,7 @@ row_geometry(const row_geometry_t *G, Py_ssize_t nx)
                            *restrict y3 = G->y[3];
     double *restrict jaco = G->jaco, *restrict bx = G->bx, *restrict by = G->by;
     unsigned char *restrict fast = G->fast;
-    Py_ssize_t i, n = 0;
+    Py_ssize_t i, n = 0, wide = 0;
 
     for (i = 0; i < nx; ++i) {
         double minx = dmin(dmin(x0[i], x1[i]), dmin(x2[i], x3[i]));
@@ -897,7 +904,9 @@ row_geometry(const row_geometry_t *G, Py_ssize_t nx)
         by[i] = fy;
         fast[i] = (unsigned char) ok;
         n += ok;
+        wide += (vfloor(maxx + 0.5) - fx >= 2.0) | (vfloor(maxy + 0.5) - fy >= 2.0);
     }
+    *n_wide = wide;
     return n;
 }
 
@@ -945,6 +954,172 @@ row_cells(const row_geometry_t *G, Py_ssize_t nx)
         c1[i] = cell[1];
         c2[i] = cell[2];
         c3[i] = cell[3];
+    }
+}
+
+/* Drops per block of row_boxes. */
+#define BOX_BLOCK 64
+
+/* Where the compiler can make them, a copy of the loops below for CPUs with
+ * AVX2 (four columns at a time), chosen when the module loads. The
+ * arithmetic is the same, without fused multiply-adds, so that the results
+ * are the same to the bit on any CPU. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/* local_floor(v) == k, for k >= 1, by comparisons (a conversion to an
+ * integer would keep the loop below from running several columns at once) */
+static inline long
+floor_is(double v, double k)
+{
+    return (v >= k) & (v < k + 1.0);
+}
+
+/* The contributions of a side edge from (x0, y0) to (x1, y1) in column col,
+ * to rows 0 .. BOX_MAX - 1, as box_side makes them (those of rows beyond
+ * the box are not used); *ok is cleared when box_side would fail. */
+static inline void
+box_side_lane(
+    double x0, double y0, double x1, double y1, double col, double nyl, double *add, long *ok)
+{
+    double dx = x1 - x0;
+    long nz = dx != 0.0, gt = dx > 0.0;
+    double xl = gt ? x0 : x1, yl = gt ? y0 : y1, xr = gt ? x1 : x0, yr = gt ? y1 : y0;
+    double sgn = gt ? 1.0 : -1.0, dy = yr - yl;
+    /* every value computed, then selected: a loop without branches */
+    double slope = dy / (xr - xl), fq = sgn * (xr - xl) / dy, f = dy != 0.0 ? fq : 0.0;
+    double xa = dmax(xl, col - 0.5), xb = dmin(xr, col + 0.5);
+    double ya = yl + slope * (xa - xl), yb = yl + slope * (xb - xl);
+    double ylo = dmin(ya, yb), yhi = dmax(ya, yb);
+    int r;
+
+    *ok &= (!nz) | ((xb - xa > 0.0) & (ylo + 0.5 < 1.0) & floor_is(yhi + 0.5, nyl - 1.0) &
+                    (yhi - ylo > FLAT_PIECE));
+#pragma GCC unroll 4
+    for (r = 0; r < BOX_MAX; ++r) {
+        double bottom = (double) r - 0.5;
+        double a = f * (clamp_integral(yb - bottom) - clamp_integral(ya - bottom));
+        add[r] = nz ? a : 0.0;
+    }
+}
+
+/* quad_overlaps_box for the drops of columns i0 .. i0 + n - 1 of a row (n at
+ * most BOX_BLOCK), several at a time: cell[r * BOX_MAX + c][i - i0], and
+ * ok[i - i0] = 1 where quad_overlaps_box succeeds (elsewhere the cells are
+ * meaningless). Every cell of the box receives the same terms in the same
+ * order as there, with zeros added for the terms it lacks, so the overlaps
+ * are the same to the bit. The work is split into short loops, each simple
+ * enough for the compiler to run on several columns at a time. */
+typedef struct {
+    double cell[BOX_MAX * BOX_MAX][BOX_BLOCK];
+    unsigned char ok[BOX_BLOCK];
+    /* scratch: vertices in box coordinates, box size, pieces, sides */
+    double px[4][BOX_BLOCK], py[4][BOX_BLOCK], top[BOX_BLOCK], right[BOX_BLOCK];
+    double tfull[BOX_MAX][BOX_BLOCK], tadd[BOX_MAX][BOX_BLOCK], badd[BOX_MAX][BOX_BLOCK];
+    double rs[BOX_MAX][BOX_BLOCK], ls[BOX_MAX][BOX_BLOCK];
+    long good[BOX_BLOCK];
+} box_block_t;
+
+VECTOR_CLONES static void
+row_boxes(const row_geometry_t *G, Py_ssize_t i0, Py_ssize_t n, box_block_t *restrict B)
+{
+    const double *restrict x0 = G->x[0] + i0, *restrict x1 = G->x[1] + i0,
+                           *restrict x2 = G->x[2] + i0, *restrict x3 = G->x[3] + i0;
+    const double *restrict y0 = G->y[0] + i0, *restrict y1 = G->y[1] + i0,
+                           *restrict y2 = G->y[2] + i0, *restrict y3 = G->y[3] + i0;
+    Py_ssize_t j;
+    int c, r;
+
+    /* the box, the vertices in its coordinates, and their cells */
+    for (j = 0; j < n; ++j) {
+        double minx = dmin(dmin(x0[j], x1[j]), dmin(x2[j], x3[j]));
+        double maxx = dmax(dmax(x0[j], x1[j]), dmax(x2[j], x3[j]));
+        double miny = dmin(dmin(y0[j], y1[j]), dmin(y2[j], y3[j]));
+        double maxy = dmax(dmax(y0[j], y1[j]), dmax(y2[j], y3[j]));
+        double lx = vfloor(minx + 0.5), ly = vfloor(miny + 0.5);
+        double nxl = vfloor(maxx + 0.5) - lx + 1.0, nyl = vfloor(maxy + 0.5) - ly + 1.0;
+        double top = nyl - 1.0, right = nxl - 1.0;
+        double px0 = x0[j] - lx, px1 = x1[j] - lx, px2 = x2[j] - lx, px3 = x3[j] - lx;
+        double py0 = y0[j] - ly, py1 = y1[j] - ly, py2 = y2[j] - ly, py3 = y3[j] - ly;
+
+        B->good[j] = (minx > -1e9) & (maxx < 1e9) & (miny > -1e9) & (maxy < 1e9) &
+                     (nxl >= 2.0) & (nyl >= 2.0) & (nxl <= BOX_MAX) & (nyl <= BOX_MAX) &
+                     (px0 + 0.5 < 1.0) & (px3 + 0.5 < 1.0) & floor_is(px1 + 0.5, right) &
+                     floor_is(px2 + 0.5, right) & (py2 + 0.5 < 1.0) & (py3 + 0.5 < 1.0) &
+                     floor_is(py0 + 0.5, top) & floor_is(py1 + 0.5, top);
+        B->px[0][j] = px0;
+        B->px[1][j] = px1;
+        B->px[2][j] = px2;
+        B->px[3][j] = px3;
+        B->py[0][j] = py0;
+        B->py[1][j] = py1;
+        B->py[2][j] = py2;
+        B->py[3][j] = py3;
+        B->top[j] = top;
+        B->right[j] = right;
+    }
+    /* the pieces of the top (sgn 1) and bottom (sgn -1) edges, box_piece */
+    for (c = 0; c < BOX_MAX; ++c) {
+        double cm = (double) c - 0.5, cp = (double) c + 0.5;
+        for (j = 0; j < n; ++j) {
+            double px0 = B->px[0][j], px1 = B->px[1][j], px2 = B->px[2][j], px3 = B->px[3][j];
+            double py0 = B->py[0][j], py1 = B->py[1][j], py2 = B->py[2][j], py3 = B->py[3][j];
+            double top = B->top[j];
+            double st = (py1 - py0) / (px1 - px0), sb = (py2 - py3) / (px2 - px3);
+            double xa = dmax(px0, cm), xb = dmin(px1, cp), W = xb - xa;
+            double ya = py0 + st * (xa - px0), yb = py0 + st * (xb - px0);
+            double add = W * (0.5 * (ya + yb) - (top - 0.5));
+            long pos = W > 0.0, ok;
+
+            B->tfull[c][j] = pos ? W : 0.0;
+            B->tadd[c][j] = pos ? add : 0.0;
+            ok = (!pos) | ((dmin(ya, yb) + 0.5 >= top) & (dmax(ya, yb) + 0.5 < top + 1.0));
+            xa = dmax(px3, cm);
+            xb = dmin(px2, cp);
+            W = xb - xa;
+            ya = py3 + sb * (xa - px3);
+            yb = py3 + sb * (xb - px3);
+            add = (-1.0 * W) * (0.5 * (ya + yb) - (0.0 - 0.5));
+            pos = W > 0.0;
+            B->badd[c][j] = pos ? add : 0.0;
+            /* local_floor(v) == 0: -1 < v < 1 */
+            ok &= (!pos) | ((dmin(ya, yb) + 0.5 > -1.0) & (dmax(ya, yb) + 0.5 < 1.0));
+            B->good[j] &= ok;
+        }
+    }
+    /* the sides */
+    for (j = 0; j < n; ++j) {
+        long ok = B->good[j];
+        double nyl = B->top[j] + 1.0, rs[BOX_MAX], ls[BOX_MAX];
+
+        box_side_lane(B->px[1][j], B->py[1][j], B->px[2][j], B->py[2][j], B->right[j], nyl, rs,
+                      &ok);
+        box_side_lane(B->px[3][j], B->py[3][j], B->px[0][j], B->py[0][j], 0.0, nyl, ls, &ok);
+        for (r = 0; r < BOX_MAX; ++r) {
+            B->rs[r][j] = rs[r];
+            B->ls[r][j] = ls[r];
+        }
+        B->good[j] = ok;
+        B->ok[j] = (unsigned char) ok;
+    }
+    /* the cells, in the order of quad_overlaps_box's sums */
+    for (r = 0; r < BOX_MAX; ++r) {
+        for (c = 0; c < BOX_MAX; ++c) {
+            double *restrict out = B->cell[r * BOX_MAX + c];
+            for (j = 0; j < n; ++j) {
+                double top = B->top[j], tf = B->tfull[c][j];
+                double run = 0.0 + tf, none = run + (0.0 - tf), acc = 0.0;
+                acc += (double) r == top ? B->tadd[c][j] : 0.0;
+                acc += (double) c == B->right[j] ? B->rs[r][j] : 0.0;
+                acc += r == 0 ? B->badd[c][j] : 0.0;
+                acc += c == 0 ? B->ls[r][j] : 0.0;
+                acc += (double) r < top ? run : ((double) r == top ? none : 0.0);
+                out[j] = acc;
+            }
+        }
     }
 }
 
@@ -997,6 +1172,7 @@ kernel_square(job_t *J)
     long off_m = ifloor(-h), off_p = ifloor(h);
     double frac_m = -h - (double) off_m, frac_p = h - (double) off_p;
     double *lo = NULL, *hi = NULL, *geo = NULL;
+    box_block_t *boxes = NULL;
     row_geometry_t G;
     float v[MAX_PLANES];
     int k;
@@ -1004,13 +1180,15 @@ kernel_square(job_t *J)
     lo = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
     hi = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
     geo = (double *) malloc(sizeof(double) * 15 * (size_t) nx + (size_t) nx);
+    boxes = (box_block_t *) malloc(sizeof(box_block_t));
     /* the rows from floor(j - h) to floor(j + h) + 1 at once, and the next
      * row's without evaluating again */
-    if (!lo || !hi || !geo ||
+    if (!lo || !hi || !geo || !boxes ||
         (J->spline && spline_setup(J->spline, nx, (int) (off_p - off_m) + 3))) {
         free(lo);
         free(hi);
         free(geo);
+        free(boxes);
         J->failed = 1;
         return 1;
     }
@@ -1025,8 +1203,10 @@ kernel_square(job_t *J)
     G.fast = (unsigned char *) (geo + (size_t) 15 * nx);
 
     for (j = 0; j < ny; ++j) {
-        int rows_ready = 0, cells_ready = 0;
-        Py_ssize_t n_fast;
+        /* boxes_ready: -1 drops one by one, 0 or 1 by blocks (1: the block
+         * of box_begin .. box_end - 1 is ready) */
+        int rows_ready = 0, cells_ready = 0, boxes_ready = -1;
+        Py_ssize_t n_fast, n_wide, box_begin = 0, box_end = 0;
 
         for (i = 0; i < nx; ++i) {
             double w, x[4], y[4], jaco, minx, maxx, miny, maxy, lx0, ly0;
@@ -1050,7 +1230,10 @@ kernel_square(job_t *J)
                 corner_row(lo, nx, off_m, frac_m, G.x[3], G.y[3]);
                 /* on grids finer than the input, few drops are fast: their
                  * overlaps are then found one by one, as they come */
-                n_fast = row_geometry(&G, nx);
+                n_fast = row_geometry(&G, nx, &n_wide);
+                /* blocks compute every drop's boxes: worth it only when
+                 * nearly all are wider than 2 x 2 */
+                boxes_ready = 8 * n_wide >= 7 * nx ? 0 : -1;
                 cells_ready = 3 * n_fast >= nx;
                 if (cells_ready) {
                     row_cells(&G, nx);
@@ -1151,7 +1334,23 @@ kernel_square(job_t *J)
                     px[k] = x[k] - lx0;
                     py[k] = y[k] - ly0;
                 }
-                if (quad_overlaps_box(px, py, nxl, nyl, cell)) {
+                if (boxes_ready >= 0) {
+                    /* the row's wide drops by blocks */
+                    if (!boxes_ready || i >= box_end) {
+                        box_begin = i;
+                        box_end = i + BOX_BLOCK < nx ? i + BOX_BLOCK : nx;
+                        row_boxes(&G, box_begin, box_end - box_begin, boxes);
+                        boxes_ready = 1;
+                    }
+                    if (boxes->ok[i - box_begin]) {
+                        for (k = 0; k < BOX_MAX * BOX_MAX; ++k) {
+                            cell[k] = boxes->cell[k][i - box_begin];
+                        }
+                        deposit_box(J, cell, BOX_MAX, bi0, bj0, nxl, nyl, c0, c1, r0, r1, d,
+                                    w, v);
+                        continue;
+                    }
+                } else if (quad_overlaps_box(px, py, nxl, nyl, cell)) {
                     deposit_box(J, cell, BOX_MAX, bi0, bj0, nxl, nyl, c0, c1, r0, r1, d,
                                 w, v);
                     continue;
@@ -1165,6 +1364,7 @@ kernel_square(job_t *J)
                     free(lo);
                     free(hi);
                     free(geo);
+                    free(boxes);
                     return 1;
                 }
                 J->area = na;
@@ -1194,6 +1394,7 @@ kernel_square(job_t *J)
     free(lo);
     free(hi);
     free(geo);
+    free(boxes);
     return 0;
 }
 
