@@ -9,7 +9,12 @@ setup(
         Extension(
             "romosaic.resample._kernels",
             sources=["romosaic/resample/_kernels.c"],
-            extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-std=c99"],
+            # -fno-trapping-math: floating-point exceptions are never looked
+            # at, and without it the compiler will not run branch-free loops
+            # of the square kernel several columns at a time; it changes no
+            # result.
+            extra_compile_args=[] if sys.platform == "win32" else [
+                "-O3", "-std=c99", "-fno-trapping-math"],
             libraries=[] if sys.platform == "win32" else ["m"],
         )
     ]

@@ -23,6 +23,9 @@ slightly rotated with respect to a free TAN output grid, as in the pipeline:
   two threads, each drizzling the input into its own output arrays (the
   package's kernel holds the interpreter lock, romosaic's does not);
   ``--kernels`` adds the other kernels (one thread, pixel map given);
+  the square kernels are compared again, on one thread, on output grids
+  finer than the input (``--fine-scales``, default 0.5: outlier detection's
+  group drizzle, where a drop covers about 3 x 3 output pixels);
 * outlier detection's median of 8 group frames (a quarter of a detector's
   rows on a grid as fine as the inputs: ``romosaic.outlier.nanmedian_stack``
   against ``numpy.nanmedian``), in median pixels per second, and its blot
@@ -41,6 +44,7 @@ Example::
     python benchmarks/bench_kernels.py              # 4088², best of 3
     python benchmarks/bench_kernels.py --size 2048 --repeat 1 --json kernels.json
     python benchmarks/bench_kernels.py --compare-only --kernels all   # kernels only
+    python benchmarks/bench_kernels.py --compare-only --fine-scales 0.5,0.7
 """
 
 import argparse
@@ -92,13 +96,14 @@ def timed(function, repeat, setup=None):
     return best
 
 
-def geometry(size, distortion):
-    """Two dithered exposures of one detector (simulator gwcs) and their free grid."""
+def geometry(size, distortion, pixel_scale_ratio=1.0):
+    """Two dithered exposures of one detector (simulator gwcs) and their free
+    grid, of output pixels ``pixel_scale_ratio`` times the input's."""
     placements = plan_layout(np.random.default_rng(7), ra=80.0, dec=-30.0, n_exposures=2,
                              n_detectors=1, size=size, distortion=distortion)
     wcs_a, wcs_b = (build_gwcs(p) for p in placements)
     shape = (size, size)
-    grid = free_grid([(wcs_a, shape), (wcs_b, shape)])
+    grid = free_grid([(wcs_a, shape), (wcs_b, shape)], pixel_scale_ratio=pixel_scale_ratio)
     # The second exposure is dithered and rotated with respect to the grid.
     return wcs_b, grid
 
@@ -112,7 +117,8 @@ def input_arrays(size):
     return data, good, {"var_rnoise": var_rnoise, "var_poisson": var_poisson}
 
 
-def run(size, repeat, exact_repeat, kernels=("square",), compare_only=False):
+def run(size, repeat, exact_repeat, kernels=("square",), compare_only=False,
+        fine_scales=(0.5,)):
     mpix = size * size / 1e6
     rows = []
 
@@ -193,6 +199,17 @@ def run(size, repeat, exact_repeat, kernels=("square",), compare_only=False):
 
     compare_kernels(record, kernels, data, weight, variances, pixmap, grid, wcs_in, shape,
                     scale_ratio=1.0, repeat=repeat)
+    # Outlier detection drizzles each group onto a grid twice as fine, where
+    # a drop covers about 3 x 3 output pixels (one thread only: the outputs
+    # are four times larger).
+    for ratio in fine_scales:
+        fine_wcs, fine_grid = geometry(size, False, pixel_scale_ratio=ratio)
+        print(f"output grid {fine_grid.shape[1]}x{fine_grid.shape[0]} "
+              f"(output scale {ratio:g})", flush=True)
+        compare_kernels(record, ("square",), data, weight, variances,
+                        compute_pixmap(fine_wcs, fine_grid.wcs, shape, stepsize=10), fine_grid,
+                        fine_wcs, shape, scale_ratio=ratio, repeat=repeat, threads=False,
+                        label=f", output scale {ratio:g}")
     if compare_only:
         return rows, grid.shape
 
@@ -233,10 +250,11 @@ def _two_threads(function, arguments):
 
 
 def compare_kernels(record, kernels, data, weight, variances, pixmap, grid, wcs_in, shape, *,
-                    scale_ratio, repeat):
+                    scale_ratio, repeat, threads=True, label=""):
     """romosaic's compiled kernels against the ``drizzle`` package's, on the same
     input, pixel map and grid, both depositing data, weight, the two variance
-    planes and context (the coadd's work for one input)."""
+    planes and context (the coadd's work for one input). ``threads``: also
+    two threads at once; ``label`` ends each variant's name."""
     planes = [variances[name] for name in VARIANCE_NAMES]
     clean = np.where(weight > 0, data, 0.0).astype(np.float32)
     clean2 = [np.where(weight > 0, plane, 0.0).astype(np.float32) for plane in planes]
@@ -284,17 +302,19 @@ def compare_kernels(record, kernels, data, weight, variances, pixmap, grid, wcs_
                                                           stepsize=10))
 
     what = "data + 2 var planes + context"
-    record("romosaic drizzle_add", f"square, {what}, pixmap given",
+    record("romosaic drizzle_add", f"square, {what}, pixmap given{label}",
            timed(ours, repeat, setup=ours_outputs))
-    record("drizzle Drizzle.add_image", f"square, {what}, pixmap given",
+    record("drizzle Drizzle.add_image", f"square, {what}, pixmap given{label}",
            timed(theirs, repeat, setup=theirs_outputs()))
-    record("romosaic drizzle_add", f"square, {what}, + pixmap(10)",
+    record("romosaic drizzle_add", f"square, {what}, + pixmap(10){label}",
            timed(with_mapper(ours), repeat, setup=ours_outputs),
            note="PixelMapper(stepsize=10) given to drizzle_add")
-    record("romosaic drizzle_add", f"square, {what}, + compute_pixmap(10)",
+    record("romosaic drizzle_add", f"square, {what}, + compute_pixmap(10){label}",
            timed(with_pixmap(ours), repeat, setup=ours_outputs))
-    record("drizzle Drizzle.add_image", f"square, {what}, + pixmap(10)",
+    record("drizzle Drizzle.add_image", f"square, {what}, + pixmap(10){label}",
            timed(with_pixmap(theirs), repeat, setup=theirs_outputs()))
+    if not threads:
+        return
     pixels = 2 * shape[0] * shape[1]
     record("romosaic drizzle_add", f"square, {what}, 2 threads x 1 input",
            timed(lambda outs: _two_threads(ours, outs), repeat,
@@ -367,6 +387,10 @@ def main(argv=None):
     parser.add_argument("--compare-only", action="store_true",
                         help="only the comparison of the compiled kernels with the drizzle "
                              "package (and the rows it needs)")
+    parser.add_argument("--fine-scales", default="0.5",
+                        help="output over input pixel sizes below 1 at which the square "
+                             "kernels are also compared, comma-separated, or 'none' "
+                             "(default %(default)s)")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the measurements to this JSON file")
     args = parser.parse_args(argv)
@@ -379,8 +403,10 @@ def main(argv=None):
     unknown = set(kernels) - set(KERNELS)
     if unknown:
         parser.error(f"unknown kernels: {', '.join(sorted(unknown))}")
+    fine_scales = () if args.fine_scales == "none" else tuple(
+        float(v) for v in args.fine_scales.split(","))
     rows, out_shape = run(args.size, args.repeat, args.exact_repeat, kernels=kernels,
-                          compare_only=args.compare_only)
+                          compare_only=args.compare_only, fine_scales=fine_scales)
     print()
     print_table(rows)
     print_ratios(rows)

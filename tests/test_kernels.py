@@ -29,13 +29,19 @@ def _pixmap(rng, shape, out_shape, scale, theta):
     return np.dstack([gx, gy])
 
 
-def _scene(kernel, seed, native=False):
+def _scene(kernel, seed, native=False, fine=None):
     """Random inputs and geometry; the output grid cuts through the inputs'
     footprints (output edges). ``native``: output pixels of the input's size
-    and a small rotation, as when dithers are drizzled at native scale."""
+    and a small rotation, as when dithers are drizzled at native scale.
+    ``fine``: (lowest, highest) output over input pixel size, below 1, and a
+    small rotation, as when outlier detection drizzles onto a grid twice as
+    fine (drops over 3 x 3 output pixels and up to 4 x 4)."""
     rng = np.random.default_rng(seed)
-    scale = rng.uniform(0.97, 1.03) if native else rng.uniform(0.5, 2.0)
-    theta = rng.uniform(-0.05, 0.05) if native else rng.uniform(0.0, 2 * np.pi)
+    if fine:
+        scale = rng.uniform(*fine)
+    else:
+        scale = rng.uniform(0.97, 1.03) if native else rng.uniform(0.5, 2.0)
+    theta = rng.uniform(-0.05, 0.05) if native or fine else rng.uniform(0.0, 2 * np.pi)
     pixfrac = rng.uniform(0.5, 1.0)
     shape = (int(rng.integers(24, 44)), int(rng.integers(24, 44)))
     out_shape = (int(shape[0] / scale * rng.uniform(0.7, 1.2)),
@@ -127,10 +133,42 @@ def compare(ours, ref):
     return result
 
 
+#: Scenes besides random ones: native scale; grids twice as fine with
+#: pixfrac 1 (drops over 3 x 3 output pixels, nearly all of a row: the
+#: square kernel takes them by blocks); grids 0.5-0.75 times the input pixel
+#: with pixfrac 0.5-1 (drops over 2 x 2 to 3 x 3, mixed in a row); grids
+#: down to a quarter (drops up to 4 x 4 and beyond).
+SCENES = {"native": dict(seed=4, native=True),
+          "fine": dict(seed=5, fine=(0.49, 0.51), pixfrac=1.0),
+          "fine-pixfrac": dict(seed=6, fine=(0.5, 0.75)),
+          "finest": dict(seed=8, fine=(0.26, 0.4))}
+
+
+def _named_scene(kernel, name):
+    if name not in SCENES:
+        return _scene(kernel, name)
+    options = dict(SCENES[name])
+    pixfrac = options.pop("pixfrac", None)
+    scene = _scene(kernel, **options)
+    if pixfrac is not None:
+        scene["pixfrac"] = pixfrac
+    return scene
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("seed", [1, 2, 3, "native"])
 def test_kernel_matches_drizzle_package(kernel, seed):
-    scene = _scene(kernel, 4, native=True) if seed == "native" else _scene(kernel, seed)
+    _check_against_drizzle_package(_named_scene(kernel, seed))
+
+
+@pytest.mark.parametrize("seed", ["fine", "fine-pixfrac", "finest", 9, 10])
+def test_square_kernel_matches_drizzle_package_on_finer_grids(seed):
+    scene = (_named_scene("square", seed) if seed in SCENES
+             else _scene("square", seed, fine=(0.45, 0.75)))
+    _check_against_drizzle_package(scene)
+
+
+def _check_against_drizzle_package(scene):
     diff = compare(_ours(scene), _oracle(scene))
     assert diff["pixels"] > 100
     assert diff["weight"] < 1e-6, diff
@@ -140,9 +178,10 @@ def test_kernel_matches_drizzle_package(kernel, seed):
     assert diff["residue_weight"] < 1e-6, diff
 
 
-@pytest.mark.parametrize("kernel", ["square", "lanczos3", "turbo"])
-def test_tile_receives_exactly_what_the_whole_grid_does(kernel):
-    scene = _scene(kernel, 7)
+@pytest.mark.parametrize(("kernel", "seed"), [("square", 7), ("lanczos3", 7), ("turbo", 7),
+                                             ("square", "fine"), ("square", "fine-pixfrac")])
+def test_tile_receives_exactly_what_the_whole_grid_does(kernel, seed):
+    scene = _named_scene(kernel, seed)
     whole = _ours(scene)
     ny, nx = scene["out_shape"]
     y0, x0 = ny // 3, nx // 4
@@ -260,7 +299,7 @@ def test_two_threads_overlap_in_time_and_agree():
             np.testing.assert_array_equal(out["variances"][k], serial["variances"][k])
 
 
-def _mapped_scene(size=(130, 150), distortion=True, seed=3):
+def _mapped_scene(size=(130, 150), distortion=True, seed=3, pixel_scale_ratio=1.0):
     """A distorted simulator detector onto a free grid, with its mapper."""
     from romosaic.resample import free_grid
     from romosaic.resample.pixmap import PixelMapper
@@ -269,7 +308,7 @@ def _mapped_scene(size=(130, 150), distortion=True, seed=3):
     placements = plan_layout(np.random.default_rng(seed), ra=80.0, dec=-30.0, n_exposures=2,
                              n_detectors=1, size=max(size), distortion=distortion)
     wcs_a, wcs_b = (build_gwcs(p) for p in placements)
-    grid = free_grid([(wcs_a, size), (wcs_b, size)])
+    grid = free_grid([(wcs_a, size), (wcs_b, size)], pixel_scale_ratio=pixel_scale_ratio)
     mapper = PixelMapper(wcs_b, grid.wcs, size, stepsize=10)
     rng = np.random.default_rng(seed)
     data = rng.normal(1.0, 0.3, size).astype(np.float32)
@@ -278,12 +317,13 @@ def _mapped_scene(size=(130, 150), distortion=True, seed=3):
     return mapper, grid.shape, data, weight, variances
 
 
-@pytest.mark.parametrize("pixfrac", [1.0, 0.7])
-def test_square_kernel_on_a_mapper_matches_its_pixel_map(pixfrac):
+@pytest.mark.parametrize(("pixfrac", "scale"), [(1.0, 1.0), (0.7, 1.0), (1.0, 0.5), (0.7, 0.5)])
+def test_square_kernel_on_a_mapper_matches_its_pixel_map(pixfrac, scale):
     """Given a PixelMapper, the square kernel evaluates its splines row by
     row; the result is that of the mapper's pixel map to within the rounding
-    of the spline evaluation, for the whole image and for a rectangle of it."""
-    mapper, out_shape, data, weight, variances = _mapped_scene()
+    of the spline evaluation, for the whole image and for a rectangle of it,
+    on a grid as fine as the input and on one twice as fine."""
+    mapper, out_shape, data, weight, variances = _mapped_scene(pixel_scale_ratio=scale)
     assert mapper.spline_coefficients() is not None
     ny, nx = mapper.shape
     for rows, cols in [((0, ny), (0, nx)), ((17, 101), (40, 133))]:

@@ -478,6 +478,152 @@ quad_cells(const double *px, const double *py, double *cell)
     quad_overlaps_2x2(px, py, cell);
 }
 
+/* Largest box side (in output pixels) of quad_overlaps_box: drops on output
+ * grids down to about a quarter of the input pixel size. */
+#define BOX_MAX 4
+
+/* The contribution of one piece of a drop's edge to the one row it lies in,
+ * as edge_piece adds it; 0 when the piece leaves that row (after rounding)
+ * or is empty. */
+static inline int
+box_piece(
+    long c, long row, double xl, double yl, double xr, double slope, double sgn, double *add,
+    double *full)
+{
+    double xa = dmax(xl, (double) c - 0.5);
+    double xb = dmin(xr, (double) c + 0.5);
+    double W = xb - xa, ya, yb;
+
+    if (W <= 0.0) {
+        *add = *full = 0.0;
+        return 1;
+    }
+    ya = yl + slope * (xa - xl);
+    yb = yl + slope * (xb - xl);
+    *full = sgn * W;
+    *add = *full * (0.5 * (ya + yb) - ((double) row - 0.5));
+    return local_floor(dmin(ya, yb) + 0.5) == row && local_floor(dmax(ya, yb) + 0.5) == row;
+}
+
+/* The contributions of a drop's side edge, from (x0, y0) to (x1, y1), lying
+ * in local column c and crossing every one of the nyl rows, as edge_piece
+ * adds them (add[r] for row r). Returns 0 when the edge, after rounding, does
+ * not reach from the bottom row to the top one or is nearly flat. */
+static inline int
+box_side(double x0, double y0, double x1, double y1, long c, long nyl, double *add)
+{
+    double dx = x1 - x0, xl, yl, xr, yr, sgn, dy, slope, f, xa, xb, ya, yb, ylo, yhi;
+    long r;
+
+    if (dx == 0.0) {
+        for (r = 0; r < nyl; ++r) {
+            add[r] = 0.0;
+        }
+        return 1;
+    }
+    if (dx > 0.0) {
+        sgn = 1.0;
+        xl = x0;
+        yl = y0;
+        xr = x1;
+        yr = y1;
+    } else {
+        sgn = -1.0;
+        xl = x1;
+        yl = y1;
+        xr = x0;
+        yr = y0;
+    }
+    dy = yr - yl;
+    slope = dy / (xr - xl);
+    f = dy != 0.0 ? sgn * (xr - xl) / dy : 0.0;
+    xa = dmax(xl, (double) c - 0.5);
+    xb = dmin(xr, (double) c + 0.5);
+    ya = yl + slope * (xa - xl);
+    yb = yl + slope * (xb - xl);
+    ylo = dmin(ya, yb);
+    yhi = dmax(ya, yb);
+    if (!(xb - xa > 0.0) || !(ylo + 0.5 < 1.0) || local_floor(yhi + 0.5) != nyl - 1 ||
+        !(yhi - ylo > FLAT_PIECE)) {
+        return 0;
+    }
+    for (r = 0; r < nyl; ++r) {
+        double bottom = (double) r - 0.5;
+        add[r] = f * (clamp_integral(yb - bottom) - clamp_integral(ya - bottom));
+    }
+    return 1;
+}
+
+/* quad_overlaps for the usual drop on an output grid finer than the input:
+ * a box of nxl x nyl cells (2 to BOX_MAX each), one vertex in each corner
+ * cell, clockwise from the top left. Each edge then lies in one row (top,
+ * bottom) or one column (sides) of the box, so the pieces and rows that
+ * quad_overlaps finds by search are known, and its sums are formed here in
+ * the same order: the result is the same to the bit, without its loops,
+ * branches and buffers. Returns 0, with cell undefined, when the drop is
+ * not of this kind (quad_overlaps must then be used). cell[r * BOX_MAX + c]. */
+static int
+quad_overlaps_box(const double *px, const double *py, long nxl, long nyl, double *cell)
+{
+    long top = nyl - 1, right = nxl - 1, c, r;
+    double slope, sgn, top_full[BOX_MAX], add, side[BOX_MAX];
+
+    /* vertex k's column and row, as quad_overlaps's clamped floors find them */
+    if (!(px[0] + 0.5 < 1.0) || !(px[3] + 0.5 < 1.0) || local_floor(px[1] + 0.5) != right ||
+        local_floor(px[2] + 0.5) != right || !(py[2] + 0.5 < 1.0) || !(py[3] + 0.5 < 1.0) ||
+        local_floor(py[0] + 0.5) != top || local_floor(py[1] + 0.5) != top) {
+        return 0;
+    }
+    for (r = 0; r < nyl; ++r) {
+        for (c = 0; c < nxl; ++c) {
+            cell[r * BOX_MAX + c] = 0.0;
+        }
+    }
+    /* edge 0, the top (v0 to v1, rightwards): one piece per column, in the
+     * top row; the rows below it are added as a step, at the end */
+    slope = (py[1] - py[0]) / (px[1] - px[0]);
+    for (c = 0; c < nxl; ++c) {
+        if (!box_piece(c, top, px[0], py[0], px[1], slope, 1.0, &add, &top_full[c])) {
+            return 0;
+        }
+        cell[top * BOX_MAX + c] += add;
+    }
+    /* edge 1, the right side */
+    if (!box_side(px[1], py[1], px[2], py[2], right, nyl, side)) {
+        return 0;
+    }
+    for (r = 0; r < nyl; ++r) {
+        cell[r * BOX_MAX + right] += side[r];
+    }
+    /* edge 2, the bottom (v2 to v3, leftwards: negative area) */
+    slope = (py[2] - py[3]) / (px[2] - px[3]);
+    sgn = -1.0;
+    for (c = 0; c < nxl; ++c) {
+        double full;
+        if (!box_piece(c, 0, px[3], py[3], px[2], slope, sgn, &add, &full)) {
+            return 0;
+        }
+        cell[c] += add;
+    }
+    /* edge 3, the left side */
+    if (!box_side(px[3], py[3], px[0], py[0], 0, nyl, side)) {
+        return 0;
+    }
+    for (r = 0; r < nyl; ++r) {
+        cell[r * BOX_MAX] += side[r];
+    }
+    /* the step: the top edge's full width in every row below it, which
+     * quad_overlaps accumulates as full, then full - full = 0 */
+    for (c = 0; c < nxl; ++c) {
+        double run = 0.0 + top_full[c], none = run + (0.0 - top_full[c]);
+        for (r = 0; r < top; ++r) {
+            cell[r * BOX_MAX + c] += run;
+        }
+        cell[top * BOX_MAX + c] += none;
+    }
+    return 1;
+}
+
 /* ------------------------------------------------------------------------
  * The pixel map from its spline representation.
  */
@@ -694,43 +840,50 @@ corner_row(const double *row, Py_ssize_t nx, long off, double frac, double *ox, 
     }
 }
 
-/* floor of a value clamped to +-1e9 (as a double), by an integer conversion
- * that vectorises */
+/* 1.5 * 2^52: adding and subtracting it rounds a double of magnitude below
+ * 2^51 to an integer (in the default rounding mode, to the nearest) */
+#define ROUND_SHIFT 6755399441055744.0
+
+/* floor of a value clamped to +-1e9 (as a double), without an integer
+ * conversion, which the compiler would not run on several columns at a time
+ * (a conversion of a value out of range traps; here the clamp, which the
+ * compiler may make a branch, would guard it) */
 static inline double
 vfloor(double v)
 {
     double t;
 
     v = dmin(dmax(v, -1e9), 1e9);
-    t = (double) (int) v;
+    t = (v + ROUND_SHIFT) - ROUND_SHIFT;
     return t - (v < t ? 1.0 : 0.0);
 }
 
 /* The geometry of a row of drops, before any input value is read: for each
  * column i, with corners (x[k][i], y[k][i]) clockwise from the top left,
- * fast[i] = 1 when the drop is the usual one (finite, one vertex in each cell
- * of a 2 x 2 box of output pixels, in clockwise order from the top left),
- * and then its box's lower-left output pixel (bx, by), its area (jaco) and
- * its overlaps with the four cells. The loop has no branches, so that it
- * runs several columns at a time; the others are left to the general path. */
+ * fast[i] = 1 when the drop is the usual one at native pixel size (finite,
+ * one vertex in each cell of a 2 x 2 box of output pixels, in clockwise
+ * order from the top left), and then its box's lower-left output pixel
+ * (bx, by) and its area (jaco); row_cells adds its overlaps with the four
+ * cells. The loops have no branches, so that they run several columns at a
+ * time; the other drops are left to the general path. */
 typedef struct {
     double *x[4], *y[4];
     double *cell[4], *jaco, *bx, *by;
     unsigned char *fast;
 } row_geometry_t;
 
-static void
-row_geometry(const row_geometry_t *G, Py_ssize_t nx)
+/* Returns the number of fast drops; *n_wide: the number of drops whose box
+ * is more than 2 output pixels wide or tall (on finer grids). */
+static Py_ssize_t
+row_geometry(const row_geometry_t *G, Py_ssize_t nx, Py_ssize_t *n_wide)
 {
     const double *restrict x0 = G->x[0], *restrict x1 = G->x[1], *restrict x2 = G->x[2],
                            *restrict x3 = G->x[3];
     const double *restrict y0 = G->y[0], *restrict y1 = G->y[1], *restrict y2 = G->y[2],
                            *restrict y3 = G->y[3];
-    double *restrict c0 = G->cell[0], *restrict c1 = G->cell[1], *restrict c2 = G->cell[2],
-                     *restrict c3 = G->cell[3];
     double *restrict jaco = G->jaco, *restrict bx = G->bx, *restrict by = G->by;
     unsigned char *restrict fast = G->fast;
-    Py_ssize_t i;
+    Py_ssize_t i, n = 0, wide = 0;
 
     for (i = 0; i < nx; ++i) {
         double minx = dmin(dmin(x0[i], x1[i]), dmin(x2[i], x3[i]));
@@ -739,8 +892,54 @@ row_geometry(const row_geometry_t *G, Py_ssize_t nx)
         double maxy = dmax(dmax(y0[i], y1[i]), dmax(y2[i], y3[i]));
         double fx = vfloor(minx + 0.5), fy = vfloor(miny + 0.5);
         double X = fx + 0.5, Y = fy + 0.5;
-        double cx[4], cy[4], cell[4];
         int ok;
+
+        /* NaN fails every comparison */
+        ok = (x0[i] - X < 0.0) & (x3[i] - X < 0.0) & (x1[i] - X > 0.0) & (x2[i] - X > 0.0) &
+             (y0[i] - Y > 0.0) & (y1[i] - Y > 0.0) & (y2[i] - Y < 0.0) & (y3[i] - Y < 0.0) &
+             (maxx < X + 1.0) & (maxy < Y + 1.0) & (minx > -1e9) & (maxx < 1e9) &
+             (miny > -1e9) & (maxy < 1e9);
+        jaco[i] = 0.5 * ((x1[i] - x3[i]) * (y0[i] - y2[i]) - (x0[i] - x2[i]) * (y1[i] - y3[i]));
+        bx[i] = fx;
+        by[i] = fy;
+        fast[i] = (unsigned char) ok;
+        n += ok;
+        wide += (vfloor(maxx + 0.5) - fx >= 2.0) | (vfloor(maxy + 0.5) - fy >= 2.0);
+    }
+    *n_wide = wide;
+    return n;
+}
+
+/* The four overlaps of drop i, whose box row_geometry found. */
+static inline void
+drop_cells(const row_geometry_t *G, Py_ssize_t i, double *cell)
+{
+    double X = G->bx[i] + 0.5, Y = G->by[i] + 0.5, cx[4], cy[4];
+    int k;
+
+    for (k = 0; k < 4; ++k) {
+        cx[k] = G->x[k][i] - X;
+        cy[k] = G->y[k][i] - Y;
+    }
+    quad_overlaps_regular(cx, cy, cell);
+}
+
+/* drop_cells for every column of the row, into G->cell (the same values,
+ * several columns at a time): worth it when most drops are fast. */
+static void
+row_cells(const row_geometry_t *G, Py_ssize_t nx)
+{
+    const double *restrict x0 = G->x[0], *restrict x1 = G->x[1], *restrict x2 = G->x[2],
+                           *restrict x3 = G->x[3];
+    const double *restrict y0 = G->y[0], *restrict y1 = G->y[1], *restrict y2 = G->y[2],
+                           *restrict y3 = G->y[3];
+    const double *restrict bx = G->bx, *restrict by = G->by;
+    double *restrict c0 = G->cell[0], *restrict c1 = G->cell[1], *restrict c2 = G->cell[2],
+                     *restrict c3 = G->cell[3];
+    Py_ssize_t i;
+
+    for (i = 0; i < nx; ++i) {
+        double X = bx[i] + 0.5, Y = by[i] + 0.5, cx[4], cy[4], cell[4];
 
         cx[0] = x0[i] - X;
         cx[1] = x1[i] - X;
@@ -750,20 +949,218 @@ row_geometry(const row_geometry_t *G, Py_ssize_t nx)
         cy[1] = y1[i] - Y;
         cy[2] = y2[i] - Y;
         cy[3] = y3[i] - Y;
-        /* NaN fails every comparison */
-        ok = (cx[0] < 0.0) & (cx[3] < 0.0) & (cx[1] > 0.0) & (cx[2] > 0.0) & (cy[0] > 0.0) &
-             (cy[1] > 0.0) & (cy[2] < 0.0) & (cy[3] < 0.0) & (maxx < X + 1.0) &
-             (maxy < Y + 1.0) & (minx > -1e9) & (maxx < 1e9) & (miny > -1e9) & (maxy < 1e9);
         quad_overlaps_regular(cx, cy, cell);
         c0[i] = cell[0];
         c1[i] = cell[1];
         c2[i] = cell[2];
         c3[i] = cell[3];
-        jaco[i] = 0.5 * ((x1[i] - x3[i]) * (y0[i] - y2[i]) - (x0[i] - x2[i]) * (y1[i] - y3[i]));
-        bx[i] = fx;
-        by[i] = fy;
-        fast[i] = (unsigned char) ok;
     }
+}
+
+/* Drops per block of row_boxes. */
+#define BOX_BLOCK 64
+
+/* Where the compiler can make them, a copy of the loops below for CPUs with
+ * AVX2 (four columns at a time), chosen when the module loads. The
+ * arithmetic is the same, without fused multiply-adds, so that the results
+ * are the same to the bit on any CPU. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/* local_floor(v) == k, for k >= 1, by comparisons (a conversion to an
+ * integer would keep the loop below from running several columns at once) */
+static inline long
+floor_is(double v, double k)
+{
+    return (v >= k) & (v < k + 1.0);
+}
+
+/* The contributions of a side edge from (x0, y0) to (x1, y1) in column col,
+ * to rows 0 .. BOX_MAX - 1, as box_side makes them (those of rows beyond
+ * the box are not used); *ok is cleared when box_side would fail. */
+static inline void
+box_side_lane(
+    double x0, double y0, double x1, double y1, double col, double nyl, double *add, long *ok)
+{
+    double dx = x1 - x0;
+    long nz = dx != 0.0, gt = dx > 0.0;
+    double xl = gt ? x0 : x1, yl = gt ? y0 : y1, xr = gt ? x1 : x0, yr = gt ? y1 : y0;
+    double sgn = gt ? 1.0 : -1.0, dy = yr - yl;
+    /* every value computed, then selected: a loop without branches */
+    double slope = dy / (xr - xl), fq = sgn * (xr - xl) / dy, f = dy != 0.0 ? fq : 0.0;
+    double xa = dmax(xl, col - 0.5), xb = dmin(xr, col + 0.5);
+    double ya = yl + slope * (xa - xl), yb = yl + slope * (xb - xl);
+    double ylo = dmin(ya, yb), yhi = dmax(ya, yb);
+    int r;
+
+    *ok &= (!nz) | ((xb - xa > 0.0) & (ylo + 0.5 < 1.0) & floor_is(yhi + 0.5, nyl - 1.0) &
+                    (yhi - ylo > FLAT_PIECE));
+#pragma GCC unroll 4
+    for (r = 0; r < BOX_MAX; ++r) {
+        double bottom = (double) r - 0.5;
+        double a = f * (clamp_integral(yb - bottom) - clamp_integral(ya - bottom));
+        add[r] = nz ? a : 0.0;
+    }
+}
+
+/* quad_overlaps_box for the drops of columns i0 .. i0 + n - 1 of a row (n at
+ * most BOX_BLOCK), several at a time: cell[r * BOX_MAX + c][i - i0], and
+ * ok[i - i0] = 1 where quad_overlaps_box succeeds (elsewhere the cells are
+ * meaningless). Every cell of the box receives the same terms in the same
+ * order as there, with zeros added for the terms it lacks, so the overlaps
+ * are the same to the bit. The work is split into short loops, each simple
+ * enough for the compiler to run on several columns at a time. */
+typedef struct {
+    double cell[BOX_MAX * BOX_MAX][BOX_BLOCK];
+    unsigned char ok[BOX_BLOCK];
+    /* scratch: vertices in box coordinates, box size, pieces, sides */
+    double px[4][BOX_BLOCK], py[4][BOX_BLOCK], top[BOX_BLOCK], right[BOX_BLOCK];
+    double tfull[BOX_MAX][BOX_BLOCK], tadd[BOX_MAX][BOX_BLOCK], badd[BOX_MAX][BOX_BLOCK];
+    double rs[BOX_MAX][BOX_BLOCK], ls[BOX_MAX][BOX_BLOCK];
+    long good[BOX_BLOCK];
+} box_block_t;
+
+VECTOR_CLONES static void
+row_boxes(const row_geometry_t *G, Py_ssize_t i0, Py_ssize_t n, box_block_t *restrict B)
+{
+    const double *restrict x0 = G->x[0] + i0, *restrict x1 = G->x[1] + i0,
+                           *restrict x2 = G->x[2] + i0, *restrict x3 = G->x[3] + i0;
+    const double *restrict y0 = G->y[0] + i0, *restrict y1 = G->y[1] + i0,
+                           *restrict y2 = G->y[2] + i0, *restrict y3 = G->y[3] + i0;
+    Py_ssize_t j;
+    int c, r;
+
+    /* the box, the vertices in its coordinates, and their cells */
+    for (j = 0; j < n; ++j) {
+        double minx = dmin(dmin(x0[j], x1[j]), dmin(x2[j], x3[j]));
+        double maxx = dmax(dmax(x0[j], x1[j]), dmax(x2[j], x3[j]));
+        double miny = dmin(dmin(y0[j], y1[j]), dmin(y2[j], y3[j]));
+        double maxy = dmax(dmax(y0[j], y1[j]), dmax(y2[j], y3[j]));
+        double lx = vfloor(minx + 0.5), ly = vfloor(miny + 0.5);
+        double nxl = vfloor(maxx + 0.5) - lx + 1.0, nyl = vfloor(maxy + 0.5) - ly + 1.0;
+        double top = nyl - 1.0, right = nxl - 1.0;
+        double px0 = x0[j] - lx, px1 = x1[j] - lx, px2 = x2[j] - lx, px3 = x3[j] - lx;
+        double py0 = y0[j] - ly, py1 = y1[j] - ly, py2 = y2[j] - ly, py3 = y3[j] - ly;
+
+        B->good[j] = (minx > -1e9) & (maxx < 1e9) & (miny > -1e9) & (maxy < 1e9) &
+                     (nxl >= 2.0) & (nyl >= 2.0) & (nxl <= BOX_MAX) & (nyl <= BOX_MAX) &
+                     (px0 + 0.5 < 1.0) & (px3 + 0.5 < 1.0) & floor_is(px1 + 0.5, right) &
+                     floor_is(px2 + 0.5, right) & (py2 + 0.5 < 1.0) & (py3 + 0.5 < 1.0) &
+                     floor_is(py0 + 0.5, top) & floor_is(py1 + 0.5, top);
+        B->px[0][j] = px0;
+        B->px[1][j] = px1;
+        B->px[2][j] = px2;
+        B->px[3][j] = px3;
+        B->py[0][j] = py0;
+        B->py[1][j] = py1;
+        B->py[2][j] = py2;
+        B->py[3][j] = py3;
+        B->top[j] = top;
+        B->right[j] = right;
+    }
+    /* the pieces of the top (sgn 1) and bottom (sgn -1) edges, box_piece */
+    for (c = 0; c < BOX_MAX; ++c) {
+        double cm = (double) c - 0.5, cp = (double) c + 0.5;
+        for (j = 0; j < n; ++j) {
+            double px0 = B->px[0][j], px1 = B->px[1][j], px2 = B->px[2][j], px3 = B->px[3][j];
+            double py0 = B->py[0][j], py1 = B->py[1][j], py2 = B->py[2][j], py3 = B->py[3][j];
+            double top = B->top[j];
+            double st = (py1 - py0) / (px1 - px0), sb = (py2 - py3) / (px2 - px3);
+            double xa = dmax(px0, cm), xb = dmin(px1, cp), W = xb - xa;
+            double ya = py0 + st * (xa - px0), yb = py0 + st * (xb - px0);
+            double add = W * (0.5 * (ya + yb) - (top - 0.5));
+            long pos = W > 0.0, ok;
+
+            B->tfull[c][j] = pos ? W : 0.0;
+            B->tadd[c][j] = pos ? add : 0.0;
+            ok = (!pos) | ((dmin(ya, yb) + 0.5 >= top) & (dmax(ya, yb) + 0.5 < top + 1.0));
+            xa = dmax(px3, cm);
+            xb = dmin(px2, cp);
+            W = xb - xa;
+            ya = py3 + sb * (xa - px3);
+            yb = py3 + sb * (xb - px3);
+            add = (-1.0 * W) * (0.5 * (ya + yb) - (0.0 - 0.5));
+            pos = W > 0.0;
+            B->badd[c][j] = pos ? add : 0.0;
+            /* local_floor(v) == 0: -1 < v < 1 */
+            ok &= (!pos) | ((dmin(ya, yb) + 0.5 > -1.0) & (dmax(ya, yb) + 0.5 < 1.0));
+            B->good[j] &= ok;
+        }
+    }
+    /* the sides */
+    for (j = 0; j < n; ++j) {
+        long ok = B->good[j];
+        double nyl = B->top[j] + 1.0, rs[BOX_MAX], ls[BOX_MAX];
+
+        box_side_lane(B->px[1][j], B->py[1][j], B->px[2][j], B->py[2][j], B->right[j], nyl, rs,
+                      &ok);
+        box_side_lane(B->px[3][j], B->py[3][j], B->px[0][j], B->py[0][j], 0.0, nyl, ls, &ok);
+        for (r = 0; r < BOX_MAX; ++r) {
+            B->rs[r][j] = rs[r];
+            B->ls[r][j] = ls[r];
+        }
+        B->good[j] = ok;
+        B->ok[j] = (unsigned char) ok;
+    }
+    /* the cells, in the order of quad_overlaps_box's sums */
+    for (r = 0; r < BOX_MAX; ++r) {
+        for (c = 0; c < BOX_MAX; ++c) {
+            double *restrict out = B->cell[r * BOX_MAX + c];
+            for (j = 0; j < n; ++j) {
+                double top = B->top[j], tf = B->tfull[c][j];
+                double run = 0.0 + tf, none = run + (0.0 - tf), acc = 0.0;
+                acc += (double) r == top ? B->tadd[c][j] : 0.0;
+                acc += (double) c == B->right[j] ? B->rs[r][j] : 0.0;
+                acc += r == 0 ? B->badd[c][j] : 0.0;
+                acc += c == 0 ? B->ls[r][j] : 0.0;
+                acc += (double) r < top ? run : ((double) r == top ? none : 0.0);
+                out[j] = acc;
+            }
+        }
+    }
+}
+
+/* Deposit a drop's overlaps with the cells of its box (cell[r * stride + c]
+ * for box cell (c, r)): the box's lower left at grid pixel (bi0, bj0), nxl x
+ * nyl cells, clipped to grid columns c0..c1 and rows r0..r1 of the arrays.
+ * w: the pixel's weight over the drop's area. Counts the pixel as used when
+ * it deposits anything. */
+static inline void
+deposit_box(
+    job_t *J, const double *cell, long stride, long bi0, long bj0, long nxl, long nyl, long c0,
+    long c1, long r0, long r1, float d, double w, const float *v)
+{
+    long c, r;
+    int hit = 0;
+
+    if (c0 == bi0 && c1 == bi0 + nxl - 1 && r0 == bj0 && r1 == bj0 + nyl - 1) {
+        /* the whole box within the arrays: indices step from one corner */
+        Py_ssize_t k0 = (Py_ssize_t) (bj0 - (long) J->gy0) * J->out_nx +
+                        (Py_ssize_t) (bi0 - (long) J->gx0);
+        for (r = 0; r < nyl; ++r) {
+            for (c = 0; c < nxl; ++c) {
+                double a = cell[r * stride + c];
+                if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
+                    deposit_at(J, k0 + r * J->out_nx + c, d, (float) (a * w), v);
+                    hit = 1;
+                }
+            }
+        }
+    } else {
+        for (r = r0; r <= r1; ++r) {
+            for (c = c0; c <= c1; ++c) {
+                double a = cell[(r - bj0) * stride + (c - bi0)];
+                if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
+                    deposit(J, c, r, d, (float) (a * w), v);
+                    hit = 1;
+                }
+            }
+        }
+    }
+    J->n_used += hit;
 }
 
 static int
@@ -775,6 +1172,7 @@ kernel_square(job_t *J)
     long off_m = ifloor(-h), off_p = ifloor(h);
     double frac_m = -h - (double) off_m, frac_p = h - (double) off_p;
     double *lo = NULL, *hi = NULL, *geo = NULL;
+    box_block_t *boxes = NULL;
     row_geometry_t G;
     float v[MAX_PLANES];
     int k;
@@ -782,13 +1180,15 @@ kernel_square(job_t *J)
     lo = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
     hi = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
     geo = (double *) malloc(sizeof(double) * 15 * (size_t) nx + (size_t) nx);
+    boxes = (box_block_t *) malloc(sizeof(box_block_t));
     /* the rows from floor(j - h) to floor(j + h) + 1 at once, and the next
      * row's without evaluating again */
-    if (!lo || !hi || !geo ||
+    if (!lo || !hi || !geo || !boxes ||
         (J->spline && spline_setup(J->spline, nx, (int) (off_p - off_m) + 3))) {
         free(lo);
         free(hi);
         free(geo);
+        free(boxes);
         J->failed = 1;
         return 1;
     }
@@ -803,7 +1203,10 @@ kernel_square(job_t *J)
     G.fast = (unsigned char *) (geo + (size_t) 15 * nx);
 
     for (j = 0; j < ny; ++j) {
-        int rows_ready = 0;
+        /* boxes_ready: -1 drops one by one, 0 or 1 by blocks (1: the block
+         * of box_begin .. box_end - 1 is ready) */
+        int rows_ready = 0, cells_ready = 0, boxes_ready = -1;
+        Py_ssize_t n_fast, n_wide, box_begin = 0, box_end = 0;
 
         for (i = 0; i < nx; ++i) {
             double w, x[4], y[4], jaco, minx, maxx, miny, maxy, lx0, ly0;
@@ -825,11 +1228,22 @@ kernel_square(job_t *J)
                 corner_row(hi, nx, off_p, frac_p, G.x[1], G.y[1]);
                 corner_row(lo, nx, off_p, frac_p, G.x[2], G.y[2]);
                 corner_row(lo, nx, off_m, frac_m, G.x[3], G.y[3]);
-                row_geometry(&G, nx);
+                /* on grids finer than the input, few drops are fast: their
+                 * overlaps are then found one by one, as they come */
+                n_fast = row_geometry(&G, nx, &n_wide);
+                /* blocks compute every drop's boxes: worth it only when
+                 * nearly all are wider than 2 x 2 */
+                boxes_ready = 8 * n_wide >= 7 * nx ? 0 : -1;
+                cells_ready = 3 * n_fast >= nx;
+                if (cells_ready) {
+                    row_cells(&G, nx);
+                }
                 rows_ready = 1;
             }
             if (G.fast[i]) {
-                /* the usual drop: its 2 x 2 box and overlaps are known */
+                /* the usual drop at native pixel size: its 2 x 2 box is known */
+                double cell[4];
+
                 jaco = G.jaco[i];
                 bi0 = (long) G.bx[i];
                 bj0 = (long) G.by[i];
@@ -840,32 +1254,14 @@ kernel_square(job_t *J)
                 if (c0 > c1 || r0 > r1 || jaco == 0.0) {
                     continue;
                 }
-                w = w / jaco;
-                if (c0 == bi0 && c1 == bi0 + 1 && r0 == bj0 && r1 == bj0 + 1) {
-                    /* the whole box within the arrays: one index */
-                    Py_ssize_t k0 = (Py_ssize_t) (bj0 - (long) J->gy0) * J->out_nx +
-                                    (Py_ssize_t) (bi0 - (long) J->gx0);
+                if (cells_ready) {
                     for (k = 0; k < 4; ++k) {
-                        double a = G.cell[k][i];
-                        if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
-                            deposit_at(J, k0 + (k >> 1) * J->out_nx + (k & 1), d,
-                                       (float) (a * w), v);
-                            hit = 1;
-                        }
+                        cell[k] = G.cell[k][i];
                     }
-                    J->n_used += hit;
-                    continue;
+                } else {
+                    drop_cells(&G, i, cell);
                 }
-                for (r = r0; r <= r1; ++r) {
-                    for (c = c0; c <= c1; ++c) {
-                        double a = G.cell[(r - bj0) * 2 + (c - bi0)][i];
-                        if (a > AREA_RESIDUE || a < -AREA_RESIDUE) {
-                            deposit(J, c, r, d, (float) (a * w), v);
-                            hit = 1;
-                        }
-                    }
-                }
-                J->n_used += hit;
+                deposit_box(J, cell, 2, bi0, bj0, 2, 2, c0, c1, r0, r1, d, w / jaco, v);
                 continue;
             }
             for (k = 0; k < 4; ++k) {
@@ -931,6 +1327,35 @@ kernel_square(job_t *J)
                 J->n_used += hit;
                 continue;
             }
+            if (nxl >= 2 && nyl >= 2 && nxl <= BOX_MAX && nyl <= BOX_MAX) {
+                double cell[BOX_MAX * BOX_MAX];
+
+                for (k = 0; k < 4; ++k) {
+                    px[k] = x[k] - lx0;
+                    py[k] = y[k] - ly0;
+                }
+                if (boxes_ready >= 0) {
+                    /* the row's wide drops by blocks */
+                    if (!boxes_ready || i >= box_end) {
+                        box_begin = i;
+                        box_end = i + BOX_BLOCK < nx ? i + BOX_BLOCK : nx;
+                        row_boxes(&G, box_begin, box_end - box_begin, boxes);
+                        boxes_ready = 1;
+                    }
+                    if (boxes->ok[i - box_begin]) {
+                        for (k = 0; k < BOX_MAX * BOX_MAX; ++k) {
+                            cell[k] = boxes->cell[k][i - box_begin];
+                        }
+                        deposit_box(J, cell, BOX_MAX, bi0, bj0, nxl, nyl, c0, c1, r0, r1, d,
+                                    w, v);
+                        continue;
+                    }
+                } else if (quad_overlaps_box(px, py, nxl, nyl, cell)) {
+                    deposit_box(J, cell, BOX_MAX, bi0, bj0, nxl, nyl, c0, c1, r0, r1, d,
+                                w, v);
+                    continue;
+                }
+            }
             ncell = (size_t) ((nxl + 1) * (nyl + 1));
             if (2 * ncell > J->area_cap) {
                 double *na = (double *) realloc(J->area, sizeof(double) * 2 * ncell);
@@ -939,6 +1364,7 @@ kernel_square(job_t *J)
                     free(lo);
                     free(hi);
                     free(geo);
+                    free(boxes);
                     return 1;
                 }
                 J->area = na;
@@ -968,6 +1394,7 @@ kernel_square(job_t *J)
     free(lo);
     free(hi);
     free(geo);
+    free(boxes);
     return 0;
 }
 
