@@ -302,3 +302,92 @@ def test_pixel_mapper_regions_equal_the_whole_map():
     # ...and at most two node cells (10 pixels each) more each side.
     assert r1 - r0 <= np.ptp(rows) + 1 + 2 * 21 and c1 - c0 <= np.ptp(cols) + 1 + 2 * 21
     assert mapper.input_region_for((1e6, 1e6 + 10), (0, 10)) is None
+
+
+def test_interpolation_equals_zero_filled_map_coordinates_at_holes_edges_and_grid_points():
+    from scipy import ndimage
+
+    from romosaic.outlier.detect import _interpolate
+
+    rng = np.random.default_rng(6)
+    median = rng.normal(1.0, 0.2, (40, 50)).astype(np.float32)
+    median[10:13, 20:24] = np.nan
+    median[0, :] = np.nan
+    median[:, -1] = np.nan
+    # Random points, points on pixel rows and columns (a hole next to them
+    # gets zero weight), and points on and beyond the edges.
+    y = np.concatenate([rng.uniform(-2, 42, 3000), np.repeat(np.arange(-1.0, 41.0), 51),
+                        np.full(8, 39.0), rng.uniform(0, 39, 8)])
+    x = np.concatenate([rng.uniform(-2, 52, 3000), np.tile(np.arange(-1.0, 50.0), 42),
+                        rng.uniform(0, 49, 8), np.full(8, 49.0)])
+    x[3000:3100] += 0.5  # on pixel rows between columns
+    coordinates = np.array([y, x])
+    holes = np.isnan(median)
+    expected = ndimage.map_coordinates(np.where(holes, 0, median), coordinates, order=1,
+                                       mode="constant", cval=np.nan, prefilter=False)
+    expected[ndimage.map_coordinates(holes.astype(np.float32), coordinates, order=1,
+                                     mode="constant", cval=1.0, prefilter=False) > 0] = np.nan
+    values = _interpolate(median, coordinates)
+    assert np.isnan(values).any() and np.isfinite(values).any()
+    np.testing.assert_array_equal(values.view(np.uint32), expected.view(np.uint32))
+
+
+def test_neighbourhood_half_precision_and_median_shortcuts_equal_their_references():
+    from scipy import ndimage
+
+    from romosaic.outlier.detect import _single_precision
+    from romosaic.outlier.flagging import neighbourhood_3x3
+
+    rng = np.random.default_rng(7)
+    for shape in [(1, 1), (1, 6), (6, 1), (2, 2), (9, 13)]:
+        values = rng.normal(size=shape).astype(np.float32)
+        np.testing.assert_array_equal(neighbourhood_3x3(values, np.maximum),
+                                      ndimage.maximum_filter(values, size=3))
+        seeds = rng.random(shape) < 0.2
+        np.testing.assert_array_equal(neighbourhood_3x3(seeds, np.logical_or),
+                                      ndimage.binary_dilation(seeds, np.ones((3, 3), bool)))
+    half = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    np.testing.assert_array_equal(_single_precision(half).view(np.uint32),
+                                  half.astype(np.float32).view(np.uint32))
+    # The median's selection by masked copies equals indexing by position.
+    for n in (2, 4, 5, 9):
+        stack = rng.normal(size=(n, 30, 20)).astype(np.float32)
+        stack[rng.random(stack.shape) < 0.3] = np.nan
+        ordered = np.sort(stack, axis=0)
+        counts = np.count_nonzero(~np.isnan(stack), axis=0)
+        for low in (False, True):
+            lower = np.take_along_axis(ordered, (np.maximum(counts - 1, 0) // 2)[None], 0)[0]
+            upper = lower if low else np.take_along_axis(
+                ordered, np.minimum(counts // 2, n - 1)[None], 0)[0]
+            expected = np.where(counts == 0, np.float32(np.nan), (lower + upper) * 0.5)
+            np.testing.assert_array_equal(nanmedian_stack(stack, low=low).view(np.uint32),
+                                          expected.astype(np.float32).view(np.uint32))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_stream_over_the_groups_equals_a_drizzle_per_group(threads):
+    from romosaic.outlier.detect import drizzle_group, median_of_group_drizzles, median_of_planes
+    from romosaic.resample.engine import plan_strips
+    from romosaic.resample.planes import PlaneStore
+
+    images = [_rotated_input(seed) for seed in (11, 12, 13)]
+    window = _window_for(images[0])
+    groups = [("a", 1, images[:1]), ("b", 2, images[1:])]
+    store = PlaneStore(window.shape)
+    median_of_group_drizzles([(g, n, iter(i)) for g, n, i in groups], window, store,
+                             threads=threads)
+    strips = plan_strips(*window.shape, bytes_per_pixel=8, threads=threads)
+    expected = PlaneStore(window.shape)
+    names = [drizzle_group(iter(i), window, expected, name=g, n_images=n, strips=strips,
+                           threads=threads) for g, n, i in groups]
+    median_of_planes(expected, names, "median", threads=threads)
+    assert np.isfinite(store.read("median")).mean() > 0.5
+    np.testing.assert_array_equal(store.read("median"), expected.read("median"))
+    assert store.names() == ["median"]
+    for miscounted in ([("a", 2, images[:1]), ("b", 2, images[1:])],
+                       [("a", 1, images[:2]), ("b", 1, images[2:])]):
+        other = PlaneStore(window.shape)
+        with pytest.raises(ValueError, match="images"):
+            median_of_group_drizzles([(g, n, iter(i)) for g, n, i in miscounted], window,
+                                     other, threads=threads)
+        other.close()

@@ -26,6 +26,7 @@ sections and threads change where the arithmetic is done, not its result.
 """
 
 import concurrent.futures
+import functools
 import logging
 import math
 
@@ -101,22 +102,74 @@ def median_of_group_drizzles(groups, window, store, *, threads=1, memory_budget=
     budget = memory_budget if store.on_disk else None
     strips = plan_strips(*window.shape, bytes_per_pixel=_GROUP_BYTES_PER_PIXEL,
                          threads=threads, memory=budget)
+    groups = list(groups)
+
+    def prepared():
+        for position, (_, _, images) in enumerate(groups):
+            for image in images:
+                yield position, prepare_image(image, window.grid, weight_type=weight_type,
+                                              good_bits=good_bits,
+                                              pixmap_stepsize=pixmap_stepsize)
+
+    # One stream over every group: the next group's first image is read
+    # while this group's last one is drizzled and its weights are examined
+    # (with one image a group, a stream per group would overlap nothing).
+    stream = _GroupedStream(prefetch(prepared(), enabled=threads > 1))
     names = []
     try:
-        for position, (group_id, n_images, images) in enumerate(groups):
+        for position, (group_id, n_images, _) in enumerate(groups):
             name = f"group{position}"
-            drizzle_group(images, window, store, name=name, n_images=n_images, strips=strips,
-                          threads=threads, kernel=kernel, pixfrac=pixfrac,
-                          weight_type=weight_type, good_bits=good_bits, maskpt=maskpt,
-                          pixmap_stepsize=pixmap_stepsize)
+            _drizzle_prepared(stream.group(position, n_images), window, store, name=name,
+                              n_images=n_images, strips=strips, threads=threads,
+                              kernel=kernel, pixfrac=pixfrac, maskpt=maskpt)
             names.append(name)
             log.info("group %s drizzled (%d images)", group_id, n_images)
+        stream.close()
         median_of_planes(store, names, "median", threads=threads, memory_budget=memory_budget)
     finally:
+        stream.close()
         for name in names:
             if name in store:
                 store.remove(name)
     return "median"
+
+
+class _GroupedStream:
+    """Hands out, group by group, the items of one stream of ``(group, item)``.
+
+    ``group(position, n)`` yields that group's items, at most ``n`` of them,
+    and stops early at an item of a later group (kept for that group), so a
+    group that has fewer images than announced is caught by its drizzle's
+    count, as with a stream of its own.
+    """
+
+    _NOTHING = object()
+
+    def __init__(self, items):
+        self._items = items
+        self._pending = self._NOTHING
+
+    def group(self, position, n):
+        for _ in range(n):
+            if self._pending is self._NOTHING:
+                self._pending = next(self._items, self._NOTHING)
+                if self._pending is self._NOTHING:
+                    return
+            group, item = self._pending
+            if group > position:
+                return
+            self._pending = self._NOTHING
+            if group < position:
+                raise ValueError(f"exposure group {group} has more images than announced")
+            yield item
+            del item
+
+    def close(self):
+        """Stop the stream (and the thread producing it)."""
+        self._pending = self._NOTHING
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
 
 
 def drizzle_group(images, window, store, *, name, n_images, strips, threads=1,
@@ -151,13 +204,25 @@ def drizzle_group(images, window, store, *, name, n_images, strips, threads=1,
     str
         ``name``.
     """
-    prefix = f"{name}-"
     prepared = (prepare_image(image, window.grid, weight_type=weight_type, good_bits=good_bits,
                               pixmap_stepsize=pixmap_stepsize) for image in images)
+    stream = prefetch(prepared, enabled=threads > 1)
+    try:
+        return _drizzle_prepared(stream, window, store, name=name, n_images=n_images,
+                                 strips=strips, threads=threads, kernel=kernel, pixfrac=pixfrac,
+                                 maskpt=maskpt)
+    finally:
+        stream.close()
+
+
+def _drizzle_prepared(images, window, store, *, name, n_images, strips, threads, kernel,
+                      pixfrac, maskpt):
+    """`drizzle_group` of images already prepared (`prepare_image`)."""
+    prefix = f"{name}-"
     with DrizzleEngine(window, store, strips=strips, n_inputs=n_images, with_context=False,
                        kernel=kernel, pixfrac=pixfrac, threads=threads,
                        prefix=prefix) as engine:
-        for image in prefetch(prepared, enabled=threads > 1):
+        for image in images:
             engine.add(image)
             del image
     used = len(engine.exptimes)
@@ -166,41 +231,84 @@ def drizzle_group(images, window, store, *, name, n_images, strips, threads=1,
         store.remove(data)
         store.remove(weight)
         raise ValueError(f"expected {n_images} images in the group, got {used}")
-    _mask_poorly_sampled(store, data, weight, maskpt=maskpt, strips=strips)
+    _mask_poorly_sampled(store, data, weight, maskpt=maskpt, threads=threads)
     store.remove(weight)
     store.rename(data, name)
     return name
 
 
-def _mask_poorly_sampled(store, data_name, weight_name, *, maskpt, strips):
+def _sections(n_rows):
+    """Rows of a frame worked on at once by `_typical_weight` and the masking:
+    the same whatever the strips and threads."""
+    return [(start, min(n_rows, start + _WEIGHT_SECTION_ROWS))
+            for start in range(0, n_rows, _WEIGHT_SECTION_ROWS)]
+
+
+def _map_sections(function, sections, threads):
+    """``function(section)`` for each section, in threads; results in section order."""
+    if threads <= 1 or len(sections) < 2:
+        return [function(section) for section in sections]
+    with concurrent.futures.ThreadPoolExecutor(threads, "sections") as pool:
+        return list(pool.map(function, sections))
+
+
+def _mask_poorly_sampled(store, data_name, weight_name, *, maskpt, threads=1):
     """Set the group's data to NaN where its weight is below ``maskpt`` × typical."""
-    threshold = maskpt * _typical_weight(store, weight_name)
-    for strip in strips:
-        with store.rows(data_name, strip) as data, store.rows(weight_name, strip) as weight:
-            data[~(weight >= threshold) | (weight <= 0)] = np.nan
+    # One mapping of each file for every pass (a mapping per section would
+    # fault its pages in again each time).
+    weights = store.array(weight_name)
+    threshold = maskpt * _typical_weight(weights, threads=threads)
+    data = store.array(data_name)
+
+    def mask(rows):
+        weight = weights[rows[0]:rows[1]]
+        poor = ~(weight >= threshold)
+        if not threshold > 0:
+            poor |= weight <= 0
+        np.copyto(data[rows[0]:rows[1]], np.float32(np.nan), where=poor)
+
+    _map_sections(mask, _sections(store.shape[0]), threads)
 
 
-def _typical_weight(store, weight_name):
+def _typical_weight(weights, *, threads=1):
     """Sigma-clipped mean of a frame's non-zero weights (3σ, at most 3 rounds).
 
     Each round keeps the weights within 3σ of the previous round's mean; as
     the kept set is always an interval of values, the rounds are sums over
     sections of the frame, never a copy of all the weights. The sections
-    are the same whatever the strips and threads of the drizzle, so the
-    sums, and the mask, are too.
+    are the same whatever the strips and threads of the drizzle, and their
+    sums are added in order, so the sums, and the mask, are too.
+
+    Parameters
+    ----------
+    weights : numpy.ndarray
+        The frame's weights (an array or a mapping of its file).
+    threads : int, optional
+        Sections summed at once.
     """
     # The smallest positive float32: "non-zero weights" as an interval bound.
     low, high = float(np.nextafter(np.float32(0), np.float32(1))), np.inf
+    sections = _sections(weights.shape[0])
+
+    def section_moments(rows, lo, hi):
+        values = weights[rows[0]:rows[1]]
+        kept = (values >= lo) & (values <= hi)
+        count = int(np.count_nonzero(kept))
+        if count == 0:
+            # The masked sums would be 0.0, which adds nothing.
+            return 0, 0.0, 0.0
+        total = float(np.add.reduce(values, axis=None, dtype=np.float64, where=kept))
+        squares = np.multiply(values, values)
+        return count, total, float(np.add.reduce(squares, axis=None, dtype=np.float64,
+                                                 where=kept))
 
     def moments(lo, hi):
         count, total, squares = 0, 0.0, 0.0
-        for start in range(0, store.shape[0], _WEIGHT_SECTION_ROWS):
-            values = store.read(weight_name, rows=(start, start + _WEIGHT_SECTION_ROWS))
-            kept = (values >= lo) & (values <= hi)
-            count += int(np.count_nonzero(kept))
-            total += float(np.add.reduce(values, axis=None, dtype=np.float64, where=kept))
-            np.multiply(values, values, out=values)
-            squares += float(np.add.reduce(values, axis=None, dtype=np.float64, where=kept))
+        for n, t, q in _map_sections(lambda rows: section_moments(rows, lo, hi), sections,
+                                     threads):
+            count += n
+            total += t
+            squares += q
         return count, total, squares
 
     count, total, squares = moments(low, high)
@@ -306,42 +414,74 @@ def blot_median(store, median_name, mapper, window):
         for c0 in range(0, nx, _BLOT_TILE):
             rows, cols = (r0, min(ny, r0 + _BLOT_TILE)), (c0, min(nx, c0 + _BLOT_TILE))
             pixmap = mapper.region(rows, cols)
-            x = pixmap[..., 0] - window.x0
-            y = pixmap[..., 1] - window.y0
+            # (row, column) of each pixel on the window, and then on the piece.
+            coordinates = np.empty((2, *pixmap.shape[:2]))
+            np.subtract(pixmap[..., 1], window.y0, out=coordinates[0])
+            np.subtract(pixmap[..., 0], window.x0, out=coordinates[1])
             del pixmap
-            finite = np.isfinite(x) & np.isfinite(y)
-            if not finite.any():
+            bounds = _finite_bounds(coordinates)
+            if bounds is None:
                 continue
+            (y_min, y_max), (x_min, x_max) = bounds
             # The median pixels this piece can touch (bilinear: floor and floor + 1).
-            y0 = min(wy, max(0, int(math.floor(y[finite].min())) - 1))
-            y1 = max(0, min(wy, int(math.floor(y[finite].max())) + 3))
-            x0 = min(wx, max(0, int(math.floor(x[finite].min())) - 1))
-            x1 = max(0, min(wx, int(math.floor(x[finite].max())) + 3))
+            y0 = min(wy, max(0, int(math.floor(y_min)) - 1))
+            y1 = max(0, min(wy, int(math.floor(y_max)) + 3))
+            x0 = min(wx, max(0, int(math.floor(x_min)) - 1))
+            x1 = max(0, min(wx, int(math.floor(x_max)) + 3))
             if y1 <= y0 or x1 <= x0:
                 continue
             # Shifted coordinates keep points off the median off the piece too:
             # the piece only ends short of the median where no point reaches.
+            coordinates[0] -= y0
+            coordinates[1] -= x0
             piece = store.read(median_name, rows=(y0, y1), cols=(x0, x1))
-            blot[rows[0]:rows[1], cols[0]:cols[1]] = _interpolate(piece, y - y0, x - x0)
+            blot[rows[0]:rows[1], cols[0]:cols[1]] = _interpolate(piece, coordinates)
     return blot
 
 
-def _interpolate(median, y, x):
-    """Bilinear interpolation of ``median`` at ``(y, x)``, NaN next to holes or outside."""
-    coordinates = np.array([y, x])
+def _finite_bounds(coordinates):
+    """``((y_min, y_max), (x_min, x_max))`` of the finite points, or None if there are none."""
+    finite = np.isfinite(coordinates[0]) & np.isfinite(coordinates[1])
+    if finite.all():
+        return tuple((float(axis.min()), float(axis.max())) for axis in coordinates)
+    if not finite.any():
+        return None
+    return tuple((float(np.min(axis, where=finite, initial=np.inf)),
+                  float(np.max(axis, where=finite, initial=-np.inf))) for axis in coordinates)
+
+
+def _interpolate(median, coordinates):
+    """Bilinear interpolation of ``median`` at ``coordinates`` (rows, columns).
+
+    NaN next to holes (NaN pixels of ``median``) or outside it. A hole
+    counts when the point's interpolation gives it a non-zero weight, so a
+    point exactly on a pixel row or column next to a hole keeps its value.
+    """
+    median = median.astype(np.float32, copy=False)
+    # Interpolating the median with its holes gives every point that touches
+    # no hole its value, to the bit: the arithmetic is that of the zero-filled
+    # median, on the same (finite) pixels. The few points it leaves NaN (near
+    # a hole, even with zero weight, or outside) are then done exactly.
+    values = ndimage.map_coordinates(median, coordinates, order=1, mode="constant",
+                                     cval=np.nan, prefilter=False)
+    missing = np.isnan(values)
+    if missing.any():
+        values[missing] = _interpolate_near_holes(median, coordinates[:, missing])
+    return values
+
+
+def _interpolate_near_holes(median, coordinates):
+    """`_interpolate` of points that may touch holes: the median with its holes
+    filled with zero, NaN where a hole's weight is not zero."""
     holes = np.isnan(median)
-    has_holes = bool(holes.any())
-    filled = np.where(holes, np.float32(0.0), median) if has_holes else median
-    values = ndimage.map_coordinates(filled.astype(np.float32, copy=False), coordinates,
-                                     order=1, mode="constant", cval=np.nan, prefilter=False)
-    if has_holes:
-        # A pixel next to a hole would mix in the zero fill: mark it missing.
-        # (Without holes this second interpolation could only find the
-        # points off the piece, which the first already made NaN.)
-        near_hole = ndimage.map_coordinates(holes.astype(np.float32), coordinates, order=1,
-                                            mode="constant", cval=1.0, prefilter=False) > 0
-        values[near_hole] = np.nan
-    return values.astype(np.float32, copy=False)
+    filled = np.where(holes, np.float32(0.0), median)
+    values = ndimage.map_coordinates(filled, coordinates, order=1, mode="constant",
+                                     cval=np.nan, prefilter=False)
+    # A pixel next to a hole would mix in the zero fill: mark it missing.
+    near_hole = ndimage.map_coordinates(holes.astype(np.float32), coordinates, order=1,
+                                        mode="constant", cval=1.0, prefilter=False) > 0
+    values[near_hole] = np.nan
+    return values
 
 
 def flag_image(image, store, median_name, window, *, snr, scale, backg=0.0, model_error=0.0,
@@ -402,5 +542,27 @@ def image_noise(image, rows=None):
     for name in ("var_rnoise", "var_poisson", "var_flat"):
         plane = image.variances.get(name)
         if plane is not None:
-            variance += np.nan_to_num(np.asarray(plane[r0:r1], np.float32), nan=0.0)
+            values = _single_precision(plane[r0:r1])
+            if not np.isfinite(values).all():
+                np.nan_to_num(values, copy=False, nan=0.0)
+            variance += values
     return np.sqrt(variance)
+
+
+@functools.cache
+def _half_to_single():
+    """Every float16 bit pattern's float32 value, indexed by the pattern."""
+    return np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def _single_precision(values):
+    """A float32 copy of ``values``.
+
+    Variances are often stored as float16, whose conversion numpy does one
+    value at a time; looking the 65536 possible values up in a table of
+    their conversions gives the same bits several times faster.
+    """
+    values = np.asarray(values)
+    if values.dtype == np.float16:
+        return np.take(_half_to_single(), values.view(np.uint16))
+    return np.array(values, dtype=np.float32)

@@ -28,7 +28,14 @@ faint — are still caught (measured in ``tests/test_outlier_detection.py``).
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["blot_derivative", "outlier_mask", "parse_pair", "sky_level", "source_signal"]
+__all__ = [
+    "blot_derivative",
+    "neighbourhood_3x3",
+    "outlier_mask",
+    "parse_pair",
+    "sky_level",
+    "source_signal",
+]
 
 
 def parse_pair(value, name):
@@ -57,7 +64,8 @@ def sky_level(blot):
     finite = np.isfinite(blot)
     if not finite.any():
         return None
-    return np.float32(np.median(blot[finite]))
+    # The selection is a copy of its own, free to be reordered.
+    return np.float32(np.median(blot[finite], overwrite_input=True))
 
 
 def source_signal(blot, *, size=3, level=None):
@@ -82,7 +90,36 @@ def source_signal(blot, *, size=3, level=None):
         return np.zeros_like(blot)
     level = np.float32(level)
     signal = np.where(finite, np.maximum(blot - level, 0.0), 0.0).astype(np.float32)
+    if size == 3:
+        return neighbourhood_3x3(signal, np.maximum)
     return ndimage.maximum_filter(signal, size=size)
+
+
+def neighbourhood_3x3(values, combine):
+    """``combine`` (a ufunc like ``numpy.maximum``) of each pixel's 3 × 3 neighbourhood.
+
+    Pixels beyond the edges are left out, which for a maximum or a logical
+    or is what `scipy.ndimage.maximum_filter` (mode ``"reflect"``) and
+    `scipy.ndimage.binary_dilation` (border 0) give; done as four
+    whole-array operations it costs a fraction of theirs.
+
+    Examples
+    --------
+    >>> a = np.zeros((3, 4), bool); a[0, 0] = True
+    >>> neighbourhood_3x3(a, np.logical_or).astype(int).tolist()
+    [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
+    """
+    values = np.asarray(values)
+    rows = values.copy()
+    # Each row with the rows above and below, then each column of that with
+    # its neighbours: reading from the previous stage keeps every pixel's
+    # reach at one step.
+    combine(rows[1:], values[:-1], out=rows[1:])
+    combine(rows[:-1], values[1:], out=rows[:-1])
+    result = rows.copy()
+    combine(result[:, 1:], rows[:, :-1], out=result[:, 1:])
+    combine(result[:, :-1], rows[:, 1:], out=result[:, :-1])
+    return result
 
 
 def blot_derivative(blot):
@@ -153,7 +190,7 @@ def outlier_mask(data, blot, noise, *, snr=(5.0, 4.0), scale=(1.2, 0.7), backg=0
     valid = np.isfinite(diff) & np.isfinite(noise)
     first &= valid
     second &= valid
-    grown = ndimage.binary_dilation(first, structure=np.ones((3, 3), bool))
+    grown = neighbourhood_3x3(first, np.logical_or)
     mask = grown & second
     if usable is not None:
         mask &= usable

@@ -87,19 +87,35 @@ def nanmedian_stack(stack, *, out=None, low=False):
     if n == 0:
         out[...] = np.nan
         return out
-    counts = np.count_nonzero(~np.isnan(stack), axis=0)
+    missing = np.isnan(stack)
+    counts = n - np.count_nonzero(missing, axis=0)
     if n > _NETWORK_LIMIT:
         ordered = np.sort(stack, axis=0)  # NaN sorts last
+        frames = list(ordered)
     else:
-        ordered = np.where(np.isnan(stack), np.inf, stack).astype(stack.dtype, copy=False)
+        ordered = np.where(missing, np.inf, stack).astype(stack.dtype, copy=False)
+        # Each compare-exchange writes its minimum into a spare frame and
+        # swaps the frames' roles, rather than copying it back.
+        frames = list(ordered)
+        spare = np.empty_like(frames[0])
         for a, b in sorting_network(n):
-            smaller = np.minimum(ordered[a], ordered[b])
-            np.maximum(ordered[a], ordered[b], out=ordered[b])
-            ordered[a] = smaller
+            np.minimum(frames[a], frames[b], out=spare)
+            np.maximum(frames[a], frames[b], out=frames[b])
+            frames[a], spare = spare, frames[a]
+    del missing
     low_index = np.maximum(counts - 1, 0) // 2
-    high_index = low_index if low else np.minimum(counts // 2, n - 1)
-    lower = np.take_along_axis(ordered, low_index[None], axis=0)[0]
-    upper = np.take_along_axis(ordered, high_index[None], axis=0)[0]
+    lower = _select(frames, low_index)
+    upper = lower if low else _select(frames, np.minimum(counts // 2, n - 1))
     np.multiply(lower + upper, 0.5, out=out)
     out[counts == 0] = np.nan
     return out
+
+
+def _select(frames, index):
+    """``frames[index[p]][p]`` at every pixel ``p``."""
+    # A few masked copies, one per position a median can take, cost less
+    # than indexing with an array of positions.
+    chosen = frames[0].copy()
+    for position in range(1, int(index.max(initial=0)) + 1):
+        np.copyto(chosen, frames[position], where=index == position)
+    return chosen
