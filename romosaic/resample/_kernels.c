@@ -904,7 +904,8 @@ row_geometry(const row_geometry_t *G, Py_ssize_t nx, Py_ssize_t *n_wide)
         by[i] = fy;
         fast[i] = (unsigned char) ok;
         n += ok;
-        wide += (vfloor(maxx + 0.5) - fx >= 2.0) | (vfloor(maxy + 0.5) - fy >= 2.0);
+        /* the box's last column or row is fx + 2 or beyond */
+        wide += (maxx + 0.5 >= fx + 2.0) | (maxy + 0.5 >= fy + 2.0);
     }
     *n_wide = wide;
     return n;
