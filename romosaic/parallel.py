@@ -98,21 +98,28 @@ def prefetch(items, *, enabled=True):
     if not enabled:
         yield from items
         return
-    handoff = queue.Queue(maxsize=1)
+    handoff = queue.Queue()
     stop = threading.Event()
+    # One item may be made ahead: the producer starts on item i + 1 only
+    # once the caller has taken item i (and so let go of item i - 1).
+    ahead = threading.Semaphore(1)
 
     def produce():
+        iterator = iter(items)
         try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        handoff.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+            while True:
+                while not ahead.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
                 if stop.is_set():
                     return
-            handoff.put((_DONE, None))
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    handoff.put((_DONE, None))
+                    return
+                handoff.put((item, None))
+                del item
         except BaseException as error:  # handed to the consumer
             handoff.put((_DONE, error))
         finally:
@@ -129,14 +136,10 @@ def prefetch(items, *, enabled=True):
                 if error is not None:
                     raise error
                 return
+            ahead.release()
             yield item
             del item
     finally:
         stop.set()
-        # Let a producer blocked on a full hand-off see the stop.
-        while worker.is_alive():
-            try:
-                handoff.get(timeout=0.05)
-            except queue.Empty:
-                pass
+        ahead.release()
         worker.join()

@@ -39,3 +39,28 @@ def test_prefetch_makes_the_next_item_while_the_current_one_is_used():
 def test_prefetch_in_the_callers_thread_when_disabled():
     with pytest.raises(ZeroDivisionError):
         list(prefetch((1 / (2 - k) for k in range(4)), enabled=False))
+
+
+def test_prefetch_makes_at_most_one_item_ahead():
+    alive = set()
+    most = []
+
+    class Item:
+        def __init__(self, k):
+            self.k = k
+            alive.add(k)
+
+        def __del__(self):
+            alive.discard(self.k)
+
+    def produce():
+        for k in range(6):
+            yield Item(k)
+            most.append(len(alive))
+
+    for item in prefetch(produce()):
+        time.sleep(0.05)
+        most.append(len(alive))
+        del item
+    # The item in use and the next one, never more.
+    assert max(most) <= 2

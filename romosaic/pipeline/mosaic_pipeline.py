@@ -67,7 +67,7 @@ class MosaicPipeline(RomosaicPipelineBase):
     class_alias = "roman_mos"
 
     spec = """
-    on_disk = boolean(default=False)  # Keep models in temporary files to bound memory
+    on_disk = boolean(default=False)  # Changed models and outlier frames in temporary files
     resample_on_skycell = boolean(default=True)  # Use the skycell grid the association names
     allow_external_members = boolean(default=True)  # Accept members outside the asn's directory
     save_results = boolean(default=False)  # Write the products

@@ -5,10 +5,11 @@ association's skycell grid when resample will use one, otherwise on a free
 grid twice as fine as the inputs (``pixel_scale_ratio``),
 drizzles each exposure group onto the window of that grid the inputs cover,
 takes the median, and flags each input's disagreeing pixels with
-DO_NOT_USE | OUTLIER in its ``dq`` (so resample then leaves them out). The
-group drizzles and their median are held in memory up to ``memory_budget``
-MiB, beyond it (and always with ``on_disk``) in memory-mapped temporary files
-in the output directory.
+DO_NOT_USE | OUTLIER in its ``dq`` (so resample then leaves them out); the
+flags are recorded in the library as small per-image edits over the input
+files. The group drizzles and their median are held in memory up to
+``memory_budget`` MiB, beyond it (and always with ``on_disk``) in
+memory-mapped temporary files in the output directory.
 """
 
 import logging
@@ -93,8 +94,8 @@ class OutlierDetectionStep(RomosaicStep):
             if len(groups) < 2:
                 log.warning("outlier_detection needs at least two exposure groups, found %d; "
                             "skipped", len(groups))
-                for _, model in library.iter_models(modify=True):
-                    self.record_status(model, STEP_SKIPPED)
+                for index, model in library.iter_models(modify=False):
+                    self.record_status(model, STEP_SKIPPED, library=library, index=index)
                 return library
             if self.resample_data:
                 geometry, _ = survey_inputs(library)
