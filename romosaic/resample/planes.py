@@ -55,11 +55,6 @@ class PlaneStore:
         """Whether the planes are memory-mapped files."""
         return self.directory is not None
 
-    def nbytes(self, dtype=np.float32, depth=None):
-        """Bytes of one plane of ``dtype`` (with a leading ``depth`` axis if given)."""
-        layers = 1 if depth is None else int(depth)
-        return layers * self.shape[0] * self.shape[1] * np.dtype(dtype).itemsize
-
     def new_plane(self, name, dtype=np.float32, *, fill=0, depth=None):
         """Make a plane filled with ``fill``.
 
