@@ -26,12 +26,27 @@ import numpy as np
 
 from .kernels import CONTEXT_BITS, drizzle_add
 
-__all__ = ["CoaddResult", "DrizzleCoadd", "context_planes", "exposure_time_map"]
+__all__ = ["CoaddResult", "DrizzleCoadd", "context_planes", "exposure_time_map", "fill_value"]
 
 
 def context_planes(n_inputs):
     """Number of 32-bit context planes needed for ``n_inputs`` images."""
     return max(1, (int(n_inputs) + CONTEXT_BITS - 1) // CONTEXT_BITS)
+
+
+def fill_value(fillval):
+    """The float32 value of output pixels that receive nothing.
+
+    ``fillval`` is a number, or ``"NaN"`` / ``"INDEF"`` (any case) for NaN,
+    as the resample step's parameter of that name accepts.
+
+    Examples
+    --------
+    >>> float(fill_value("0")), bool(np.isnan(fill_value("INDEF")))
+    (0.0, True)
+    """
+    text = str(fillval).strip().lower()
+    return np.float32(np.nan if text in ("nan", "indef") else float(text))
 
 
 @dataclass
@@ -99,7 +114,7 @@ class DrizzleCoadd:
         self.with_context = bool(with_context)
         self._exptimes = []
         self._added = 0
-        fill = np.float32(np.nan if str(fillval).strip().lower() == "nan" else float(fillval))
+        fill = fill_value(fillval)
         # The kernel keeps running means: pixels that never receive data keep
         # the fill value they start with.
         self._data = np.full(self.shape, fill, np.float32)

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..dq import DEFAULT_GOOD_BITS, good_pixel_mask
 from ..wcs_utils import footprint_bounds, padded_window
-from .coadd import CoaddResult, context_planes
+from .coadd import CoaddResult, context_planes, fill_value
 from .grid import native_pixel_scale
 from .kernels import drizzle_add
 from .pixmap import PixelMapper
@@ -331,8 +331,7 @@ class DrizzleEngine:
         self.variance_names = tuple(variance_names)
         self.kernel = str(kernel)
         self.pixfrac = float(pixfrac)
-        self.fill = np.float32(np.nan if str(fillval).strip().lower() in ("nan", "indef")
-                               else float(fillval))
+        self.fill = fill_value(fillval)
         self.threads = max(1, int(threads))
         self.exptimes = []
         #: Identities of the threads that deposited pixels (for the tests' proof
@@ -493,24 +492,21 @@ def result_on_grid(store, window, engine, *, directory=None):
         return _coadd_result(planes, context, engine)
     grid_store = PlaneStore(window.grid.shape, directory=directory if store.on_disk else None)
     r0, (c0, c1) = window.y0, window.cols
-    planes = {}
-    for key, name in names.items():
-        grid_store.new_plane(name, fill=0 if key == "weight" else engine.fill)
+
+    def move_to_grid(name, dtype=np.float32, fill=0, depth=None):
+        grid_store.new_plane(name, dtype, fill=fill, depth=depth)
         for start, stop in engine.strips:
             grid_store.write(name, store.read(name, rows=(start, stop)),
                              rows=(r0 + start, r0 + stop), cols=(c0, c1))
         store.remove(name)
-        planes[key] = grid_store.array(name)
+        return grid_store.array(name)
+
+    planes = {key: move_to_grid(name, fill=0 if key == "weight" else engine.fill)
+              for key, name in names.items()}
     context = None
     if engine.context_name:
-        depth = context_planes(engine.n_inputs)
-        grid_store.new_plane(engine.context_name, np.uint32, depth=depth)
-        for start, stop in engine.strips:
-            grid_store.write(engine.context_name,
-                             store.read(engine.context_name, rows=(start, stop)),
-                             rows=(r0 + start, r0 + stop), cols=(c0, c1))
-        store.remove(engine.context_name)
-        context = grid_store.array(engine.context_name)
+        context = move_to_grid(engine.context_name, np.uint32,
+                               depth=context_planes(engine.n_inputs))
     if grid_store.on_disk:
         # The arrays are mappings: the files can go now.
         grid_store.close()
