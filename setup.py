@@ -1,8 +1,10 @@
-"""Build of the compiled drizzle kernels; everything else is in pyproject.toml."""
+"""Build of the compiled kernels; everything else is in pyproject.toml."""
 
 import sys
 
 from setuptools import Extension, setup
+
+UNIX = sys.platform != "win32"
 
 setup(
     ext_modules=[
@@ -13,9 +15,14 @@ setup(
             # at, and without it the compiler will not run branch-free loops
             # of the square kernel several columns at a time; it changes no
             # result.
-            extra_compile_args=[] if sys.platform == "win32" else [
-                "-O3", "-std=c99", "-fno-trapping-math"],
-            libraries=[] if sys.platform == "win32" else ["m"],
-        )
+            extra_compile_args=["-O3", "-std=c99", "-fno-trapping-math"] if UNIX else [],
+            libraries=["m"] if UNIX else [],
+        ),
+        Extension(
+            "romosaic.skymatch._statistics",
+            sources=["romosaic/skymatch/_statistics.c"],
+            extra_compile_args=["-O3", "-std=c99"] if UNIX else [],
+            libraries=["m"] if UNIX else [],
+        ),
     ]
 )

@@ -85,6 +85,60 @@ def test_grouped_statistics_follow_the_reference_definitions(skystat):
     assert np.isnan(result.value[3]) and result.npix[3] == 0
 
 
+@pytest.mark.parametrize("skystat", ["mean", "median", "mode", "midpt"])
+def test_grouped_statistics_of_many_groups_of_every_size(skystat):
+    # Group sizes on both sides of the compiled sort's switch from insertion
+    # to radix sorting, negative and positive skies (the order-preserving
+    # keys flip negative floats), and labels in no order.
+    rng = np.random.default_rng(11)
+    sizes = [1, 2, 3, 47, 48, 49, 200, 5000]
+    skies = [-3.0, 0.0, 2.0, -0.5, 7.0, 1e3, -1e-3, 0.25]
+    groups = []
+    for size, sky in zip(sizes, skies, strict=True):
+        values = rng.normal(sky, 0.2 + abs(sky) * 0.01, size)
+        values[: size // 20] += rng.exponential(3.0, size // 20)
+        if skystat in ("mean", "median"):
+            # Ties; the histogram statistics are left without, as values on a
+            # bin edge fall on either side in numpy's histogram.
+            values = np.round(values, 2)
+        groups.append(values.astype(np.float32))
+    labels = np.concatenate([np.full(g.size, i) for i, g in enumerate(groups)])
+    values = np.concatenate(groups)
+    order = rng.permutation(values.size)
+    p = SkyStatisticsParameters(skystat=skystat, nclip=3)
+    result = grouped_sky_statistics(values[order], labels[order], len(groups), p)
+    for g, group in enumerate(groups):
+        if group.size < (2 if skystat in ("mean", "median") else 40):
+            # The direct definitions need a standard deviation, and the
+            # histogram ones a histogram (not a degenerate one of 2 pixels).
+            continue
+        expected, npix = _direct_statistics(group, p)
+        assert result.npix[g] == npix
+        assert result.value[g] == pytest.approx(expected, abs=1e-6 * max(1.0, abs(expected)))
+    assert result.npix[0] == 1 and result.value[0] == groups[0][0] and result.stddev[0] == 0
+
+
+def test_grouped_statistics_refuse_labels_out_of_range():
+    values = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="label at index 2 is outside"):
+        grouped_sky_statistics(values, np.array([0, 1, 5, 0]), 2, SkyStatisticsParameters())
+
+
+def test_grouped_statistics_run_in_threads_at_once():
+    import concurrent.futures
+
+    rng = np.random.default_rng(5)
+    values = rng.normal(10.0, 1.0, 400_000).astype(np.float32)
+    labels = rng.integers(0, 300, values.size)
+    p = SkyStatisticsParameters()
+    expected = grouped_sky_statistics(values, labels, 300, p).value
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: grouped_sky_statistics(values, labels, 300, p).value,
+                                range(4)))
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
+
+
 def test_statistics_edge_cases():
     p = SkyStatisticsParameters(skystat="mode")
     constant = grouped_sky_statistics(np.full(100, 3.25, np.float32), None, 1, p)

@@ -1,0 +1,443 @@
+/*
+ * romosaic.skymatch._statistics: clipped sky statistics of labelled pixels.
+ *
+ * The definitions (IRAF imstatistics, as the reference pipeline uses them)
+ * are documented in `romosaic.skymatch.statistics`, which wraps this module.
+ * The design here is about memory and speed on full-size detectors:
+ *
+ *   - the pixels are gathered group by group with one counting pass over
+ *     the labels (a stable scatter into one float32 buffer), so no 64-bit
+ *     (label, value) keys and no whole-image prefix sums are ever made;
+ *   - each group's run is sorted on its own with a least-significant-digit
+ *     radix sort of order-preserving 32-bit keys (passes whose byte is the
+ *     same for every key are skipped, which for sky pixels of similar
+ *     magnitude is usually the top one), so a run of a thousand pixels
+ *     is sorted in cache;
+ *   - the clipping passes, the median and the histogram of a sorted run
+ *     are found by binary search and short sweeps over the run.
+ *
+ * Extra memory: one float32 per pixel, plus a scratch buffer as long as
+ * the largest group. Arrays come in through the buffer protocol (no numpy
+ * headers at build time); the work runs without the GIL, so threads may
+ * measure different images at once.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum statistic { STAT_MEAN = 0, STAT_MEDIAN = 1, STAT_MODE = 2, STAT_MIDPT = 3 };
+
+/* Runs shorter than this are sorted by insertion: the radix sort's four
+ * 256-bucket histograms would cost more than the sort itself. */
+#define SMALL_RUN 48
+
+typedef struct {
+    int statistic;
+    double lower, upper;
+    long nclip;
+    double lsigma, usigma, binwidth;
+    long max_bins;
+} parameters;
+
+typedef struct {
+    double value, stddev;
+    int64_t npix;
+} group_result;
+
+/* float32 bits -> unsigned key with the same order (finite values and +-inf):
+ * positive floats order like their bits once the sign bit is set, negative
+ * ones in reverse, so all their bits are flipped. */
+static inline uint32_t to_key(uint32_t bits)
+{
+    uint32_t flip = (uint32_t)(-(int32_t)(bits >> 31)) | 0x80000000u;
+    return bits ^ flip;
+}
+
+static inline uint32_t from_key(uint32_t key)
+{
+    uint32_t flip = ((key >> 31) - 1u) | 0x80000000u;
+    return key ^ flip;
+}
+
+/* Sorts n floats (viewed as uint32 bits) in place; scratch holds n. */
+static void sort_run(uint32_t *bits, Py_ssize_t n, uint32_t *scratch)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        bits[i] = to_key(bits[i]);
+    }
+    if (n < SMALL_RUN) {
+        for (Py_ssize_t i = 1; i < n; i++) {
+            uint32_t key = bits[i];
+            Py_ssize_t j = i;
+            while (j > 0 && bits[j - 1] > key) {
+                bits[j] = bits[j - 1];
+                j--;
+            }
+            bits[j] = key;
+        }
+    } else {
+        Py_ssize_t count[4][256];
+        memset(count, 0, sizeof(count));
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint32_t key = bits[i];
+            count[0][key & 0xff]++;
+            count[1][(key >> 8) & 0xff]++;
+            count[2][(key >> 16) & 0xff]++;
+            count[3][key >> 24]++;
+        }
+        uint32_t *src = bits, *dst = scratch;
+        for (int pass = 0; pass < 4; pass++) {
+            const int shift = 8 * pass;
+            Py_ssize_t *c = count[pass];
+            if (c[(src[0] >> shift) & 0xff] == n) {
+                continue; /* every key has this byte: the pass would not move anything */
+            }
+            Py_ssize_t offset = 0;
+            for (int b = 0; b < 256; b++) {
+                Py_ssize_t here = c[b];
+                c[b] = offset;
+                offset += here;
+            }
+            for (Py_ssize_t i = 0; i < n; i++) {
+                uint32_t key = src[i];
+                dst[c[(key >> shift) & 0xff]++] = key;
+            }
+            uint32_t *swap = src;
+            src = dst;
+            dst = swap;
+        }
+        if (src != bits) {
+            memcpy(bits, src, (size_t)n * sizeof(uint32_t));
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        bits[i] = from_key(bits[i]);
+    }
+}
+
+/* First index of the sorted run whose value is >= threshold. */
+static Py_ssize_t first_at_least(const float *v, Py_ssize_t n, double threshold)
+{
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if ((double)v[mid] < threshold) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+/* Index after the last value of the sorted run that is <= threshold. */
+static Py_ssize_t after_at_most(const float *v, Py_ssize_t n, double threshold)
+{
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if ((double)v[mid] <= threshold) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+/* Mode or midpoint of the histogram of the sorted values v[0..n), n > 0,
+ * with bins `binwidth` standard deviations wide starting at the smallest
+ * value; NaN where the histogram cannot be made. */
+static double histogram_statistic(const float *v, Py_ssize_t n, double std, const parameters *p,
+                                  double *counts)
+{
+    const double vmin = v[0], vmax = v[n - 1];
+    const double span = vmax - vmin;
+    double width = p->binwidth * std;
+    const double tiny = 10.0 * FLT_EPSILON * fmax(1.0, fabs(vmax));
+    /* One distinct value, or bins wider than the data: every estimator of
+     * the centre gives the middle of the range. */
+    if (width <= tiny || span <= tiny || width > span) {
+        return 0.5 * (vmin + vmax);
+    }
+    double bins = floor(span / width) + 1.0;
+    if (!(bins <= (double)p->max_bins)) {
+        bins = (double)p->max_bins;
+        width = span * (1.0 + 1e-9) / (double)p->max_bins;
+    }
+    const long nbins = (long)bins;
+    /* Bin j holds vmin + j*width <= value < vmin + (j+1)*width; the last
+     * bin also takes the values beyond its upper edge. */
+    Py_ssize_t at = 0;
+    for (long j = 0; j < nbins; j++) {
+        Py_ssize_t end = n;
+        if (j < nbins - 1) {
+            const double edge = vmin + (double)(j + 1) * width;
+            end = at;
+            while (end < n && (double)v[end] < edge) {
+                end++;
+            }
+        }
+        counts[j] = (double)(end - at);
+        at = end;
+    }
+    if (p->statistic == STAT_MODE) {
+        long k = 0;
+        for (long j = 1; j < nbins; j++) {
+            if (counts[j] > counts[k]) {
+                k = j; /* the first of equally high bins */
+            }
+        }
+        const double c0 = counts[k];
+        const int interior = k > 0 && k < nbins - 1;
+        const double cm = interior ? counts[k - 1] : c0;
+        const double cp = interior ? counts[k + 1] : c0;
+        const double curvature = 2.0 * c0 - cm - cp;
+        const double vertex = curvature > 0.0 ? 0.5 * (cp - cm) / curvature : 0.0;
+        return vmin + ((double)k + 0.5 + vertex) * width;
+    }
+    const double half = 0.5 * (double)n;
+    double cumulative = 0.0;
+    long k = 0;
+    for (; k < nbins - 1; k++) {
+        if (cumulative + counts[k] >= half) {
+            break;
+        }
+        cumulative += counts[k];
+    }
+    const double fraction = counts[k] > 0.0 ? (half - cumulative) / counts[k] : 0.5;
+    return vmin + ((double)k + fraction) * width;
+}
+
+/* Clipped statistic of the sorted values v[0..n). */
+static group_result run_statistics(const float *v, Py_ssize_t n, const parameters *p,
+                                   double *counts)
+{
+    group_result r = {NAN, NAN, 0};
+    double lo = p->lower, hi = p->upper;
+    Py_ssize_t start = 0, count = 0;
+    double mean = NAN, std = NAN;
+    for (long iteration = 0; iteration <= p->nclip; iteration++) {
+        start = first_at_least(v, n, lo);
+        Py_ssize_t end = after_at_most(v, n, hi);
+        count = end > start ? end - start : 0;
+        if (count == 0) {
+            return r; /* every pixel clipped away (or none within the limits) */
+        }
+        /* Sums about a value of the run keep the sum of squares accurate
+         * however far the data sit from zero. */
+        const double reference = v[start + count / 2];
+        double s1 = 0.0, s2 = 0.0;
+        for (Py_ssize_t i = start; i < start + count; i++) {
+            const double d = (double)v[i] - reference;
+            s1 += d;
+            s2 += d * d;
+        }
+        const double mean_offset = s1 / (double)count;
+        const double var = count > 1 ? (s2 - s1 * mean_offset) / (double)(count - 1) : 0.0;
+        std = sqrt(fmax(var, 0.0));
+        mean = mean_offset + reference;
+        if (iteration < p->nclip) {
+            lo = fmax(p->lower, mean - p->lsigma * std);
+            hi = fmin(p->upper, mean + p->usigma * std);
+        }
+    }
+    const float *run = v + start;
+    double value = mean;
+    if (p->statistic == STAT_MEDIAN) {
+        value = 0.5 * ((double)run[(count - 1) / 2] + (double)run[count / 2]);
+    } else if (p->statistic == STAT_MODE || p->statistic == STAT_MIDPT) {
+        value = histogram_statistic(run, count, std, p, counts);
+        if (!isfinite(value)) {
+            value = mean;
+        }
+    }
+    r.value = value;
+    r.stddev = std;
+    r.npix = count;
+    return r;
+}
+
+/* Gathers, sorts and measures every group. Returns 0, -1 when out of memory,
+ * or -2 - i for a label out of range at index i. */
+static Py_ssize_t measure_groups(const float *values, const int32_t *labels, Py_ssize_t n,
+                                 Py_ssize_t n_groups, const parameters *p, double *out_value,
+                                 int64_t *out_npix, double *out_stddev)
+{
+    Py_ssize_t status = 0;
+    Py_ssize_t *offset = calloc((size_t)n_groups + 1, sizeof(Py_ssize_t));
+    uint32_t *gathered = malloc((size_t)(n > 0 ? n : 1) * sizeof(uint32_t));
+    double *counts = malloc((size_t)(p->max_bins > 0 ? p->max_bins : 1) * sizeof(double));
+    uint32_t *scratch = NULL;
+    if (offset == NULL || gathered == NULL || counts == NULL) {
+        status = -1;
+        goto done;
+    }
+    if (labels == NULL) {
+        offset[1] = n;
+        memcpy(gathered, values, (size_t)n * sizeof(uint32_t));
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const int32_t label = labels[i];
+            if (label < 0 || label >= n_groups) {
+                status = -2 - i;
+                goto done;
+            }
+            offset[label + 1]++;
+        }
+        for (Py_ssize_t g = 0; g < n_groups; g++) {
+            offset[g + 1] += offset[g];
+        }
+        /* Stable scatter: each group's pixels in their original order. */
+        Py_ssize_t *next = malloc((size_t)n_groups * sizeof(Py_ssize_t));
+        if (next == NULL) {
+            status = -1;
+            goto done;
+        }
+        memcpy(next, offset, (size_t)n_groups * sizeof(Py_ssize_t));
+        const uint32_t *bits = (const uint32_t *)values;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            gathered[next[labels[i]]++] = bits[i];
+        }
+        free(next);
+    }
+    Py_ssize_t longest = 0;
+    for (Py_ssize_t g = 0; g < n_groups; g++) {
+        const Py_ssize_t size = offset[g + 1] - offset[g];
+        longest = size > longest ? size : longest;
+    }
+    scratch = malloc((size_t)(longest > 0 ? longest : 1) * sizeof(uint32_t));
+    if (scratch == NULL) {
+        status = -1;
+        goto done;
+    }
+    for (Py_ssize_t g = 0; g < n_groups; g++) {
+        uint32_t *run = gathered + offset[g];
+        const Py_ssize_t size = offset[g + 1] - offset[g];
+        sort_run(run, size, scratch);
+        const group_result r = run_statistics((const float *)run, size, p, counts);
+        out_value[g] = r.value;
+        out_stddev[g] = r.stddev;
+        out_npix[g] = r.npix;
+    }
+done:
+    free(scratch);
+    free(counts);
+    free(gathered);
+    free(offset);
+    return status;
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, const char *name, Py_ssize_t itemsize,
+                      char kind, int writable)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) {
+        return -1;
+    }
+    const char *format = view->format ? view->format : "B";
+    if (*format == '<' || *format == '=' || *format == '@') {
+        format++;
+    }
+    const int kind_ok = (kind == 'f' && (*format == 'f' || *format == 'd'))
+        || (kind == 'i' && strchr("bhilq", *format) != NULL);
+    if (view->ndim != 1 || view->itemsize != itemsize || !kind_ok) {
+        PyErr_Format(PyExc_TypeError, "%s must be a 1-D contiguous array of %zd-byte %s", name,
+                     itemsize, kind == 'f' ? "floats" : "integers");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *grouped_statistics(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"values", "labels", "value", "npix", "stddev", "statistic",
+                               "lower", "upper", "nclip", "lsigma", "usigma", "binwidth",
+                               "max_bins", NULL};
+    PyObject *o_values, *o_labels, *o_value, *o_npix, *o_stddev;
+    parameters p;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOiddldddl", keywords, &o_values,
+                                     &o_labels, &o_value, &o_npix, &o_stddev, &p.statistic,
+                                     &p.lower, &p.upper, &p.nclip, &p.lsigma, &p.usigma,
+                                     &p.binwidth, &p.max_bins)) {
+        return NULL;
+    }
+    if (p.statistic < STAT_MEAN || p.statistic > STAT_MIDPT || p.nclip < 0 || p.max_bins < 1) {
+        PyErr_SetString(PyExc_ValueError, "invalid statistic, nclip or max_bins");
+        return NULL;
+    }
+    Py_buffer values, labels, value, npix, stddev;
+    int have_labels = o_labels != Py_None;
+    if (get_buffer(o_values, &values, "values", 4, 'f', 0) < 0) {
+        return NULL;
+    }
+    if (have_labels && get_buffer(o_labels, &labels, "labels", 4, 'i', 0) < 0) {
+        PyBuffer_Release(&values);
+        return NULL;
+    }
+    if (get_buffer(o_value, &value, "value", 8, 'f', 1) < 0) {
+        goto fail_value;
+    }
+    if (get_buffer(o_npix, &npix, "npix", 8, 'i', 1) < 0) {
+        goto fail_npix;
+    }
+    if (get_buffer(o_stddev, &stddev, "stddev", 8, 'f', 1) < 0) {
+        goto fail_stddev;
+    }
+    PyObject *result = NULL;
+    const Py_ssize_t n = values.shape[0];
+    const Py_ssize_t n_groups = value.shape[0];
+    if ((have_labels && labels.shape[0] != n) || npix.shape[0] != n_groups
+        || stddev.shape[0] != n_groups || (!have_labels && n_groups != 1)) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent lengths of values, labels and results");
+        goto release;
+    }
+    Py_ssize_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = measure_groups((const float *)values.buf,
+                            have_labels ? (const int32_t *)labels.buf : NULL, n, n_groups, &p,
+                            (double *)value.buf, (int64_t *)npix.buf, (double *)stddev.buf);
+    Py_END_ALLOW_THREADS
+    if (status == -1) {
+        PyErr_NoMemory();
+    } else if (status < -1) {
+        PyErr_Format(PyExc_ValueError, "label at index %zd is outside [0, %zd)", -2 - status,
+                     n_groups);
+    } else {
+        result = Py_NewRef(Py_None);
+    }
+release:
+    PyBuffer_Release(&stddev);
+fail_stddev:
+    PyBuffer_Release(&npix);
+fail_npix:
+    PyBuffer_Release(&value);
+fail_value:
+    if (have_labels) {
+        PyBuffer_Release(&labels);
+    }
+    PyBuffer_Release(&values);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"grouped_statistics", (PyCFunction)(void (*)(void))grouped_statistics,
+     METH_VARARGS | METH_KEYWORDS,
+     "Clipped statistics of each group of float32 values (see romosaic.skymatch.statistics)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_statistics", "romosaic's compiled sky statistics.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__statistics(void)
+{
+    return PyModule_Create(&module);
+}
