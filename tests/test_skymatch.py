@@ -118,9 +118,18 @@ def test_grouped_statistics_of_many_groups_of_every_size(skystat):
     assert result.npix[0] == 1 and result.value[0] == groups[0][0] and result.stddev[0] == 0
 
 
+def test_grouped_statistics_leave_out_negative_labels():
+    values = np.array([1.0, np.nan, 2.0, 50.0, 3.0, np.inf], np.float32)
+    labels = np.array([0, -1, 0, -7, 0, -1])
+    p = SkyStatisticsParameters(skystat="median", nclip=0)
+    result = grouped_sky_statistics(values, labels, 2, p)
+    assert result.value[0] == 2.0 and result.npix[0] == 3 and result.members.tolist() == [3, 0]
+    assert np.isnan(result.value[1]) and result.npix[1] == 0
+
+
 def test_grouped_statistics_refuse_labels_out_of_range():
     values = np.ones(4, np.float32)
-    with pytest.raises(ValueError, match="label at index 2 is outside"):
+    with pytest.raises(ValueError, match="label at index 2 is not below the number of groups"):
         grouped_sky_statistics(values, np.array([0, 1, 5, 0]), 2, SkyStatisticsParameters())
 
 

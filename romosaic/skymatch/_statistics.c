@@ -16,7 +16,9 @@
  *   - the clipping passes, the median and the histogram of a sorted run
  *     are found by binary search and short sweeps over the run.
  *
- * Extra memory: one float32 per pixel, plus a scratch buffer as long as
+ * Pixels labelled below 0 are left out, so callers pass a whole data plane
+ * and mark the unusable pixels instead of copying the usable ones. Extra
+ * memory: one float32 per pixel measured, plus a scratch buffer as long as
  * the largest group. Arrays come in through the buffer protocol (no numpy
  * headers at build time); the work runs without the GIL, so threads may
  * measure different images at once.
@@ -263,35 +265,46 @@ static group_result run_statistics(const float *v, Py_ssize_t n, const parameter
     return r;
 }
 
-/* Gathers, sorts and measures every group. Returns 0, -1 when out of memory,
- * or -2 - i for a label out of range at index i. */
+/* Gathers, sorts and measures every group (pixels labelled below 0 belong
+ * to none). Returns 0, -1 when out of memory, or -2 - i for a label beyond
+ * the last group at index i. */
 static Py_ssize_t measure_groups(const float *values, const int32_t *labels, Py_ssize_t n,
                                  Py_ssize_t n_groups, const parameters *p, double *out_value,
-                                 int64_t *out_npix, double *out_stddev)
+                                 int64_t *out_npix, double *out_stddev, int64_t *out_members)
 {
     Py_ssize_t status = 0;
     Py_ssize_t *offset = calloc((size_t)n_groups + 1, sizeof(Py_ssize_t));
-    uint32_t *gathered = malloc((size_t)(n > 0 ? n : 1) * sizeof(uint32_t));
+    uint32_t *gathered = NULL;
     double *counts = malloc((size_t)(p->max_bins > 0 ? p->max_bins : 1) * sizeof(double));
     uint32_t *scratch = NULL;
-    if (offset == NULL || gathered == NULL || counts == NULL) {
+    if (offset == NULL || counts == NULL) {
         status = -1;
         goto done;
     }
     if (labels == NULL) {
         offset[1] = n;
+        gathered = malloc((size_t)(n > 0 ? n : 1) * sizeof(uint32_t));
+        if (gathered == NULL) {
+            status = -1;
+            goto done;
+        }
         memcpy(gathered, values, (size_t)n * sizeof(uint32_t));
     } else {
         for (Py_ssize_t i = 0; i < n; i++) {
             const int32_t label = labels[i];
-            if (label < 0 || label >= n_groups) {
+            if (label >= n_groups) {
                 status = -2 - i;
                 goto done;
             }
-            offset[label + 1]++;
+            offset[label + 1] += label >= 0;
         }
         for (Py_ssize_t g = 0; g < n_groups; g++) {
             offset[g + 1] += offset[g];
+        }
+        gathered = malloc((size_t)(offset[n_groups] > 0 ? offset[n_groups] : 1) * sizeof(uint32_t));
+        if (gathered == NULL) {
+            status = -1;
+            goto done;
         }
         /* Stable scatter: each group's pixels in their original order. */
         Py_ssize_t *next = malloc((size_t)n_groups * sizeof(Py_ssize_t));
@@ -302,7 +315,9 @@ static Py_ssize_t measure_groups(const float *values, const int32_t *labels, Py_
         memcpy(next, offset, (size_t)n_groups * sizeof(Py_ssize_t));
         const uint32_t *bits = (const uint32_t *)values;
         for (Py_ssize_t i = 0; i < n; i++) {
-            gathered[next[labels[i]]++] = bits[i];
+            if (labels[i] >= 0) {
+                gathered[next[labels[i]]++] = bits[i];
+            }
         }
         free(next);
     }
@@ -324,6 +339,7 @@ static Py_ssize_t measure_groups(const float *values, const int32_t *labels, Py_
         out_value[g] = r.value;
         out_stddev[g] = r.stddev;
         out_npix[g] = r.npix;
+        out_members[g] = size;
     }
 done:
     free(scratch);
@@ -357,13 +373,14 @@ static int get_buffer(PyObject *obj, Py_buffer *view, const char *name, Py_ssize
 
 static PyObject *grouped_statistics(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"values", "labels", "value", "npix", "stddev", "statistic",
+    static char *keywords[] = {"values", "labels", "value", "npix", "stddev", "members", "statistic",
                                "lower", "upper", "nclip", "lsigma", "usigma", "binwidth",
                                "max_bins", NULL};
-    PyObject *o_values, *o_labels, *o_value, *o_npix, *o_stddev;
+    PyObject *o_values, *o_labels, *o_value, *o_npix, *o_stddev, *o_members;
     parameters p;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOiddldddl", keywords, &o_values,
-                                     &o_labels, &o_value, &o_npix, &o_stddev, &p.statistic,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOiddldddl", keywords, &o_values,
+                                     &o_labels, &o_value, &o_npix, &o_stddev, &o_members,
+                                     &p.statistic,
                                      &p.lower, &p.upper, &p.nclip, &p.lsigma, &p.usigma,
                                      &p.binwidth, &p.max_bins)) {
         return NULL;
@@ -372,7 +389,7 @@ static PyObject *grouped_statistics(PyObject *self, PyObject *args, PyObject *kw
         PyErr_SetString(PyExc_ValueError, "invalid statistic, nclip or max_bins");
         return NULL;
     }
-    Py_buffer values, labels, value, npix, stddev;
+    Py_buffer values, labels, value, npix, stddev, members;
     int have_labels = o_labels != Py_None;
     if (get_buffer(o_values, &values, "values", 4, 'f', 0) < 0) {
         return NULL;
@@ -390,11 +407,15 @@ static PyObject *grouped_statistics(PyObject *self, PyObject *args, PyObject *kw
     if (get_buffer(o_stddev, &stddev, "stddev", 8, 'f', 1) < 0) {
         goto fail_stddev;
     }
+    if (get_buffer(o_members, &members, "members", 8, 'i', 1) < 0) {
+        goto fail_members;
+    }
     PyObject *result = NULL;
     const Py_ssize_t n = values.shape[0];
     const Py_ssize_t n_groups = value.shape[0];
     if ((have_labels && labels.shape[0] != n) || npix.shape[0] != n_groups
-        || stddev.shape[0] != n_groups || (!have_labels && n_groups != 1)) {
+        || stddev.shape[0] != n_groups || members.shape[0] != n_groups
+        || (!have_labels && n_groups != 1)) {
         PyErr_SetString(PyExc_ValueError, "inconsistent lengths of values, labels and results");
         goto release;
     }
@@ -402,17 +423,20 @@ static PyObject *grouped_statistics(PyObject *self, PyObject *args, PyObject *kw
     Py_BEGIN_ALLOW_THREADS
     status = measure_groups((const float *)values.buf,
                             have_labels ? (const int32_t *)labels.buf : NULL, n, n_groups, &p,
-                            (double *)value.buf, (int64_t *)npix.buf, (double *)stddev.buf);
+                            (double *)value.buf, (int64_t *)npix.buf, (double *)stddev.buf,
+                            (int64_t *)members.buf);
     Py_END_ALLOW_THREADS
     if (status == -1) {
         PyErr_NoMemory();
     } else if (status < -1) {
-        PyErr_Format(PyExc_ValueError, "label at index %zd is outside [0, %zd)", -2 - status,
-                     n_groups);
+        PyErr_Format(PyExc_ValueError, "label at index %zd is not below the number of groups, %zd",
+                     -2 - status, n_groups);
     } else {
         result = Py_NewRef(Py_None);
     }
 release:
+    PyBuffer_Release(&members);
+fail_members:
     PyBuffer_Release(&stddev);
 fail_stddev:
     PyBuffer_Release(&npix);

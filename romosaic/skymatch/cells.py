@@ -40,6 +40,8 @@ DEFAULT_CELL_SIZE = 32
 _NODE_STEP = 32
 # Rows mapped at a time, to bound the memory of the float64 coordinates.
 _STRIP_ROWS = 512
+# Pixels renumbered at a time from whole-grid to per-image cells.
+_RELABEL_CHUNK = 1 << 20
 
 
 @dataclass
@@ -194,54 +196,57 @@ def measure_image_sky(data, good, wcs, grid, params, *, cell_params=None):
     ImageSky
     """
     cell_params = params if cell_params is None else cell_params
+    # The statistics read the data plane where it is, and skip pixels
+    # labelled -1: no copy of the good values is made.
+    values = np.ascontiguousarray(data, dtype=np.float32).reshape(-1)
     if grid is None:
-        values = np.asarray(data, dtype=np.float32)[good]
-        if values.size == 0:
-            return ImageSky(local=math.nan, npix=0, cells=SkyCells.empty())
-        whole = grouped_sky_statistics(values, None, 1, params)
+        labels = np.where(good.reshape(-1), np.int32(0), np.int32(-1))
+        whole = grouped_sky_statistics(values, labels, 1, params)
         return ImageSky(local=float(whole.value[0]), npix=int(whole.npix[0]),
                         cells=SkyCells.empty())
     gny, gnx = grid.shape
     per_cell = (grid.pixel_scale / native_pixel_scale(wcs, data.shape)) ** 2
 
-    values, labels = [], []
+    # First the cell of every good pixel on the whole coarse grid (below
+    # 2**31 cells for any grid smaller than the sky), then, once the image's
+    # bounding box on it is known, renumbered within that box, so that the
+    # statistics work on this image's cells only, whatever the mosaic's size.
+    labels = np.empty(data.shape, np.int32)
     bounds = None
-    strips = []
     for rows, gx, gy in _cell_coordinate_strips(wcs, data.shape, grid):
         keep = good[rows]
         ix = _cell_index(gx, gnx)
         iy = _cell_index(gy, gny)
-        strips.append((ix[keep], iy[keep]))
-        values.append(np.asarray(data[rows][keep], dtype=np.float32))
         if keep.any():
-            box = (strips[-1][0].min(), strips[-1][0].max(), strips[-1][1].min(),
-                   strips[-1][1].max())
+            kx, ky = ix[keep], iy[keep]
+            box = (kx.min(), kx.max(), ky.min(), ky.max())
             bounds = box if bounds is None else (min(bounds[0], box[0]), max(bounds[1], box[1]),
                                                  min(bounds[2], box[2]), max(bounds[3], box[3]))
-    values = np.concatenate(values) if values else np.empty(0, np.float32)
-    if values.size == 0:
+        iy *= gnx
+        iy += ix
+        labels[rows] = np.where(keep, iy, np.int32(-1))
+    if bounds is None:
         return ImageSky(local=math.nan, npix=0, cells=SkyCells.empty())
-
-    # Cells are labelled within the image's bounding box on the grid, so the
-    # statistics work on this image's cells only, whatever the mosaic's size.
     x0, x1, y0, y1 = bounds
     width = x1 - x0 + 1
-    for ix, iy in strips:
-        # int32 is ample: a 4088² image covers about 16 000 cells.
-        label = iy.astype(np.int32)
-        label -= y0
-        label *= width
-        label += ix
-        label -= x0
-        labels.append(label)
-    strips.clear()
-    labels = np.concatenate(labels)
+    labels = labels.reshape(-1)
+    # In chunks: whole-image temporaries would cost more than the labels.
+    for start in range(0, labels.size, _RELABEL_CHUNK):
+        chunk = labels[start:start + _RELABEL_CHUNK]
+        good_pixels = chunk >= 0
+        cell_y, cell_x = np.divmod(chunk[good_pixels], np.int32(gnx))
+        cell_y -= y0
+        cell_y *= width
+        cell_y += cell_x
+        cell_y -= x0
+        chunk[good_pixels] = cell_y
     n_local = int(width * (y1 - y0 + 1))
 
-    whole = grouped_sky_statistics(values, None, 1, params)
-    counts = np.bincount(labels, minlength=n_local)
     stats = grouped_sky_statistics(values, labels, n_local, cell_params)
-    del values, labels
+    counts = stats.members
+    np.minimum(labels, 0, out=labels)  # every good pixel in one group
+    whole = grouped_sky_statistics(values, labels, 1, params)
+    del labels
 
     present = np.flatnonzero((counts > 0) & np.isfinite(stats.value))
     cells = (y0 + present // width) * gnx + (x0 + present % width)

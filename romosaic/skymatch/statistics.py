@@ -112,11 +112,14 @@ class GroupedSky:
         Pixels used in the last clipping pass.
     stddev : numpy.ndarray of float64
         Standard deviation of those pixels (0 for fewer than two).
+    members : numpy.ndarray of int64
+        Pixels in each group before any clipping.
     """
 
     value: np.ndarray
     npix: np.ndarray
     stddev: np.ndarray
+    members: np.ndarray
 
 
 def grouped_sky_statistics(values, labels, n_groups, params):
@@ -125,10 +128,11 @@ def grouped_sky_statistics(values, labels, n_groups, params):
     Parameters
     ----------
     values : numpy.ndarray
-        Finite pixel values (1-D); computed in float32, as the reference does.
+        Pixel values (1-D), finite wherever labelled with a group; computed
+        in float32, as the reference does.
     labels : numpy.ndarray of int or None
-        Group of each value, in ``[0, n_groups)`` and below 2**31; None puts
-        every value in group 0.
+        Group of each value, below ``n_groups`` and 2**31; a negative label
+        leaves the value out. None puts every value in group 0.
     n_groups : int
         Number of groups.
     params : SkyStatisticsParameters
@@ -140,7 +144,7 @@ def grouped_sky_statistics(values, labels, n_groups, params):
     Examples
     --------
     >>> values = np.array([1.0, 2.0, 3.0, 100.0, 5.0, 6.0, 7.0])
-    >>> labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    >>> labels = np.array([0, 0, 0, 0, 1, 1, 1])  # -1 would leave a value out
     >>> p = SkyStatisticsParameters(skystat="median", nclip=0, upper=50.0)
     >>> grouped_sky_statistics(values, labels, 2, p).value.tolist()
     [2.0, 6.0]
@@ -154,11 +158,12 @@ def grouped_sky_statistics(values, labels, n_groups, params):
     value = np.empty(n_groups)
     npix = np.empty(n_groups, np.int64)
     stddev = np.empty(n_groups)
+    members = np.empty(n_groups, np.int64)
     _statistics.grouped_statistics(
-        values, labels, value, npix, stddev,
+        values, labels, value, npix, stddev, members,
         statistic=_STATISTIC_CODES[params.skystat],
         lower=-np.inf if params.lower is None else float(params.lower),
         upper=np.inf if params.upper is None else float(params.upper),
         nclip=int(params.nclip), lsigma=float(params.lsigma), usigma=float(params.usigma),
         binwidth=float(params.binwidth), max_bins=MAX_HISTOGRAM_BINS)
-    return GroupedSky(value=value, npix=npix, stddev=stddev)
+    return GroupedSky(value=value, npix=npix, stddev=stddev, members=members)
