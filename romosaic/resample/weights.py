@@ -33,6 +33,11 @@ WEIGHT_TYPES = ("ivm", "ivm-sky", "exptime")
 #: Side, in input pixels, of the blocks over which read-noise variance is averaged.
 VARIANCE_SMOOTHING_BLOCK = 32
 
+# Pixels of a band of whole blocks summed at once, and rows interpolated at
+# once: small enough for the band's temporaries to stay in the cache.
+_BAND_PIXELS = 1 << 18
+_INTERPOLATION_ROWS = 64
+
 
 def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None, exptime=None):
     """Drizzle weights for one input image.
@@ -61,12 +66,12 @@ def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None,
     >>> w.tolist()
     [0.25, 0.0, 0.0]
     """
-    usable = good & np.isfinite(data)
     if weight_type == "exptime":
         if exptime is None or not exptime > 0:
             raise RomosaicInputError(
                 f"exptime weighting needs a positive exposure time, got {exptime}"
             )
+        usable = good & np.isfinite(data)
         return np.where(usable, np.float32(exptime), np.float32(0.0)).astype(np.float32)
 
     if weight_type not in ("ivm", "ivm-sky"):
@@ -75,14 +80,21 @@ def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None,
         )
     if var_rnoise is None:
         raise RomosaicInputError(f"weight_type {weight_type!r} needs a var_rnoise array")
-    variance = smooth_variance(var_rnoise, usable)
-    if weight_type == "ivm-sky":
-        sky_poisson = _sky_poisson_variance(var_poisson, usable)
-        variance = variance + np.float32(sky_poisson)
 
-    usable &= np.isfinite(variance) & (variance > 0)
-    weights = np.zeros(variance.shape, dtype=np.float32)
-    np.divide(np.float32(1.0), variance, out=weights, where=usable)
+    def usable_rows(start, stop):
+        return good[start:stop] & np.isfinite(data[start:stop])
+
+    sky_poisson = np.float32(0.0)
+    if weight_type == "ivm-sky":
+        sky_poisson = np.float32(_sky_poisson_variance(var_poisson, usable_rows))
+    weights = np.zeros(np.shape(var_rnoise), dtype=np.float32)
+    # A band of rows at a time: the only image-sized array made is the result.
+    for start, stop, variance in _smoothed_bands(var_rnoise, usable_rows):
+        if weight_type == "ivm-sky":
+            variance = variance + sky_poisson
+        usable = usable_rows(start, stop)
+        usable &= np.isfinite(variance) & (variance > 0)
+        np.divide(np.float32(1.0), variance, out=weights[start:stop], where=usable)
     return weights
 
 
@@ -111,14 +123,36 @@ def smooth_variance(variance, usable, *, block=VARIANCE_SMOOTHING_BLOCK):
     >>> bool(np.allclose(smoothed, 3.0))
     True
     """
-    values = np.asarray(variance, dtype=np.float32)
-    if values.ndim != 2 or min(values.shape) < 2 * block:
-        return values.copy()
-    ny, nx = values.shape
-    valid = usable & np.isfinite(values) & (values > 0)
-    sums = _block_sums(np.where(valid, values, np.float32(0.0)), block, np.float64)
-    numbers = _block_sums(valid, block, np.int64)
-    del valid
+    smoothed = np.empty(np.shape(variance), np.float32)
+    for start, stop, band in _smoothed_bands(variance, lambda r0, r1: usable[r0:r1],
+                                             block=block):
+        smoothed[start:stop] = band
+    return smoothed
+
+
+def _smoothed_bands(variance, usable_rows, *, block=VARIANCE_SMOOTHING_BLOCK):
+    """Yield ``(start, stop, smoothed)``: `smooth_variance` a band of rows at a time.
+
+    ``usable_rows(start, stop)`` gives the usable pixels of rows
+    ``[start, stop)``; an image smaller than two blocks is not smoothed.
+    """
+    shape = np.shape(variance)
+    if len(shape) != 2 or min(shape) < 2 * block:
+        yield 0, shape[0], np.array(variance, dtype=np.float32)
+        return
+    ny, nx = shape
+    # Block sums a band of whole blocks at a time, so that the float32 copy
+    # and the masks stay small.
+    band = block * max(1, _BAND_PIXELS // (block * nx))
+    sums, numbers = [], []
+    for start in range(0, ny, band):
+        stop = min(ny, start + band)
+        values = np.asarray(variance[start:stop], dtype=np.float32)
+        valid = usable_rows(start, stop)
+        valid &= np.isfinite(values) & (values > 0)
+        sums.append(_block_sums(np.where(valid, values, np.float32(0.0)), block, np.float64))
+        numbers.append(_block_sums(valid, block, np.int64))
+    sums, numbers = np.vstack(sums), np.vstack(numbers)
     by, bx = sums.shape
     means = np.divide(sums, numbers, out=np.full_like(sums, np.nan), where=numbers > 0)
     if np.isnan(means).any():
@@ -135,11 +169,10 @@ def smooth_variance(variance, usable, *, block=VARIANCE_SMOOTHING_BLOCK):
     fr = (rows - r0)[:, None]
     fc = (cols - c0)[None, :]
     along_x = means[:, c0] * (1 - fc) + means[:, c0 + 1] * fc
-    smoothed = np.empty((ny, nx), np.float32)
-    for start in range(0, ny, 256):
-        part = slice(start, min(ny, start + 256))
-        smoothed[part] = along_x[r0[part]] * (1 - fr[part]) + along_x[r0[part] + 1] * fr[part]
-    return smoothed
+    for start in range(0, ny, _INTERPOLATION_ROWS):
+        part = slice(start, min(ny, start + _INTERPOLATION_ROWS))
+        smoothed = along_x[r0[part]] * (1 - fr[part]) + along_x[r0[part] + 1] * fr[part]
+        yield part.start, part.stop, smoothed.astype(np.float32)
 
 
 def _block_sums(image, block, dtype):
@@ -157,9 +190,13 @@ def _block_sums(image, block, dtype):
     return np.add.reduceat(row_sums, np.arange(0, image.shape[1], block), axis=1)
 
 
-def _sky_poisson_variance(var_poisson, usable):
+def _sky_poisson_variance(var_poisson, usable_rows):
     if var_poisson is None:
         return 0.0
-    values = np.asarray(var_poisson, dtype=np.float32)[usable]
-    values = values[np.isfinite(values)]
+    values = []
+    for start in range(0, len(var_poisson), _INTERPOLATION_ROWS):
+        stop = min(len(var_poisson), start + _INTERPOLATION_ROWS)
+        band = np.asarray(var_poisson[start:stop], dtype=np.float32)[usable_rows(start, stop)]
+        values.append(band[np.isfinite(band)])
+    values = np.concatenate(values) if values else np.empty(0, np.float32)
     return float(np.median(values)) if values.size else 0.0
