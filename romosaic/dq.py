@@ -17,6 +17,9 @@ __all__ = ["DEFAULT_GOOD_BITS", "bad_flags_mask", "good_pixel_mask"]
 
 DEFAULT_GOOD_BITS = "~DO_NOT_USE+NON_SCIENCE"
 
+# Pixels whose flags are tested at once by `good_pixel_mask`.
+_MASK_CHUNK = 1 << 20
+
 _FLAG_NAMES = bitmask.extend_bit_flag_map(
     "RomanPixelFlags", **{flag.name: int(flag.value) for flag in pixel if int(flag.value)}
 )
@@ -63,6 +66,18 @@ def good_pixel_mask(dq, good_bits=DEFAULT_GOOD_BITS):
     Returns
     -------
     numpy.ndarray of bool
+
+    Examples
+    --------
+    >>> good_pixel_mask(np.array([0, 1, 4], np.uint32), "~DO_NOT_USE").tolist()
+    [True, False, True]
     """
     bad = np.uint32(bad_flags_mask(good_bits))
-    return (np.asarray(dq).astype(np.uint32, copy=False) & bad) == 0
+    dq = np.asarray(dq)
+    good = np.empty(dq.shape, bool)
+    flat_dq, flat_good = dq.reshape(-1), good.reshape(-1)
+    # In chunks: the flags of a whole image would be a second image-sized array.
+    for start in range(0, flat_dq.size, _MASK_CHUNK):
+        chunk = slice(start, start + _MASK_CHUNK)
+        np.equal(flat_dq[chunk].astype(np.uint32, copy=False) & bad, 0, out=flat_good[chunk])
+    return good
