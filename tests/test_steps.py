@@ -11,6 +11,7 @@ from romosaic.library import ModelLibrary
 from romosaic.parameter_files import parameter_tree
 from romosaic.pipeline import MosaicPipeline
 from romosaic.resample import input_from_model
+from romosaic.resample.weights import weight_variances
 from romosaic.steps import FluxStep, ResampleStep
 
 from .conftest import make_image_model
@@ -73,6 +74,14 @@ def test_pending_sky_level_is_removed_on_the_fly():
     model.meta["background"] = {"level": 2.0, "subtracted": True, "method": "match"}
     assert float(input_from_model(model).data[0, 0]) == 5.0
     assert float(model.data[0, 0]) == 5.0  # the model itself is untouched
+
+
+def test_input_from_model_reads_the_variances_asked_for():
+    model = make_image_model(shape=(8, 8))
+    assert list(input_from_model(model).variances) == ["var_rnoise", "var_poisson", "var_flat"]
+    only = input_from_model(model, variances=weight_variances("ivm"))
+    assert list(only.variances) == ["var_rnoise"]
+    assert list(input_from_model(model, variances=()).variances) == []
 
 
 def test_zero_exposure_time_and_missing_wcs_are_named():

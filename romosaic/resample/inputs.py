@@ -64,8 +64,19 @@ def sky_level_to_subtract(meta):
     return level if math.isfinite(level) else 0.0
 
 
-def input_from_model(model):
+#: The variance planes an input may carry, in the order they are read.
+INPUT_VARIANCES = ("var_rnoise", "var_poisson", "var_flat")
+
+
+def input_from_model(model, *, variances=INPUT_VARIANCES):
     """A `ResampleInput` from an open Level-2 ``ImageModel`` in MJy/sr.
+
+    Parameters
+    ----------
+    model : roman_datamodels.datamodels.ImageModel
+    variances : sequence of str, optional
+        The variance planes to read (those the model lacks are left out);
+        reading only what a consumer uses saves decompressing the others.
 
     Raises
     ------
@@ -85,16 +96,16 @@ def input_from_model(model):
     sky = sky_level_to_subtract(meta)
     if sky:
         data = data - np.float32(sky)
-    variances = {}
-    for plane in ("var_rnoise", "var_poisson", "var_flat"):
-        values = getattr(model, plane, None)
+    planes = {}
+    for plane in INPUT_VARIANCES:
+        values = getattr(model, plane, None) if plane in variances else None
         if values is not None:
-            variances[plane] = np.asarray(values)
+            planes[plane] = np.asarray(values)
     return ResampleInput(
         name=name,
         data=data,
         dq=np.asarray(model.dq),
         wcs=meta.wcs,
         exptime=float(exptime),
-        variances=variances,
+        variances=planes,
     )

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import RomosaicInputError
 
-__all__ = ["VARIANCE_SMOOTHING_BLOCK", "WEIGHT_TYPES", "pixel_weights", "smooth_variance"]
+__all__ = ["VARIANCE_SMOOTHING_BLOCK", "WEIGHT_TYPES", "pixel_weights", "smooth_variance",
+           "weight_variances"]
 
 WEIGHT_TYPES = ("ivm", "ivm-sky", "exptime")
 
@@ -37,6 +38,17 @@ VARIANCE_SMOOTHING_BLOCK = 32
 # once: small enough for the band's temporaries to stay in the cache.
 _BAND_PIXELS = 1 << 18
 _INTERPOLATION_ROWS = 64
+
+
+def weight_variances(weight_type):
+    """The variance planes `pixel_weights` reads for ``weight_type``.
+
+    Examples
+    --------
+    >>> weight_variances("ivm-sky")
+    ('var_rnoise', 'var_poisson')
+    """
+    return {"ivm": ("var_rnoise",), "ivm-sky": ("var_rnoise", "var_poisson")}.get(weight_type, ())
 
 
 def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None, exptime=None):

@@ -13,6 +13,7 @@ memory-mapped temporary files in the output directory.
 """
 
 import logging
+import math
 from pathlib import Path
 
 import asdf
@@ -40,6 +41,7 @@ from ..resample import (
 )
 from ..resample.engine import DEFAULT_MEMORY_BUDGET_MIB, data_window
 from ..resample.planes import PlaneStore
+from ..resample.weights import weight_variances
 from ._survey import survey_inputs
 from .base import STEP_COMPLETE, STEP_SKIPPED, RomosaicStep
 
@@ -139,7 +141,8 @@ class OutlierDetectionStep(RomosaicStep):
 
     def _median_of_group_drizzles(self, library, groups, window, store):
         median = median_of_group_drizzles(
-            [(group_id, len(indices), _images(library, indices))
+            [(group_id, len(indices),
+              _images(library, indices, variances=weight_variances(self.weight_type)))
              for group_id, indices in groups.items()],
             window, store,
             threads=resolve_workers(self.workers),
@@ -169,8 +172,9 @@ class OutlierDetectionStep(RomosaicStep):
 
     @staticmethod
     def _image_pixels(library):
+        # The shape, without reading (and decompressing) the data.
         for _, model in library.iter_models(modify=False):
-            return int(np.asarray(model.data).size)
+            return math.prod(model.data.shape)
         return 0
 
     def _median_of_raw_images(self, library, directory):
@@ -249,13 +253,14 @@ class OutlierDetectionStep(RomosaicStep):
         log.info("saved %s", path)
 
 
-def _images(library, indices):
-    """The library's images ``indices``, each read when the consumer asks for it."""
+def _images(library, indices, *, variances):
+    """The library's images ``indices``, each read when the consumer asks for it,
+    with the variance planes named."""
     with library:
         for index in indices:
             model = library.borrow(index)
             try:
-                yield input_from_model(model)
+                yield input_from_model(model, variances=variances)
             finally:
                 library.shelve(model, index, modify=False)
             del model
