@@ -78,7 +78,7 @@ def test_pending_sky_level_is_removed_on_the_fly():
 
 def test_input_from_model_reads_the_variances_asked_for():
     model = make_image_model(shape=(8, 8))
-    assert list(input_from_model(model).variances) == ["var_rnoise", "var_poisson", "var_flat"]
+    assert {"var_rnoise", "var_poisson"} <= set(input_from_model(model).variances)
     only = input_from_model(model, variances=weight_variances("ivm"))
     assert list(only.variances) == ["var_rnoise"]
     assert list(input_from_model(model, variances=()).variances) == []
