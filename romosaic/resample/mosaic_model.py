@@ -31,6 +31,8 @@ _OBSERVATION_FIELDS = (
     "program", "execution_plan", "pass", "segment", "observation", "visit", "exposure",
 )
 _L2_STEPS_IN_L3 = ("flux", "skymatch", "outlier_detection")
+# Pixels of the band of rows worked on at once when combining planes.
+_BAND_PIXELS = 1 << 20
 
 
 @dataclass
@@ -121,11 +123,8 @@ def build_mosaic_model(
         elif name != "var_flat":
             zeros = zeros if zeros is not None else np.zeros(result.data.shape, np.float32)
             setattr(model, name, zeros)
-    total_variance = sum(variances[name] for name in variances if name != "var_flat" or
-                         include_var_flat)
-    if isinstance(total_variance, int):
-        total_variance = np.zeros(result.data.shape, np.float32)
-    model.err = np.sqrt(total_variance).astype(np.float32)
+    model.err = _root_of_sum([variances[name] for name in variances
+                              if name != "var_flat" or include_var_flat], result.data.shape)
 
     meta = model.meta
     meta.calibration_software_name = "romosaic"
@@ -157,6 +156,19 @@ def build_mosaic_model(
     meta.statistics = _statistics(result)
     meta.individual_image_meta = _individual_image_meta(summaries)
     return model
+
+
+def _root_of_sum(planes, shape):
+    """``sqrt(sum(planes))`` in float32, a band of rows at a time, so that the
+    result is the only image-sized array made (the planes may be mapped files)."""
+    root = np.zeros(shape, np.float32)
+    band = max(1, _BAND_PIXELS // max(1, shape[-1]))
+    for start in range(0, shape[0], band):
+        rows = slice(start, start + band)
+        for plane in planes:
+            np.add(root[rows], plane[rows], out=root[rows])
+        np.sqrt(root[rows], out=root[rows])
+    return root
 
 
 def _coadd_info(result, summaries):
