@@ -104,12 +104,15 @@ def median_of_group_drizzles(groups, window, store, *, threads=1, memory_budget=
                          threads=threads, memory=budget)
     groups = list(groups)
 
+    prepare = functools.partial(prepare_image, grid=window.grid, weight_type=weight_type,
+                                good_bits=good_bits, pixmap_stepsize=pixmap_stepsize)
+
     def prepared():
         for position, (_, _, images) in enumerate(groups):
-            for image in images:
-                yield position, prepare_image(image, window.grid, weight_type=weight_type,
-                                              good_bits=good_bits,
-                                              pixmap_stepsize=pixmap_stepsize)
+            # map keeps no reference to an input once it is prepared, so its
+            # DQ array is freed while the image is drizzled.
+            for image in map(prepare, images):
+                yield position, image
 
     # One stream over every group: the next group's first image is read
     # while this group's last one is drizzled and its weights are examined
@@ -204,8 +207,11 @@ def drizzle_group(images, window, store, *, name, n_images, strips, threads=1,
     str
         ``name``.
     """
-    prepared = (prepare_image(image, window.grid, weight_type=weight_type, good_bits=good_bits,
-                              pixmap_stepsize=pixmap_stepsize) for image in images)
+    # map keeps no reference to an input once it is prepared (see
+    # `median_of_group_drizzles`).
+    prepared = map(functools.partial(prepare_image, grid=window.grid, weight_type=weight_type,
+                                     good_bits=good_bits, pixmap_stepsize=pixmap_stepsize),
+                   images)
     stream = prefetch(prepared, enabled=threads > 1)
     try:
         return _drizzle_prepared(stream, window, store, name=name, n_images=n_images,

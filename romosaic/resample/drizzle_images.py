@@ -7,6 +7,7 @@ once (`prepare_image`) and deposits it with the `DrizzleEngine` on the part
 of the grid the inputs reach, in threads, while the next input is read.
 """
 
+import functools
 import logging
 
 from ..dq import DEFAULT_GOOD_BITS
@@ -93,8 +94,11 @@ def drizzle_images(
     log.info("drizzling %d x %d of the grid's %d x %d pixels in %d strip(s), %d thread(s)%s",
              window.shape[1], window.shape[0], grid.shape[1], grid.shape[0], len(strips),
              threads, ", planes in files" if store.on_disk else "")
-    prepared = (prepare_image(image, grid, weight_type=weight_type, good_bits=good_bits,
-                              pixmap_stepsize=pixmap_stepsize) for image in inputs)
+    # map keeps no reference to an input once it is prepared, so its DQ
+    # array is freed while the image is drizzled.
+    prepared = map(functools.partial(prepare_image, grid=grid, weight_type=weight_type,
+                                     good_bits=good_bits, pixmap_stepsize=pixmap_stepsize),
+                   inputs)
     input_pixel_scale = None
     with DrizzleEngine(window, store, strips=strips, n_inputs=n_inputs,
                        variance_names=variance_names, kernel=kernel, pixfrac=pixfrac,

@@ -42,6 +42,7 @@ from ..resample import (
 from ..resample.engine import DEFAULT_MEMORY_BUDGET_MIB, data_window
 from ..resample.planes import PlaneStore
 from ..resample.weights import weight_variances
+from ._inputs import read_inputs
 from ._survey import survey_inputs
 from .base import STEP_COMPLETE, STEP_SKIPPED, RomosaicStep
 
@@ -142,7 +143,7 @@ class OutlierDetectionStep(RomosaicStep):
     def _median_of_group_drizzles(self, library, groups, window, store):
         median = median_of_group_drizzles(
             [(group_id, len(indices),
-              _images(library, indices, variances=weight_variances(self.weight_type)))
+              read_inputs(library, indices, variances=weight_variances(self.weight_type)))
              for group_id, indices in groups.items()],
             window, store,
             threads=resolve_workers(self.workers),
@@ -251,16 +252,3 @@ class OutlierDetectionStep(RomosaicStep):
         with atomic_output(path) as temp_path:
             asdf.AsdfFile(tree).write_to(temp_path)
         log.info("saved %s", path)
-
-
-def _images(library, indices, *, variances):
-    """The library's images ``indices``, each read when the consumer asks for it,
-    with the variance planes named."""
-    with library:
-        for index in indices:
-            model = library.borrow(index)
-            try:
-                yield input_from_model(model, variances=variances)
-            finally:
-                library.shelve(model, index, modify=False)
-            del model

@@ -20,7 +20,6 @@ from ..resample import (
     drizzle_images,
     free_grid,
     grid_from_wcs_file,
-    input_from_model,
     require_overlap,
     skycell_grid_for_association,
 )
@@ -29,6 +28,7 @@ from ..resample.engine import DEFAULT_MEMORY_BUDGET_MIB, DrizzleEngine, data_win
 from ..resample.grid import DEFAULT_MAX_OUTPUT_PIXELS, check_grid_size
 from ..resample.noise_correlation import noise_correlation_for_grid
 from ..resample.planes import PlaneStore
+from ._inputs import read_inputs
 from ._survey import survey_inputs
 from .base import STEP_COMPLETE, RomosaicStep
 
@@ -138,16 +138,12 @@ class ResampleStep(RomosaicStep):
             log.info("drizzle planes (%.0f MiB) kept in memory-mapped files",
                      n_planes_bytes * window.shape[0] * window.shape[1] / 2**20)
 
-        def stream():
-            for _, model in library.iter_models(modify=False):
-                yield input_from_model(model)
-
         with scratch_directory(self.search_attr("output_dir"), "planes",
                                enabled=in_files) as directory:
             store = PlaneStore(window.shape, directory=directory)
             try:
                 return drizzle_images(
-                    stream(), grid, len(library),
+                    read_inputs(library), grid, len(library),
                     window=window,
                     store=store,
                     threads=resolve_workers(self.workers),
