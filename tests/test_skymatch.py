@@ -118,6 +118,23 @@ def test_grouped_statistics_of_many_groups_of_every_size(skystat):
     assert result.npix[0] == 1 and result.value[0] == groups[0][0] and result.stddev[0] == 0
 
 
+@pytest.mark.parametrize("skystat", ["mean", "mode", "midpt"])
+def test_one_group_without_sorting_agrees_with_the_sorted_groups(skystat):
+    # One group (a whole image) is measured by sweeps over the unsorted
+    # values; with a second, empty group the same pixels go through the
+    # sorting path. Same pixels used, same statistics to rounding.
+    rng = np.random.default_rng(9)
+    values = (3e3 + rng.normal(0.0, 2.0, 200_000)).astype(np.float32)
+    values[:4000] += rng.exponential(40.0, 4000).astype(np.float32)
+    labels = np.where(rng.random(values.size) < 0.1, -1, 0)
+    p = SkyStatisticsParameters(skystat=skystat)
+    one = grouped_sky_statistics(values, labels, 1, p)
+    two = grouped_sky_statistics(values, labels, 2, p)
+    assert one.npix[0] == two.npix[0] and one.members[0] == two.members[0]
+    assert one.value[0] == pytest.approx(two.value[0], rel=1e-9, abs=1e-9)
+    assert one.stddev[0] == pytest.approx(two.stddev[0], rel=1e-9)
+
+
 def test_grouped_statistics_leave_out_negative_labels():
     values = np.array([1.0, np.nan, 2.0, 50.0, 3.0, np.inf], np.float32)
     labels = np.array([0, -1, 0, -7, 0, -1])

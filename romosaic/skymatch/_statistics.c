@@ -14,7 +14,9 @@
  *     magnitude is usually the top one), so a run of a thousand pixels
  *     is sorted in cache;
  *   - the clipping passes, the median and the histogram of a sorted run
- *     are found by binary search and short sweeps over the run.
+ *     are found by binary search and short sweeps over the run;
+ *   - one group (a whole image) is measured without sorting or copying,
+ *     by sweeps over the values, unless its median is asked for.
  *
  * Pixels labelled below 0 are left out, so callers pass a whole data plane
  * and mark the unusable pixels instead of copying the usable ones. Extra
@@ -152,43 +154,40 @@ static Py_ssize_t after_at_most(const float *v, Py_ssize_t n, double threshold)
     return lo;
 }
 
-/* Mode or midpoint of the histogram of the sorted values v[0..n), n > 0,
- * with bins `binwidth` standard deviations wide starting at the smallest
- * value; NaN where the histogram cannot be made. */
-static double histogram_statistic(const float *v, Py_ssize_t n, double std, const parameters *p,
-                                  double *counts)
+/* The histogram of values from vmin to vmax: bins `binwidth` standard
+ * deviations wide starting at vmin, at most max_bins of them. Returns 0 when
+ * no histogram can be made (one distinct value, or bins wider than the
+ * data): every estimator of the centre is then the middle of the range. */
+static int histogram_bins(double vmin, double vmax, double std, const parameters *p,
+                          double *width, long *nbins)
 {
-    const double vmin = v[0], vmax = v[n - 1];
     const double span = vmax - vmin;
-    double width = p->binwidth * std;
     const double tiny = 10.0 * FLT_EPSILON * fmax(1.0, fabs(vmax));
-    /* One distinct value, or bins wider than the data: every estimator of
-     * the centre gives the middle of the range. */
-    if (width <= tiny || span <= tiny || width > span) {
-        return 0.5 * (vmin + vmax);
+    *width = p->binwidth * std;
+    if (*width <= tiny || span <= tiny || *width > span) {
+        return 0;
     }
-    double bins = floor(span / width) + 1.0;
+    double bins = floor(span / *width) + 1.0;
     if (!(bins <= (double)p->max_bins)) {
         bins = (double)p->max_bins;
-        width = span * (1.0 + 1e-9) / (double)p->max_bins;
+        *width = span * (1.0 + 1e-9) / (double)p->max_bins;
     }
-    const long nbins = (long)bins;
-    /* Bin j holds vmin + j*width <= value < vmin + (j+1)*width; the last
-     * bin also takes the values beyond its upper edge. */
-    Py_ssize_t at = 0;
-    for (long j = 0; j < nbins; j++) {
-        Py_ssize_t end = n;
-        if (j < nbins - 1) {
-            const double edge = vmin + (double)(j + 1) * width;
-            end = at;
-            while (end < n && (double)v[end] < edge) {
-                end++;
-            }
-        }
-        counts[j] = (double)(end - at);
-        at = end;
-    }
-    if (p->statistic == STAT_MODE) {
+    *nbins = (long)bins;
+    return 1;
+}
+
+/* Lower edge of bin j: bin j holds edge(j) <= value < edge(j + 1), and the
+ * last bin also the values beyond its upper edge. */
+static inline double bin_edge(double vmin, double width, long j)
+{
+    return vmin + (double)j * width;
+}
+
+/* Mode or midpoint of n values from their histogram. */
+static double statistic_of_histogram(const double *counts, long nbins, Py_ssize_t n,
+                                     double vmin, double width, int statistic)
+{
+    if (statistic == STAT_MODE) {
         long k = 0;
         for (long j = 1; j < nbins; j++) {
             if (counts[j] > counts[k]) {
@@ -214,6 +213,32 @@ static double histogram_statistic(const float *v, Py_ssize_t n, double std, cons
     }
     const double fraction = counts[k] > 0.0 ? (half - cumulative) / counts[k] : 0.5;
     return vmin + ((double)k + fraction) * width;
+}
+
+/* Mode or midpoint of the sorted values v[0..n), n > 0. */
+static double histogram_statistic(const float *v, Py_ssize_t n, double std, const parameters *p,
+                                  double *counts)
+{
+    const double vmin = v[0], vmax = v[n - 1];
+    double width;
+    long nbins;
+    if (!histogram_bins(vmin, vmax, std, p, &width, &nbins)) {
+        return 0.5 * (vmin + vmax);
+    }
+    Py_ssize_t at = 0;
+    for (long j = 0; j < nbins; j++) {
+        Py_ssize_t end = n;
+        if (j < nbins - 1) {
+            const double edge = bin_edge(vmin, width, j + 1);
+            end = at;
+            while (end < n && (double)v[end] < edge) {
+                end++;
+            }
+        }
+        counts[j] = (double)(end - at);
+        at = end;
+    }
+    return statistic_of_histogram(counts, nbins, n, vmin, width, p->statistic);
 }
 
 /* Clipped statistic of the sorted values v[0..n). */
@@ -265,6 +290,101 @@ static group_result run_statistics(const float *v, Py_ssize_t n, const parameter
     return r;
 }
 
+/* Clipped statistic of the values v[i] with labels[i] >= 0 (all values
+ * when labels is NULL), without sorting or copying them: each clipping
+ * pass, and the histogram, is one sweep over the values. Gives the same
+ * pixels as run_statistics and the same statistics to rounding; not for
+ * the median, which needs the values in order. */
+static group_result stream_statistics(const float *v, const int32_t *labels, Py_ssize_t n,
+                                      const parameters *p, double *counts)
+{
+    group_result r = {NAN, NAN, 0};
+    double lo = p->lower, hi = p->upper;
+    double mean = NAN, std = NAN, vmin = INFINITY, vmax = -INFINITY;
+    Py_ssize_t count = 0;
+    /* Sums about a value near the mean keep the sum of squares accurate
+     * however far the data sit from zero: a first sweep finds one. */
+    double reference = 0.0;
+    {
+        double s1 = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const double x = (double)v[i];
+            if ((labels == NULL || labels[i] >= 0) && x >= lo && x <= hi) {
+                s1 += x;
+                count++;
+            }
+        }
+        if (count == 0) {
+            return r;
+        }
+        reference = s1 / (double)count;
+    }
+    for (long iteration = 0; iteration <= p->nclip; iteration++) {
+        double s1 = 0.0, s2 = 0.0;
+        count = 0;
+        vmin = INFINITY;
+        vmax = -INFINITY;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const double x = (double)v[i];
+            if ((labels == NULL || labels[i] >= 0) && x >= lo && x <= hi) {
+                const double d = x - reference;
+                s1 += d;
+                s2 += d * d;
+                count++;
+                vmin = x < vmin ? x : vmin;
+                vmax = x > vmax ? x : vmax;
+            }
+        }
+        if (count == 0) {
+            return r; /* every pixel clipped away */
+        }
+        const double mean_offset = s1 / (double)count;
+        const double var = count > 1 ? (s2 - s1 * mean_offset) / (double)(count - 1) : 0.0;
+        std = sqrt(fmax(var, 0.0));
+        mean = mean_offset + reference;
+        reference = mean;
+        if (iteration < p->nclip) {
+            lo = fmax(p->lower, mean - p->lsigma * std);
+            hi = fmin(p->upper, mean + p->usigma * std);
+        }
+    }
+    double value = mean;
+    if (p->statistic == STAT_MODE || p->statistic == STAT_MIDPT) {
+        double width;
+        long nbins;
+        if (!histogram_bins(vmin, vmax, std, p, &width, &nbins)) {
+            value = 0.5 * (vmin + vmax);
+        } else {
+            memset(counts, 0, (size_t)nbins * sizeof(double));
+            for (Py_ssize_t i = 0; i < n; i++) {
+                const double x = (double)v[i];
+                if ((labels == NULL || labels[i] >= 0) && x >= lo && x <= hi) {
+                    /* The division finds the bin to within one; the
+                     * comparisons with the edges settle it exactly as the
+                     * sorted path's sweep does. */
+                    long j = (long)floor((x - vmin) / width);
+                    j = j < 0 ? 0 : (j > nbins - 1 ? nbins - 1 : j);
+                    while (j > 0 && x < bin_edge(vmin, width, j)) {
+                        j--;
+                    }
+                    while (j < nbins - 1 && x >= bin_edge(vmin, width, j + 1)) {
+                        j++;
+                    }
+                    counts[j] += 1.0;
+                }
+            }
+            value = statistic_of_histogram(counts, nbins, count, vmin, width, p->statistic);
+        }
+        if (!isfinite(value)) {
+            value = mean;
+        }
+    }
+    r.value = value;
+    r.stddev = std;
+    r.npix = count;
+    return r;
+}
+
 /* Gathers, sorts and measures every group (pixels labelled below 0 belong
  * to none). Returns 0, -1 when out of memory, or -2 - i for a label beyond
  * the last group at index i. */
@@ -279,6 +399,26 @@ static Py_ssize_t measure_groups(const float *values, const int32_t *labels, Py_
     uint32_t *scratch = NULL;
     if (offset == NULL || counts == NULL) {
         status = -1;
+        goto done;
+    }
+    if (n_groups == 1 && p->statistic != STAT_MEDIAN) {
+        /* One group (a whole image): no gathering or sorting needed. */
+        if (labels != NULL) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                if (labels[i] >= 1) {
+                    status = -2 - i;
+                    goto done;
+                }
+                offset[1] += labels[i] >= 0;
+            }
+        } else {
+            offset[1] = n;
+        }
+        const group_result r = stream_statistics(values, labels, n, p, counts);
+        out_value[0] = r.value;
+        out_stddev[0] = r.stddev;
+        out_npix[0] = r.npix;
+        out_members[0] = offset[1];
         goto done;
     }
     if (labels == NULL) {
