@@ -1,4 +1,4 @@
-"""Build of the compiled drizzle kernels; everything else is in pyproject.toml."""
+"""Build of the compiled kernels (drizzle, flux scaling); everything else is in pyproject.toml."""
 
 import sys
 
@@ -16,6 +16,13 @@ setup(
             extra_compile_args=[] if sys.platform == "win32" else [
                 "-O3", "-std=c99", "-fno-trapping-math"],
             libraries=[] if sys.platform == "win32" else ["m"],
-        )
+        ),
+        Extension(
+            "romosaic._scale",
+            sources=["romosaic/_scale.c"],
+            # As above: the float16 loops run on vectors only with it.
+            extra_compile_args=[] if sys.platform == "win32" else [
+                "-O3", "-std=c99", "-fno-trapping-math"],
+        ),
     ]
 )
