@@ -11,7 +11,8 @@ DEMO_DIR ?= demo
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py romosaic/resample/_kernels.c romosaic/skymatch/_statistics.c
+$(STAMP): pyproject.toml setup.py romosaic/resample/_kernels.c romosaic/skymatch/_statistics.c \
+		romosaic/_scale.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,dask]"

@@ -24,5 +24,12 @@ setup(
             extra_compile_args=["-O3", "-std=c99"] if UNIX else [],
             libraries=["m"] if UNIX else [],
         ),
+        Extension(
+            "romosaic._scale",
+            sources=["romosaic/_scale.c"],
+            # -fno-trapping-math as for the drizzle kernels: the float16 loops run
+            # on vectors only with it.
+            extra_compile_args=["-O3", "-std=c99", "-fno-trapping-math"] if UNIX else [],
+        ),
     ]
 )

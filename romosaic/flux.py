@@ -10,15 +10,15 @@ import math
 
 import numpy as np
 
-from .half import to_float16
+from . import _scale
 
 __all__ = ["VARIANCE_ARRAYS", "check_conversion_factor", "scale_to_surface_brightness"]
 
 #: Variance arrays a Level-2 image may carry.
 VARIANCE_ARRAYS = ("var_poisson", "var_rnoise", "var_flat")
 
-# Elements scaled at a time (256 KiB of float32).
-_CHUNK = 2**16
+# Element types of the compiled scaling (native byte order).
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 def check_conversion_factor(factor):
@@ -90,13 +90,17 @@ def scale_to_surface_brightness(arrays, factor, *, in_place=False):
 def _scale_into(values, scale, out):
     """``out = values * scale`` in float32 arithmetic, rounded to ``out``'s dtype.
 
-    Works in chunks, so that the float32 temporaries stay small and ``out``
-    may be ``values`` itself.
+    ``out`` (C-contiguous) may be ``values`` itself. float32 and float16
+    arrays are scaled by the compiled `romosaic._scale`, in one pass and
+    without the interpreter lock; variances in MJy^2/sr^2 are often float16
+    subnormals, which it rounds as numpy does but without numpy's slow path.
     """
-    flat_values = np.ascontiguousarray(values).reshape(-1)
-    flat_out = out.reshape(-1)
-    for start in range(0, flat_values.size, _CHUNK):
-        chunk = slice(start, start + _CHUNK)
-        product = flat_values[chunk].astype(np.float32) * scale
-        # Variances in MJy^2/sr^2 are often float16 subnormals (see `to_float16`).
-        flat_out[chunk] = to_float16(product) if out.dtype == np.float16 else product
+    if values.dtype not in _KERNEL_DTYPES:
+        values = values.astype(np.float32)
+    values = np.ascontiguousarray(values)
+    if out.dtype in _KERNEL_DTYPES:
+        _scale.scale(values, out, scale)
+    else:
+        product = np.empty(values.shape, np.float32)
+        _scale.scale(values, product, scale)
+        out[...] = product
