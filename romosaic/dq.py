@@ -18,7 +18,7 @@ __all__ = ["DEFAULT_GOOD_BITS", "bad_flags_mask", "good_pixel_mask"]
 DEFAULT_GOOD_BITS = "~DO_NOT_USE+NON_SCIENCE"
 
 # Pixels whose flags are tested at once by `good_pixel_mask`.
-_MASK_CHUNK = 1 << 20
+_MASK_CHUNK = 1 << 18
 
 _FLAG_NAMES = bitmask.extend_bit_flag_map(
     "RomanPixelFlags", **{flag.name: int(flag.value) for flag in pixel if int(flag.value)}

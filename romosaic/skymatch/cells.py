@@ -41,7 +41,7 @@ _NODE_STEP = 32
 # Rows mapped at a time, to bound the memory of the float64 coordinates.
 _STRIP_ROWS = 512
 # Pixels renumbered at a time from whole-grid to per-image cells.
-_RELABEL_CHUNK = 1 << 20
+_RELABEL_CHUNK = 1 << 18
 
 
 @dataclass

@@ -41,6 +41,7 @@ from stpipe.exceptions import ValidationError
 from stpipe.library import AbstractModelLibrary
 
 from .._atomic import atomic_save_model, prepare_output_directory, remove_empty_directories
+from .._malloc import give_back_freed_memory
 from ..errors import OutputError, RomosaicError, RomosaicInputError
 from ..library import ModelLibrary
 from ..models import open_image_model
@@ -219,6 +220,9 @@ class _OfflineMixin:
             except BaseException:
                 remove_empty_directories(created)
                 raise
+            finally:
+                # The next step's peak starts from what this one leaves.
+                give_back_freed_memory()
 
     @contextlib.contextmanager
     def _skipping_library(self, args):
