@@ -52,6 +52,23 @@ class RomosaicError(StpipeExitException):
     def __str__(self):
         return self.message
 
+    def __reduce__(self):
+        # The default pickle calls the class with ``self.args`` (status and
+        # message), which the subclasses' constructors do not take: errors
+        # raised in worker processes (the survey's Dask workers) would not
+        # come back. Rebuild without calling the constructor instead.
+        errno = getattr(self, "errno", None) if isinstance(self, OSError) else None
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__), errno)
+
+
+def _rebuild_error(cls, args, state, errno=None):
+    error = cls.__new__(cls, *args)
+    error.__dict__.update(state)
+    if errno is not None or isinstance(error, OSError):
+        error.errno = errno
+        error.strerror = state.get("message")
+    return error
+
 
 class RomosaicInputError(RomosaicError, ValueError):
     """A problem with the user's input, described in one line.
