@@ -31,12 +31,12 @@ import logging
 import math
 
 import numpy as np
-from scipy import ndimage
 
 from ..dq import good_pixel_mask
 from ..parallel import prefetch
 from ..resample.engine import DrizzleEngine, plan_strips, prepare_image
 from ..resample.pixmap import PixelMapper
+from . import _blot
 from .flagging import outlier_mask, sky_level
 from .median import nanmedian_stack
 
@@ -53,8 +53,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Side, in input pixels, of the pieces an image is blotted in.
-_BLOT_TILE = 1024
+# Rows of an image blotted at once (with the median on disk, the pages of
+# it that one band reads are all the blot holds).
+_BLOT_ROWS = 256
 # Rows of an image flagged at once, and the rows of context each side that
 # make the result independent of the split (derivative, 3x3 maximum, 3x3
 # growth: two rows).
@@ -392,6 +393,19 @@ def median_of_planes(store, names, out_name, *, threads=1, memory_budget=None, l
 def blot_median(store, median_name, mapper, window):
     """The median interpolated (bilinearly) at an image's pixel positions.
 
+    A compiled kernel evaluates the image's pixel map row by row from its
+    splines and interpolates the median there, so neither the map nor
+    coordinate arrays are held (an exact map, without splines, is made a
+    band of rows at a time).
+    Its values equal, to the bit, scipy's evaluation of the splines
+    (`scipy.interpolate.RectBivariateSpline`) followed by
+    ``scipy.ndimage.map_coordinates(median, (y - y0, x - x0), order=1,
+    mode="constant", cval=nan, prefilter=False)``, except next to holes
+    (NaN pixels of the median): there the median with its holes set to zero
+    is interpolated, and the value is NaN only where a hole has a non-zero
+    weight, so a point exactly on a pixel row or column next to a hole keeps
+    its value. The tests compare the kernel with that scipy form.
+
     Parameters
     ----------
     store : PlaneStore
@@ -408,80 +422,42 @@ def blot_median(store, median_name, mapper, window):
         NaN where the input pixel falls outside the median or on no data.
     """
     ny, nx = mapper.shape
-    blot = np.full((ny, nx), np.nan, np.float32)
-    wy, wx = store.shape
-    for r0 in range(0, ny, _BLOT_TILE):
-        for c0 in range(0, nx, _BLOT_TILE):
-            rows, cols = (r0, min(ny, r0 + _BLOT_TILE)), (c0, min(nx, c0 + _BLOT_TILE))
-            pixmap = mapper.region(rows, cols)
-            # (row, column) of each pixel on the window, and then on the piece.
-            coordinates = np.empty((2, *pixmap.shape[:2]))
-            np.subtract(pixmap[..., 1], window.y0, out=coordinates[0])
-            np.subtract(pixmap[..., 0], window.x0, out=coordinates[1])
-            del pixmap
-            bounds = _finite_bounds(coordinates)
-            if bounds is None:
-                continue
-            (y_min, y_max), (x_min, x_max) = bounds
-            # The median pixels this piece can touch (bilinear: floor and floor + 1).
-            y0 = min(wy, max(0, int(math.floor(y_min)) - 1))
-            y1 = max(0, min(wy, int(math.floor(y_max)) + 3))
-            x0 = min(wx, max(0, int(math.floor(x_min)) - 1))
-            x1 = max(0, min(wx, int(math.floor(x_max)) + 3))
-            if y1 <= y0 or x1 <= x0:
-                continue
-            # Shifted coordinates keep points off the median off the piece too:
-            # the piece only ends short of the median where no point reaches.
-            coordinates[0] -= y0
-            coordinates[1] -= x0
-            piece = store.read(median_name, rows=(y0, y1), cols=(x0, x1))
-            blot[rows[0]:rows[1], cols[0]:cols[1]] = _interpolate(piece, coordinates)
+    blot = np.empty((ny, nx), np.float32)
+    spline = mapper.spline_coefficients()
+    for r0 in range(0, ny, _BLOT_ROWS):
+        rows = (r0, min(ny, r0 + _BLOT_ROWS))
+        pixmap = None if spline is not None else mapper.region(rows)
+        # The whole median, as a view in memory; on disk a mapping of which
+        # only the pages this band reads are faulted in, and let go after it.
+        with store.rows(median_name, (0, store.shape[0])) as median:
+            _blot_rows(median, window, blot[rows[0]:rows[1]], rows[0], pixmap=pixmap,
+                       spline=spline)
+        del pixmap
     return blot
 
 
-def _finite_bounds(coordinates):
-    """``((y_min, y_max), (x_min, x_max))`` of the finite points, or None if there are none."""
-    finite = np.isfinite(coordinates[0]) & np.isfinite(coordinates[1])
-    if finite.all():
-        return tuple((float(axis.min()), float(axis.max())) for axis in coordinates)
-    if not finite.any():
-        return None
-    return tuple((float(np.min(axis, where=finite, initial=np.inf)),
-                  float(np.max(axis, where=finite, initial=-np.inf))) for axis in coordinates)
+def _blot_rows(median, window, out, row0, *, pixmap=None, spline=None):
+    """Fill ``out`` (image rows ``row0``...) with the median at their positions.
 
-
-def _interpolate(median, coordinates):
-    """Bilinear interpolation of ``median`` at ``coordinates`` (rows, columns).
-
-    NaN next to holes (NaN pixels of ``median``) or outside it. A hole
-    counts when the point's interpolation gives it a non-zero weight, so a
-    point exactly on a pixel row or column next to a hole keeps its value.
+    Parameters
+    ----------
+    median : numpy.ndarray of float32
+        The whole median, C-contiguous.
+    window : DataWindow
+    out : numpy.ndarray of float32
+        C-contiguous rows of the blot, written (float64 gives the values
+        before their rounding to float32, for the tests).
+    row0 : int
+        The image row of ``out[0]``.
+    pixmap : numpy.ndarray of float64, optional
+        The grid ``(x, y)`` of the pixels of ``out`` (shape ``(*out.shape, 2)``).
+    spline : tuple, optional
+        Instead of ``pixmap``: `PixelMapper.spline_coefficients` of the image.
     """
-    median = median.astype(np.float32, copy=False)
-    # Interpolating the median with its holes gives every point that touches
-    # no hole its value, to the bit: the arithmetic is that of the zero-filled
-    # median, on the same (finite) pixels. The few points it leaves NaN (near
-    # a hole, even with zero weight, or outside) are then done exactly.
-    values = ndimage.map_coordinates(median, coordinates, order=1, mode="constant",
-                                     cval=np.nan, prefilter=False)
-    missing = np.isnan(values)
-    if missing.any():
-        values[missing] = _interpolate_near_holes(median, coordinates[:, missing])
-    return values
-
-
-def _interpolate_near_holes(median, coordinates):
-    """`_interpolate` of points that may touch holes: the median with its holes
-    filled with zero, NaN where a hole's weight is not zero."""
-    holes = np.isnan(median)
-    filled = np.where(holes, np.float32(0.0), median)
-    values = ndimage.map_coordinates(filled, coordinates, order=1, mode="constant",
-                                     cval=np.nan, prefilter=False)
-    # A pixel next to a hole would mix in the zero fill: mark it missing.
-    near_hole = ndimage.map_coordinates(holes.astype(np.float32), coordinates, order=1,
-                                        mode="constant", cval=1.0, prefilter=False) > 0
-    values[near_hole] = np.nan
-    return values
+    median = np.ascontiguousarray(median, dtype=np.float32)
+    if pixmap is not None:
+        pixmap = np.ascontiguousarray(pixmap, dtype=np.float64)
+    _blot.blot(median, float(window.y0), float(window.x0), out, int(row0), pixmap, spline)
 
 
 def flag_image(image, store, median_name, window, *, snr, scale, backg=0.0, model_error=0.0,

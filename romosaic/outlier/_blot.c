@@ -1,0 +1,541 @@
+/*
+ * romosaic.outlier._blot: the median interpolated at an input image's
+ * pixels, row by row, without a pixel map or coordinate arrays in memory.
+ *
+ * For each input pixel the kernel finds its position on the median's
+ * window (the image's pixel map, from its bicubic splines or given), and
+ * interpolates the median there bilinearly. The result equals, bit for
+ * bit, what scipy gives for
+ *
+ *   pixmap = RectBivariateSpline(...)(rows, cols)       (FITPACK's bispev)
+ *   coordinates = (pixmap[..., 1] - y0, pixmap[..., 0] - x0)
+ *   values = ndimage.map_coordinates(median, coordinates, order=1,
+ *                                    mode="constant", cval=nan, prefilter=False)
+ *
+ * and, where that gives NaN, the same interpolation of the median with its
+ * NaN pixels set to zero, itself NaN where a NaN pixel has a non-zero
+ * weight. So every operation below is done in the order and precision of
+ * those routines (FITPACK's fpbisp and fpbspl, ndimage's
+ * NI_GeometricTransform for order 1): a product of three numbers is formed
+ * left to right, sums start from zero, nothing is fused or reassociated
+ * (the module is compiled with -ffp-contract=off). The tests compare the
+ * pixel map, and the values before their rounding to float32, with scipy's
+ * to the bit, on maps with distortion, medians with holes, and points on
+ * the edges and exactly on pixel rows and columns.
+ *
+ * Arrays come in through the buffer protocol; the Python side
+ * (`romosaic.outlier.detect`) checks dtypes and contiguity. The work runs
+ * without the GIL, so threads can blot different images at once.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    /* the median over the window, wy x wx, row-major */
+    const float *median;
+    Py_ssize_t wy, wx;
+    double y0, x0; /* grid position of median[0, 0] */
+
+    /* rows row0 .. row0 + ny - 1 of the image, ny x nx: float32, or (for
+     * the tests) float64 before the rounding */
+    float *out;
+    double *out64;
+    Py_ssize_t ny, nx, row0;
+
+    /* the pixel map: given (ny x nx x 2, (x, y) on the grid), or splines */
+    const double *pixmap;
+    const double *ty, *tx, *c[2]; /* knots and coefficients of grid x and y */
+    Py_ssize_t nty, ntx;
+
+    /* scratch for the splines */
+    Py_ssize_t *col_start; /* per column: the first coefficient along the row */
+    double *col_basis;     /* per column: its four basis functions */
+    double *row_map;       /* one row of the map: its x, then its y */
+} blot_t;
+
+/* ------------------------------------------------------------------------
+ * The pixel map from its bicubic splines, as FITPACK's fpbisp evaluates it.
+ */
+
+/* The knot interval of x (clamped to the spline's range) for fpbspl:
+ * 1-based l with t(l) <= x < t(l + 1), at most n - 4 (k = 3). The walk is
+ * fpbisp's, from interval l (4, the first, or that of a smaller x). */
+static Py_ssize_t
+knot_interval(const double *t, Py_ssize_t n, double *x, Py_ssize_t l)
+{
+    Py_ssize_t last = n - 4;
+    double arg = *x;
+
+    if (arg < t[3]) {
+        arg = t[3];
+    }
+    if (arg > t[n - 4]) {
+        arg = t[n - 4];
+    }
+    while (!(arg < t[l] || l == last)) {
+        ++l;
+    }
+    *x = arg;
+    return l;
+}
+
+/* FITPACK's fpbspl for k = 3: the four non-zero B-splines at x, with x in
+ * knot interval l (1-based). */
+static void
+basis(const double *t, Py_ssize_t l, double x, double *h)
+{
+    double hh[3], f;
+    int i, j;
+
+    h[0] = 1.0;
+    for (j = 1; j <= 3; ++j) {
+        for (i = 1; i <= j; ++i) {
+            hh[i - 1] = h[i - 1];
+        }
+        h[0] = 0.0;
+        for (i = 1; i <= j; ++i) {
+            Py_ssize_t li = l + i, lj = li - j;
+            if (t[li - 1] != t[lj - 1]) {
+                f = hh[i - 1] / (t[li - 1] - t[lj - 1]);
+                h[i - 1] = h[i - 1] + f * (t[li - 1] - x);
+                h[i] = f * (x - t[lj - 1]);
+            } else {
+                h[i] = 0.0;
+            }
+        }
+    }
+}
+
+/* The basis along image rows: the same for every row. Stored as four
+ * arrays, one per basis function, so the loop over a run of columns reads
+ * each contiguously. */
+static int
+spline_setup(blot_t *B)
+{
+    Py_ssize_t j, nx = B->nx;
+    int b;
+
+    B->col_start = (Py_ssize_t *) malloc(sizeof(Py_ssize_t) * (size_t) nx);
+    B->col_basis = (double *) malloc(sizeof(double) * 4 * (size_t) nx);
+    B->row_map = (double *) malloc(sizeof(double) * 2 * (size_t) nx);
+    if (!B->col_start || !B->col_basis || !B->row_map) {
+        return 1;
+    }
+    for (j = 0; j < nx; ++j) {
+        double x = (double) j, h[4];
+        Py_ssize_t l = knot_interval(B->tx, B->ntx, &x, j > 0 ? B->col_start[j - 1] + 4 : 4);
+        basis(B->tx, l, x, h);
+        for (b = 0; b < 4; ++b) {
+            B->col_basis[b * nx + j] = h[b];
+        }
+        B->col_start[j] = l - 4;
+    }
+    return 0;
+}
+
+/* Row r of the map, x in row[0 .. nx - 1] and y in row[nx .. 2 nx - 1]:
+ * for each pixel, fpbisp's sum over the 4 x 4 coefficients (row basis
+ * outer, column basis inner) of coefficient x row basis x column basis.
+ * Along a run of columns in one knot interval, the first product of each
+ * term is the same, so it is formed once for the run. */
+static void
+spline_row(const blot_t *B, Py_ssize_t r, double *row)
+{
+    Py_ssize_t nbx = B->ntx - 4, nx = B->nx, j0, j1, j;
+    double y = (double) r, hr[4];
+    Py_ssize_t lr = knot_interval(B->ty, B->nty, &y, 4) - 4;
+    const double *w0 = B->col_basis, *w1 = w0 + nx, *w2 = w1 + nx, *w3 = w2 + nx;
+    int axis, a, b;
+
+    basis(B->ty, lr + 4, y, hr);
+    for (j0 = 0; j0 < nx; j0 = j1) {
+        Py_ssize_t start = B->col_start[j0];
+        for (j1 = j0 + 1; j1 < nx && B->col_start[j1] == start; ++j1) {
+        }
+        for (axis = 0; axis < 2; ++axis) {
+            const double *c = B->c[axis] + lr * nbx + start;
+            double *out = row + axis * nx;
+            double p[16];
+            for (a = 0; a < 4; ++a) {
+                for (b = 0; b < 4; ++b) {
+                    p[4 * a + b] = c[a * nbx + b] * hr[a];
+                }
+            }
+            for (j = j0; j < j1; ++j) {
+                double sp = 0.0;
+                for (a = 0; a < 4; ++a) {
+                    sp = sp + p[4 * a] * w0[j];
+                    sp = sp + p[4 * a + 1] * w1[j];
+                    sp = sp + p[4 * a + 2] * w2[j];
+                    sp = sp + p[4 * a + 3] * w3[j];
+                }
+                out[j] = sp;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Bilinear interpolation as ndimage.map_coordinates(order=1, mode="constant")
+ */
+
+/* Where a coordinate falls along an axis of length n: 0 outside (or NaN);
+ * otherwise the two pixels and their weights. At the last pixel exactly,
+ * the second pixel is the mirrored one (weight 0), as ndimage takes it. */
+static inline int
+axis_footprint(double cc, Py_ssize_t n, Py_ssize_t *i0, Py_ssize_t *i1, double *w0, double *w1)
+{
+    double lower;
+
+    if (!(cc >= 0.0) || cc > (double) (n - 1)) {
+        return 0;
+    }
+    /* floor(cc), by truncation: cc is not negative (and a call to floor
+     * costs as much as the rest of the interpolation) */
+    *i0 = (Py_ssize_t) cc;
+    lower = (double) *i0;
+    if (*i0 + 1 >= n) {
+        *i1 = n <= 1 ? 0 : n - 2;
+    } else {
+        *i1 = *i0 + 1;
+    }
+    *w0 = 1.0 - (cc - lower);
+    *w1 = 1.0;
+    *w1 -= *w0;
+    return 1;
+}
+
+/* The median at window position (cr, cc), before its rounding to float32:
+ * NaN outside; where the interpolation is NaN (a NaN pixel, even with zero
+ * weight, or other non-finite values), the interpolation of the median
+ * with its NaN pixels as 0, NaN if a NaN pixel has a non-zero weight. */
+static inline double
+interpolate(const blot_t *B, double cr, double cc)
+{
+    Py_ssize_t r0, r1, c0, c1;
+    double wr0, wr1, wc0, wc1, t, holes;
+    float d[4];
+    int k;
+
+    if (!axis_footprint(cr, B->wy, &r0, &r1, &wr0, &wr1) ||
+        !axis_footprint(cc, B->wx, &c0, &c1, &wc0, &wc1)) {
+        return NAN;
+    }
+    d[0] = B->median[r0 * B->wx + c0];
+    d[1] = B->median[r0 * B->wx + c1];
+    d[2] = B->median[r1 * B->wx + c0];
+    d[3] = B->median[r1 * B->wx + c1];
+    t = 0.0;
+    t += (double) d[0] * wr0 * wc0;
+    t += (double) d[1] * wr0 * wc1;
+    t += (double) d[2] * wr1 * wc0;
+    t += (double) d[3] * wr1 * wc1;
+    if (!isnan(t)) {
+        return t;
+    }
+    {
+        double f[4], h[4];
+        for (k = 0; k < 4; ++k) {
+            int hole = isnan(d[k]);
+            f[k] = hole ? 0.0 : (double) d[k];
+            h[k] = hole ? 1.0 : 0.0;
+        }
+        t = 0.0;
+        t += f[0] * wr0 * wc0;
+        t += f[1] * wr0 * wc1;
+        t += f[2] * wr1 * wc0;
+        t += f[3] * wr1 * wc1;
+        holes = 0.0;
+        holes += h[0] * wr0 * wc0;
+        holes += h[1] * wr0 * wc1;
+        holes += h[2] * wr1 * wc0;
+        holes += h[3] * wr1 * wc1;
+    }
+    /* scipy's weight of the holes is a float32 array */
+    return (float) holes > 0 ? NAN : t;
+}
+
+/* One row: positions x[j * stride], y[j * stride] on the grid. */
+static void
+blot_row(const blot_t *B, const double *x, const double *y, Py_ssize_t stride, Py_ssize_t i)
+{
+    Py_ssize_t j, nx = B->nx;
+
+    if (B->out64) {
+        double *out = B->out64 + i * nx;
+        for (j = 0; j < nx; ++j) {
+            out[j] = interpolate(B, y[j * stride] - B->y0, x[j * stride] - B->x0);
+        }
+    } else {
+        float *out = B->out + i * nx;
+        for (j = 0; j < nx; ++j) {
+            out[j] = (float) interpolate(B, y[j * stride] - B->y0, x[j * stride] - B->x0);
+        }
+    }
+}
+
+static int
+blot_rows(blot_t *B)
+{
+    Py_ssize_t i;
+
+    if (!B->pixmap && spline_setup(B)) {
+        return 1;
+    }
+    for (i = 0; i < B->ny; ++i) {
+        if (B->pixmap) {
+            const double *row = B->pixmap + 2 * i * B->nx;
+            blot_row(B, row, row + 1, 2, i);
+        } else {
+            spline_row(B, B->row0 + i, B->row_map);
+            blot_row(B, B->row_map, B->row_map + B->nx, 1, i);
+        }
+    }
+    return 0;
+}
+
+/* The pixel map of rows row0 .. row0 + ny - 1 into out (ny x nx x 2). */
+static int
+map_rows(blot_t *B, double *out)
+{
+    Py_ssize_t i, j, nx = B->nx;
+
+    if (spline_setup(B)) {
+        return 1;
+    }
+    for (i = 0; i < B->ny; ++i) {
+        double *row = out + 2 * i * nx;
+        spline_row(B, B->row0 + i, B->row_map);
+        for (j = 0; j < nx; ++j) {
+            row[2 * j] = B->row_map[j];
+            row[2 * j + 1] = B->row_map[nx + j];
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Python interface
+ */
+
+/* A C-contiguous buffer of ndim dimensions and itemsize-byte floats
+ * (itemsize 0: 4 or 8). */
+static int
+get_floats(PyObject *obj, Py_buffer *b, int writable, Py_ssize_t itemsize, int ndim,
+           const char *name)
+{
+    const char *f;
+
+    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT |
+                                       (writable ? PyBUF_WRITABLE : 0)) != 0) {
+        return 1;
+    }
+    f = b->format ? b->format : "B";
+    while (*f == '<' || *f == '=' || *f == '@') {
+        ++f;
+    }
+    if (!((itemsize == 0 || b->itemsize == itemsize) &&
+          ((b->itemsize == 4 && f[0] == 'f') || (b->itemsize == 8 && f[0] == 'd')) &&
+          f[1] == '\0' && b->ndim == ndim)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a %d-d array of float%s", name, ndim,
+                     itemsize == 4 ? "32" : itemsize == 8 ? "64" : "32 or float64");
+        PyBuffer_Release(b);
+        return 1;
+    }
+    return 0;
+}
+
+/* The spline (ty, tx, cx, cy) into B; its four buffers are added to bufs. */
+static int
+get_spline(PyObject *o_spline, blot_t *B, Py_buffer *bufs, int *nbuf)
+{
+    int k;
+
+    if (!PyTuple_Check(o_spline) || PyTuple_GET_SIZE(o_spline) != 4) {
+        PyErr_SetString(PyExc_ValueError, "spline: a tuple (ty, tx, cx, cy)");
+        return 1;
+    }
+    for (k = 0; k < 4; ++k) {
+        if (get_floats(PyTuple_GET_ITEM(o_spline, k), &bufs[*nbuf], 0, 8, k < 2 ? 1 : 2,
+                       k < 2 ? "spline knots" : "spline coefficients")) {
+            return 1;
+        }
+        ++*nbuf;
+    }
+    B->ty = (const double *) bufs[*nbuf - 4].buf;
+    B->nty = bufs[*nbuf - 4].shape[0];
+    B->tx = (const double *) bufs[*nbuf - 3].buf;
+    B->ntx = bufs[*nbuf - 3].shape[0];
+    if (B->nty < 8 || B->ntx < 8) {
+        PyErr_SetString(PyExc_ValueError, "spline: a cubic spline needs 8 knots or more");
+        return 1;
+    }
+    for (k = 0; k < 2; ++k) {
+        Py_buffer *c = &bufs[*nbuf - 2 + k];
+        if (c->shape[0] != B->nty - 4 || c->shape[1] != B->ntx - 4) {
+            PyErr_SetString(PyExc_ValueError, "spline coefficients: shape (nty - 4, ntx - 4)");
+            return 1;
+        }
+        B->c[k] = (const double *) c->buf;
+    }
+    return 0;
+}
+
+static void
+release(blot_t *B, Py_buffer *bufs, int nbuf)
+{
+    int k;
+
+    free(B->col_start);
+    free(B->col_basis);
+    free(B->row_map);
+    for (k = 0; k < nbuf; ++k) {
+        PyBuffer_Release(&bufs[k]);
+    }
+}
+
+static PyObject *
+py_blot(PyObject *self, PyObject *args)
+{
+    PyObject *o_median, *o_out, *o_pixmap, *o_spline;
+    Py_ssize_t row0;
+    double y0, x0;
+    Py_buffer bufs[7];
+    int nbuf = 0, status = 0;
+    blot_t B;
+    PyObject *result = NULL;
+
+    (void) self;
+    memset(&B, 0, sizeof(B));
+    if (!PyArg_ParseTuple(args, "OddOnOO:blot", &o_median, &y0, &x0, &o_out, &row0, &o_pixmap,
+                          &o_spline)) {
+        return NULL;
+    }
+    if ((o_pixmap == Py_None) == (o_spline == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "give either a pixel map or a spline");
+        return NULL;
+    }
+    if (get_floats(o_median, &bufs[nbuf], 0, 4, 2, "median")) {
+        goto done;
+    }
+    B.median = (const float *) bufs[nbuf].buf;
+    B.wy = bufs[nbuf].shape[0];
+    B.wx = bufs[nbuf].shape[1];
+    ++nbuf;
+    if (get_floats(o_out, &bufs[nbuf], 1, 0, 2, "out")) {
+        goto done;
+    }
+    if (bufs[nbuf].itemsize == 8) {
+        B.out64 = (double *) bufs[nbuf].buf;
+    } else {
+        B.out = (float *) bufs[nbuf].buf;
+    }
+    B.ny = bufs[nbuf].shape[0];
+    B.nx = bufs[nbuf].shape[1];
+    ++nbuf;
+    B.y0 = y0;
+    B.x0 = x0;
+    B.row0 = row0;
+    if (o_pixmap != Py_None) {
+        if (get_floats(o_pixmap, &bufs[nbuf], 0, 8, 3, "pixmap")) {
+            goto done;
+        }
+        ++nbuf;
+        if (bufs[nbuf - 1].shape[0] != B.ny || bufs[nbuf - 1].shape[1] != B.nx ||
+            bufs[nbuf - 1].shape[2] != 2) {
+            PyErr_SetString(PyExc_ValueError, "pixmap: shape (rows, columns, 2) of out");
+            goto done;
+        }
+        B.pixmap = (const double *) bufs[nbuf - 1].buf;
+    } else if (get_spline(o_spline, &B, bufs, &nbuf)) {
+        goto done;
+    }
+    if (B.ny > 0 && B.nx > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        status = blot_rows(&B);
+        Py_END_ALLOW_THREADS
+    }
+    if (status) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+
+done:
+    release(&B, bufs, nbuf);
+    return result;
+}
+
+static PyObject *
+py_pixel_map(PyObject *self, PyObject *args)
+{
+    PyObject *o_spline, *o_out;
+    Py_ssize_t row0;
+    Py_buffer bufs[5];
+    int nbuf = 0, status = 0;
+    blot_t B;
+    PyObject *result = NULL;
+
+    (void) self;
+    memset(&B, 0, sizeof(B));
+    if (!PyArg_ParseTuple(args, "OnO:pixel_map", &o_spline, &row0, &o_out)) {
+        return NULL;
+    }
+    if (get_spline(o_spline, &B, bufs, &nbuf)) {
+        goto done;
+    }
+    if (get_floats(o_out, &bufs[nbuf], 1, 8, 3, "out")) {
+        goto done;
+    }
+    ++nbuf;
+    if (bufs[nbuf - 1].shape[2] != 2) {
+        PyErr_SetString(PyExc_ValueError, "out: shape (rows, columns, 2)");
+        goto done;
+    }
+    B.ny = bufs[nbuf - 1].shape[0];
+    B.nx = bufs[nbuf - 1].shape[1];
+    B.row0 = row0;
+    if (B.ny > 0 && B.nx > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        status = map_rows(&B, (double *) bufs[nbuf - 1].buf);
+        Py_END_ALLOW_THREADS
+    }
+    if (status) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+
+done:
+    release(&B, bufs, nbuf);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"blot", py_blot, METH_VARARGS,
+     "blot(median, y0, x0, out, row0, pixmap, spline) -> None\n\n"
+     "Interpolate median (float32, on grid pixels from (x0, y0)) at the positions of\n"
+     "image rows row0.. (given as a float64 pixmap of out's rows, or as the splines\n"
+     "(ty, tx, cx, cy) of the whole image's map) into out (float32, or float64 for\n"
+     "the values before their rounding to float32)."},
+    {"pixel_map", py_pixel_map, METH_VARARGS,
+     "pixel_map(spline, row0, out) -> None\n\n"
+     "The pixel map of image rows row0.. from its splines, as the blot evaluates it,\n"
+     "into out (float64, shape (rows, columns, 2))."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_blot", "romosaic's compiled blot of the outlier median.", -1,
+    methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC
+PyInit__blot(void)
+{
+    return PyModule_Create(&module);
+}
