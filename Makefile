@@ -11,7 +11,7 @@ DEMO_DIR ?= demo
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py romosaic/resample/_kernels.c romosaic/outlier/_blot.c
+$(STAMP): pyproject.toml setup.py romosaic/resample/_kernels.c romosaic/outlier/_kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,dask]"

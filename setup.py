@@ -18,8 +18,8 @@ setup(
             libraries=[] if sys.platform == "win32" else ["m"],
         ),
         Extension(
-            "romosaic.outlier._blot",
-            sources=["romosaic/outlier/_blot.c"],
+            "romosaic.outlier._kernels",
+            sources=["romosaic/outlier/_kernels.c"],
             # Its results must equal scipy's to the bit: no fused
             # multiply-adds (clang contracts by default, even in C99 mode).
             extra_compile_args=[] if sys.platform == "win32" else [

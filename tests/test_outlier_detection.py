@@ -396,7 +396,7 @@ def test_blot_of_a_distorted_map_equals_scipy_splines_and_map_coordinates():
     # after its rounding to float32.
     pixmap = mapper.region()
     spline_map = np.empty_like(pixmap)
-    detect._blot.pixel_map(mapper.spline_coefficients(), 0, spline_map)
+    detect._kernels.pixel_map(mapper.spline_coefficients(), 0, spline_map)
     np.testing.assert_array_equal(spline_map.view(np.uint64), pixmap.view(np.uint64))
     coordinates = np.array([pixmap[..., 1] - window.y0, pixmap[..., 0] - window.x0])
     expected = _reference_interpolation(median, coordinates)

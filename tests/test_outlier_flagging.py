@@ -231,3 +231,100 @@ def test_masked_outliers_in_bands_equal_one_whole_image_test(monkeypatch, rows):
     # No finite model anywhere: no model term, nothing flagged against NaN.
     empty = np.full(shape, np.nan, np.float32)
     assert not detect.masked_outliers(image, empty, snr=(5.0, 4.0), scale=(1.2, 0.7)).any()
+
+
+# -- the typical weight of a group drizzle ------------------------------------
+
+
+def _reference_typical_weight(weights):
+    """The clipped mean as numpy's masked sums over 256-row sections give it."""
+    import math
+
+    low, high = float(np.nextafter(np.float32(0), np.float32(1))), np.inf
+
+    def moments(lo, hi):
+        count, total, squares = 0, 0.0, 0.0
+        for start in range(0, weights.shape[0], 256):
+            values = weights[start:start + 256]
+            kept = (values >= lo) & (values <= hi)
+            if not kept.any():
+                continue
+            count += int(np.count_nonzero(kept))
+            total += float(np.add.reduce(values, axis=None, dtype=np.float64, where=kept))
+            squares += float(np.add.reduce(np.multiply(values, values), axis=None,
+                                           dtype=np.float64, where=kept))
+        return count, total, squares
+
+    count, total, squares = moments(low, high)
+    if count == 0:
+        return 0.0
+    for _ in range(3):
+        mean = total / count
+        std = math.sqrt(max(squares / count - mean * mean, 0.0))
+        new = moments(max(low, mean - 3 * std), min(high, mean + 3 * std))
+        if new[0] == count or new[0] == 0:
+            break
+        low, high = max(low, mean - 3 * std), min(high, mean + 3 * std)
+        count, total, squares = new
+    return total / count
+
+
+def _weight_frame(rng, shape, spread):
+    """Weights as a drizzle leaves them: zero off the footprint, partial at its
+    edges (down to tiny fractions), and ``spread`` about the typical value."""
+    weights = (1e4 * rng.lognormal(0, spread, shape)).astype(np.float32)
+    weights[:, : shape[1] // 6] = 0
+    weights[: shape[0] // 9] = 0
+    edge = (slice(shape[0] // 9, None), shape[1] // 6)
+    weights[edge] *= rng.random(weights[edge].shape).astype(np.float32) ** 8
+    weights[rng.random(shape) < 0.01] *= np.float32(1e-3)
+    return weights
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_typical_weight_equals_numpys_masked_sums(threads):
+    rng = np.random.default_rng(21)
+    frames = [_weight_frame(rng, (700, 300), spread) for spread in (0.01, 0.05, 0.3, 2.0)]
+    frames.append(np.full((300, 200), 7.0, np.float32))  # one value: exact from the start
+    frames.append(np.zeros((300, 200), np.float32))
+    odd = _weight_frame(rng, (600, 250), 0.05)
+    odd[5, :4] = [np.nan, np.inf, -1.0, -0.0]
+    frames.append(odd)
+    frames.append(_weight_frame(rng, (600, 250), 0.05).astype(np.float64))
+    fast = 0
+    for weights in frames:
+        expected = _reference_typical_weight(weights)
+        assert detect._typical_weight(weights, threads=threads) == expected
+        fast += detect._exact_sums(256 * weights.shape[1], 0.9 * expected, 1.1 * expected)
+    assert fast >= 5
+
+
+def test_compiled_weight_sums_equal_numpys_where_they_are_exact():
+    rng = np.random.default_rng(22)
+    checked = 0
+    for lo, hi in [(1.0, 1.9), (1000.0, 9000.0), (3e-15, 7e-14), (3e-20, 7e-19), (0.5, 100.0),
+                   (1e-3, 1e3), (1e30, 2e30), (0.7, np.inf), (1e-45, 1.0)]:
+        # Values across every binade of the interval, and a few outside it,
+        # in runs (numpy sums each run of kept values pairwise).
+        low, high = np.log2(lo / 4), np.log2(min(hi * 4, 3e38))
+        values = np.exp2(rng.uniform(low, high, 300_000)).astype(np.float32)
+        values[rng.random(values.size) < 0.2] = np.float32(lo)
+        values = values.reshape(600, 500)
+        exact = detect._exact_sums(values.size, lo, hi)
+        kept = (values >= lo) & (values <= hi)
+        with np.errstate(over="ignore"):
+            squares = np.multiply(values, values)
+        expected = (int(np.count_nonzero(kept)),
+                    float(np.add.reduce(values, axis=None, dtype=np.float64, where=kept)),
+                    float(np.add.reduce(squares, axis=None, dtype=np.float64, where=kept)))
+        if exact:
+            assert detect._kernels.weight_moments(values, lo, hi) == expected
+            checked += 1
+    assert checked == 3
+    # Too many values for the interval, squares below float32's normal
+    # numbers or beyond its range, and bounds without a finite spacing.
+    assert not detect._exact_sums(2**40, 1.0, 1.9)
+    assert not detect._exact_sums(10, 0.0, 1.0)
+    assert not detect._exact_sums(10, 1.0, np.inf)
+    assert not detect._exact_sums(10, 3e-20, 7e-19)
+    assert not detect._exact_sums(10, 1e20, 1e21)

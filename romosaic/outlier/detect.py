@@ -36,7 +36,7 @@ from ..dq import good_pixel_mask
 from ..parallel import prefetch
 from ..resample.engine import DrizzleEngine, plan_strips, prepare_image
 from ..resample.pixmap import PixelMapper
-from . import _blot
+from . import _kernels
 from .flagging import FlagWork, outlier_mask, sky_level
 from .median import nanmedian_stack
 
@@ -282,6 +282,12 @@ def _typical_weight(weights, *, threads=1):
     are the same whatever the strips and threads of the drizzle, and their
     sums are added in order, so the sums, and the mask, are too.
 
+    Where the kept weights' sums are exact whatever the order of the
+    additions (`_exact_sums`: after the first round, as a rule), a compiled
+    pass counts and sums a section; elsewhere numpy's masked sums do, whose
+    order the result then depends on. Either way the sums are those of the
+    masked numpy sums, to the bit.
+
     Parameters
     ----------
     weights : numpy.ndarray
@@ -295,7 +301,13 @@ def _typical_weight(weights, *, threads=1):
 
     def section_moments(rows, lo, hi):
         values = weights[rows[0]:rows[1]]
-        kept = (values >= lo) & (values <= hi)
+        if (values.dtype == np.float32 and values.flags.c_contiguous
+                and _exact_sums(values.size, lo, hi)):
+            return _kernels.weight_moments(values, lo, hi)
+        kept = values >= lo
+        # Every value but NaN is at most infinity, and NaN is not kept anyway.
+        if hi != np.inf:
+            kept &= values <= hi
         count = int(np.count_nonzero(kept))
         if count == 0:
             # The masked sums would be 0.0, which adds nothing.
@@ -327,6 +339,31 @@ def _typical_weight(weights, *, threads=1):
         low, high = new_low, new_high
         count, total, squares = new_count, new_total, new_squares
     return total / count
+
+
+def _exact_sums(n, lo, hi):
+    """Whether float64 sums of up to ``n`` float32 values in ``[lo, hi]`` (the
+    bounds rounded to float32, as numpy compares float32 with Python floats),
+    and of their float32 squares, are exact in any order.
+
+    Every float32 of at least ``x`` is a multiple of the spacing of float32
+    numbers in ``x``'s binade, and so is any sum of such values; a float64
+    holds each multiple of that spacing up to 2**53 times it. If ``n``
+    times the largest value stays below that, no addition rounds.
+    """
+    lo, hi = np.float32(lo), np.float32(hi)
+    tiny = np.finfo(np.float32).tiny
+    if not (lo >= tiny and hi < np.inf):
+        return False
+    with np.errstate(over="ignore"):
+        bounds = ((lo, hi), (lo * lo, hi * hi))
+    for smallest, largest in bounds:
+        if not (smallest >= tiny and largest < np.inf):
+            return False
+        spacing = math.ldexp(1.0, math.frexp(float(smallest))[1] - 1 - 23)
+        if n * float(largest) > math.ldexp(spacing, 53):
+            return False
+    return True
 
 
 def median_of_planes(store, names, out_name, *, threads=1, memory_budget=None, low=True):
@@ -459,7 +496,7 @@ def _blot_rows(median, window, out, row0, *, pixmap=None, spline=None):
     median = np.ascontiguousarray(median, dtype=np.float32)
     if pixmap is not None:
         pixmap = np.ascontiguousarray(pixmap, dtype=np.float64)
-    _blot.blot(median, float(window.y0), float(window.x0), out, int(row0), pixmap, spline)
+    _kernels.blot(median, float(window.y0), float(window.x0), out, int(row0), pixmap, spline)
 
 
 def flag_image(image, store, median_name, window, *, snr, scale, backg=0.0, model_error=0.0,

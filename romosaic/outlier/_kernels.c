@@ -1,11 +1,11 @@
 /*
- * romosaic.outlier._blot: the median interpolated at an input image's
- * pixels, row by row, without a pixel map or coordinate arrays in memory.
+ * romosaic.outlier._kernels: the compiled parts of outlier detection.
  *
- * For each input pixel the kernel finds its position on the median's
- * window (the image's pixel map, from its bicubic splines or given), and
- * interpolates the median there bilinearly. The result equals, bit for
- * bit, what scipy gives for
+ * blot: the median interpolated at an input image's pixels, row by row,
+ * without a pixel map or coordinate arrays in memory. For each input pixel
+ * the kernel finds its position on the median's window (the image's pixel
+ * map, from its bicubic splines or given), and interpolates the median
+ * there bilinearly. The result equals, bit for bit, what scipy gives for
  *
  *   pixmap = RectBivariateSpline(...)(rows, cols)       (FITPACK's bispev)
  *   coordinates = (pixmap[..., 1] - y0, pixmap[..., 0] - x0)
@@ -23,9 +23,14 @@
  * to the bit, on maps with distortion, medians with holes, and points on
  * the edges and exactly on pixel rows and columns.
  *
+ * weight_moments: count, sum and sum of squares of the float32 values in
+ * an interval, in one pass (the caller uses it only where the sums are
+ * exact in any order, so that they equal numpy's masked sums).
+ *
  * Arrays come in through the buffer protocol; the Python side
  * (`romosaic.outlier.detect`) checks dtypes and contiguity. The work runs
- * without the GIL, so threads can blot different images at once.
+ * without the GIL, so threads can work on different images or sections at
+ * once.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -319,6 +324,54 @@ map_rows(blot_t *B, double *out)
 }
 
 /* ------------------------------------------------------------------------
+ * Moments of the weights in an interval
+ */
+
+/* Count, sum and sum of squares of the values v with lo <= v <= hi (bounds
+ * and comparisons in float32, as numpy compares a float32 array with a
+ * Python float; squares rounded to float32 as numpy.multiply gives them;
+ * sums in double). The sums are formed in eight interleaved parts, which
+ * the compiler can run side by side: the caller uses them only where no
+ * addition rounds, so that their order does not matter. */
+#define MOMENT_LANES 8
+
+static void
+weight_moments(const float *v, Py_ssize_t n, float lo, float hi, Py_ssize_t *count,
+               double *total, double *squares)
+{
+    Py_ssize_t i = 0, k = 0, c[MOMENT_LANES] = {0};
+    double t[MOMENT_LANES] = {0}, q[MOMENT_LANES] = {0};
+    int l;
+
+    for (; i + MOMENT_LANES <= n; i += MOMENT_LANES) {
+        for (l = 0; l < MOMENT_LANES; ++l) {
+            float x = v[i + l];
+            int in = (x >= lo) & (x <= hi);
+            float y = in ? x : 0.0f;
+            c[l] += in;
+            t[l] += (double) y;
+            q[l] += (double) (y * y);
+        }
+    }
+    for (; i < n; ++i) {
+        float x = v[i];
+        if (x >= lo && x <= hi) {
+            ++c[0];
+            t[0] += (double) x;
+            q[0] += (double) (x * x);
+        }
+    }
+    *total = 0.0;
+    *squares = 0.0;
+    for (l = 0; l < MOMENT_LANES; ++l) {
+        k += c[l];
+        *total += t[l];
+        *squares += q[l];
+    }
+    *count = k;
+}
+
+/* ------------------------------------------------------------------------
  * Python interface
  */
 
@@ -517,6 +570,38 @@ done:
     return result;
 }
 
+static PyObject *
+py_weight_moments(PyObject *self, PyObject *args)
+{
+    PyObject *o_values;
+    double lo, hi, total = 0.0, squares = 0.0;
+    Py_ssize_t count = 0, n = 1;
+    Py_buffer b;
+    int k;
+
+    (void) self;
+    if (!PyArg_ParseTuple(args, "Odd:weight_moments", &o_values, &lo, &hi)) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(o_values, &b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+        return NULL;
+    }
+    if (b.itemsize != 4 || !b.format || (strcmp(b.format, "f") && strcmp(b.format, "<f") &&
+                                         strcmp(b.format, "=f") && strcmp(b.format, "@f"))) {
+        PyErr_SetString(PyExc_TypeError, "values: expected an array of float32");
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    for (k = 0; k < b.ndim; ++k) {
+        n *= b.shape[k];
+    }
+    Py_BEGIN_ALLOW_THREADS
+    weight_moments((const float *) b.buf, n, (float) lo, (float) hi, &count, &total, &squares);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    return Py_BuildValue("ndd", count, total, squares);
+}
+
 static PyMethodDef methods[] = {
     {"blot", py_blot, METH_VARARGS,
      "blot(median, y0, x0, out, row0, pixmap, spline) -> None\n\n"
@@ -524,6 +609,11 @@ static PyMethodDef methods[] = {
      "image rows row0.. (given as a float64 pixmap of out's rows, or as the splines\n"
      "(ty, tx, cx, cy) of the whole image's map) into out (float32, or float64 for\n"
      "the values before their rounding to float32)."},
+    {"weight_moments", py_weight_moments, METH_VARARGS,
+     "weight_moments(values, lo, hi) -> (count, sum, sum of squares)\n\n"
+     "Of the float32 values with lo <= v <= hi, the bounds rounded to float32; the\n"
+     "squares rounded to float32, the sums in double, in an order of its own (exact\n"
+     "only where no addition rounds)."},
     {"pixel_map", py_pixel_map, METH_VARARGS,
      "pixel_map(spline, row0, out) -> None\n\n"
      "The pixel map of image rows row0.. from its splines, as the blot evaluates it,\n"
@@ -531,11 +621,11 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_blot", "romosaic's compiled blot of the outlier median.", -1,
+    PyModuleDef_HEAD_INIT, "_kernels", "romosaic's compiled outlier detection kernels.", -1,
     methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC
-PyInit__blot(void)
+PyInit__kernels(void)
 {
     return PyModule_Create(&module);
 }
