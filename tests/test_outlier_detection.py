@@ -241,7 +241,7 @@ def test_group_drizzle_in_strips_equals_one_whole_window_drizzle(tmp_path, on_di
     assert not list(tmp_path.iterdir())  # on-disk frames removed by close()
 
 
-def test_blot_and_flags_in_pieces_equal_whole_image_forms(monkeypatch):
+def test_blot_in_bands_and_compiled_flags_equal_whole_image_forms(monkeypatch):
     from scipy import ndimage
 
     from romosaic.outlier import detect
@@ -256,9 +256,8 @@ def test_blot_and_flags_in_pieces_equal_whole_image_forms(monkeypatch):
     store = PlaneStore(window.shape)
     store.new_plane("median")
     store.write("median", median)
-    # Small pieces: many blot tiles and flag bands, and bands without data.
+    # Small pieces: many blot bands, some without data.
     monkeypatch.setattr(detect, "_BLOT_ROWS", 37)
-    monkeypatch.setattr(detect, "_FLAG_ROWS", 37)
     mapper = PixelMapper(image.wcs, window.grid.wcs, image.shape)
     blot = detect.blot_median(store, "median", mapper, window)
     pixmap = mapper.region()
@@ -276,11 +275,11 @@ def test_blot_and_flags_in_pieces_equal_whole_image_forms(monkeypatch):
     image.data = image.data.copy()
     image.data[rng.random(image.shape) < 0.002] += 40.0  # cosmic rays
     kwargs = dict(snr=(5.0, 4.0), scale=(1.2, 0.7), model_error=0.1)
-    pieces = detect.masked_outliers(image, blot.astype(np.float32), **kwargs)
+    compiled = detect.masked_outliers(image, blot.astype(np.float32), **kwargs)
     whole = outlier_mask(image.data, blot.astype(np.float32), detect.image_noise(image),
                          usable=(image.dq & pixel.DO_NOT_USE) == 0, **kwargs)
     assert whole.sum() > 100
-    np.testing.assert_array_equal(pieces, whole)
+    np.testing.assert_array_equal(compiled, whole)
 
 
 def test_pixel_mapper_regions_equal_the_whole_map():

@@ -1,9 +1,10 @@
 """The flagging kernels equal plain numpy forms of the same arithmetic, to the bit.
 
 The references below are the straightforward whole-array formulations (one
-new array per operation); the package computes the same values in bands,
-in scratch arrays reused from band to band, and the sky level by a
-bracketed selection instead of a full sort.
+new array per operation); the package computes the same values in place
+(`outlier_mask`), in one compiled pass over an image's rows
+(`masked_outliers`), the sky level by a bracketed selection instead of a
+full sort, and a group's typical weight partly with compiled sums.
 """
 
 import numpy as np
@@ -106,29 +107,54 @@ def test_outlier_mask_equals_its_whole_array_form(shape):
              sky_level=np.float32(1.5)),
         dict(snr=(-1.0, 0.0), scale=(0.0, -1.0), model_error=1e30, sky_level=np.float32(-2.0)),
     ]
+    # The compiled test takes variances: a float32 plane whose root is the noise.
+    variance = (noise.astype(np.float64) ** 2).astype(np.float32)
+    variance[noise < 0] = -1.0
+    dq = np.where(usable, 0, 1).astype(np.uint32)
     for kwargs in cases:
         expected = _reference_mask(data, blot, noise, **kwargs)
         np.testing.assert_array_equal(flagging.outlier_mask(data, blot, noise, **kwargs),
                                       expected)
-        # The same in scratch arrays larger than needed, used before.
-        work = flagging.FlagWork((shape[0] + 3, shape[1]))
-        for array in work.floats:
-            array.fill(np.nan)
-        for array in work.bools:
-            array.fill(True)
+        compiled = dict(kwargs, usable=usable if "usable" in kwargs else None,
+                        sky_level=kwargs.get("sky_level", _reference_sky_level(blot)))
         np.testing.assert_array_equal(
-            flagging.outlier_mask(data, blot, noise, work=work, **kwargs), expected)
+            _compiled_mask(data, blot, dq, (variance,), **compiled),
+            _reference_mask(data, blot, np.sqrt(np.nan_to_num(variance, nan=0.0)), **compiled))
     assert _reference_mask(data, blot, noise, **cases[0]).any() or min(shape) < 50
 
 
-def test_pixels_exactly_at_a_threshold_are_decided_as_the_reference_does():
-    # A threshold rounded differently (terms added in another order, say)
-    # changes only pixels whose difference from the model is the threshold
-    # itself: make many such pixels, for each of the two tests.
+def _compiled_mask(data, blot, dq, variances, *, snr, scale, backg=0.0, model_error=0.0,
+                   usable=None, sky_level=None):
+    """The compiled test with the keywords of `outlier_mask` (``usable`` from ``dq``)."""
+    mask = np.empty(data.shape, bool)
+    detect._kernels.flag(data, blot, dq, tuple(variances), mask, scale[0], scale[1], snr[0],
+                         snr[1], backg, model_error,
+                         None if sky_level is None else float(sky_level),
+                         0 if usable is None else 1, detect._finite_half_to_single())
+    return mask
+
+
+@pytest.mark.parametrize("planes", ["float32", "float16", "three"])
+def test_pixels_exactly_at_a_threshold_are_decided_as_the_reference_does(planes):
+    # A threshold rounded differently (terms added in another order, a noise
+    # converted or summed differently) changes only pixels whose difference
+    # from the model is the threshold itself: make many such pixels, for
+    # each of the two tests.
     rng = np.random.default_rng(11)
     shape = (60, 70)
     blot = rng.lognormal(0, 1, shape).astype(np.float32)
-    noise = rng.uniform(0.05, 0.2, shape).astype(np.float32)
+    if planes == "float32":
+        variances = [(rng.uniform(0.05, 0.2, shape) ** 2).astype(np.float32)]
+    elif planes == "float16":
+        # Every positive finite float16, subnormal ones included.
+        variances = [rng.integers(1, 0x7C00, shape).astype(np.uint16).view(np.float16)]
+    else:
+        variances = [rng.uniform(0, 0.02, shape).astype(np.float16),
+                     rng.uniform(0, 0.02, shape).astype(np.float16), rng.uniform(0, 0.02, shape)]
+    variance = np.zeros(shape, np.float32)
+    for plane in variances:
+        variance += plane.astype(np.float32)
+    noise = np.sqrt(variance)
     kwargs = dict(snr=(5.0, 4.0), scale=(1.2, 0.7), model_error=0.1)
     deriv = _reference_derivative(blot)
     model = np.float32(0.1) * _reference_signal(blot, None)
@@ -139,12 +165,15 @@ def test_pixels_exactly_at_a_threshold_are_decided_as_the_reference_does():
         at_threshold = np.abs(data - blot) == threshold
         if test == 1:
             # Strong outliers on a sparse grid, whose growth the second test trims.
-            data[::3, ::3] += 1e3
+            data[::3, ::3] += 1e6
             at_threshold[::3, ::3] = False
         assert at_threshold.mean() > 0.3
         expected = _reference_mask(data, blot, noise, **kwargs)
         np.testing.assert_array_equal(flagging.outlier_mask(data, blot, noise, **kwargs),
                                       expected)
+        np.testing.assert_array_equal(
+            _compiled_mask(data, blot, np.zeros(shape, np.uint32), variances,
+                           sky_level=_reference_sky_level(blot), **kwargs), expected)
 
 
 def test_derivative_signal_and_neighbourhood_equal_their_whole_array_forms():
@@ -205,29 +234,36 @@ def _image(rng, data, variances):
                          variances=variances)
 
 
-@pytest.mark.parametrize("rows", [1, 5, 64])
-def test_masked_outliers_in_bands_equal_one_whole_image_test(monkeypatch, rows):
-    rng = np.random.default_rng(rows)
-    shape = (150, 97)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 8), (8, 1), (2, 3), (150, 97)])
+def test_masked_outliers_equals_the_whole_array_test_with_the_image_noise(shape):
+    rng = np.random.default_rng(sum(shape))
     data, blot, noise = _scene(rng, shape)
     variances = {"var_rnoise": (noise ** 2 / 2).astype(np.float16),
                  "var_poisson": (noise ** 2 / 2).astype(np.float16),
                  "var_flat": np.full(shape, 1e-4)}
-    variances["var_poisson"][3, :7] = [np.nan, np.inf, -np.inf, 7e4, 0, -0.0, 65504]
+    odd = [np.nan, np.inf, -np.inf, 7e4, 0, -0.0, 65504, 3e-8, -2.0]
+    variances["var_poisson"].reshape(-1)[:len(odd)] = odd[:data.size]
+    variances["var_rnoise"].reshape(-1)[-len(odd):] = odd[-data.size:]
     image = _image(rng, data, variances)
     np.testing.assert_array_equal(detect.image_noise(image).view(np.uint32),
                                   _reference_noise(image).view(np.uint32))
-    np.testing.assert_array_equal(detect.image_noise(image, rows=(7, 60)).view(np.uint32),
-                                  _reference_noise(image)[7:60].view(np.uint32))
-    monkeypatch.setattr(detect, "_FLAG_ROWS", rows)
-    for good_bits in (None, "~DO_NOT_USE+NON_SCIENCE"):
-        kwargs = dict(snr=(5.0, 4.0), scale=(1.2, 0.7), backg=0.1, model_error=0.1)
-        usable = (image.dq & (0xFFFFFFFF if good_bits is None else 1 | 512)) == 0
-        expected = _reference_mask(data, blot, _reference_noise(image), usable=usable,
-                                   sky_level=_reference_sky_level(blot), **kwargs)
-        assert expected.sum() > 20
-        np.testing.assert_array_equal(
-            detect.masked_outliers(image, blot, good_bits=good_bits, **kwargs), expected)
+    kinds = [variances,
+             # float32 planes, a byte-swapped one, a non-contiguous one, and none
+             {"var_rnoise": variances["var_rnoise"].astype(np.float32),
+              "var_poisson": variances["var_poisson"].astype(">f4"),
+              "var_flat": np.asfortranarray(variances["var_flat"])},
+             {"var_rnoise": variances["var_rnoise"]},
+             {}]
+    for planes in kinds:
+        image.variances = planes
+        for good_bits in (None, "~DO_NOT_USE+NON_SCIENCE"):
+            kwargs = dict(snr=(5.0, 4.0), scale=(1.2, 0.7), backg=0.1, model_error=0.1)
+            usable = (image.dq & (0xFFFFFFFF if good_bits is None else 1 | 512)) == 0
+            expected = _reference_mask(data, blot, _reference_noise(image), usable=usable,
+                                       sky_level=_reference_sky_level(blot), **kwargs)
+            assert expected.sum() > 20 or min(shape) < 50
+            np.testing.assert_array_equal(
+                detect.masked_outliers(image, blot, good_bits=good_bits, **kwargs), expected)
     # No finite model anywhere: no model term, nothing flagged against NaN.
     empty = np.full(shape, np.nan, np.float32)
     assert not detect.masked_outliers(image, empty, snr=(5.0, 4.0), scale=(1.2, 0.7)).any()

@@ -23,6 +23,8 @@
  * to the bit, on maps with distortion, medians with holes, and points on
  * the edges and exactly on pixel rows and columns.
  *
+ * flag: the outlier test of an image against its blot, in one pass.
+ *
  * weight_moments: count, sum and sum of squares of the float32 values in
  * an interval, in one pass (the caller uses it only where the sums are
  * exact in any order, so that they equal numpy's masked sums).
@@ -35,7 +37,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <float.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -372,6 +376,303 @@ weight_moments(const float *v, Py_ssize_t n, float lo, float hi, Py_ssize_t *cou
 }
 
 /* ------------------------------------------------------------------------
+ * The outlier test of an image against its blot
+ *
+ * What romosaic.outlier.flagging.outlier_mask computes with numpy on whole
+ * arrays (with the noise of detect.image_noise), row by row in one pass:
+ * each pixel's float32 values are formed by the same operations in the
+ * same order (a product rounded to float32 before it is added, sums left
+ * to right), so every comparison, and so the mask, is the same. Only
+ * signed zeros can differ, and they compare equal. Each step is a simple
+ * loop over a row, which the compiler runs several pixels at a time. The
+ * tests compare the two, with pixels exactly at either threshold.
+ */
+
+#define FLAG_PLANES 3
+
+typedef struct {
+    const float *data, *blot;
+    const uint32_t *dq;
+    uint32_t bad;
+    const void *var[FLAG_PLANES];
+    char var_kind[FLAG_PLANES]; /* 'e' float16, 'f' float32, 'd' float64 */
+    int nvar;
+    const float *half; /* the float32 value of each float16, non-finite ones replaced */
+    unsigned char *mask;
+    Py_ssize_t ny, nx;
+    float scale[2], snr[2], backg, model_error, level;
+    int has_level;
+
+    /* scratch rows */
+    float *signal[3]; /* source signal of rows r - 1, r, r + 1 (by r mod 3) */
+    float *model, *deriv, *noise;
+    unsigned char *first[3], *second[3], *vertical;
+} flag_t;
+
+/* numpy.maximum(a, b) for b not NaN (a where a >= b or a is NaN, else b),
+ * in the form that compiles to a maxss instruction rather than a branch. */
+static inline float
+np_max(float a, float b)
+{
+    return b > a ? b : a;
+}
+
+/* The larger of a step and the steps so far, a NaN step left out (maxss). */
+static inline float
+larger_step(float step, float deriv)
+{
+    return step > deriv ? step : deriv;
+}
+
+/* numpy.nan_to_num of a float32: NaN to 0, infinities to the largest
+ * finite float32 of their sign. */
+static inline float
+finite_value(float v)
+{
+    v = v == v ? v : 0.0f;
+    v = v > FLT_MAX ? FLT_MAX : v;
+    return v < -FLT_MAX ? -FLT_MAX : v;
+}
+
+/* The variance of row r: the planes' values (as float32, non-finite ones
+ * replaced) added to zero in turn; then its root, the noise. */
+static void
+noise_row(const flag_t *F, Py_ssize_t r, float *noise)
+{
+    const Py_ssize_t nx = F->nx, i0 = r * nx;
+    Py_ssize_t c;
+    int k;
+
+    for (c = 0; c < nx; ++c) {
+        noise[c] = 0.0f;
+    }
+    for (k = 0; k < F->nvar; ++k) {
+        if (F->var_kind[k] == 'e') {
+            const uint16_t *v = (const uint16_t *) F->var[k] + i0;
+            const float *half = F->half;
+            for (c = 0; c < nx; ++c) {
+                noise[c] = noise[c] + half[v[c]];
+            }
+        } else if (F->var_kind[k] == 'f') {
+            const float *v = (const float *) F->var[k] + i0;
+            for (c = 0; c < nx; ++c) {
+                noise[c] = noise[c] + finite_value(v[c]);
+            }
+        } else {
+            const double *v = (const double *) F->var[k] + i0;
+            for (c = 0; c < nx; ++c) {
+                noise[c] = noise[c] + finite_value((float) v[c]);
+            }
+        }
+    }
+    for (c = 0; c < nx; ++c) {
+        noise[c] = sqrtf(noise[c]);
+    }
+}
+
+/* The source signal of row r: the model above the sky level, not below
+ * zero, zero where the model is not finite (or no level is known). */
+static void
+signal_row(const flag_t *F, Py_ssize_t r, float *out)
+{
+    const Py_ssize_t nx = F->nx;
+    const float *b = F->blot + r * nx, level = F->level;
+    Py_ssize_t c;
+
+    if (!F->has_level) {
+        for (c = 0; c < nx; ++c) {
+            out[c] = 0.0f;
+        }
+        return;
+    }
+    for (c = 0; c < nx; ++c) {
+        float s = np_max(b[c] - level, 0.0f);
+        out[c] = fabsf(b[c]) <= FLT_MAX ? s : 0.0f;
+    }
+}
+
+/* The first and second tests of row r, with the model term from the
+ * signal of rows r - 1, r, r + 1 (NULL beyond the image). */
+static void
+test_row(const flag_t *F, Py_ssize_t r, const float *above, const float *here,
+         const float *below, unsigned char *first, unsigned char *second)
+{
+    /* Locals, not F's fields: the stores to the byte rows could otherwise
+     * alias them and force their reloading at every pixel. */
+    const Py_ssize_t nx = F->nx, i0 = r * nx;
+    const float *b = F->blot + i0, *data = F->data + i0;
+    const float *up = r > 0 ? b - nx : NULL, *down = r + 1 < F->ny ? b + nx : NULL;
+    const float scale0 = F->scale[0], scale1 = F->scale[1], snr0 = F->snr[0];
+    const float snr1 = F->snr[1], backg = F->backg, model_error = F->model_error;
+    float *model = F->model, *deriv = F->deriv, *noise = F->noise;
+    Py_ssize_t c;
+
+    noise_row(F, r, noise);
+
+    /* the 3 x 3 maximum of the signal, rows first, as the numpy form */
+    for (c = 0; c < nx; ++c) {
+        model[c] = here[c];
+    }
+    if (above) {
+        for (c = 0; c < nx; ++c) {
+            model[c] = np_max(model[c], above[c]);
+        }
+    }
+    if (below) {
+        for (c = 0; c < nx; ++c) {
+            model[c] = np_max(model[c], below[c]);
+        }
+    }
+    /* columns: each from its own and its left neighbour's row maximum
+     * (deriv holds them for the moment), then the right one's */
+    for (c = 0; c < nx; ++c) {
+        deriv[c] = model[c];
+    }
+    for (c = 1; c < nx; ++c) {
+        model[c] = np_max(model[c], deriv[c - 1]);
+    }
+    for (c = 0; c + 1 < nx; ++c) {
+        model[c] = np_max(model[c], deriv[c + 1]);
+    }
+    for (c = 0; c < nx; ++c) {
+        model[c] = model_error * model[c];
+    }
+
+    /* the largest step to a neighbour, NaN steps left out */
+    for (c = 0; c < nx; ++c) {
+        deriv[c] = 0.0f;
+    }
+    if (up) {
+        for (c = 0; c < nx; ++c) {
+            deriv[c] = larger_step(fabsf(b[c] - up[c]), deriv[c]);
+        }
+    }
+    if (down) {
+        for (c = 0; c < nx; ++c) {
+            deriv[c] = larger_step(fabsf(down[c] - b[c]), deriv[c]);
+        }
+    }
+    for (c = 1; c < nx; ++c) {
+        deriv[c] = larger_step(fabsf(b[c] - b[c - 1]), deriv[c]);
+    }
+    for (c = 0; c + 1 < nx; ++c) {
+        deriv[c] = larger_step(fabsf(b[c + 1] - b[c]), deriv[c]);
+    }
+
+    for (c = 0; c < nx; ++c) {
+        float diff = data[c] - b[c], t0, t1;
+        int valid;
+        diff = diff - backg;
+        diff = fabsf(diff);
+        /* isfinite of both, as comparisons (neither is negative, or else NaN) */
+        valid = (diff <= FLT_MAX) & (noise[c] <= FLT_MAX);
+        t0 = scale0 * deriv[c];
+        t0 = t0 + snr0 * noise[c];
+        t0 = t0 + model[c];
+        t1 = scale1 * deriv[c];
+        t1 = t1 + snr1 * noise[c];
+        t1 = t1 + model[c];
+        first[c] = (unsigned char) (valid & (diff > t0));
+        second[c] = (unsigned char) (valid & (diff > t1));
+    }
+}
+
+/* Row r of the mask: the first test grown by one pixel, and the second,
+ * where the flags are acceptable. */
+static void
+mask_row(const flag_t *F, Py_ssize_t r, const unsigned char *above, const unsigned char *here,
+         const unsigned char *below, const unsigned char *second)
+{
+    const Py_ssize_t nx = F->nx;
+    const uint32_t *dq = F->dq + r * nx, bad = F->bad;
+    unsigned char *out = F->mask + r * nx, *vertical = F->vertical;
+    Py_ssize_t c;
+
+    for (c = 0; c < nx; ++c) {
+        vertical[c] = here[c];
+    }
+    if (above) {
+        for (c = 0; c < nx; ++c) {
+            vertical[c] |= above[c];
+        }
+    }
+    if (below) {
+        for (c = 0; c < nx; ++c) {
+            vertical[c] |= below[c];
+        }
+    }
+    for (c = 0; c < nx; ++c) {
+        out[c] = vertical[c];
+    }
+    for (c = 1; c < nx; ++c) {
+        out[c] |= vertical[c - 1];
+    }
+    for (c = 0; c + 1 < nx; ++c) {
+        out[c] |= vertical[c + 1];
+    }
+    for (c = 0; c < nx; ++c) {
+        out[c] = (unsigned char) (out[c] & second[c] & ((dq[c] & bad) == 0));
+    }
+}
+
+static int
+flag_image(flag_t *F)
+{
+    Py_ssize_t nx = F->nx, ny = F->ny, r;
+    size_t row = sizeof(float) * (size_t) nx;
+    int k;
+
+    for (k = 0; k < 3; ++k) {
+        F->signal[k] = (float *) malloc(row);
+        F->first[k] = (unsigned char *) malloc((size_t) nx);
+        F->second[k] = (unsigned char *) malloc((size_t) nx);
+        if (!F->signal[k] || !F->first[k] || !F->second[k]) {
+            return 1;
+        }
+    }
+    F->model = (float *) malloc(row);
+    F->deriv = (float *) malloc(row);
+    F->noise = (float *) malloc(row);
+    F->vertical = (unsigned char *) malloc((size_t) nx);
+    if (!F->model || !F->deriv || !F->noise || !F->vertical) {
+        return 1;
+    }
+    /* rows are kept in slots r mod 3 */
+    signal_row(F, 0, F->signal[0]);
+    for (r = 0; r < ny; ++r) {
+        if (r + 1 < ny) {
+            signal_row(F, r + 1, F->signal[(r + 1) % 3]);
+        }
+        test_row(F, r, r > 0 ? F->signal[(r + 2) % 3] : NULL, F->signal[r % 3],
+                 r + 1 < ny ? F->signal[(r + 1) % 3] : NULL, F->first[r % 3],
+                 F->second[r % 3]);
+        if (r > 0) {
+            mask_row(F, r - 1, r > 1 ? F->first[(r + 1) % 3] : NULL, F->first[(r + 2) % 3],
+                     F->first[r % 3], F->second[(r + 2) % 3]);
+        }
+    }
+    mask_row(F, ny - 1, ny > 1 ? F->first[(ny + 1) % 3] : NULL, F->first[(ny - 1) % 3], NULL,
+             F->second[(ny - 1) % 3]);
+    return 0;
+}
+
+static void
+flag_free(flag_t *F)
+{
+    int k;
+
+    for (k = 0; k < 3; ++k) {
+        free(F->signal[k]);
+        free(F->first[k]);
+        free(F->second[k]);
+    }
+    free(F->model);
+    free(F->deriv);
+    free(F->noise);
+    free(F->vertical);
+}
+
+/* ------------------------------------------------------------------------
  * Python interface
  */
 
@@ -602,6 +903,134 @@ py_weight_moments(PyObject *self, PyObject *args)
     return Py_BuildValue("ndd", count, total, squares);
 }
 
+/* A C-contiguous 2-D buffer of shape (ny, nx) and one of the formats in
+ * kinds (e.g. "efd"); its format letter in *kind. */
+static int
+get_plane(PyObject *obj, Py_buffer *b, int writable, const char *kinds, Py_ssize_t ny,
+          Py_ssize_t nx, const char *name, char *kind)
+{
+    const char *f;
+
+    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT |
+                                       (writable ? PyBUF_WRITABLE : 0)) != 0) {
+        return 1;
+    }
+    f = b->format ? b->format : "B";
+    while (*f == '<' || *f == '=' || *f == '@') {
+        ++f;
+    }
+    if (f[0] == '\0' || f[1] != '\0' || !strchr(kinds, f[0]) || b->ndim != 2 ||
+        (ny >= 0 && (b->shape[0] != ny || b->shape[1] != nx))) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous 2-d array of the image's "
+                     "shape and one of the types '%s', got '%s'", name, kinds, f);
+        PyBuffer_Release(b);
+        return 1;
+    }
+    if (kind) {
+        *kind = f[0];
+    }
+    return 0;
+}
+
+static PyObject *
+py_flag(PyObject *self, PyObject *args)
+{
+    PyObject *o_data, *o_blot, *o_dq, *o_vars, *o_mask, *o_level, *o_half;
+    double scale0, scale1, snr0, snr1, backg, model_error;
+    unsigned long bad;
+    Py_buffer bufs[5 + FLAG_PLANES];
+    int nbuf = 0, status = 0, k;
+    flag_t F;
+    PyObject *result = NULL;
+
+    (void) self;
+    memset(&F, 0, sizeof(F));
+    if (!PyArg_ParseTuple(args, "OOOOOddddddOkO:flag", &o_data, &o_blot, &o_dq, &o_vars,
+                          &o_mask, &scale0, &scale1, &snr0, &snr1, &backg, &model_error,
+                          &o_level, &bad, &o_half)) {
+        return NULL;
+    }
+    if (!PyTuple_Check(o_vars) || PyTuple_GET_SIZE(o_vars) > FLAG_PLANES) {
+        PyErr_SetString(PyExc_ValueError, "variances: a tuple of at most 3 arrays");
+        return NULL;
+    }
+    if (get_plane(o_data, &bufs[nbuf], 0, "f", -1, -1, "data", NULL)) {
+        goto done;
+    }
+    F.data = (const float *) bufs[nbuf].buf;
+    F.ny = bufs[nbuf].shape[0];
+    F.nx = bufs[nbuf].shape[1];
+    ++nbuf;
+    if (get_plane(o_blot, &bufs[nbuf], 0, "f", F.ny, F.nx, "blot", NULL)) {
+        goto done;
+    }
+    F.blot = (const float *) bufs[nbuf++].buf;
+    if (get_plane(o_dq, &bufs[nbuf], 0, "IL", F.ny, F.nx, "dq", NULL)) {
+        goto done;
+    }
+    if (bufs[nbuf].itemsize != 4) {
+        PyErr_SetString(PyExc_TypeError, "dq: expected uint32");
+        ++nbuf;
+        goto done;
+    }
+    F.dq = (const uint32_t *) bufs[nbuf++].buf;
+    if (get_plane(o_mask, &bufs[nbuf], 1, "?", F.ny, F.nx, "mask", NULL)) {
+        goto done;
+    }
+    F.mask = (unsigned char *) bufs[nbuf++].buf;
+    for (k = 0; k < PyTuple_GET_SIZE(o_vars); ++k) {
+        if (get_plane(PyTuple_GET_ITEM(o_vars, k), &bufs[nbuf], 0, "efd", F.ny, F.nx,
+                      "variance", &F.var_kind[k])) {
+            goto done;
+        }
+        F.var[k] = bufs[nbuf++].buf;
+    }
+    F.nvar = (int) PyTuple_GET_SIZE(o_vars);
+    if (get_floats(o_half, &bufs[nbuf], 0, 4, 1, "half table")) {
+        goto done;
+    }
+    if (bufs[nbuf].shape[0] != 65536) {
+        PyErr_SetString(PyExc_ValueError, "half table: 65536 values");
+        ++nbuf;
+        goto done;
+    }
+    F.half = (const float *) bufs[nbuf++].buf;
+    F.bad = (uint32_t) bad;
+    /* numpy.float32 of each parameter: the same rounding as these casts */
+    F.scale[0] = (float) scale0;
+    F.scale[1] = (float) scale1;
+    F.snr[0] = (float) snr0;
+    F.snr[1] = (float) snr1;
+    F.backg = (float) backg;
+    F.model_error = (float) model_error;
+    F.has_level = o_level != Py_None;
+    if (F.has_level) {
+        double level = PyFloat_AsDouble(o_level);
+        if (level == -1.0 && PyErr_Occurred()) {
+            goto done;
+        }
+        F.level = (float) level;
+    }
+    if (F.ny > 0 && F.nx > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        status = flag_image(&F);
+        Py_END_ALLOW_THREADS
+    }
+    if (status) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+
+done:
+    flag_free(&F);
+    for (k = 0; k < nbuf; ++k) {
+        PyBuffer_Release(&bufs[k]);
+    }
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"blot", py_blot, METH_VARARGS,
      "blot(median, y0, x0, out, row0, pixmap, spline) -> None\n\n"
@@ -614,6 +1043,15 @@ static PyMethodDef methods[] = {
      "Of the float32 values with lo <= v <= hi, the bounds rounded to float32; the\n"
      "squares rounded to float32, the sums in double, in an order of its own (exact\n"
      "only where no addition rounds)."},
+    {"flag", py_flag, METH_VARARGS,
+     "flag(data, blot, dq, variances, mask, scale0, scale1, snr0, snr1, backg, model_error,\n"
+     "     level, bad, half) -> None\n\n"
+     "The outlier mask of an image (float32 data and blot, uint32 dq, a tuple of up to\n"
+     "three float16, float32 or float64 variance planes) into mask (bool), as\n"
+     "romosaic.outlier.flagging.outlier_mask gives it with the noise of the summed\n"
+     "variances, the sky level (None: no model term) and the pixels whose dq has no\n"
+     "bit of bad usable; half holds the float32 value of each float16 bit pattern\n"
+     "with non-finite ones replaced as numpy.nan_to_num does."},
     {"pixel_map", py_pixel_map, METH_VARARGS,
      "pixel_map(spline, row0, out) -> None\n\n"
      "The pixel map of image rows row0.. from its splines, as the blot evaluates it,\n"

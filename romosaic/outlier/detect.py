@@ -16,8 +16,11 @@ choices about where and how the work is done:
    (`median_of_planes`).
 4. **Blot and flag.** For each input image the median is interpolated at the
    input's pixel positions (bilinear, through the same pixel map used to
-   drizzle it), one input tile at a time (`blot_median`), and `outlier_mask`
-   decides which pixels disagree, a band of rows at a time (`flag_image`).
+   drizzle it), a band of rows at a time by a compiled kernel
+   (`blot_median`), and the test of
+   `~romosaic.outlier.flagging.outlier_mask` decides which pixels disagree,
+   in one compiled pass over the image's rows (`masked_outliers`,
+   `flag_image`).
 
 Frames live in a `~romosaic.resample.planes.PlaneStore` that the caller
 hands in, in memory or in memory-mapped files: with files, no step holds a
@@ -32,12 +35,12 @@ import math
 
 import numpy as np
 
-from ..dq import good_pixel_mask
+from ..dq import bad_flags_mask
 from ..parallel import prefetch
 from ..resample.engine import DrizzleEngine, plan_strips, prepare_image
 from ..resample.pixmap import PixelMapper
 from . import _kernels
-from .flagging import FlagWork, outlier_mask, sky_level
+from .flagging import sky_level
 from .median import nanmedian_stack
 
 __all__ = [
@@ -56,13 +59,8 @@ log = logging.getLogger(__name__)
 # Rows of an image blotted at once (with the median on disk, the pages of
 # it that one band reads are all the blot holds).
 _BLOT_ROWS = 256
-# Rows of an image flagged at once, and the rows of context each side that
-# make the result independent of the split (derivative, 3x3 maximum, 3x3
-# growth: two rows). A band's intermediates (about 45 bytes a pixel) then
-# stay in the processor's last-level cache for a 4088-pixel-wide detector,
-# at 6 % of the rows done twice.
-_FLAG_ROWS = 64
-_FLAG_HALO = 2
+# The variance planes whose sum is an image's noise, in the order they are added.
+_VARIANCE_PLANES = ("var_rnoise", "var_poisson", "var_flat")
 
 # Rows of a group's weights summed at once when finding its typical weight.
 _WEIGHT_SECTION_ROWS = 256
@@ -529,59 +527,49 @@ def flag_image(image, store, median_name, window, *, snr, scale, backg=0.0, mode
 
 
 def masked_outliers(image, blot, *, snr, scale, backg=0.0, model_error=0.0, good_bits=None):
-    """`outlier_mask` of an image against its blot, a band of rows at a time.
+    """The outlier mask of an image against its blot, in one compiled pass over its rows.
 
-    Bands overlap by the rows of context the test needs, and the model's
-    sky level is taken over the whole blot, so the result equals one call
-    on the whole image. The bands' intermediates live in scratch arrays of
-    one band, made once: small enough to stay in the processor's cache, and
-    no new memory (which the system must zero) is taken band after band.
+    That of `~romosaic.outlier.flagging.outlier_mask` with the image's noise
+    (`image_noise`), its pixels whose flags are acceptable to ``good_bits``,
+    and the sky level of the whole blot. The compiled test forms each
+    pixel's float32 values by the same operations, in the same order, as
+    those two functions (the tests compare them), and holds three rows of
+    intermediates where numpy holds a dozen arrays of the image's size.
     """
-    ny, nx = image.shape
     level = sky_level(blot)
     mask = np.empty(image.shape, bool)
-    band_rows = min(ny, _FLAG_ROWS + 2 * _FLAG_HALO)
-    work = FlagWork((band_rows, nx))
-    noise = np.empty((band_rows, nx), np.float32)
-    plane = np.empty_like(noise)
-    for start in range(0, ny, _FLAG_ROWS):
-        stop = min(ny, start + _FLAG_ROWS)
-        lo, hi = max(0, start - _FLAG_HALO), min(ny, stop + _FLAG_HALO)
-        band = slice(lo, hi)
-        usable = good_pixel_mask(image.dq[band], good_bits)
-        band_noise = _noise_into(image, (lo, hi), noise[:hi - lo], plane[:hi - lo])
-        band_mask = outlier_mask(image.data[band], blot[band], band_noise, snr=snr, scale=scale,
-                                 backg=backg, model_error=model_error, usable=usable,
-                                 sky_level=level, work=work)
-        mask[start:stop] = band_mask[start - lo:stop - lo]
+    variances = tuple(_variance_plane(image.variances[name]) for name in _VARIANCE_PLANES
+                      if image.variances.get(name) is not None)
+    dq = np.ascontiguousarray(np.asarray(image.dq).astype(np.uint32, copy=False))
+    _kernels.flag(np.ascontiguousarray(image.data, dtype=np.float32),
+                  np.ascontiguousarray(blot, dtype=np.float32), dq, variances, mask,
+                  float(scale[0]), float(scale[1]), float(snr[0]), float(snr[1]), float(backg),
+                  float(model_error), None if level is None else float(level),
+                  bad_flags_mask(good_bits), _finite_half_to_single())
     return mask
+
+
+def _variance_plane(values):
+    """A variance plane as the compiled test reads it: native float16, float32
+    or float64, C-contiguous (others converted to float32, as `image_noise` does)."""
+    values = np.asarray(values)
+    if values.dtype in (np.float16, np.float32, np.float64) and values.flags.c_contiguous:
+        return values
+    return np.ascontiguousarray(values, dtype=np.float32)
 
 
 def image_noise(image, rows=None):
     """1-σ noise of a `ResampleInput` (or of its ``rows``): the root of its summed variances."""
     r0, r1 = rows if rows is not None else (0, image.shape[0])
-    shape = (r1 - r0, image.shape[1])
-    return _noise_into(image, (r0, r1), np.empty(shape, np.float32),
-                       np.empty(shape, np.float32))
-
-
-def _noise_into(image, rows, out, scratch):
-    """`image_noise` of ``rows`` into ``out``, each variance converted into ``scratch``."""
-    r0, r1 = rows
-    out.fill(0)
-    for name in ("var_rnoise", "var_poisson", "var_flat"):
+    variance = np.zeros((r1 - r0, image.shape[1]), np.float32)
+    for name in _VARIANCE_PLANES:
         plane = image.variances.get(name)
         if plane is not None:
-            values = _single_precision(plane[r0:r1], out=scratch)
-            # The sum is finite only if every value is (it may also overflow,
-            # and then the replacement below changes nothing): one cheap
-            # reduction instead of a mask of the plane.
-            with np.errstate(over="ignore", invalid="ignore"):
-                total = np.add.reduce(values, axis=None)
-            if not np.isfinite(total):
+            values = _single_precision(plane[r0:r1])
+            if not np.isfinite(values).all():
                 np.nan_to_num(values, copy=False, nan=0.0)
-            out += values
-    return np.sqrt(out, out=out)
+            variance += values
+    return np.sqrt(variance)
 
 
 @functools.cache
@@ -590,8 +578,14 @@ def _half_to_single():
     return np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
-def _single_precision(values, out=None):
-    """A float32 copy of ``values`` (into ``out`` if given).
+@functools.cache
+def _finite_half_to_single():
+    """`_half_to_single` with non-finite values replaced as `image_noise` replaces them."""
+    return np.nan_to_num(_half_to_single(), nan=0.0)
+
+
+def _single_precision(values):
+    """A float32 copy of ``values``.
 
     Variances are often stored as float16, whose conversion numpy does one
     value at a time; looking the 65536 possible values up in a table of
@@ -599,10 +593,5 @@ def _single_precision(values, out=None):
     """
     values = np.asarray(values)
     if values.dtype == np.float16:
-        # Every uint16 is a valid index: "clip" never clips, and spares the
-        # buffering the default mode does with ``out``.
-        return np.take(_half_to_single(), values.view(np.uint16), out=out, mode="clip")
-    if out is None:
-        return np.array(values, dtype=np.float32)
-    np.copyto(out, values, casting="unsafe")
-    return out
+        return np.take(_half_to_single(), values.view(np.uint16))
+    return np.array(values, dtype=np.float32)

@@ -29,7 +29,6 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
-    "FlagWork",
     "blot_derivative",
     "neighbourhood_3x3",
     "outlier_mask",
@@ -258,32 +257,8 @@ def _source_signal_into(blot, level, out, scratch, finite, not_finite):
     return _neighbourhood_3x3_into(out, np.maximum, scratch, out)
 
 
-class FlagWork:
-    """Scratch arrays for `outlier_mask` of up to ``shape`` pixels, to be reused.
-
-    Flagging an image band by band with one of these allocates nothing per
-    band: every intermediate of the test lives in these arrays.
-
-    Parameters
-    ----------
-    shape : (int, int)
-        The largest band (rows, columns).
-    """
-
-    def __init__(self, shape):
-        self.shape = tuple(int(n) for n in shape)
-        self.floats = [np.empty(self.shape, np.float32) for _ in range(5)]
-        self.bools = [np.empty(self.shape, bool) for _ in range(4)]
-
-    def view(self, array, shape):
-        """The first ``shape[0]`` rows of one of the arrays (``shape[1]`` must be its width)."""
-        if shape[1] != self.shape[1] or shape[0] > self.shape[0]:
-            raise ValueError(f"a band of {shape} does not fit scratch arrays of {self.shape}")
-        return array[:shape[0]]
-
-
 def outlier_mask(data, blot, noise, *, snr=(5.0, 4.0), scale=(1.2, 0.7), backg=0.0,
-                 model_error=0.0, usable=None, sky_level=None, work=None):
+                 model_error=0.0, usable=None, sky_level=None):
     """Pixels of an image that disagree with the blotted median.
 
     Parameters
@@ -305,9 +280,6 @@ def outlier_mask(data, blot, noise, *, snr=(5.0, 4.0), scale=(1.2, 0.7), backg=0
     sky_level : float, optional
         Sky level of the whole model, when ``blot`` is a piece of it (see
         `source_signal`).
-    work : FlagWork, optional
-        Scratch arrays to work in; the result is then one of them (valid
-        until the next call with the same ``work``). By default new arrays.
 
     Returns
     -------
@@ -326,11 +298,9 @@ def outlier_mask(data, blot, noise, *, snr=(5.0, 4.0), scale=(1.2, 0.7), backg=0
     noise = np.asarray(noise, dtype=np.float32)
     if sky_level is None:
         sky_level = _level_of(blot)
-    if work is None:
-        work = FlagWork(blot.shape)
-    shape = blot.shape
-    deriv, diff, model, threshold, scratch = (work.view(a, shape) for a in work.floats)
-    valid, first, second, extra = (work.view(a, shape) for a in work.bools)
+    # Each intermediate goes into one of these, operation after operation.
+    deriv, diff, model, threshold, scratch = (np.empty(blot.shape, np.float32) for _ in range(5))
+    valid, first, second, extra = (np.empty(blot.shape, bool) for _ in range(4))
     _derivative_into(blot, deriv, scratch)
     _source_signal_into(blot, sky_level, model, scratch, valid, extra)
     with np.errstate(invalid="ignore", over="ignore"):
