@@ -12,7 +12,7 @@ DEMO_DIR ?= demo
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py romosaic/resample/_kernels.c romosaic/skymatch/_statistics.c \
-		romosaic/_scale.c
+		romosaic/_scale.c romosaic/outlier/_kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,dask]"

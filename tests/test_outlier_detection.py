@@ -241,7 +241,7 @@ def test_group_drizzle_in_strips_equals_one_whole_window_drizzle(tmp_path, on_di
     assert not list(tmp_path.iterdir())  # on-disk frames removed by close()
 
 
-def test_blot_and_flags_in_pieces_equal_whole_image_forms(monkeypatch):
+def test_blot_in_bands_and_compiled_flags_equal_whole_image_forms(monkeypatch):
     from scipy import ndimage
 
     from romosaic.outlier import detect
@@ -256,9 +256,8 @@ def test_blot_and_flags_in_pieces_equal_whole_image_forms(monkeypatch):
     store = PlaneStore(window.shape)
     store.new_plane("median")
     store.write("median", median)
-    # Small pieces: many blot tiles and flag bands, and bands without data.
-    monkeypatch.setattr(detect, "_BLOT_TILE", 64)
-    monkeypatch.setattr(detect, "_FLAG_ROWS", 37)
+    # Small pieces: many blot bands, some without data.
+    monkeypatch.setattr(detect, "_BLOT_ROWS", 37)
     mapper = PixelMapper(image.wcs, window.grid.wcs, image.shape)
     blot = detect.blot_median(store, "median", mapper, window)
     pixmap = mapper.region()
@@ -276,11 +275,11 @@ def test_blot_and_flags_in_pieces_equal_whole_image_forms(monkeypatch):
     image.data = image.data.copy()
     image.data[rng.random(image.shape) < 0.002] += 40.0  # cosmic rays
     kwargs = dict(snr=(5.0, 4.0), scale=(1.2, 0.7), model_error=0.1)
-    pieces = detect.masked_outliers(image, blot.astype(np.float32), **kwargs)
+    compiled = detect.masked_outliers(image, blot.astype(np.float32), **kwargs)
     whole = outlier_mask(image.data, blot.astype(np.float32), detect.image_noise(image),
                          usable=(image.dq & pixel.DO_NOT_USE) == 0, **kwargs)
     assert whole.sum() > 100
-    np.testing.assert_array_equal(pieces, whole)
+    np.testing.assert_array_equal(compiled, whole)
 
 
 def test_pixel_mapper_regions_equal_the_whole_map():
@@ -304,32 +303,123 @@ def test_pixel_mapper_regions_equal_the_whole_map():
     assert mapper.input_region_for((1e6, 1e6 + 10), (0, 10)) is None
 
 
-def test_interpolation_equals_zero_filled_map_coordinates_at_holes_edges_and_grid_points():
+def _reference_interpolation(median, coordinates, dtype=np.float32):
+    """What the compiled blot must give at ``coordinates`` (rows, columns):
+    scipy's bilinear interpolation, and where that is NaN, the median with
+    its holes set to zero, NaN where a hole has a non-zero weight. With
+    ``dtype`` float64, the values before their rounding to float32."""
     from scipy import ndimage
 
-    from romosaic.outlier.detect import _interpolate
+    def interpolate(values, points, cval, output=dtype):
+        return ndimage.map_coordinates(values, points, output=output, order=1,
+                                       mode="constant", cval=cval, prefilter=False)
+
+    values = interpolate(median, coordinates, np.nan)
+    missing = np.isnan(values)
+    holes = np.isnan(median)
+    filled = interpolate(np.where(holes, np.float32(0), median), coordinates[:, missing], np.nan)
+    filled[interpolate(holes.astype(np.float32), coordinates[:, missing], 1.0,
+                       output=np.float32) > 0] = np.nan
+    values[missing] = filled
+    return values
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (1, 7), (6, 1), (2, 2)])
+def test_interpolation_equals_zero_filled_map_coordinates_at_holes_edges_and_grid_points(shape):
+    from types import SimpleNamespace
+
+    from romosaic.outlier.detect import _blot_rows
 
     rng = np.random.default_rng(6)
-    median = rng.normal(1.0, 0.2, (40, 50)).astype(np.float32)
-    median[10:13, 20:24] = np.nan
-    median[0, :] = np.nan
-    median[:, -1] = np.nan
+    ny, nx = shape
+    median = rng.normal(1.0, 0.2, shape).astype(np.float32)
+    if shape == (40, 50):
+        median[10:13, 20:24] = np.nan
+        median[0, :] = np.nan
+        median[:, -1] = np.nan
+        median[30, 30] = np.inf
+    else:
+        median[-1, -1] = np.nan
     # Random points, points on pixel rows and columns (a hole next to them
-    # gets zero weight), and points on and beyond the edges.
-    y = np.concatenate([rng.uniform(-2, 42, 3000), np.repeat(np.arange(-1.0, 41.0), 51),
-                        np.full(8, 39.0), rng.uniform(0, 39, 8)])
-    x = np.concatenate([rng.uniform(-2, 52, 3000), np.tile(np.arange(-1.0, 50.0), 42),
-                        rng.uniform(0, 49, 8), np.full(8, 49.0)])
-    x[3000:3100] += 0.5  # on pixel rows between columns
-    coordinates = np.array([y, x])
-    holes = np.isnan(median)
-    expected = ndimage.map_coordinates(np.where(holes, 0, median), coordinates, order=1,
-                                       mode="constant", cval=np.nan, prefilter=False)
-    expected[ndimage.map_coordinates(holes.astype(np.float32), coordinates, order=1,
-                                     mode="constant", cval=1.0, prefilter=False) > 0] = np.nan
-    values = _interpolate(median, coordinates)
-    assert np.isnan(values).any() and np.isfinite(values).any()
-    np.testing.assert_array_equal(values.view(np.uint32), expected.view(np.uint32))
+    # gets zero weight), points on and beyond the edges, and no position.
+    grid_y = np.repeat(np.arange(-1.0, ny + 1), nx + 1)
+    grid_x = np.tile(np.arange(-1.0, nx), ny + 2)
+    between = grid_x + 0.5  # on pixel rows between columns
+    y = np.concatenate([rng.uniform(-2, ny + 2, 3000), grid_y, grid_y,
+                        np.full(8, ny - 1.0), rng.uniform(0, ny - 1, 8),
+                        np.full(8, np.nextafter(ny - 1.0, 0)), [np.nan, 1.0, 0.0]])
+    x = np.concatenate([rng.uniform(-2, nx + 2, 3000), grid_x, between,
+                        rng.uniform(0, nx - 1, 8), np.full(8, nx - 1.0),
+                        rng.uniform(0, nx - 1, 8), [1.0, np.nan, -0.0]])
+    if shape == (40, 50):
+        # Where the interpolation is the second weight alone, its rounding shows.
+        median[5, :2] = (0.0, 1.0)
+        y = np.concatenate([y, np.full(5, 5.0)])
+        x = np.concatenate([x, [1e-20, 0.1, 0.3, 1 / 3, 0.7]])
+    # The kernel subtracts the window's offsets from grid positions (with
+    # none, positions below 1 keep all their bits).
+    for window in (SimpleNamespace(y0=7, x0=-3), SimpleNamespace(y0=0, x0=0)):
+        pixmap = np.stack([x + window.x0, y + window.y0], axis=-1)[None]
+        coordinates = np.array([pixmap[0, :, 1] - window.y0, pixmap[0, :, 0] - window.x0])
+        # float32 is what the blot keeps; float64, before the rounding, shows
+        # any difference in the arithmetic.
+        for dtype, bits in ((np.float32, np.uint32), (np.float64, np.uint64)):
+            expected = _reference_interpolation(median, coordinates, dtype)
+            values = np.empty((1, x.size), dtype)
+            _blot_rows(median, window, values, 0, pixmap=pixmap)
+            assert np.isnan(values).any() and np.isfinite(values).any()
+            np.testing.assert_array_equal(values[0].view(bits), expected.view(bits))
+
+
+def test_blot_of_a_distorted_map_equals_scipy_splines_and_map_coordinates():
+    from romosaic.outlier import detect
+    from romosaic.resample.pixmap import PixelMapper
+    from romosaic.resample.planes import PlaneStore
+    from romosaic.simulate import make_image_models
+
+    models, _, _, _ = make_image_models(n_exposures=1, size=200, seed=2, distortion=3.0,
+                                        cosmic_ray_rate=0.0, n_stars=5, n_galaxies=0)
+    image_wcs, shape = models[0].meta.wcs, models[0].data.shape
+    window = _window_for(SimpleNamespaceImage(image_wcs, shape))
+    rng = np.random.default_rng(8)
+    median = rng.normal(1.0, 0.2, window.shape).astype(np.float32)
+    median[rng.random(window.shape) < 0.01] = np.nan
+    store = PlaneStore(window.shape)
+    store.new_plane("median")
+    store.write("median", median)
+    mapper = PixelMapper(image_wcs, window.grid.wcs, shape)
+    assert mapper.spline_coefficients() is not None
+    blot = detect.blot_median(store, "median", mapper, window)
+    # scipy's splines on the whole image (FITPACK's bispev), then its
+    # interpolation; the map itself to the bit, and the blot before and
+    # after its rounding to float32.
+    pixmap = mapper.region()
+    spline_map = np.empty_like(pixmap)
+    detect._kernels.pixel_map(mapper.spline_coefficients(), 0, spline_map)
+    np.testing.assert_array_equal(spline_map.view(np.uint64), pixmap.view(np.uint64))
+    coordinates = np.array([pixmap[..., 1] - window.y0, pixmap[..., 0] - window.x0])
+    expected = _reference_interpolation(median, coordinates)
+    assert np.isnan(blot).any() and np.isfinite(blot).mean() > 0.9
+    np.testing.assert_array_equal(blot.view(np.uint32), expected.view(np.uint32))
+    unrounded = np.empty(shape)
+    detect._blot_rows(median, window, unrounded, 0, spline=mapper.spline_coefficients())
+    np.testing.assert_array_equal(
+        unrounded.view(np.uint64),
+        _reference_interpolation(median, coordinates, np.float64).view(np.uint64))
+    # An exact map (no splines) goes through the same interpolation.
+    exact = PixelMapper(image_wcs, window.grid.wcs, shape, stepsize=1)
+    pixmap = exact.region()
+    expected = _reference_interpolation(
+        median, np.array([pixmap[..., 1] - window.y0, pixmap[..., 0] - window.x0]))
+    np.testing.assert_array_equal(detect.blot_median(store, "median", exact, window)
+                                  .view(np.uint32), expected.view(np.uint32))
+
+
+class SimpleNamespaceImage:
+    """The WCS and shape of an image, as `_window_for` reads them."""
+
+    def __init__(self, wcs, shape):
+        self.wcs, self.shape = wcs, shape
 
 
 def test_neighbourhood_half_precision_and_median_shortcuts_equal_their_references():

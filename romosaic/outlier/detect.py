@@ -16,8 +16,11 @@ choices about where and how the work is done:
    (`median_of_planes`).
 4. **Blot and flag.** For each input image the median is interpolated at the
    input's pixel positions (bilinear, through the same pixel map used to
-   drizzle it), one input tile at a time (`blot_median`), and `outlier_mask`
-   decides which pixels disagree, a band of rows at a time (`flag_image`).
+   drizzle it), a band of rows at a time by a compiled kernel
+   (`blot_median`), and the test of
+   `~romosaic.outlier.flagging.outlier_mask` decides which pixels disagree,
+   in one compiled pass over the image's rows (`masked_outliers`,
+   `flag_image`).
 
 Frames live in a `~romosaic.resample.planes.PlaneStore` that the caller
 hands in, in memory or in memory-mapped files: with files, no step holds a
@@ -31,13 +34,13 @@ import logging
 import math
 
 import numpy as np
-from scipy import ndimage
 
-from ..dq import good_pixel_mask
+from ..dq import bad_flags_mask
 from ..parallel import prefetch
 from ..resample.engine import DrizzleEngine, plan_strips, prepare_image
 from ..resample.pixmap import PixelMapper
-from .flagging import outlier_mask, sky_level
+from . import _kernels
+from .flagging import sky_level
 from .median import nanmedian_stack
 
 __all__ = [
@@ -53,13 +56,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Side, in input pixels, of the pieces an image is blotted in.
-_BLOT_TILE = 1024
-# Rows of an image flagged at once, and the rows of context each side that
-# make the result independent of the split (derivative, 3x3 maximum, 3x3
-# growth: two rows).
-_FLAG_ROWS = 512
-_FLAG_HALO = 2
+# Rows of an image blotted at once (with the median on disk, the pages of
+# it that one band reads are all the blot holds).
+_BLOT_ROWS = 256
+# The variance planes whose sum is an image's noise, in the order they are added.
+_VARIANCE_PLANES = ("var_rnoise", "var_poisson", "var_flat")
 
 # Rows of a group's weights summed at once when finding its typical weight.
 _WEIGHT_SECTION_ROWS = 256
@@ -285,6 +286,12 @@ def _typical_weight(weights, *, threads=1):
     are the same whatever the strips and threads of the drizzle, and their
     sums are added in order, so the sums, and the mask, are too.
 
+    Where the kept weights' sums are exact whatever the order of the
+    additions (`_exact_sums`: after the first round, as a rule), a compiled
+    pass counts and sums a section; elsewhere numpy's masked sums do, whose
+    order the result then depends on. Either way the sums are those of the
+    masked numpy sums, to the bit.
+
     Parameters
     ----------
     weights : numpy.ndarray
@@ -298,7 +305,13 @@ def _typical_weight(weights, *, threads=1):
 
     def section_moments(rows, lo, hi):
         values = weights[rows[0]:rows[1]]
-        kept = (values >= lo) & (values <= hi)
+        if (values.dtype == np.float32 and values.flags.c_contiguous
+                and _exact_sums(values.size, lo, hi)):
+            return _kernels.weight_moments(values, lo, hi)
+        kept = values >= lo
+        # Every value but NaN is at most infinity, and NaN is not kept anyway.
+        if hi != np.inf:
+            kept &= values <= hi
         count = int(np.count_nonzero(kept))
         if count == 0:
             # The masked sums would be 0.0, which adds nothing.
@@ -330,6 +343,31 @@ def _typical_weight(weights, *, threads=1):
         low, high = new_low, new_high
         count, total, squares = new_count, new_total, new_squares
     return total / count
+
+
+def _exact_sums(n, lo, hi):
+    """Whether float64 sums of up to ``n`` float32 values in ``[lo, hi]`` (the
+    bounds rounded to float32, as numpy compares float32 with Python floats),
+    and of their float32 squares, are exact in any order.
+
+    Every float32 of at least ``x`` is a multiple of the spacing of float32
+    numbers in ``x``'s binade, and so is any sum of such values; a float64
+    holds each multiple of that spacing up to 2**53 times it. If ``n``
+    times the largest value stays below that, no addition rounds.
+    """
+    lo, hi = np.float32(lo), np.float32(hi)
+    tiny = np.finfo(np.float32).tiny
+    if not (lo >= tiny and hi < np.inf):
+        return False
+    with np.errstate(over="ignore"):
+        bounds = ((lo, hi), (lo * lo, hi * hi))
+    for smallest, largest in bounds:
+        if not (smallest >= tiny and largest < np.inf):
+            return False
+        spacing = math.ldexp(1.0, math.frexp(float(smallest))[1] - 1 - 23)
+        if n * float(largest) > math.ldexp(spacing, 53):
+            return False
+    return True
 
 
 def median_of_planes(store, names, out_name, *, threads=1, memory_budget=None, low=True):
@@ -398,6 +436,19 @@ def median_of_planes(store, names, out_name, *, threads=1, memory_budget=None, l
 def blot_median(store, median_name, mapper, window):
     """The median interpolated (bilinearly) at an image's pixel positions.
 
+    A compiled kernel evaluates the image's pixel map row by row from its
+    splines and interpolates the median there, so neither the map nor
+    coordinate arrays are held (an exact map, without splines, is made a
+    band of rows at a time).
+    Its values equal, to the bit, scipy's evaluation of the splines
+    (`scipy.interpolate.RectBivariateSpline`) followed by
+    ``scipy.ndimage.map_coordinates(median, (y - y0, x - x0), order=1,
+    mode="constant", cval=nan, prefilter=False)``, except next to holes
+    (NaN pixels of the median): there the median with its holes set to zero
+    is interpolated, and the value is NaN only where a hole has a non-zero
+    weight, so a point exactly on a pixel row or column next to a hole keeps
+    its value. The tests compare the kernel with that scipy form.
+
     Parameters
     ----------
     store : PlaneStore
@@ -414,80 +465,42 @@ def blot_median(store, median_name, mapper, window):
         NaN where the input pixel falls outside the median or on no data.
     """
     ny, nx = mapper.shape
-    blot = np.full((ny, nx), np.nan, np.float32)
-    wy, wx = store.shape
-    for r0 in range(0, ny, _BLOT_TILE):
-        for c0 in range(0, nx, _BLOT_TILE):
-            rows, cols = (r0, min(ny, r0 + _BLOT_TILE)), (c0, min(nx, c0 + _BLOT_TILE))
-            pixmap = mapper.region(rows, cols)
-            # (row, column) of each pixel on the window, and then on the piece.
-            coordinates = np.empty((2, *pixmap.shape[:2]))
-            np.subtract(pixmap[..., 1], window.y0, out=coordinates[0])
-            np.subtract(pixmap[..., 0], window.x0, out=coordinates[1])
-            del pixmap
-            bounds = _finite_bounds(coordinates)
-            if bounds is None:
-                continue
-            (y_min, y_max), (x_min, x_max) = bounds
-            # The median pixels this piece can touch (bilinear: floor and floor + 1).
-            y0 = min(wy, max(0, int(math.floor(y_min)) - 1))
-            y1 = max(0, min(wy, int(math.floor(y_max)) + 3))
-            x0 = min(wx, max(0, int(math.floor(x_min)) - 1))
-            x1 = max(0, min(wx, int(math.floor(x_max)) + 3))
-            if y1 <= y0 or x1 <= x0:
-                continue
-            # Shifted coordinates keep points off the median off the piece too:
-            # the piece only ends short of the median where no point reaches.
-            coordinates[0] -= y0
-            coordinates[1] -= x0
-            piece = store.read(median_name, rows=(y0, y1), cols=(x0, x1))
-            blot[rows[0]:rows[1], cols[0]:cols[1]] = _interpolate(piece, coordinates)
+    blot = np.empty((ny, nx), np.float32)
+    spline = mapper.spline_coefficients()
+    for r0 in range(0, ny, _BLOT_ROWS):
+        rows = (r0, min(ny, r0 + _BLOT_ROWS))
+        pixmap = None if spline is not None else mapper.region(rows)
+        # The whole median, as a view in memory; on disk a mapping of which
+        # only the pages this band reads are faulted in, and let go after it.
+        with store.rows(median_name, (0, store.shape[0])) as median:
+            _blot_rows(median, window, blot[rows[0]:rows[1]], rows[0], pixmap=pixmap,
+                       spline=spline)
+        del pixmap
     return blot
 
 
-def _finite_bounds(coordinates):
-    """``((y_min, y_max), (x_min, x_max))`` of the finite points, or None if there are none."""
-    finite = np.isfinite(coordinates[0]) & np.isfinite(coordinates[1])
-    if finite.all():
-        return tuple((float(axis.min()), float(axis.max())) for axis in coordinates)
-    if not finite.any():
-        return None
-    return tuple((float(np.min(axis, where=finite, initial=np.inf)),
-                  float(np.max(axis, where=finite, initial=-np.inf))) for axis in coordinates)
+def _blot_rows(median, window, out, row0, *, pixmap=None, spline=None):
+    """Fill ``out`` (image rows ``row0``...) with the median at their positions.
 
-
-def _interpolate(median, coordinates):
-    """Bilinear interpolation of ``median`` at ``coordinates`` (rows, columns).
-
-    NaN next to holes (NaN pixels of ``median``) or outside it. A hole
-    counts when the point's interpolation gives it a non-zero weight, so a
-    point exactly on a pixel row or column next to a hole keeps its value.
+    Parameters
+    ----------
+    median : numpy.ndarray of float32
+        The whole median, C-contiguous.
+    window : DataWindow
+    out : numpy.ndarray of float32
+        C-contiguous rows of the blot, written (float64 gives the values
+        before their rounding to float32, for the tests).
+    row0 : int
+        The image row of ``out[0]``.
+    pixmap : numpy.ndarray of float64, optional
+        The grid ``(x, y)`` of the pixels of ``out`` (shape ``(*out.shape, 2)``).
+    spline : tuple, optional
+        Instead of ``pixmap``: `PixelMapper.spline_coefficients` of the image.
     """
-    median = median.astype(np.float32, copy=False)
-    # Interpolating the median with its holes gives every point that touches
-    # no hole its value, to the bit: the arithmetic is that of the zero-filled
-    # median, on the same (finite) pixels. The few points it leaves NaN (near
-    # a hole, even with zero weight, or outside) are then done exactly.
-    values = ndimage.map_coordinates(median, coordinates, order=1, mode="constant",
-                                     cval=np.nan, prefilter=False)
-    missing = np.isnan(values)
-    if missing.any():
-        values[missing] = _interpolate_near_holes(median, coordinates[:, missing])
-    return values
-
-
-def _interpolate_near_holes(median, coordinates):
-    """`_interpolate` of points that may touch holes: the median with its holes
-    filled with zero, NaN where a hole's weight is not zero."""
-    holes = np.isnan(median)
-    filled = np.where(holes, np.float32(0.0), median)
-    values = ndimage.map_coordinates(filled, coordinates, order=1, mode="constant",
-                                     cval=np.nan, prefilter=False)
-    # A pixel next to a hole would mix in the zero fill: mark it missing.
-    near_hole = ndimage.map_coordinates(holes.astype(np.float32), coordinates, order=1,
-                                        mode="constant", cval=1.0, prefilter=False) > 0
-    values[near_hole] = np.nan
-    return values
+    median = np.ascontiguousarray(median, dtype=np.float32)
+    if pixmap is not None:
+        pixmap = np.ascontiguousarray(pixmap, dtype=np.float64)
+    _kernels.blot(median, float(window.y0), float(window.x0), out, int(row0), pixmap, spline)
 
 
 def flag_image(image, store, median_name, window, *, snr, scale, backg=0.0, model_error=0.0,
@@ -520,32 +533,42 @@ def flag_image(image, store, median_name, window, *, snr, scale, backg=0.0, mode
 
 
 def masked_outliers(image, blot, *, snr, scale, backg=0.0, model_error=0.0, good_bits=None):
-    """`outlier_mask` of an image against its blot, a band of rows at a time.
+    """The outlier mask of an image against its blot, in one compiled pass over its rows.
 
-    Bands overlap by the rows of context the test needs, and the model's
-    sky level is taken over the whole blot, so the result equals one call
-    on the whole image while its temporaries stay a band in size.
+    That of `~romosaic.outlier.flagging.outlier_mask` with the image's noise
+    (`image_noise`), its pixels whose flags are acceptable to ``good_bits``,
+    and the sky level of the whole blot. The compiled test forms each
+    pixel's float32 values by the same operations, in the same order, as
+    those two functions (the tests compare them), and holds three rows of
+    intermediates where numpy holds a dozen arrays of the image's size.
     """
-    ny = image.shape[0]
     level = sky_level(blot)
-    mask = np.zeros(image.shape, bool)
-    for start in range(0, ny, _FLAG_ROWS):
-        stop = min(ny, start + _FLAG_ROWS)
-        lo, hi = max(0, start - _FLAG_HALO), min(ny, stop + _FLAG_HALO)
-        band = slice(lo, hi)
-        usable = good_pixel_mask(image.dq[band], good_bits)
-        band_mask = outlier_mask(image.data[band], blot[band], image_noise(image, rows=(lo, hi)),
-                                 snr=snr, scale=scale, backg=backg, model_error=model_error,
-                                 usable=usable, sky_level=level)
-        mask[start:stop] = band_mask[start - lo:stop - lo]
+    mask = np.empty(image.shape, bool)
+    variances = tuple(_variance_plane(image.variances[name]) for name in _VARIANCE_PLANES
+                      if image.variances.get(name) is not None)
+    dq = np.ascontiguousarray(np.asarray(image.dq).astype(np.uint32, copy=False))
+    _kernels.flag(np.ascontiguousarray(image.data, dtype=np.float32),
+                  np.ascontiguousarray(blot, dtype=np.float32), dq, variances, mask,
+                  float(scale[0]), float(scale[1]), float(snr[0]), float(snr[1]), float(backg),
+                  float(model_error), None if level is None else float(level),
+                  bad_flags_mask(good_bits), _finite_half_to_single())
     return mask
+
+
+def _variance_plane(values):
+    """A variance plane as the compiled test reads it: native float16, float32
+    or float64, C-contiguous (others converted to float32, as `image_noise` does)."""
+    values = np.asarray(values)
+    if values.dtype in (np.float16, np.float32, np.float64) and values.flags.c_contiguous:
+        return values
+    return np.ascontiguousarray(values, dtype=np.float32)
 
 
 def image_noise(image, rows=None):
     """1-σ noise of a `ResampleInput` (or of its ``rows``): the root of its summed variances."""
     r0, r1 = rows if rows is not None else (0, image.shape[0])
     variance = np.zeros((r1 - r0, image.shape[1]), np.float32)
-    for name in ("var_rnoise", "var_poisson", "var_flat"):
+    for name in _VARIANCE_PLANES:
         plane = image.variances.get(name)
         if plane is not None:
             values = _single_precision(plane[r0:r1])
@@ -559,6 +582,12 @@ def image_noise(image, rows=None):
 def _half_to_single():
     """Every float16 bit pattern's float32 value, indexed by the pattern."""
     return np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+@functools.cache
+def _finite_half_to_single():
+    """`_half_to_single` with non-finite values replaced as `image_noise` replaces them."""
+    return np.nan_to_num(_half_to_single(), nan=0.0)
 
 
 def _single_precision(values):

@@ -59,13 +59,84 @@ def parse_pair(value, name):
     return numbers
 
 
+# `sky_level` brackets the median with a sample of this many pixels, and
+# counts the pixels a piece of this many at a time.
+_LEVEL_SAMPLE = 2**18
+_LEVEL_CHUNK = 2**18
+
+
 def sky_level(blot):
-    """The median of the model's finite pixels (its sky), or None if it has none."""
+    """The median of the model's finite pixels (its sky), or None if it has none.
+
+    Parameters
+    ----------
+    blot : numpy.ndarray
+
+    Returns
+    -------
+    numpy.float32 or None
+        ``numpy.median`` of the finite pixels, as float32.
+
+    Notes
+    -----
+    A large model's median is found without copying its finite pixels or
+    sorting them: a regular sample of the pixels gives two values that
+    almost surely enclose the median, one pass over the model, a piece at a
+    time, counts the finite pixels and those below the lower value and keeps
+    the few between the two, and the middle ones among those are the
+    median's. The counts prove the bracket holds (if it did not, the whole
+    selection is sorted as for a small model), and the middle values are
+    averaged by ``numpy.median`` itself, so the result is the same float32
+    (but for the sign of a median of exactly zero).
+    """
+    flat = np.ravel(blot)
+    if flat.size >= 4 * _LEVEL_SAMPLE:
+        level = _bracketed_median(flat)
+        if level is not None:
+            return level
     finite = np.isfinite(blot)
     if not finite.any():
         return None
     # The selection is a copy of its own, free to be reordered.
     return np.float32(np.median(blot[finite], overwrite_input=True))
+
+
+# `outlier_mask`'s parameter of the same name hides the function there.
+_level_of = sky_level
+
+
+def _bracketed_median(flat):
+    """`sky_level` of a large 1-D array, or None when the sample's bracket
+    misses the median (or the sample holds too few finite values)."""
+    sample = flat[::flat.size // _LEVEL_SAMPLE | 1]
+    sample = sample[np.isfinite(sample)]
+    if sample.size < _LEVEL_SAMPLE // 8:
+        return None
+    # The sample's middle, give or take 8 standard deviations of where the
+    # model's median falls in it.
+    margin = int(4 * np.sqrt(sample.size)) + 32
+    ranks = [max(0, sample.size // 2 - margin), min(sample.size - 1, sample.size // 2 + margin)]
+    sample.partition(ranks)
+    low, high = sample[ranks[0]], sample[ranks[1]]
+    count = below = 0
+    between = []
+    for start in range(0, flat.size, _LEVEL_CHUNK):
+        chunk = flat[start:start + _LEVEL_CHUNK]
+        finite = np.isfinite(chunk)
+        count += int(np.count_nonzero(finite))
+        lower = chunk < low
+        lower &= finite
+        below += int(np.count_nonzero(lower))
+        inside = np.greater_equal(chunk, low, out=lower)
+        inside &= chunk <= high
+        between.append(chunk[inside])
+    # Ranks of the middle value(s) among the finite pixels, then among those kept.
+    middle = [(count - 1) // 2 - below, count // 2 - below]
+    between = np.concatenate(between)
+    if count == 0 or middle[0] < 0 or middle[1] >= between.size:
+        return None
+    between.partition(middle)
+    return np.float32(np.median(between[middle[0]:middle[1] + 1]))
 
 
 def source_signal(blot, *, size=3, level=None):
@@ -83,11 +154,16 @@ def source_signal(blot, *, size=3, level=None):
         The sky level (`sky_level` of the whole model); by default that of
         ``blot`` itself. Give it when ``blot`` is a piece of a larger model.
     """
+    blot = np.asarray(blot)
     finite = np.isfinite(blot)
     if level is None:
         level = sky_level(blot)
     if level is None or not finite.any():
         return np.zeros_like(blot)
+    if size == 3 and blot.dtype == np.float32:
+        signal = np.empty(blot.shape, np.float32)
+        return _source_signal_into(blot, level, signal, np.empty_like(signal), finite,
+                                   np.empty_like(finite))
     level = np.float32(level)
     signal = np.where(finite, np.maximum(blot - level, 0.0), 0.0).astype(np.float32)
     if size == 3:
@@ -110,16 +186,22 @@ def neighbourhood_3x3(values, combine):
     [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
     """
     values = np.asarray(values)
-    rows = values.copy()
+    return _neighbourhood_3x3_into(values, combine, np.empty_like(values),
+                                   np.empty_like(values))
+
+
+def _neighbourhood_3x3_into(values, combine, scratch, out):
+    """`neighbourhood_3x3` into ``out`` (which may be ``values``), through ``scratch``."""
+    np.copyto(scratch, values)
     # Each row with the rows above and below, then each column of that with
     # its neighbours: reading from the previous stage keeps every pixel's
     # reach at one step.
-    combine(rows[1:], values[:-1], out=rows[1:])
-    combine(rows[:-1], values[1:], out=rows[:-1])
-    result = rows.copy()
-    combine(result[:, 1:], rows[:, :-1], out=result[:, 1:])
-    combine(result[:, :-1], rows[:, 1:], out=result[:, :-1])
-    return result
+    combine(scratch[1:], values[:-1], out=scratch[1:])
+    combine(scratch[:-1], values[1:], out=scratch[:-1])
+    np.copyto(out, scratch)
+    combine(out[:, 1:], scratch[:, :-1], out=out[:, 1:])
+    combine(out[:, :-1], scratch[:, 1:], out=out[:, :-1])
+    return out
 
 
 def blot_derivative(blot):
@@ -128,18 +210,51 @@ def blot_derivative(blot):
     Edges compare with the neighbours that exist; NaN neighbours are ignored.
     """
     blot = np.asarray(blot, dtype=np.float32)
-    deriv = np.zeros_like(blot)
+    return _derivative_into(blot, np.empty_like(blot), np.empty_like(blot))
+
+
+def _derivative_into(blot, out, scratch):
+    """`blot_derivative` of float32 ``blot`` into ``out``, through ``scratch`` (its size)."""
+    ny, nx = blot.shape
     with np.errstate(invalid="ignore"):
-        for axis in (0, 1):
-            step = np.abs(np.diff(blot, axis=axis))
-            step = np.where(np.isnan(step), 0.0, step)
-            lead = [slice(None)] * 2
-            trail = [slice(None)] * 2
-            lead[axis] = slice(1, None)
-            trail[axis] = slice(None, -1)
-            np.maximum(deriv[tuple(lead)], step, out=deriv[tuple(lead)])
-            np.maximum(deriv[tuple(trail)], step, out=deriv[tuple(trail)])
-    return deriv
+        # The steps are not negative, so a NaN step (next to a hole) is
+        # dropped by the maximum with zero, and a step itself is its maximum
+        # with zero.
+        step = _leading(scratch, (max(ny - 1, 0), nx))
+        np.subtract(blot[1:], blot[:-1], out=step)
+        np.abs(step, out=step)
+        np.fmax(step, np.float32(0), out=step)
+        out[:1] = 0
+        np.copyto(out[1:], step)
+        np.maximum(out[:-1], step, out=out[:-1])
+        step = _leading(scratch, (ny, max(nx - 1, 0)))
+        np.subtract(blot[:, 1:], blot[:, :-1], out=step)
+        np.abs(step, out=step)
+        np.fmax(step, np.float32(0), out=step)
+        np.maximum(out[:, 1:], step, out=out[:, 1:])
+        np.maximum(out[:, :-1], step, out=out[:, :-1])
+    return out
+
+
+def _leading(buffer, shape):
+    """A C-contiguous array of ``shape`` on the start of ``buffer``'s memory."""
+    return buffer.reshape(-1)[:shape[0] * shape[1]].reshape(shape)
+
+
+def _source_signal_into(blot, level, out, scratch, finite, not_finite):
+    """`source_signal` (3 × 3) of float32 ``blot`` into ``out``, through scratch arrays
+    (``finite`` may be `numpy.isfinite` of ``blot`` already)."""
+    if level is None:
+        # Without a level (no finite pixel) there is no signal.
+        out.fill(0)
+        return out
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.subtract(blot, np.float32(level), out=out)
+        np.maximum(out, np.float32(0), out=out)
+    # No signal where the model has no value (NaN, or infinite).
+    np.isfinite(blot, out=finite)
+    np.copyto(out, np.float32(0), where=np.logical_not(finite, out=not_finite))
+    return _neighbourhood_3x3_into(out, np.maximum, scratch, out)
 
 
 def outlier_mask(data, blot, noise, *, snr=(5.0, 4.0), scale=(1.2, 0.7), backg=0.0,
@@ -181,17 +296,31 @@ def outlier_mask(data, blot, noise, *, snr=(5.0, 4.0), scale=(1.2, 0.7), backg=0
     data = np.asarray(data, dtype=np.float32)
     blot = np.asarray(blot, dtype=np.float32)
     noise = np.asarray(noise, dtype=np.float32)
-    deriv = blot_derivative(blot)
-    with np.errstate(invalid="ignore"):
-        diff = np.abs(data - blot - np.float32(backg))
-        model_term = np.float32(model_error) * source_signal(blot, level=sky_level)
-        first = diff > np.float32(scale[0]) * deriv + np.float32(snr[0]) * noise + model_term
-        second = diff > np.float32(scale[1]) * deriv + np.float32(snr[1]) * noise + model_term
-    valid = np.isfinite(diff) & np.isfinite(noise)
+    if sky_level is None:
+        sky_level = _level_of(blot)
+    # Each intermediate goes into one of these, operation after operation.
+    deriv, diff, model, threshold, scratch = (np.empty(blot.shape, np.float32) for _ in range(5))
+    valid, first, second, extra = (np.empty(blot.shape, bool) for _ in range(4))
+    _derivative_into(blot, deriv, scratch)
+    _source_signal_into(blot, sky_level, model, scratch, valid, extra)
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.subtract(data, blot, out=diff)
+        np.subtract(diff, np.float32(backg), out=diff)
+        np.abs(diff, out=diff)
+        np.multiply(model, np.float32(model_error), out=model)
+        # The two thresholds, each (scale · deriv + snr · noise) + model term.
+        for factors, passed in ((0, first), (1, second)):
+            np.multiply(deriv, np.float32(scale[factors]), out=threshold)
+            np.multiply(noise, np.float32(snr[factors]), out=scratch)
+            np.add(threshold, scratch, out=threshold)
+            np.add(threshold, model, out=threshold)
+            np.greater(diff, threshold, out=passed)
+    np.isfinite(diff, out=valid)
+    valid &= np.isfinite(noise, out=extra)
     first &= valid
     second &= valid
-    grown = neighbourhood_3x3(first, np.logical_or)
-    mask = grown & second
+    mask = _neighbourhood_3x3_into(first, np.logical_or, extra, valid)
+    mask &= second
     if usable is not None:
         mask &= usable
     return mask
