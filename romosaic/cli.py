@@ -24,6 +24,7 @@ _SUBCOMMAND_MODULES = (
     "romosaic.custom_mosaic.cli",
     "romosaic.survey.cli",
     "romosaic.transforms",
+    "romosaic.reference_pars",
 )
 
 

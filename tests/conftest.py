@@ -69,11 +69,24 @@ def image_model_factory():
     return make_image_model
 
 
+def require_shared_fixtures(*parts):
+    """The path of a shared golden fixture; skip without it, except on CI.
+
+    Continuous integration sets ``CI=true`` and must have the fixtures: a
+    missing folder there fails the test instead of silently skipping it.
+    """
+    path = SHARED_FIXTURES.joinpath(*parts)
+    if not path.exists():
+        message = f"shared golden fixtures are not available ({path})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 @pytest.fixture
 def shared_fixtures():
-    if not SHARED_FIXTURES.is_dir():
-        pytest.skip("shared golden fixtures are not available")
-    return SHARED_FIXTURES
+    return require_shared_fixtures()
 
 
 @pytest.fixture

@@ -34,11 +34,9 @@ def published(shared_fixtures_dir):
 
 @pytest.fixture(scope="module")
 def shared_fixtures_dir():
-    from .conftest import SHARED_FIXTURES
+    from .conftest import require_shared_fixtures
 
-    if not SHARED_FIXTURES.is_dir():
-        pytest.skip("shared golden fixtures are not available")
-    return SHARED_FIXTURES
+    return require_shared_fixtures()
 
 
 def _wrapped(a, b):

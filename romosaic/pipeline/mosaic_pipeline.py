@@ -3,7 +3,8 @@
 Runs tweakreg (skipped unless asked for) → flux → skymatch →
 outlier_detection → resample → source_catalog over one association and
 writes ``<product>_coadd.asdf``, ``<product>_cat.parquet`` and
-``<product>_segm.asdf``, together and atomically.
+``<product>_segm.asdf``, together and atomically (``coadd`` and ``cat`` are
+the ``suffix`` of the pipeline and of its source_catalog step).
 
 Before any step runs, the pipeline checks what can be checked cheaply, so that
 a bad association fails in seconds rather than after hours of work, and
@@ -90,6 +91,13 @@ class MosaicPipeline(RomosaicPipelineBase):
         # chain: --steps.tweakreg.skip=false turns it on.
         spec["steps"]["tweakreg"]["skip"] = "boolean(default=True)"
         return spec
+
+    def wants_models_on_disk(self):
+        # The reference's in_memory=False on a drizzling step asks for its
+        # models on disk; here the pipeline opens the one library they share.
+        return super().wants_models_on_disk() or any(
+            not step.skip and not step.in_memory
+            for step in (self.outlier_detection, self.resample))
 
     def process(self, input_data):
         self._check_step_parameters()
@@ -224,7 +232,7 @@ class MosaicPipeline(RomosaicPipelineBase):
 
     def _product_paths(self, output_dir, product_name):
         return [output_dir / f"{product_name}_{self.suffix}.asdf",
-                output_dir / f"{product_name}_cat.parquet",
+                output_dir / f"{product_name}_{self.source_catalog.catalog_suffix}.parquet",
                 output_dir / f"{product_name}_segm.asdf"]
 
     def _save_products(self, output_dir, product_name, mosaic, catalog, segmentation):

@@ -11,6 +11,10 @@
 * ``output_ext`` defaults to ``.asdf`` (``strun`` fails without a default);
 * it configures logging for romosaic's own loggers as well as stpipe's;
 * it records ``meta.cal_step.<alias>`` on the models it processes;
+* it accepts every parameter of the reference pipeline's step of the same
+  name; one that romosaic does not need (``update_version``, for instance)
+  is noted once in the log when it is set, never silently dropped (see
+  `parameter_notes` and ``docs/compatibility.rst``);
 * a parameter value the spec refuses (``--steps.resample.pixfrac=-1``) is a
   one-line `~romosaic.errors.RomosaicInputError` naming the parameter, not a
   traceback after a screenful of usage text;
@@ -123,6 +127,39 @@ class _OfflineMixin:
     def default_suffix(self):
         return self.class_alias or self.name.lower()
 
+    def parameter_notes(self):
+        """Log messages about parameters whose value has no effect in romosaic.
+
+        Subclasses add theirs to the list this returns. `run` logs each one
+        once, before the step works, so that a value from a reference
+        parameter file is never silently dropped.
+
+        Returns
+        -------
+        list of (int, str)
+            Logging level and message.
+        """
+        notes = []
+        if getattr(self, "update_version", False):
+            notes.append((logging.INFO,
+                          f"{self.name}: update_version=True has no effect: romosaic reads "
+                          "inputs with the installed roman_datamodels as they are"))
+        return notes
+
+    def _log_parameter_notes(self):
+        for level, message in self.parameter_notes():
+            log.log(level, "%s", message)
+
+    def wants_models_on_disk(self):
+        """Whether libraries this step opens keep their models in temporary files.
+
+        True with ``on_disk`` (the pipeline's, or this step's) or with the
+        reference's ``in_memory=False``, which asks for the same thing.
+        """
+        if self.search_attr("on_disk", default=False):
+            return True
+        return getattr(self, "in_memory", True) is False
+
     def check_parameters(self):
         """Raise `RomosaicInputError` for parameter values the step cannot use.
 
@@ -198,6 +235,8 @@ class _OfflineMixin:
                     # should fail the run now, not after hours of work.
                     output_dir = os.path.expandvars(os.path.expanduser(self.output_dir or "."))
                     created = prepare_output_directory(output_dir)
+                if not self.skip:
+                    self._log_parameter_notes()
                 with self._skipping_library(args):
                     return super().run(*args)
             except RomosaicError as error:
@@ -265,7 +304,7 @@ class _OfflineMixin:
             return input_data
         if not isinstance(input_data, (str, Path, dict, list, tuple)):
             input_data = [input_data]
-        on_disk = bool(self.search_attr("on_disk", default=False))
+        on_disk = self.wants_models_on_disk()
         if on_disk and isinstance(input_data, (list, tuple)) and not all(
             isinstance(item, (str, Path)) for item in input_data
         ):
@@ -454,17 +493,21 @@ def _cal_step_names(model):
     return list(fallback.create_fake_data().keys())
 
 
+# Accepted so that the reference's parameter files load; romosaic reads
+# every input as it is, so the value changes nothing (a True is logged).
+_COMMON_SPEC = """
+    output_ext = string(default='.asdf')  # Extension of output files
+    update_version = boolean(default=False)  # Reference parameter; no effect in romosaic
+    """
+
+
 class RomosaicStep(_OfflineMixin, Step):
     """Base class for romosaic steps (see the module docstring)."""
 
-    spec = """
-    output_ext = string(default='.asdf')  # Extension of output files
-    """
+    spec = _COMMON_SPEC
 
 
 class RomosaicPipelineBase(_OfflineMixin, Pipeline):
     """Base class for romosaic pipelines (see the module docstring)."""
 
-    spec = """
-    output_ext = string(default='.asdf')  # Extension of output files
-    """
+    spec = _COMMON_SPEC

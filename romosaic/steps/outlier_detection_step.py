@@ -8,8 +8,9 @@ takes the median, and flags each input's disagreeing pixels with
 DO_NOT_USE | OUTLIER in its ``dq`` (so resample then leaves them out); the
 flags are recorded in the library as small per-image edits over the input
 files. The group drizzles and their median are held in memory up to
-``memory_budget`` MiB, beyond it (and always with ``on_disk``) in
-memory-mapped temporary files in the output directory.
+``memory_budget`` MiB, beyond it (and always with ``on_disk`` or
+``in_memory=False``) in memory-mapped temporary files in the output
+directory.
 """
 
 import logging
@@ -43,6 +44,7 @@ from ..resample.engine import DEFAULT_MEMORY_BUDGET_MIB, data_window
 from ..resample.planes import PlaneStore
 from ..resample.weights import weight_variances
 from ._inputs import read_inputs
+from ._pixmap import pixmap_order_notes
 from ._survey import survey_inputs
 from .base import STEP_COMPLETE, STEP_SKIPPED, RomosaicStep
 
@@ -73,7 +75,9 @@ class OutlierDetectionStep(RomosaicStep):
     resample_data = boolean(default=True)  # False: inputs already share one pixel grid
     resample_on_skycell = boolean(default=True)  # Work on the association's skycell grid
     memory_budget = float(min=1.0, default={DEFAULT_MEMORY_BUDGET_MIB})  # MiB of planes in memory
-    pixmap_stepsize = integer(min=1, default=10)  # Spacing of exact WCS evaluations (pixels)
+    pixmap_stepsize = float(min=1.0, default=10.0)  # Spacing of exact WCS evaluations (pixels)
+    pixmap_order = integer(min=1, default=3)  # Reference parameter; always bicubic splines
+    in_memory = boolean(default=True)  # False: models and frames in temporary files (on_disk)
     save_intermediate_results = boolean(default=False)  # Write the median and blotted images
     workers = integer(min=0, default=0)  # Threads (0: one per usable core)
     """
@@ -113,7 +117,8 @@ class OutlierDetectionStep(RomosaicStep):
                 frames_bytes = 4 * (len(library) + 1) * self._image_pixels(library)
             # Frames beyond the budget are scratch that the page cache holds
             # as well as the process would.
-            in_files = library.on_disk or frames_bytes > self._memory_budget_bytes
+            in_files = (library.on_disk or not self.in_memory
+                        or frames_bytes > self._memory_budget_bytes)
             if in_files:
                 log.info("outlier frames (%.0f MiB) kept in memory-mapped files",
                          frames_bytes / 2**20)
@@ -134,6 +139,13 @@ class OutlierDetectionStep(RomosaicStep):
                 library.close()
         return library
 
+    def parameter_notes(self):
+        return super().parameter_notes() + pixmap_order_notes(self)
+
+    @property
+    def _pixmap_stepsize(self):
+        return max(1, round(self.pixmap_stepsize))
+
     @property
     def _memory_budget_bytes(self):
         return int(self.memory_budget * 2**20)
@@ -153,7 +165,7 @@ class OutlierDetectionStep(RomosaicStep):
             weight_type=self.weight_type,
             good_bits=self.good_bits,
             maskpt=self.maskpt,
-            pixmap_stepsize=self.pixmap_stepsize,
+            pixmap_stepsize=self._pixmap_stepsize,
         )
         if self.save_intermediate_results:
             self._save_array("median", store.array(median), wcs=window.grid.wcs,
@@ -234,7 +246,7 @@ class OutlierDetectionStep(RomosaicStep):
             mask, blot = flag_image(image, store, median, window, snr=self._snr,
                                     scale=self._scale, backg=self.backg,
                                     model_error=self.model_error, good_bits=self.good_bits,
-                                    pixmap_stepsize=self.pixmap_stepsize)
+                                    pixmap_stepsize=self._pixmap_stepsize)
         del image
         if self.save_intermediate_results:
             self._save_array(f"{Path(model.meta.filename).stem}_blot", blot, wcs=None)

@@ -29,6 +29,7 @@ from ..resample.grid import DEFAULT_MAX_OUTPUT_PIXELS, check_grid_size
 from ..resample.noise_correlation import noise_correlation_for_grid
 from ..resample.planes import PlaneStore
 from ._inputs import read_inputs
+from ._pixmap import pixmap_order_notes
 from ._survey import survey_inputs
 from .base import STEP_COMPLETE, RomosaicStep
 
@@ -49,8 +50,9 @@ class ResampleStep(RomosaicStep):
 
     The drizzle's planes (data, weight, variances, context of the part of
     the grid the inputs reach) are held in memory up to ``memory_budget``
-    MiB; beyond it they are memory-mapped temporary files in the output
-    directory, drizzled a strip at a time (see `romosaic.resample.engine`).
+    MiB; beyond it, and always with ``in_memory=False``, they are
+    memory-mapped temporary files in the output directory, drizzled a strip
+    at a time (see `romosaic.resample.engine`).
     The result is the same either way, and for any number of ``workers``.
     """
 
@@ -70,7 +72,10 @@ class ResampleStep(RomosaicStep):
     output_wcs = string(default='')  # ASDF file holding the output gwcs under 'wcs'
     good_bits = string(default='~DO_NOT_USE+NON_SCIENCE')  # Acceptable DQ flags
     include_var_flat = boolean(default=False)  # Propagate var_flat and include it in err
-    pixmap_stepsize = integer(min=1, default=10)  # Spacing of exact WCS evaluations (pixels)
+    pixmap_stepsize = float(min=1.0, default=10.0)  # Spacing of exact WCS evaluations (pixels)
+    pixmap_order = integer(min=1, default=3)  # Reference parameter; always bicubic splines
+    in_memory = boolean(default=True)  # False: models and planes in temporary files (on_disk)
+    propagate_dq = boolean(default=False)  # Reference parameter; not honoured yet (warned)
     resample_on_skycell = boolean(default=True)  # Use the association's skycell grid if named
     memory_budget = float(min=1.0, default={DEFAULT_MEMORY_BUDGET_MIB})  # MiB of planes in memory
     max_output_pixels = integer(min=1, default={DEFAULT_MAX_OUTPUT_PIXELS})  # Refuse larger grids
@@ -111,7 +116,7 @@ class ResampleStep(RomosaicStep):
             pixfrac=self.pixfrac,
             weight_type=self.weight_type,
             good_bits=self.good_bits,
-            pixmap_stepsize=self.pixmap_stepsize,
+            pixmap_stepsize=self._pixmap_stepsize,
             input_pixel_scale=input_scale,
             data_release_id=library.asn.get("data_release_id"),
             include_var_flat=self.include_var_flat,
@@ -133,7 +138,8 @@ class ResampleStep(RomosaicStep):
         n_planes_bytes = DrizzleEngine.bytes_per_pixel(
             len(library), len(variance_names_for(self.include_var_flat)))
         budget = self.memory_budget * 2**20
-        in_files = n_planes_bytes * window.shape[0] * window.shape[1] > budget
+        in_files = (not self.in_memory
+                    or n_planes_bytes * window.shape[0] * window.shape[1] > budget)
         if in_files:
             log.info("drizzle planes (%.0f MiB) kept in memory-mapped files",
                      n_planes_bytes * window.shape[0] * window.shape[1] / 2**20)
@@ -154,10 +160,24 @@ class ResampleStep(RomosaicStep):
                     weight_type=self.weight_type,
                     good_bits=self.good_bits,
                     include_var_flat=self.include_var_flat,
-                    pixmap_stepsize=self.pixmap_stepsize,
+                    pixmap_stepsize=self._pixmap_stepsize,
                 )
             finally:
                 store.close()
+
+    @property
+    def _pixmap_stepsize(self):
+        return max(1, round(self.pixmap_stepsize))
+
+    def parameter_notes(self):
+        notes = super().parameter_notes() + pixmap_order_notes(self)
+        if self.propagate_dq:
+            # The MosaicModel schema of roman_datamodels has no dq array to
+            # put the flags in, so a mosaic carrying one would not validate.
+            notes.append((logging.WARNING,
+                          f"{self.name}: propagate_dq=True is not honoured yet: the mosaic "
+                          "has no dq plane (roman_datamodels' MosaicModel defines none)"))
+        return notes
 
     def check_parameters(self):
         if not 0 < self.pixfrac <= 1:

@@ -72,6 +72,7 @@ class SkyMatchStep(RomosaicStep):
     lsigma = float(min=0.0, default=4.0)  # Lower clipping limit, in sigma
     usigma = float(min=0.0, default=4.0)  # Upper clipping limit, in sigma
     binwidth = float(min=0.0, default=0.1)  # Histogram bin width for mode and midpt, in sigma
+    stepsize = integer(default=None)  # Reference parameter; moot (overlaps computed exactly)
     per_exposure_group = boolean(default=False)  # One offset per exposure group, not per image
     workers = integer(min=0, default=0)  # Threads (0: one per usable core)
     """
@@ -84,6 +85,18 @@ class SkyMatchStep(RomosaicStep):
             raise RomosaicInputError(
                 f"skymatch: dqbits {self.dqbits!r} is not understood (flag names or integers "
                 "joined with '+', optionally preceded by '~')") from None
+
+    def parameter_notes(self):
+        notes = super().parameter_notes()
+        if self.stepsize is not None:
+            # The reference samples image edges every stepsize pixels to
+            # outline footprints; romosaic maps every cell of the overlap grid
+            # through the WCS, so there is nothing to space out.
+            notes.append((logging.INFO,
+                          f"skymatch: stepsize={self.stepsize} has no effect: romosaic "
+                          "computes image overlaps from the WCS of every cell, not from "
+                          "sampled footprint edges"))
+        return notes
 
     def _statistics_parameters(self, skystat=None):
         try:

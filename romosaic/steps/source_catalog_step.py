@@ -43,7 +43,8 @@ class SourceCatalogStep(RomosaicStep):
     ``(catalog, segmentation)``: a ``MosaicSourceCatalogModel`` (fluxes in
     nJy) and a ``MosaicSegmentationMapModel`` (uint32 labels and the
     detection image). Run by itself with ``save_results``, it writes
-    ``<product>_cat.parquet`` and ``<product>_segm.asdf``.
+    ``<product>_<suffix>.parquet`` (``suffix`` is ``cat`` by default) and
+    ``<product>_segm.asdf``.
     """
 
     class_alias = "source_catalog"
@@ -56,6 +57,8 @@ class SourceCatalogStep(RomosaicStep):
     deblend = boolean(default=False)  # Split blended sources
     fit_psf = boolean(default=False)  # PSF photometry: no PSF model offline, so warn and skip
     aperture_corrections = string(default='')  # ECSV/ASDF file of encircled energy per radius
+    forced_segmentation = string(default='')  # Reference parameter; not implemented yet (refused)
+    suffix = string(default='cat')  # Suffix of the catalog file: <product>_<suffix>.parquet
     """
 
     def process(self, input_data):
@@ -113,6 +116,10 @@ class SourceCatalogStep(RomosaicStep):
         check_catalog_parameters(bkg_boxsize=self.bkg_boxsize, kernel_fwhm=self.kernel_fwhm,
                                  snr_threshold=self.snr_threshold, npixels=self.npixels,
                                  deblend=self.deblend)
+        if self.forced_segmentation:
+            raise RomosaicInputError(
+                "source_catalog: forced_segmentation is not implemented yet (forced "
+                "photometry on a given segmentation map); leave it empty")
         if self.aperture_corrections:
             path = Path(self.aperture_corrections)
             if not path.is_file():
@@ -120,6 +127,11 @@ class SourceCatalogStep(RomosaicStep):
             if path.suffix.lower() not in (".ecsv", ".asdf"):
                 raise RomosaicInputError(
                     f"{path}: aperture_corrections must be an .ecsv or .asdf file")
+
+    @property
+    def catalog_suffix(self):
+        """The catalog file's suffix: ``suffix``, or ``cat`` when that is empty."""
+        return self.suffix or "cat"
 
     @classmethod
     def _datamodels_open(cls, init, **kwargs):
@@ -130,7 +142,7 @@ class SourceCatalogStep(RomosaicStep):
     def save_model(self, model, suffix=None, idx=None, output_file=None, force=False,
                    **components):
         if isinstance(model, rdm.MosaicSourceCatalogModel):
-            suffix, ext = "cat", "parquet"
+            suffix, ext = self.catalog_suffix, "parquet"
         elif isinstance(model, rdm.MosaicSegmentationMapModel):
             suffix, ext = "segm", "asdf"
         else:
