@@ -6,6 +6,7 @@ input (collected while the inputs stream past, so no input model needs to
 stay in memory).
 """
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from ..wcs_utils import (
 from .coadd import exposure_time_map
 
 __all__ = ["InputSummary", "build_mosaic_model", "summarize_input"]
+
+log = logging.getLogger(__name__)
 
 # Observation fields copied to the mosaic when every input agrees on them.
 _OBSERVATION_FIELDS = (
@@ -172,6 +175,11 @@ def _root_of_sum(planes, shape):
 
 
 def _coadd_info(result, summaries):
+    for summary, seconds in zip(summaries, result.exptimes, strict=False):
+        if not (math.isfinite(seconds) and seconds > 0):
+            log.warning("%s: exposure time %s is not a positive number of seconds; the image "
+                        "is left out of the mosaic's exposure-time map (meta.coadd_info)",
+                        summary.filename, summary.exptime)
     exptime = exposure_time_map(result.context, result.exptimes)
     covered = exptime > 0
     starts = [s.start_time for s in summaries if s.start_time is not None]
