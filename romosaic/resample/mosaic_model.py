@@ -17,6 +17,7 @@ from astropy.table import Table
 from astropy.time import Time
 
 from .. import __version__
+from ..models import exposure_time_of
 from ..wcs_utils import (
     local_cd_matrix,
     orientation_and_parity,
@@ -62,7 +63,7 @@ def summarize_input(model, group_id=None):
         filename=str(meta.filename),
         group_id=str(group_id if group_id is not None else meta.get("group_id", meta.filename)),
         filter_name=str(meta.instrument.optical_element),
-        exptime=float(exposure.exposure_time),
+        exptime=math.nan if exposure_time_of(meta) is None else exposure_time_of(meta),
         start_time=_as_time(exposure.get("start_time")),
         end_time=_as_time(exposure.get("end_time")),
         cal_step={k: str(v) for k, v in _plain(meta.get("cal_step") or {}).items()},
