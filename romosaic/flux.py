@@ -12,7 +12,14 @@ import numpy as np
 
 from . import _scale
 
-__all__ = ["VARIANCE_ARRAYS", "check_conversion_factor", "scale_to_surface_brightness"]
+__all__ = ["PIXEL_AREA_TOLERANCE", "VARIANCE_ARRAYS", "check_conversion_factor",
+           "resolve_conversion_factor", "scale_to_surface_brightness"]
+
+#: Largest relative difference between ``meta.photometry.pixel_area`` and the
+#: WCS's pixel solid angle for a negative pair of conversion and area to be
+#: taken as a sign convention (distortion changes the area across a detector
+#: by a few percent).
+PIXEL_AREA_TOLERANCE = 0.1
 
 #: Variance arrays a Level-2 image may carry.
 VARIANCE_ARRAYS = ("var_poisson", "var_rnoise", "var_flat")
@@ -42,6 +49,59 @@ def check_conversion_factor(factor):
     if not math.isfinite(value) or value <= 0:
         return f"has an invalid photometric conversion {value!r} (must be finite and > 0)"
     return None
+
+
+def resolve_conversion_factor(factor, pixel_area=None, wcs_pixel_area=None):
+    """The DN/s → MJy/sr factor to apply, accepting a sign flipped with the pixel area.
+
+    A conversion to MJy/sr divides a flux calibration by the pixel's solid
+    angle. Some simulators give that solid angle the sign of the WCS's
+    parity, which makes both ``pixel_area`` and the conversion negative. When
+    both are negative, and the pixel area's magnitude is that of the WCS
+    (within `PIXEL_AREA_TOLERANCE`, when the WCS's area is known), the
+    magnitudes are what was meant. Any other non-positive conversion is an
+    error.
+
+    Parameters
+    ----------
+    factor : float or None
+        ``meta.photometry.conversion_megajanskys``.
+    pixel_area : float or None, optional
+        ``meta.photometry.pixel_area`` (sr).
+    wcs_pixel_area : float or None, optional
+        Solid angle (sr) of a pixel near the image centre, from its WCS.
+
+    Returns
+    -------
+    factor : float or None
+        The factor to apply, or None when there is none.
+    problem : str or None
+        Why there is none.
+    warning : str or None
+        What was assumed to find one (the flipped sign).
+
+    Examples
+    --------
+    >>> resolve_conversion_factor(-0.75, -2.8e-13, 2.8e-13)[0]
+    0.75
+    >>> resolve_conversion_factor(-0.75, 2.8e-13)[1]
+    'has an invalid photometric conversion -0.75 (must be finite and > 0)'
+    """
+    problem = check_conversion_factor(factor)
+    if problem is None:
+        return float(factor), None, None
+    try:
+        value, area = float(factor), float(pixel_area)
+    except (TypeError, ValueError):
+        return None, problem, None
+    if not (math.isfinite(value) and value < 0 and math.isfinite(area) and area < 0):
+        return None, problem, None
+    if wcs_pixel_area is not None and math.isfinite(wcs_pixel_area) and wcs_pixel_area > 0:
+        if abs(abs(area) / wcs_pixel_area - 1) > PIXEL_AREA_TOLERANCE:
+            return None, (f"{problem}; its pixel area {area:.4g} sr is negative too but is "
+                          f"not the WCS's ({wcs_pixel_area:.4g} sr)"), None
+    return -value, None, (f"photometric conversion {value:.4g} and pixel area {area:.4g} sr "
+                          f"are both negative; using their magnitudes")
 
 
 def scale_to_surface_brightness(arrays, factor, *, in_place=False):

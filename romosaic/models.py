@@ -5,8 +5,10 @@ truncated, not a Roman data model, a model of the wrong type) becomes a
 one-line `~romosaic.errors.RomosaicInputError` naming the file.
 `inspect_image_model` goes further, before any processing: arrays that cannot
 be read (a file truncated in its data blocks opens fine, because arrays are
-read lazily), a missing or unusable WCS, an exposure time that is not
-positive, and images with no usable pixel at all.
+read lazily), a missing or unusable WCS, and images with no usable pixel at
+all. An exposure time that is not a positive number (roman_datamodels' fake
+data carry -999999) is not refused here: only exposure-time weighting and the
+mosaic's exposure-time map use it, and they deal with it themselves.
 """
 
 import logging
@@ -22,7 +24,7 @@ from .errors import ModelTypeError, RomosaicInputError
 
 __all__ = [
     "IMAGE_ARRAYS",
-    "WCS_ROUND_TRIP_TOLERANCE",
+    "exposure_time_of",
     "check_image_wcs",
     "group_id_from_model",
     "image_geometry",
@@ -35,11 +37,6 @@ __all__ = [
 
 #: Arrays of a Level-2 image that romosaic reads.
 IMAGE_ARRAYS = ("data", "dq", "err", "var_poisson", "var_rnoise", "var_flat")
-
-#: Largest pixel → sky → pixel error (in pixels) of a usable WCS. Real
-#: inverses are fitted polynomials good to about 1e-3 pixel; a WCS that
-#: misses by more than this cannot place the image on a mosaic.
-WCS_ROUND_TRIP_TOLERANCE = 0.1
 
 # Bytes asdf reads from a file at a time. Its default, the file system's
 # block size (4-8 KiB), makes decompressing an lz4 array a Python loop of
@@ -94,8 +91,8 @@ def inspect_image_model(model, *, source=None, good_bits=DEFAULT_GOOD_BITS):
     """Check that an image can be processed, before any step runs.
 
     Reads every array (so a file truncated or corrupted in its data blocks
-    is found now, not in the middle of a step), and checks the data shape,
-    the WCS (`check_image_wcs`) and the exposure time.
+    is found now, not in the middle of a step), and checks the data shape
+    and the WCS (`check_image_wcs`).
 
     Parameters
     ----------
@@ -138,15 +135,6 @@ def inspect_image_model(model, *, source=None, good_bits=DEFAULT_GOOD_BITS):
                 f"{name}: array '{array_name}' has shape {value.shape}, but data has "
                 f"{data.shape}")
     check_image_wcs(model.meta.get("wcs"), data.shape, name)
-    exposure = model.meta.get("exposure") or {}
-    exptime = exposure.get("exposure_time")
-    try:
-        usable_time = exptime is not None and math.isfinite(float(exptime)) and exptime > 0
-    except (TypeError, ValueError):
-        usable_time = False
-    if not usable_time:
-        raise RomosaicInputError(
-            f"{name}: exposure time {exptime} is not a positive number of seconds")
     finite = np.isfinite(data)
     if not finite.any():
         return "every data value is NaN or infinite"
@@ -158,14 +146,41 @@ def inspect_image_model(model, *, source=None, good_bits=DEFAULT_GOOD_BITS):
     return None
 
 
+def exposure_time_of(meta):
+    """An image's exposure time in seconds, or None when it is not a positive number.
+
+    Parameters
+    ----------
+    meta : mapping
+        The model's ``meta``.
+
+    Returns
+    -------
+    float or None
+
+    Examples
+    --------
+    >>> exposure_time_of({"exposure": {"exposure_time": 139.8}})
+    139.8
+    >>> exposure_time_of({"exposure": {"exposure_time": -999999.0}}) is None
+    True
+    """
+    exposure = _get(meta, "exposure")
+    try:
+        value = float(_get(exposure, "exposure_time"))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def check_image_wcs(wcs, shape, name):
-    """Raise `RomosaicInputError` unless ``wcs`` places an image on the sky both ways.
+    """Raise `RomosaicInputError` unless ``wcs`` places an image on the sky.
 
     The WCS must give finite sky positions at the image's corners, edge
-    midpoints and centre, must not squash the image to a point, and must map
-    those positions back to the same pixels within
-    `WCS_ROUND_TRIP_TOLERANCE` (resample and outlier detection need the
-    inverse).
+    midpoints and centre, and must not squash the image to a point. Its
+    inverse is not checked: drizzling uses only the forward transform of an
+    input, and what maps sky positions onto an input finds its own inverse
+    (`romosaic.image_inverse`), so a WCS without one is usable.
 
     Parameters
     ----------
@@ -194,19 +209,6 @@ def check_image_wcs(wcs, shape, name):
     if not spread > 0:
         raise RomosaicInputError(
             f"{name}: WCS is not invertible (it maps the whole image to one sky position)")
-    try:
-        with np.errstate(all="ignore"):
-            xb, yb = (np.asarray(v, dtype=float)
-                      for v in wcs.invert(ra, dec, with_bounding_box=False))
-    except Exception as error:
-        raise RomosaicInputError(
-            f"{name}: WCS is not invertible ({one_line_message(error)})") from None
-    miss = np.hypot(xb - x, yb - y)
-    if not np.isfinite(miss).all() or miss.max() > WCS_ROUND_TRIP_TOLERANCE:
-        worst = float(np.nanmax(miss)) if np.isfinite(miss).any() else float("nan")
-        raise RomosaicInputError(
-            f"{name}: WCS is not invertible (pixel -> sky -> pixel misses by {worst:.3g} "
-            "pixels)")
 
 
 def require_image_model(model, *, source=None):

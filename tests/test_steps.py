@@ -11,7 +11,7 @@ from romosaic.library import ModelLibrary
 from romosaic.parameter_files import parameter_tree
 from romosaic.pipeline import MosaicPipeline
 from romosaic.resample import input_from_model
-from romosaic.resample.weights import weight_variances
+from romosaic.resample.weights import pixel_weights, weight_variances
 from romosaic.steps import FluxStep, ResampleStep
 
 from .conftest import make_image_model
@@ -84,10 +84,14 @@ def test_input_from_model_reads_the_variances_asked_for():
     assert list(input_from_model(model, variances=()).variances) == []
 
 
-def test_zero_exposure_time_and_missing_wcs_are_named():
+def test_zero_exposure_time_is_refused_only_by_exptime_weighting_and_named():
     model = make_image_model(shape=(8, 8), exptime=0.0, filename="zero_cal.asdf")
-    with pytest.raises(RomosaicInputError, match="zero_cal.asdf: exposure time 0.0"):
-        input_from_model(model)
+    image = input_from_model(model)
+    assert np.isnan(image.exptime)
+    with pytest.raises(RomosaicInputError,
+                       match="^zero_cal.asdf: weight_type 'exptime' needs a positive"):
+        pixel_weights("exptime", data=image.data, good=np.ones(image.shape, bool),
+                      exptime=image.exptime, name=image.name)
 
 
 def test_mixed_filters_are_refused():

@@ -179,14 +179,25 @@ def exposure_time_map(context, exptimes):
     ----------
     context : numpy.ndarray of uint32, shape (planes, ny, nx)
     exptimes : sequence of float
-        Exposure time of input ``i`` (context bit ``i``).
+        Exposure time of input ``i`` (context bit ``i``). Inputs whose time
+        is not a positive number are left out: a made-up time (such as the
+        -999999 of placeholder metadata) would make the map meaningless,
+        while leaving the image out only undercounts where it contributed.
 
     Returns
     -------
     numpy.ndarray of float32, shape (ny, nx)
+
+    Examples
+    --------
+    >>> context = np.array([[[1, 3]]], np.uint32)
+    >>> exposure_time_map(context, [100.0, -999999.0]).tolist()
+    [[100.0, 100.0]]
     """
     total = np.zeros(context.shape[1:], dtype=np.float32)
     for index, exptime in enumerate(exptimes):
+        if not (np.isfinite(exptime) and exptime > 0):
+            continue
         plane = context[index // CONTEXT_BITS]
         bit = np.uint32(1 << (index % CONTEXT_BITS))
         total += np.float32(exptime) * ((plane & bit) != 0)

@@ -248,6 +248,7 @@ def prepare_image(image, grid, *, weight_type="ivm", good_bits=DEFAULT_GOOD_BITS
         var_rnoise=image.variances.get("var_rnoise"),
         var_poisson=image.variances.get("var_poisson"),
         exptime=image.exptime,
+        name=image.name,
     )
     del good
     usable = int(np.count_nonzero(weight))

@@ -6,6 +6,7 @@ input (collected while the inputs stream past, so no input model needs to
 stay in memory).
 """
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from astropy.table import Table
 from astropy.time import Time
 
 from .. import __version__
+from ..models import exposure_time_of
 from ..wcs_utils import (
     local_cd_matrix,
     orientation_and_parity,
@@ -25,6 +27,8 @@ from ..wcs_utils import (
 from .coadd import exposure_time_map
 
 __all__ = ["InputSummary", "build_mosaic_model", "summarize_input"]
+
+log = logging.getLogger(__name__)
 
 # Observation fields copied to the mosaic when every input agrees on them.
 _OBSERVATION_FIELDS = (
@@ -59,7 +63,7 @@ def summarize_input(model, group_id=None):
         filename=str(meta.filename),
         group_id=str(group_id if group_id is not None else meta.get("group_id", meta.filename)),
         filter_name=str(meta.instrument.optical_element),
-        exptime=float(exposure.exposure_time),
+        exptime=math.nan if exposure_time_of(meta) is None else exposure_time_of(meta),
         start_time=_as_time(exposure.get("start_time")),
         end_time=_as_time(exposure.get("end_time")),
         cal_step={k: str(v) for k, v in _plain(meta.get("cal_step") or {}).items()},
@@ -172,6 +176,11 @@ def _root_of_sum(planes, shape):
 
 
 def _coadd_info(result, summaries):
+    for summary, seconds in zip(summaries, result.exptimes, strict=False):
+        if not (math.isfinite(seconds) and seconds > 0):
+            log.warning("%s: exposure time %s is not a positive number of seconds; the image "
+                        "is left out of the mosaic's exposure-time map (meta.coadd_info)",
+                        summary.filename, summary.exptime)
     exptime = exposure_time_map(result.context, result.exptimes)
     covered = exptime > 0
     starts = [s.start_time for s in summaries if s.start_time is not None]

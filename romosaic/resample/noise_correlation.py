@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import correlate
 
+from ..image_inverse import image_inverse
 from .coadd import DrizzleCoadd
 from .pixmap import map_pixels, sky_to_output_pixels
 
@@ -420,7 +421,7 @@ def _lag_products(err, region, m):
 # -- the geometry of a real mosaic ----------------------------------------------------------
 
 
-def local_drizzle_geometry(geometry, grid_wcs, x, y):
+def local_drizzle_geometry(geometry, grid_wcs, x, y, *, inverses=None):
     """The inputs covering output pixel ``(x, y)`` and their local affine maps.
 
     Parameters
@@ -441,9 +442,11 @@ def local_drizzle_geometry(geometry, grid_wcs, x, y):
     """
     ra, dec = grid_wcs(float(x), float(y), with_bounding_box=False)
     origin = np.array([round(float(x)), round(float(y))], dtype=float)
+    if inverses is None:
+        inverses = _inverses(geometry, None)
     jacobians, offsets = [], []
-    for wcs, (ny, nx) in geometry:
-        xi, yi = wcs.invert(ra, dec, with_bounding_box=False)
+    for (wcs, (ny, nx)), inverse in zip(geometry, inverses, strict=True):
+        xi, yi = inverse(ra, dec)
         xi, yi = float(xi), float(yi)
         if not (np.isfinite(xi) and np.isfinite(yi)):
             continue
@@ -465,7 +468,7 @@ def local_drizzle_geometry(geometry, grid_wcs, x, y):
 
 
 def noise_correlation_for_grid(geometry, grid_wcs, grid_shape, *, kernel="square",
-                               pixfrac=1.0, max_points=MAX_SAMPLE_POINTS, nodes=9):
+                               pixfrac=1.0, max_points=MAX_SAMPLE_POINTS, nodes=9, names=None):
     """The noise correlation of drizzling ``geometry`` onto a grid.
 
     The output grid is probed on a ``nodes × nodes`` lattice; of the nodes
@@ -482,21 +485,29 @@ def noise_correlation_for_grid(geometry, grid_wcs, grid_shape, *, kernel="square
     kernel : str, optional
     pixfrac : float, optional
     max_points, nodes : int, optional
+    names : sequence of str, optional
+        The inputs' file names, for messages.
 
     Returns
     -------
     NoiseCorrelation
         `NoiseCorrelation.uncorrelated` when no node has data.
+
+    Raises
+    ------
+    romosaic.errors.RomosaicInputError
+        When an input's WCS cannot be inverted (see `romosaic.image_inverse`).
     """
+    inverses = _inverses(geometry, names)
     window = _data_window(geometry, grid_wcs, grid_shape)
     x0, x1, y0, y1 = window
     x, y = np.meshgrid(np.linspace(x0, x1, nodes + 2)[1:-1], np.linspace(y0, y1, nodes + 2)[1:-1])
     x, y = x.ravel(), y.ravel()
     ra, dec = grid_wcs(x, y, with_bounding_box=False)
     counts = np.zeros(x.size, int)
-    for wcs, (ny, nx) in geometry:
+    for (_, (ny, nx)), inverse in zip(geometry, inverses, strict=True):
         # One inverse evaluation per input for all the nodes.
-        xi, yi = wcs.invert(ra, dec, with_bounding_box=False)
+        xi, yi = inverse(ra, dec)
         with np.errstate(invalid="ignore"):
             counts += ((np.round(xi) >= 0) & (np.round(xi) < nx) & (np.round(yi) >= 0)
                        & (np.round(yi) < ny))
@@ -512,12 +523,20 @@ def noise_correlation_for_grid(geometry, grid_wcs, grid_shape, *, kernel="square
                              .round().astype(int))]
     sums = []
     for node in picks:
-        jacobians, offsets = local_drizzle_geometry(geometry, grid_wcs, x[node], y[node])
+        jacobians, offsets = local_drizzle_geometry(geometry, grid_wcs, x[node], y[node],
+                                                    inverses=inverses)
         if len(jacobians):
             sums.append(_covariance_sums(jacobians, offsets, kernel=kernel, pixfrac=pixfrac,
                                          weights=None, variances=None,
                                          interior_radius=INTERIOR_RADIUS))
     return _from_sums(sums) if sums else NoiseCorrelation.uncorrelated()
+
+
+def _inverses(geometry, names):
+    """Each input's sky → pixel mapping (its WCS need not have an inverse)."""
+    names = names or [f"input {index}" for index in range(len(geometry))]
+    return [image_inverse(wcs, shape, name)
+            for (wcs, shape), name in zip(geometry, names, strict=True)]
 
 
 def _data_window(geometry, grid_wcs, grid_shape):

@@ -19,8 +19,13 @@
 * ``exptime``: the exposure time, uniform over the image.
 
 Pixels that are flagged bad, or whose data or weighting variance is not a
-finite positive number, get zero weight whatever the type.
+finite positive number, get zero weight whatever the type. An image without
+``var_rnoise`` has one derived from ``err`` when it can be (see
+`romosaic.resample.input_from_model`); one with no read-noise estimate at
+all gets equal weights on its usable pixels under ``ivm`` and ``ivm-sky``.
 """
+
+import logging
 
 import numpy as np
 
@@ -30,6 +35,8 @@ __all__ = ["VARIANCE_SMOOTHING_BLOCK", "WEIGHT_TYPES", "pixel_weights", "smooth_
            "weight_variances"]
 
 WEIGHT_TYPES = ("ivm", "ivm-sky", "exptime")
+
+log = logging.getLogger(__name__)
 
 #: Side, in input pixels, of the blocks over which read-noise variance is averaged.
 VARIANCE_SMOOTHING_BLOCK = 32
@@ -51,7 +58,8 @@ def weight_variances(weight_type):
     return {"ivm": ("var_rnoise",), "ivm-sky": ("var_rnoise", "var_poisson")}.get(weight_type, ())
 
 
-def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None, exptime=None):
+def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None, exptime=None,
+                  name=None):
     """Drizzle weights for one input image.
 
     Parameters
@@ -65,6 +73,8 @@ def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None,
         Read-noise and Poisson variances (needed by ``ivm`` and ``ivm-sky``).
     exptime : float, optional
         Exposure time in seconds (needed by ``exptime``).
+    name : str, optional
+        The image's file name, for messages.
 
     Returns
     -------
@@ -78,10 +88,12 @@ def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None,
     >>> w.tolist()
     [0.25, 0.0, 0.0]
     """
+    prefix = f"{name}: " if name else ""
     if weight_type == "exptime":
-        if exptime is None or not exptime > 0:
+        if exptime is None or not (np.isfinite(exptime) and exptime > 0):
             raise RomosaicInputError(
-                f"exptime weighting needs a positive exposure time, got {exptime}"
+                f"{prefix}weight_type 'exptime' needs a positive exposure time "
+                "(meta.exposure.exposure_time)"
             )
         usable = good & np.isfinite(data)
         return np.where(usable, np.float32(exptime), np.float32(0.0)).astype(np.float32)
@@ -91,7 +103,13 @@ def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None,
             f"unknown weight_type {weight_type!r}; choose one of {', '.join(WEIGHT_TYPES)}"
         )
     if var_rnoise is None:
-        raise RomosaicInputError(f"weight_type {weight_type!r} needs a var_rnoise array")
+        # Without any read-noise estimate (see `romosaic.resample.input_from_model`
+        # for the one derived from err), every usable pixel weighs the same,
+        # as in the reference pipeline.
+        log.warning("%shas no var_rnoise (nor err and var_poisson to derive it from); "
+                    "weight_type %r gives its pixels equal weights", prefix, weight_type)
+        usable = good & np.isfinite(data)
+        return usable.astype(np.float32)
 
     def usable_rows(start, stop):
         return good[start:stop] & np.isfinite(data[start:stop])

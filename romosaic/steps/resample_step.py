@@ -121,7 +121,8 @@ class ResampleStep(RomosaicStep):
             data_release_id=library.asn.get("data_release_id"),
             include_var_flat=self.include_var_flat,
             noise=noise_correlation_for_grid(geometry, grid.wcs, grid.shape,
-                                             kernel=self.kernel, pixfrac=self.pixfrac),
+                                             kernel=self.kernel, pixfrac=self.pixfrac,
+                                             names=[s.filename for s in summaries]),
         )
         log.info("aperture variance factor (drizzle noise correlation): %.3f",
                  mosaic.meta.resample["aperture_variance_factor"])
