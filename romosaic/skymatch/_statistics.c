@@ -154,6 +154,25 @@ static Py_ssize_t after_at_most(const float *v, Py_ssize_t n, double threshold)
     return lo;
 }
 
+/* Mean and standard deviation (n - 1 in the denominator; 0 for one value)
+ * of `count` values from their sums s1 and s2 about `reference`. */
+static inline void moments(double s1, double s2, Py_ssize_t count, double reference,
+                           double *mean, double *std)
+{
+    const double mean_offset = s1 / (double)count;
+    const double var = count > 1 ? (s2 - s1 * mean_offset) / (double)(count - 1) : 0.0;
+    *std = sqrt(fmax(var, 0.0));
+    *mean = mean_offset + reference;
+}
+
+/* The next clipping pass's range, never outside [lower, upper]. */
+static inline void clip_limits(double mean, double std, const parameters *p, double *lo,
+                               double *hi)
+{
+    *lo = fmax(p->lower, mean - p->lsigma * std);
+    *hi = fmin(p->upper, mean + p->usigma * std);
+}
+
 /* The histogram of values from vmin to vmax: bins `binwidth` standard
  * deviations wide starting at vmin, at most max_bins of them. Returns 0 when
  * no histogram can be made (one distinct value, or bins wider than the
@@ -265,13 +284,9 @@ static group_result run_statistics(const float *v, Py_ssize_t n, const parameter
             s1 += d;
             s2 += d * d;
         }
-        const double mean_offset = s1 / (double)count;
-        const double var = count > 1 ? (s2 - s1 * mean_offset) / (double)(count - 1) : 0.0;
-        std = sqrt(fmax(var, 0.0));
-        mean = mean_offset + reference;
+        moments(s1, s2, count, reference, &mean, &std);
         if (iteration < p->nclip) {
-            lo = fmax(p->lower, mean - p->lsigma * std);
-            hi = fmin(p->upper, mean + p->usigma * std);
+            clip_limits(mean, std, p, &lo, &hi);
         }
     }
     const float *run = v + start;
@@ -338,14 +353,10 @@ static group_result stream_statistics(const float *v, const int32_t *labels, Py_
         if (count == 0) {
             return r; /* every pixel clipped away */
         }
-        const double mean_offset = s1 / (double)count;
-        const double var = count > 1 ? (s2 - s1 * mean_offset) / (double)(count - 1) : 0.0;
-        std = sqrt(fmax(var, 0.0));
-        mean = mean_offset + reference;
+        moments(s1, s2, count, reference, &mean, &std);
         reference = mean;
         if (iteration < p->nclip) {
-            lo = fmax(p->lower, mean - p->lsigma * std);
-            hi = fmin(p->upper, mean + p->usigma * std);
+            clip_limits(mean, std, p, &lo, &hi);
         }
     }
     double value = mean;
