@@ -164,6 +164,9 @@ def _timed(function, repeat):
 
 def flag_benchmark(args):
     """Time `flag_image` and its parts on one full-size image; store or check its flags."""
+    # One BLAS thread (as bench_kernels.py): OpenBLAS threads spinning after
+    # the WCS's tiny matrix products would count as CPU time of the pixel map.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import numpy as np
 
     from romosaic.dq import good_pixel_mask
