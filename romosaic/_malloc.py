@@ -7,8 +7,9 @@ is freed it rises to that block's size (up to 32 MiB), so that after the
 first image-sized arrays are freed, most of a step's arrays come from the
 heaps. That reuse is what keeps a step fast on machines where fresh pages
 are slow to obtain (fixing the threshold low instead made four full-size
-detectors' run about 1.5 times slower: every mapping and unmapping takes a
-lock the other threads' page faults need). But a step leaves its freed
+detectors' run 1.2-1.7 times slower, with its two threads taking turns:
+every mapping and unmapping takes a lock the other thread's page faults
+need). But a step leaves its freed
 memory in the heaps for the next one: 150-300 MiB on four full-size
 detectors, added to every later step's peak.
 
