@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RomosaicInputError
+from .image_inverse import image_inverse
 
 __all__ = [
     "OutsideBoundingBoxWarning",
@@ -289,20 +290,32 @@ def _offsets(ra, dec, ra0, dec0):
     return np.rad2deg(east) * 3600.0, np.rad2deg(north) * 3600.0
 
 
-def _invert(wcs, ra, dec, tolerance=SKY_TOLERANCE):
+def _first_guess(info, ra, dec):
+    """Pixel positions near those of (ra, dec), for the Newton steps to refine."""
+    try:
+        return info.wcs.invert(ra, dec, with_bounding_box=False)
+    except (NotImplementedError, AttributeError, TypeError, ValueError):
+        # No inverse, or one gwcs cannot evaluate (a polynomial chain with
+        # no analytic inverse, as the Roman simulator writes).
+        pass
+    if info.box is None:
+        return info.wcs.numerical_inverse(ra, dec, with_bounding_box=False, tolerance=1e-8)
+    (xlo, xhi), (ylo, yhi) = info.box
+    shape = (int(round(yhi - ylo)), int(round(xhi - xlo)))
+    return image_inverse(info.wcs, shape, info.name)(ra, dec)
+
+
+def _invert(info, ra, dec, tolerance=SKY_TOLERANCE):
     """Pixel positions whose forward transform is (ra, dec), refined by Newton steps.
 
     Returns x, y (NaN where no pixel maps there, e.g. the far side of a TAN
     projection, or the iteration does not converge).
     """
+    wcs = info.wcs
     shape = ra.shape
     # 1-D throughout: masks of 0-d arrays are numpy scalars, which cannot be assigned to.
     ra, dec = ra.ravel(), dec.ravel()
-    try:
-        x, y = wcs.invert(ra, dec, with_bounding_box=False)
-    except NotImplementedError:
-        # No inverse at all: gwcs's own iterative solver.
-        x, y = wcs.numerical_inverse(ra, dec, with_bounding_box=False, tolerance=1e-8)
+    x, y = _first_guess(info, ra, dec)
     x = np.array(x, dtype=float, copy=True).reshape(ra.shape)
     y = np.array(y, dtype=float, copy=True).reshape(ra.shape)
     todo = np.isfinite(x) & np.isfinite(y)
@@ -355,7 +368,7 @@ def _pixtosky(info, x, y, origin, bounding_box):
 
 
 def _skytopix(info, ra, dec, origin, bounding_box):
-    x, y = _invert(info.wcs, ra, dec)
+    x, y = _invert(info, ra, dec)
     if bounding_box:
         outside = _outside(info.box, x, y)
         _warn_outside(outside, info.name, "sky positions fall")

@@ -217,3 +217,15 @@ def test_image_inverse_refuses_a_wcs_it_cannot_invert():
     with pytest.raises(RomosaicInputError, match=r"^fold_cal\.asdf: WCS cannot be inverted"):
         image_inverse(wcs, (128, 128), "fold_cal.asdf")
     assert math.isfinite(float(wcs(0.0, 0.0)[0]))
+
+
+def test_skytopix_on_a_wcs_without_an_inverse():
+    from romosaic.transforms import pixtosky, skytopix
+
+    images, *_ = _simulated(n_exposures=1, size=128, n_stars=40)
+    wcs = polynomial_tan_wcs(images[0].meta.wcs, images[0].data.shape)
+    with pytest.raises(Exception, match="__name__|inverse"):
+        wcs.invert(10.0, 20.0)  # gwcs alone cannot do it
+    x, y = np.meshgrid(np.linspace(0, 127, 9), np.linspace(0, 127, 9))
+    xb, yb = skytopix(wcs, *pixtosky(wcs, x, y))
+    assert np.hypot(xb - x, yb - y).max() < 1e-4
