@@ -229,3 +229,15 @@ def test_skytopix_on_a_wcs_without_an_inverse():
     x, y = np.meshgrid(np.linspace(0, 127, 9), np.linspace(0, 127, 9))
     xb, yb = skytopix(wcs, *pixtosky(wcs, x, y))
     assert np.hypot(xb - x, yb - y).max() < 1e-4
+
+
+def test_alignment_maps_sky_to_pixels_on_a_wcs_without_an_inverse():
+    from romosaic.align.corrector import SkyTangentCorrector
+
+    images, *_ = _simulated(n_exposures=1, size=128, n_stars=40)
+    wcs = polynomial_tan_wcs(images[0].meta.wcs, images[0].data.shape)
+    ra0, dec0 = (float(v) for v in wcs(63.5, 63.5))
+    corrector = SkyTangentCorrector(wcs, ra0, dec0, shape=(128, 128))
+    x, y = np.meshgrid(np.linspace(0, 127, 7), np.linspace(0, 127, 7))
+    xb, yb = corrector.world_to_det(*corrector.det_to_world(x, y))
+    assert np.hypot(xb - x, yb - y).max() < 1e-4

@@ -30,6 +30,7 @@ import numpy as np
 from astropy.modeling import CompoundModel, models
 from tweakwcs.correctors import WCSCorrector
 
+from ..transforms import skytopix
 from ..wcs_utils import s_region_polygon
 
 __all__ = [
@@ -301,8 +302,10 @@ class SkyTangentCorrector(WCSCorrector):
         return np.asarray(ra), np.asarray(dec)
 
     def world_to_det(self, ra, dec):
-        x, y = self._wcs.invert(np.asarray(ra, float), np.asarray(dec, float),
-                                with_bounding_box=False)
+        # romosaic's inverse: exact to the forward transform, and it works on
+        # WCSs gwcs cannot invert (the Roman simulator's polynomial chains).
+        x, y = skytopix(self._wcs, np.asarray(ra, float), np.asarray(dec, float),
+                        bounding_box=False)
         return np.asarray(x), np.asarray(y)
 
     def det_to_tanp(self, x, y):
