@@ -292,14 +292,14 @@ def _offsets(ra, dec, ra0, dec0):
 
 def _first_guess(info, ra, dec):
     """Pixel positions near those of (ra, dec), for the Newton steps to refine."""
-    try:
-        return info.wcs.invert(ra, dec, with_bounding_box=False)
-    except (NotImplementedError, AttributeError, TypeError, ValueError):
-        # No inverse, or one gwcs cannot evaluate (a polynomial chain with
-        # no analytic inverse, as the Roman simulator writes).
-        pass
     if info.box is None:
-        return info.wcs.numerical_inverse(ra, dec, with_bounding_box=False, tolerance=1e-8)
+        try:
+            return info.wcs.invert(ra, dec, with_bounding_box=False)
+        except NotImplementedError:
+            return info.wcs.numerical_inverse(ra, dec, with_bounding_box=False, tolerance=1e-8)
+    # The WCS's own inverse where it maps the image's pixels back, else one
+    # fitted to the forward transform (gwcs cannot invert the polynomial
+    # chains the Roman simulator writes).
     (xlo, xhi), (ylo, yhi) = info.box
     shape = (int(round(yhi - ylo)), int(round(xhi - xlo)))
     return image_inverse(info.wcs, shape, info.name)(ra, dec)

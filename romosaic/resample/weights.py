@@ -224,8 +224,9 @@ def _sky_poisson_variance(var_poisson, usable_rows):
     if var_poisson is None:
         return 0.0
     values = []
-    for start in range(0, len(var_poisson), _INTERPOLATION_ROWS):
-        stop = min(len(var_poisson), start + _INTERPOLATION_ROWS)
+    rows = max(1, _BAND_PIXELS // max(1, np.shape(var_poisson)[-1]))
+    for start in range(0, len(var_poisson), rows):
+        stop = min(len(var_poisson), start + rows)
         band = np.asarray(var_poisson[start:stop], dtype=np.float32)[usable_rows(start, stop)]
         values.append(band[np.isfinite(band)])
     values = np.concatenate(values) if values else np.empty(0, np.float32)
