@@ -22,6 +22,11 @@ version adds:
   like a URL to the file opener, which may fetch it over the network;
 * optionally (``allow_external_members=False``), members must lie inside the
   association's directory;
+* another stpipe library (the reference pipeline's ``ModelLibrary``, in
+  memory or ``on_disk``) used through its own borrow/shelve interface: a
+  romosaic library made from it borrows each model from it when needed,
+  never copies it whole, and hands every change back to it (see
+  `ModelLibrary.write_back`);
 * `ModelLibrary.drop_members`, to leave out images found unusable before any
   step has run;
 * no per-step rewrite of every model: stpipe's default ``finalize_result``
@@ -402,10 +407,15 @@ class ModelLibrary(AbstractModelLibrary):
 
     Parameters
     ----------
-    init : str, os.PathLike, dict, list, or ModelLibrary
+    init : str, os.PathLike, dict, list, or stpipe.library.AbstractModelLibrary
         An association JSON file, a Level-2 ``.asdf`` file, an association
         dictionary (member paths relative to the current directory), a list of
-        file names, or a list of open ``ImageModel`` objects.
+        file names, a list of open ``ImageModel`` objects, or a library of
+        another class (the reference pipeline's ``ModelLibrary``, for
+        instance). Models of such a *source library* are borrowed from it
+        one at a time; edits change them as they are borrowed and are
+        shelved back into it, so it holds the steps' results (in memory or
+        in its own temporary files, as it was made).
     on_disk : bool, optional
         Where a model changed outside the recorded edits is kept: False
         (default) in memory, True in a temporary file, so that memory stays
@@ -441,9 +451,17 @@ class ModelLibrary(AbstractModelLibrary):
     def __init__(self, init, *, on_disk=False, temp_directory=None,
                  allow_external_members=True, **datamodels_open_kwargs):
         self._temp_root = None
-        if not allow_external_members:
-            _require_members_inside(init)
-        init, self.input_source = _normalize_init(init)
+        self._source = None
+        if isinstance(init, AbstractModelLibrary) and not isinstance(init, ModelLibrary):
+            # The source library keeps its models its own way; this one
+            # keeps nothing whole, so on_disk has nothing to do here.
+            self._source = _SourceLibrary(init)
+            init, on_disk = _thaw(init.asn), False
+            self.input_source = None
+        else:
+            if not allow_external_members:
+                _require_members_inside(init)
+            init, self.input_source = _normalize_init(init)
         if on_disk:
             self._temp_root = make_private_dir(temp_directory or ".", "library", hidden=False)
             # Removed even if the caller forgets close() or the process exits early.
@@ -467,6 +485,9 @@ class ModelLibrary(AbstractModelLibrary):
         except BaseException:
             self.close()
             raise
+        if self._source is not None:
+            # Member paths are the source's (None for models given in memory).
+            self._asn_dir = self._source.library._asn_dir
 
     # -- romosaic additions ------------------------------------------------
 
@@ -495,7 +516,34 @@ class ModelLibrary(AbstractModelLibrary):
     @property
     def on_disk(self):
         """Whether models changed outside the recorded edits go to temporary files."""
+        if self._source is not None:
+            return self._source.on_disk
         return self._on_disk
+
+    @property
+    def source_library(self):
+        """The library of another class this one borrows from, or None."""
+        return None if self._source is None else self._source.library
+
+    def write_back(self):
+        """Hand the edits not yet in the source library's models to it.
+
+        Edits recorded while a model is borrowed change it at once and are
+        shelved into the source library with it; an edit recorded for a
+        member not borrowed at the time waits for its next borrow. This
+        borrows each such member once more, so that the source library's
+        models carry every change when the step returns it. Does nothing
+        for a library without a source library.
+        """
+        if self._source is None:
+            return
+        with self._edits_lock:
+            pending = sorted(index for index, edits in self._edits.items() if edits)
+        if not pending:
+            return
+        with self:
+            for index in pending:
+                self.shelve(self.borrow(index), index, modify=False)
 
     def close(self):
         """Release the library's files: its temporary directory and open inputs.
@@ -510,6 +558,10 @@ class ModelLibrary(AbstractModelLibrary):
         """
         if self._temp_root is not None:
             self._cleanup()
+        if self._source is not None:
+            # The source library's models are its own to close.
+            self._source.release()
+            return
         if self._asn_dir is not None:
             models = list(self._loaded_models.values()) + list(self._ledger.values())
             self._loaded_models = {}
@@ -536,6 +588,8 @@ class ModelLibrary(AbstractModelLibrary):
         keep = [index for index in range(len(self)) if index not in drop]
         renumber = {old: new for new, old in enumerate(keep)}
         self._members[:] = [self._members[index] for index in keep]
+        if self._source is not None:
+            self._source.keep(keep)
         self._loaded_models = {renumber[i]: model for i, model in self._loaded_models.items()
                                if i in renumber}
         self._edits = {renumber[i]: edits for i, edits in self._edits.items() if i in renumber}
@@ -630,7 +684,14 @@ class ModelLibrary(AbstractModelLibrary):
             borrowed = self._ledger[index] if index in self._ledger else None
             for model in {id(m): m for m in (held, borrowed) if m is not None}.values():
                 _apply_edit(model, edit)
-            if held is None:
+            if self._source is not None:
+                # The source library keeps a changed model: an edit goes into
+                # the borrowed model, or waits for the member's next borrow.
+                if borrowed is None:
+                    self._edits.setdefault(index, []).append(edit)
+                else:
+                    self._source.changed.add(index)
+            elif held is None:
                 self._edits.setdefault(index, []).append(edit)
 
     def _check_index(self, index):
@@ -809,10 +870,28 @@ class ModelLibrary(AbstractModelLibrary):
             raise ClosedLibraryError("ModelLibrary is not open")
         if index in self._ledger:
             raise BorrowError("Attempt to double-borrow model")
-        model = self._loaded_models.get(index)
-        if model is None:
-            model = self._open_member(index)
+        if self._source is not None:
+            model = self._borrow_from_source(index)
+        else:
+            model = self._loaded_models.get(index)
+            if model is None:
+                model = self._open_member(index)
         self._ledger[index] = model
+        return model
+
+    def _borrow_from_source(self, index):
+        """Member ``index`` from the source library, with the edits waiting for it."""
+        model = self._source.borrow(index)
+        try:
+            with self._edits_lock:
+                waiting = self._edits.pop(index, [])
+            for edit in waiting:
+                _apply_edit(model, edit)
+        except BaseException:
+            self._source.shelve(model, index, modify=False)
+            raise
+        if waiting:
+            self._source.changed.add(index)
         return model
 
     def _open_member(self, index):
@@ -872,6 +951,12 @@ class ModelLibrary(AbstractModelLibrary):
             raise BorrowError("Attempt to shelve model at a non-borrowed index")
         borrowed = self._ledger[index]
         unread = self._unread_arrays.pop(index, None)
+        if self._source is not None:
+            try:
+                self._source.shelve(model, index, modify=modify)
+            finally:
+                del self._ledger[index]
+            return
         if index in self._loaded_models:
             if modify:
                 self._loaded_models[index] = model
@@ -940,6 +1025,81 @@ class ModelLibrary(AbstractModelLibrary):
     def get_crds_parameters(self):
         # romosaic never consults a reference-file service.
         return {}
+
+
+class _SourceLibrary:
+    """Borrowing from a library of another class, on behalf of a `ModelLibrary`.
+
+    Opens the source library (its ``with`` block) while any of its models is
+    borrowed, maps this library's member numbers to the source's (members
+    may have been dropped), and shelves a model with ``modify=True`` only
+    when it changed, so that an ``on_disk`` source library writes a
+    temporary file only for a model that needs one.
+    """
+
+    def __init__(self, library):
+        self.library = library
+        self.indices = list(range(len(library)))
+        # Members changed while borrowed (by edits, or ``modify=True``).
+        self.changed = set()
+        self._borrowed = 0
+        self._opened_here = False
+        self._lock = threading.Lock()
+
+    @property
+    def on_disk(self):
+        return bool(getattr(self.library, "_on_disk", False))
+
+    def keep(self, indices):
+        """Keep only the members ``indices`` (of this library's numbering), renumbered."""
+        self.indices = [self.indices[index] for index in indices]
+        self.changed = {new for new, old in enumerate(indices) if old in self.changed}
+
+    def borrow(self, index):
+        with self._lock:
+            if self._borrowed == 0 and not getattr(self.library, "_open", False):
+                self.library.__enter__()
+                self._opened_here = True
+            try:
+                model = self.library.borrow(self.indices[index])
+            except BaseException:
+                self._close_if_idle()
+                raise
+            self._borrowed += 1
+            return model
+
+    def shelve(self, model, index, *, modify):
+        with self._lock:
+            changed = modify or index in self.changed
+            self.changed.discard(index)
+            try:
+                self.library.shelve(model, self.indices[index], modify=changed)
+            finally:
+                self._borrowed -= 1
+                self._close_if_idle()
+
+    def _close_if_idle(self):
+        if self._borrowed == 0 and self._opened_here:
+            self._opened_here = False
+            self.library.__exit__(None, None, None)
+
+    def release(self):
+        """Close the source library's ``with`` block if this object opened it."""
+        with self._lock:
+            if self._opened_here:
+                self._opened_here = False
+                # Models still borrowed after an error: the original
+                # exception matters, not the source's complaint about them.
+                self.library.__exit__(RuntimeError, RuntimeError("closed"), None)
+
+
+def _thaw(node):
+    """A plain, writable copy of an association given as read-only mappings and tuples."""
+    if isinstance(node, Mapping):
+        return {key: _thaw(value) for key, value in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_thaw(value) for value in node]
+    return node
 
 
 def _only_entries_changed(model, unread):

@@ -118,6 +118,9 @@ class MosaicPipeline(RomosaicPipelineBase):
             library = self.skymatch.run(library)
             library = self.outlier_detection.run(library)
             mosaic = self.resample.run(library)
+            # A caller's library of another class gets its models' changes,
+            # as the reference pipeline's steps leave them.
+            library.write_back()
         finally:
             if owns_library:
                 library.close()

@@ -291,17 +291,22 @@ class _OfflineMixin:
 
         Parameters
         ----------
-        input_data : ModelLibrary, str, os.PathLike, dict, list or ImageModel
+        input_data : AbstractModelLibrary, str, os.PathLike, dict, list or ImageModel
             Anything `ModelLibrary` accepts, or one open model.
 
         Returns
         -------
         ModelLibrary
-            ``input_data`` itself if it is already a library. Libraries this
-            method creates follow the parent pipeline's ``on_disk`` setting.
+            ``input_data`` itself if it is already a romosaic library; one
+            borrowing from it if it is a library of another class (the
+            reference pipeline's, for instance; see `step_result`). Libraries
+            this method creates from files follow the parent pipeline's
+            ``on_disk`` setting.
         """
         if isinstance(input_data, ModelLibrary):
             return input_data
+        if isinstance(input_data, AbstractModelLibrary):
+            return ModelLibrary(input_data)
         if not isinstance(input_data, (str, Path, dict, list, tuple)):
             input_data = [input_data]
         on_disk = self.wants_models_on_disk()
@@ -316,6 +321,43 @@ class _OfflineMixin:
             allow_external_members=bool(self.search_attr("allow_external_members",
                                                          default=True)),
         )
+
+    def step_result(self, library, input_data, *, single_model=False):
+        """What a step that changes images returns, given what it was called with.
+
+        The rule, the reference pipeline's (see ``docs/compatibility.rst``):
+
+        * a library of another class (the reference's ``ModelLibrary``)
+          comes back itself, its models changed;
+        * a romosaic `ModelLibrary` comes back itself;
+        * with ``single_model`` (the flux step), one ``ImageModel`` or one
+          image file gives back that image's model, changed;
+        * anything else (an association, a list) gives the library made
+          from it.
+
+        Parameters
+        ----------
+        library : ModelLibrary
+            The library the step worked on (from `open_library`).
+        input_data : object
+            What the step was called with.
+        single_model : bool, optional
+            Whether one image in gives one model out.
+
+        Returns
+        -------
+        ModelLibrary, AbstractModelLibrary or ImageModel
+        """
+        if library.source_library is not None and library.source_library is input_data:
+            library.write_back()
+            library.close()
+            return input_data
+        if single_model and _is_single_image(input_data):
+            with library:
+                model = library.borrow(0)
+                library.shelve(model, 0, modify=False)
+            return model
+        return library
 
     def record_status(self, model, status=STEP_COMPLETE, *, library=None, index=None):
         """Record ``status`` in ``model.meta.cal_step.<this step's alias>``.
@@ -341,6 +383,14 @@ class _OfflineMixin:
             library.update_meta(index, {"cal_step": cal_step})
         else:
             library.update_meta(index, {f"cal_step.{self.class_alias}": status})
+
+
+def _is_single_image(input_data):
+    """Whether a step's input is one image: an open model, or one ``.asdf`` file."""
+    if isinstance(input_data, AbstractDataModel):
+        return True
+    return (isinstance(input_data, (str, Path))
+            and Path(input_data).suffix.lower() != ".json")
 
 
 # System errors that mean "no room or no right to write", whatever the file.

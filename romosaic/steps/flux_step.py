@@ -33,7 +33,7 @@ class FluxStep(RomosaicStep):
         library = self.open_library(input_data)
         library.map_models(lambda index, model: self._scale_model(library, index, model),
                            threads=resolve_workers(self.workers))
-        return library
+        return self.step_result(library, input_data, single_model=True)
 
     def _scale_model(self, library, index, model):
         if step_status(model, "flux") == STEP_COMPLETE:

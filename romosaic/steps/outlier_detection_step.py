@@ -103,7 +103,7 @@ class OutlierDetectionStep(RomosaicStep):
                             "skipped", len(groups))
                 for index, model in library.iter_models(modify=False):
                     self.record_status(model, STEP_SKIPPED, library=library, index=index)
-                return library
+                return self.step_result(library, input_data)
             if self.resample_data:
                 geometry, _ = survey_inputs(library)
                 grid = self._grid(library, geometry)
@@ -137,7 +137,7 @@ class OutlierDetectionStep(RomosaicStep):
         finally:
             if owns_library:
                 library.close()
-        return library
+        return self.step_result(library, input_data)
 
     def parameter_notes(self):
         return super().parameter_notes() + pixmap_order_notes(self)

@@ -143,7 +143,7 @@ class SkyMatchStep(RomosaicStep):
 
         for index, model in library.iter_models(modify=False):
             self._record(library, index, model, result.levels[index])
-        return library
+        return self.step_result(library, input_data)
 
     def _survey(self, library):
         """Each model's (WCS, shape) and file name; refuse to subtract twice."""

@@ -123,7 +123,7 @@ class TweakRegStep(RomosaicStep):
                         "nothing to align; WCS unchanged")
             for index, model in library.iter_models(modify=False):
                 self.record_status(model, STEP_SKIPPED, library=library, index=index)
-            return library
+            return self.step_result(library, input_data)
 
         result = align_images(
             images, refcat=refcat,
@@ -138,7 +138,7 @@ class TweakRegStep(RomosaicStep):
             self._record(library, index, model, result.wcs[index], result.fits[index])
         if self.save_abs_catalog and result.refcat is not None:
             self._save_refcat(result.refcat, library)
-        return library
+        return self.step_result(library, input_data)
 
     def _match_parameters(self, prefix):
         def value(name):
