@@ -237,8 +237,6 @@ def _notes(caplog, text):
     (SkyMatchStep, {"stepsize": 5}, "stepsize=5 has no effect", logging.INFO),
     (ResampleStep, {"pixmap_order": 1}, "pixmap_order=1 has no effect", logging.INFO),
     (OutlierDetectionStep, {"pixmap_order": 2}, "pixmap_order=2 has no effect", logging.INFO),
-    (ResampleStep, {"propagate_dq": True}, "propagate_dq=True is not honoured",
-     logging.WARNING),
 ])
 def test_moot_reference_parameters_are_noted_once(step_class, parameters, text, level, sim,
                                                   caplog):
@@ -295,3 +293,35 @@ def test_source_catalog_suffix_names_the_catalog(coadd_path, tmp_path):
     SourceCatalogStep.call(str(coadd_path), save_results=True, output_dir=str(tmp_path),
                            suffix="sources")
     assert (tmp_path / "sim_f158_sources.parquet").is_file()
+
+
+def test_propagate_dq_gives_the_mosaic_the_flags_of_the_drizzled_pixels(sim, tmp_path):
+    from roman_datamodels.dqflags import pixel
+
+    models = [rdm.open(path) for path in sim.cal_paths]
+    for model in models:
+        model.dq = np.asarray(model.dq) & ~np.uint32(pixel.JUMP_DET)
+    # An acceptable flag on a 3 x 3 block of the first image; a flag that
+    # good_bits refuses on another block (those pixels are not drizzled).
+    dq = np.array(models[0].dq)
+    dq[60:63, 70:73] |= pixel.JUMP_DET
+    dq[100:103, 40:43] |= pixel.DO_NOT_USE | pixel.JUMP_DET
+    models[0].dq = dq
+    mosaic = ResampleStep.call(models, propagate_dq=True)
+    assert mosaic.dq.dtype == np.uint32 and mosaic.dq.shape == mosaic.data.shape
+
+    jump = (mosaic.dq & pixel.JUMP_DET) != 0
+    ra, dec = models[0].meta.wcs(71, 61)
+    x, y = mosaic.meta.wcs.invert(ra, dec)
+    assert jump[round(float(y)), round(float(x))]
+    # The block's drops reach at most a pixel beyond it on the same scale.
+    assert 9 <= jump.sum() <= 25
+    assert not ((mosaic.dq & pixel.DO_NOT_USE) != 0).any()
+    # No flag without a deposit.
+    assert not mosaic.dq[np.asarray(mosaic.weight) <= 0].any()
+
+    path = tmp_path / "dq_coadd.asdf"
+    mosaic.save(path)
+    with rdm.open(path) as reopened:
+        np.testing.assert_array_equal(reopened.dq, mosaic.dq)
+    assert "dq" not in ResampleStep.call(models)._instance

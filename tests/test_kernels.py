@@ -56,7 +56,9 @@ def _scene(kernel, seed, native=False, fine=None):
         variances = [rng.uniform(0.1, 0.2, shape).astype(np.float32),
                      rng.uniform(0.01, 0.03, shape).astype(np.float32)]
         variances[1][rng.random(shape) < 0.02] = np.nan     # NaN variance counts as zero
-        inputs.append((data, weight, variances, pixmap))
+        # A few flags per pixel, on some pixels only; propagated where they deposit.
+        dq = np.where(rng.random(shape) < 0.1, 1 << rng.integers(0, 31, shape), 0)
+        inputs.append((data, weight, variances, pixmap, dq.astype(np.uint32)))
     return dict(kernel=kernel, scale=scale, pixfrac=pixfrac, out_shape=out_shape, inputs=inputs)
 
 
@@ -69,8 +71,8 @@ def _oracle(scene):
     padded = (out_shape[0] + 2 * pad, out_shape[1] + 2 * pad)
     driz = Drizzle(kernel=scene["kernel"], fillval="NaN", fillval2="NaN", out_shape=padded,
                    out_img2=[np.full(padded, np.nan, np.float32) for _ in range(N_VARIANCES)],
-                   begin_ctx_id=0, max_ctx_id=N_INPUTS - 1)
-    for data, weight, variances, pixmap in scene["inputs"]:
+                   out_dq=np.zeros(padded, np.uint32), begin_ctx_id=0, max_ctx_id=N_INPUTS - 1)
+    for data, weight, variances, pixmap, dq in scene["inputs"]:
         good = (weight > 0) & np.isfinite(data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "not a flux-conserving kernel", pixfrac ignored
@@ -78,12 +80,13 @@ def _oracle(scene):
                 np.where(good, data, 0.0).astype(np.float32), exptime=1.0, pixmap=pixmap + pad,
                 data2=[np.where(good & np.isfinite(v), v, 0.0).astype(np.float32)
                        for v in variances],
-                weight_map=np.where(good, weight, 0.0).astype(np.float32),
+                weight_map=np.where(good, weight, 0.0).astype(np.float32), dq=dq,
                 pixfrac=scene["pixfrac"], iscale=1.0, pixel_scale_ratio=scale, in_units="cps")
     inner = (slice(pad, pad + out_shape[0]), slice(pad, pad + out_shape[1]))
     return dict(data=driz.out_img[inner], weight=driz.out_wht[inner],
                 variances=[plane[inner] for plane in driz.out_img2],
-                context=driz.out_ctx[(slice(None), *inner)].view(np.uint32))
+                context=driz.out_ctx[(slice(None), *inner)].view(np.uint32),
+                dq=driz.out_dq[inner])
 
 
 def _ours(scene, origin=(0, 0), out_shape=None):
@@ -91,11 +94,13 @@ def _ours(scene, origin=(0, 0), out_shape=None):
     out = dict(data=np.full(out_shape, np.nan, np.float32),
                weight=np.zeros(out_shape, np.float32),
                variances=[np.full(out_shape, np.nan, np.float32) for _ in range(N_VARIANCES)],
-               context=np.zeros((1, *out_shape), np.uint32))
-    for index, (data, weight, variances, pixmap) in enumerate(scene["inputs"]):
+               context=np.zeros((1, *out_shape), np.uint32),
+               dq=np.zeros(out_shape, np.uint32))
+    for index, (data, weight, variances, pixmap, dq) in enumerate(scene["inputs"]):
         drizzle_add(data, pixmap, out["data"], out["weight"], weight=weight,
                     variances=variances, out_variances=out["variances"],
-                    out_context=out["context"], context_index=index, kernel=scene["kernel"],
+                    out_context=out["context"], context_index=index, dq=dq,
+                    out_dq=out["dq"], kernel=scene["kernel"],
                     pixfrac=scene["pixfrac"], pixel_scale_ratio=scene["scale"], origin=origin)
     return out
 
@@ -127,6 +132,8 @@ def compare(ours, ref):
         result[name] = float(rel.max()) if rel.size else 0.0
     result["context_bits_differing"] = int(
         (ours["context"][:, real] != ref["context"][:, real]).sum())
+    result["dq_differing"] = int((ours["dq"][real] != ref["dq"][real]).sum())
+    result["dq_flagged"] = int((ref["dq"][real] != 0).sum())
     result["residue_weight"] = float(
         max(np.abs(w_ref[~real]).max(initial=0.0), np.abs(w_ours[~real]).max(initial=0.0))
         / median)
@@ -175,6 +182,7 @@ def _check_against_drizzle_package(scene):
     for name in ("data", "variance0", "variance1"):
         assert diff[name] < 4e-6, (name, diff)
     assert diff["context_bits_differing"] == 0, diff
+    assert diff["dq_flagged"] > 10 and diff["dq_differing"] == 0, diff
     assert diff["residue_weight"] < 1e-6, diff
 
 
@@ -193,6 +201,7 @@ def test_tile_receives_exactly_what_the_whole_grid_does(kernel, seed):
     for k in range(N_VARIANCES):
         np.testing.assert_array_equal(tile["variances"][k], whole["variances"][k][inner])
     np.testing.assert_array_equal(tile["context"], whole["context"][(slice(None), *inner)])
+    np.testing.assert_array_equal(tile["dq"], whole["dq"][inner])
 
 
 def test_flat_input_gives_the_same_surface_brightness_at_any_scale():

@@ -97,6 +97,9 @@ typedef struct {
     float *ovar[MAX_PLANES];
     uint32_t *ctx; /* NULL: no context */
     uint32_t bit;
+    const uint32_t *dq; /* input DQ flags, or NULL: none propagated */
+    uint32_t *odq;      /* output DQ, ORed with the flags of each contributing pixel */
+    uint32_t cur_dq;    /* flags of the input pixel being deposited */
     Py_ssize_t out_nx, out_ny;
     double gx0, gy0; /* grid coordinates of out[0, 0] */
     double gx1, gy1; /* grid coordinates of the last column and row */
@@ -195,6 +198,10 @@ deposit_at(job_t *J, Py_ssize_t k, float d, float dow, const float *v)
             }
         }
     }
+    if (J->odq) {
+        /* as drizzle: the first contribution sets the flags, later ones OR */
+        J->odq[k] = vc == 0.0f ? J->cur_dq : (J->odq[k] | J->cur_dq);
+    }
     J->wht[k] = (float) tot;
     if (J->ctx && dow > 0.0f) {
         J->ctx[k] |= J->bit;
@@ -212,7 +219,7 @@ deposit(job_t *J, long gi, long gj, float d, float dow, const float *v)
 /* Data, weight and variances of input pixel (i, j). Returns 0 when the pixel
  * must be left out (weight not positive, or data not finite). */
 static inline int
-input_pixel(const job_t *J, Py_ssize_t idx, float *d, double *w, float *v)
+input_pixel(job_t *J, Py_ssize_t idx, float *d, double *w, float *v)
 {
     int m;
     float wt = J->weight ? J->weight[idx] : 1.0f;
@@ -223,6 +230,9 @@ input_pixel(const job_t *J, Py_ssize_t idx, float *d, double *w, float *v)
     }
     *w = (double) wt;
     *d = dv * J->iscale;
+    if (J->dq) {
+        J->cur_dq = J->dq[idx];
+    }
     if (J->nvar) {
         float is2 = J->iscale * J->iscale;
         for (m = 0; m < J->nvar; ++m) {
@@ -1645,7 +1655,7 @@ check_buffer(
     return 0;
 }
 
-#define N_BUFFERS (9 + 2 * MAX_PLANES) /* a spline is four buffers */
+#define N_BUFFERS (11 + 2 * MAX_PLANES) /* a spline is four buffers */
 
 static PyObject *
 py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -1653,12 +1663,12 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {
         "kernel", "data", "weight", "pixmap", "variances", "out_data", "out_weight",
         "out_variances", "context", "bit", "x0", "y0", "pixfrac", "pscale_ratio", "iscale",
-        "spline", "col0", "row0", NULL};
+        "spline", "col0", "row0", "dq", "out_dq", NULL};
     int kernel, bit;
     Py_ssize_t x0, y0;
     double pixfrac, pscale, iscale;
     PyObject *o_data, *o_weight, *o_pixmap, *o_vars, *o_out, *o_wht, *o_ovars, *o_ctx;
-    PyObject *o_spline = Py_None;
+    PyObject *o_spline = Py_None, *o_dq = Py_None, *o_odq = Py_None;
     Py_ssize_t col0 = 0, row0 = 0;
     spline_t S;
     Py_buffer bufs[N_BUFFERS];
@@ -1672,9 +1682,13 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
     memset(&J, 0, sizeof(J));
     memset(&S, 0, sizeof(S));
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "iOOOOOOOOinnddd|Onn:drizzle_add", kwlist, &kernel, &o_data,
+            args, kwargs, "iOOOOOOOOinnddd|OnnOO:drizzle_add", kwlist, &kernel, &o_data,
             &o_weight, &o_pixmap, &o_vars, &o_out, &o_wht, &o_ovars, &o_ctx, &bit, &x0, &y0,
-            &pixfrac, &pscale, &iscale, &o_spline, &col0, &row0)) {
+            &pixfrac, &pscale, &iscale, &o_spline, &col0, &row0, &o_dq, &o_odq)) {
+        return NULL;
+    }
+    if ((o_dq == Py_None) != (o_odq == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "give dq and out_dq together");
         return NULL;
     }
     if ((o_spline == Py_None) == (o_pixmap == Py_None)) {
@@ -1735,6 +1749,10 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
         GET(o_weight, flags, "weight", 4, 'f', 2, in_shape);
         J.weight = (const float *) bufs[nbuf - 1].buf;
     }
+    if (o_dq != Py_None) {
+        GET(o_dq, flags, "dq", 4, 'u', 2, in_shape);
+        J.dq = (const uint32_t *) bufs[nbuf - 1].buf;
+    }
     if (o_pixmap != Py_None) {
         GET(o_pixmap, flags, "pixmap", 8, 'f', 3, in_shape);
         J.pixmap = (const double *) bufs[nbuf - 1].buf;
@@ -1787,6 +1805,10 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
     if (o_ctx != Py_None) {
         GET(o_ctx, flags | PyBUF_WRITABLE, "context", 4, 'u', 2, out_shape);
         J.ctx = (uint32_t *) bufs[nbuf - 1].buf;
+    }
+    if (o_odq != Py_None) {
+        GET(o_odq, flags | PyBUF_WRITABLE, "out_dq", 4, 'u', 2, out_shape);
+        J.odq = (uint32_t *) bufs[nbuf - 1].buf;
     }
 #undef GET
 
@@ -1845,7 +1867,7 @@ static PyMethodDef methods[] = {
     {"drizzle_add", (PyCFunction) (void (*)(void)) py_drizzle_add, METH_VARARGS | METH_KEYWORDS,
      "drizzle_add(kernel, data, weight, pixmap, variances, out_data, out_weight, "
      "out_variances, context, bit, x0, y0, pixfrac, pscale_ratio, iscale, spline=None, "
-     "col0=0, row0=0) -> int\n\n"
+     "col0=0, row0=0, dq=None, out_dq=None) -> int\n\n"
      "Deposit one input image onto the output arrays; see romosaic.resample.kernels."},
     {NULL, NULL, 0, NULL}};
 

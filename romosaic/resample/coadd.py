@@ -61,6 +61,9 @@ class CoaddResult:
     variances : dict of str to numpy.ndarray of float32
     exptimes : list of float
         Exposure time of each input, by context index.
+    dq : numpy.ndarray of uint32, or None
+        OR of the DQ flags of the input pixels deposited on each pixel; None
+        unless DQ flags were propagated.
     """
 
     data: np.ndarray
@@ -68,6 +71,7 @@ class CoaddResult:
     context: np.ndarray
     variances: dict
     exptimes: list
+    dq: np.ndarray | None = None
 
 
 class DrizzleCoadd:

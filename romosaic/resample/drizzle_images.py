@@ -42,6 +42,7 @@ def drizzle_images(
     good_bits=DEFAULT_GOOD_BITS,
     include_var_flat=False,
     pixmap_stepsize=10,
+    propagate_dq=False,
 ):
     """Co-add images onto ``grid``.
 
@@ -73,6 +74,10 @@ def drizzle_images(
         Also propagate ``var_flat`` (and include it in the error).
     pixmap_stepsize : int, optional
         Node spacing of the sparse WCS evaluation (see `PixelMapper`).
+    propagate_dq : bool, optional
+        Give the result a ``dq`` plane: the OR of the DQ flags of the input
+        pixels drizzled onto each pixel (flagged pixels that are left out
+        add nothing).
 
     Returns
     -------
@@ -88,21 +93,23 @@ def drizzle_images(
     if store is None:
         store = PlaneStore(window.shape)
     variance_names = variance_names_for(include_var_flat)
-    bytes_per_pixel = DrizzleEngine.bytes_per_pixel(n_inputs, len(variance_names))
+    bytes_per_pixel = DrizzleEngine.bytes_per_pixel(n_inputs, len(variance_names),
+                                                    with_dq=propagate_dq)
     strips = plan_strips(*window.shape, bytes_per_pixel=bytes_per_pixel, threads=threads,
                          memory=memory_budget if store.on_disk else None)
     log.info("drizzling %d x %d of the grid's %d x %d pixels in %d strip(s), %d thread(s)%s",
              window.shape[1], window.shape[0], grid.shape[1], grid.shape[0], len(strips),
              threads, ", planes in files" if store.on_disk else "")
     # map keeps no reference to an input once it is prepared, so its DQ
-    # array is freed while the image is drizzled.
+    # array is freed while the image is drizzled (unless it is propagated).
     prepared = map(functools.partial(prepare_image, grid=grid, weight_type=weight_type,
-                                     good_bits=good_bits, pixmap_stepsize=pixmap_stepsize),
+                                     good_bits=good_bits, pixmap_stepsize=pixmap_stepsize,
+                                     keep_dq=propagate_dq),
                    inputs)
     input_pixel_scale = None
     with DrizzleEngine(window, store, strips=strips, n_inputs=n_inputs,
-                       variance_names=variance_names, kernel=kernel, pixfrac=pixfrac,
-                       fillval=fillval, threads=threads) as engine:
+                       variance_names=variance_names, with_dq=propagate_dq, kernel=kernel,
+                       pixfrac=pixfrac, fillval=fillval, threads=threads) as engine:
         for image in prefetch(prepared, enabled=threads > 1):
             if input_pixel_scale is None:
                 input_pixel_scale = image.pixel_scale

@@ -207,6 +207,8 @@ class PreparedImage:
         ``(x_min, x_max, y_min, y_max)`` of its pixel centres on the grid.
     usable_pixels : int
         Pixels with a positive weight.
+    dq : numpy.ndarray or None
+        DQ flags, kept only for an engine that propagates them.
     """
 
     name: str
@@ -220,10 +222,11 @@ class PreparedImage:
     reach: int
     bounds: tuple
     usable_pixels: int
+    dq: np.ndarray | None = None
 
 
 def prepare_image(image, grid, *, weight_type="ivm", good_bits=DEFAULT_GOOD_BITS,
-                  pixmap_stepsize=10):
+                  pixmap_stepsize=10, keep_dq=False):
     """Weights and pixel mapping of an input, computed once for every strip.
 
     Parameters
@@ -235,6 +238,9 @@ def prepare_image(image, grid, *, weight_type="ivm", good_bits=DEFAULT_GOOD_BITS
         Acceptable DQ flags (see `romosaic.dq`).
     pixmap_stepsize : int, optional
         Node spacing of the sparse WCS evaluation (see `PixelMapper`).
+    keep_dq : bool, optional
+        Keep the DQ array, for an engine that propagates it (otherwise it is
+        not needed once the weights exist).
 
     Returns
     -------
@@ -268,6 +274,7 @@ def prepare_image(image, grid, *, weight_type="ivm", good_bits=DEFAULT_GOOD_BITS
         reach=edge_margin(scale / grid.pixel_scale) + _REACH_SLACK,
         bounds=mapper.output_bounds(),
         usable_pixels=usable,
+        dq=image.dq if keep_dq else None,
     )
 
 
@@ -275,7 +282,8 @@ class DrizzleEngine:
     """Drizzle prepared images onto a window of a grid, strip by strip, in threads.
 
     The planes are made in ``store`` (of the window's shape) under the names
-    ``prefix + "data"``, ``"weight"``, ``"var-<name>"`` and ``"context"``.
+    ``prefix + "data"``, ``"weight"``, ``"var-<name>"``, ``"context"`` and,
+    with ``with_dq``, ``"dq"``.
     Use as a context manager (it owns a pool of threads).
 
     Parameters
@@ -289,6 +297,10 @@ class DrizzleEngine:
     variance_names : sequence of str, optional
         Variance planes to propagate.
     with_context : bool, optional
+    with_dq : bool, optional
+        Propagate the inputs' DQ flags: each output pixel gets the OR of the
+        flags of the input pixels that deposit on it (the images must be
+        prepared with ``keep_dq``).
     kernel : str, optional
     pixfrac : float, optional
     fillval : str or float, optional
@@ -321,7 +333,8 @@ class DrizzleEngine:
     """
 
     def __init__(self, window, store, *, strips, n_inputs, variance_names=(), with_context=True,
-                 kernel="square", pixfrac=1.0, fillval="NaN", threads=1, prefix=""):
+                 with_dq=False, kernel="square", pixfrac=1.0, fillval="NaN", threads=1,
+                 prefix=""):
         if tuple(store.shape) != tuple(window.shape):
             raise ValueError(f"store shape {store.shape} differs from the window's "
                              f"{window.shape}")
@@ -349,6 +362,10 @@ class DrizzleEngine:
         if with_context:
             self.context_name = prefix + "context"
             store.new_plane(self.context_name, np.uint32, depth=context_planes(self.n_inputs))
+        self.dq_name = None
+        if with_dq:
+            self.dq_name = prefix + "dq"
+            store.new_plane(self.dq_name, np.uint32)
         self._pool = (concurrent.futures.ThreadPoolExecutor(self.threads, "drizzle")
                       if self.threads > 1 else None)
 
@@ -365,10 +382,10 @@ class DrizzleEngine:
             self._pool = None
 
     @classmethod
-    def bytes_per_pixel(cls, n_inputs, n_variances, with_context=True):
-        """Bytes of planes per window pixel: data, weight, variances, context."""
+    def bytes_per_pixel(cls, n_inputs, n_variances, with_context=True, with_dq=False):
+        """Bytes of planes per window pixel: data, weight, variances, context, DQ."""
         context = 4 * context_planes(n_inputs) if with_context else 0
-        return 4 * (2 + int(n_variances)) + context
+        return 4 * (2 + int(n_variances) + bool(with_dq)) + context
 
     def add(self, image):
         """Deposit one prepared image on every strip it reaches.
@@ -440,6 +457,8 @@ class DrizzleEngine:
         weight[:, c1 - g0:] = 0
         variances = [image.variances.get(name) for name in self.variance_names]
         variances = [None if plane is None else plane[rows, cols] for plane in variances]
+        if self.dq_name is not None and image.dq is None:
+            raise ValueError(f"{image.name}: prepared without its DQ array (keep_dq)")
         with contextlib.ExitStack() as stack:
             def band(name):
                 return stack.enter_context(self.store.rows(name, strip))
@@ -455,6 +474,8 @@ class DrizzleEngine:
                                for name in self.variance_names],
                 out_context=band(self.context_name) if self.context_name else None,
                 context_index=index,
+                dq=image.dq[rows, cols] if self.dq_name else None,
+                out_dq=band(self.dq_name) if self.dq_name else None,
                 kernel=self.kernel,
                 pixfrac=self.pixfrac,
                 pixel_scale_ratio=image.pixel_scale_ratio,
@@ -490,7 +511,8 @@ def result_on_grid(store, window, engine, *, directory=None):
     if window.covers_grid:
         planes = {key: store.array(name) for key, name in names.items()}
         context = store.array(engine.context_name) if engine.context_name else None
-        return _coadd_result(planes, context, engine)
+        dq = store.array(engine.dq_name) if engine.dq_name else None
+        return _coadd_result(planes, context, dq, engine)
     grid_store = PlaneStore(window.grid.shape, directory=directory if store.on_disk else None)
     r0, (c0, c1) = window.y0, window.cols
 
@@ -508,17 +530,19 @@ def result_on_grid(store, window, engine, *, directory=None):
     if engine.context_name:
         context = move_to_grid(engine.context_name, np.uint32,
                                depth=context_planes(engine.n_inputs))
+    dq = move_to_grid(engine.dq_name, np.uint32) if engine.dq_name else None
     if grid_store.on_disk:
         # The arrays are mappings: the files can go now.
         grid_store.close()
-    return _coadd_result(planes, context, engine)
+    return _coadd_result(planes, context, dq, engine)
 
 
-def _coadd_result(planes, context, engine):
+def _coadd_result(planes, context, dq, engine):
     return CoaddResult(
         data=planes["data"],
         weight=planes["weight"],
         context=context,
+        dq=dq,
         variances={name: planes[f"var-{name}"] for name in engine.variance_names},
         exptimes=list(engine.exptimes),
     )

@@ -1,7 +1,8 @@
 """romosaic's compiled drizzle kernels, as a function on arrays.
 
 `drizzle_add` deposits one input image onto output arrays in a single pass:
-its data, its weight, any number of variance planes and one context bit.
+its data, its weight, any number of variance planes, one context bit and,
+when asked, its DQ flags.
 The arithmetic is that of the ``drizzle`` package's kernels (the tests
 compare the two on random geometries); the differences are listed in the
 function's notes. The compiled part runs without Python's interpreter lock,
@@ -42,8 +43,8 @@ def _output_array(array, dtype, name, shape):
 
 def drizzle_add(
     data, pixmap, out_data, out_weight, *, weight=None, variances=(), out_variances=(),
-    out_context=None, context_index=0, kernel="square", pixfrac=1.0, pixel_scale_ratio=1.0,
-    iscale=1.0, origin=(0, 0), input_origin=(0, 0),
+    out_context=None, context_index=0, dq=None, out_dq=None, kernel="square", pixfrac=1.0,
+    pixel_scale_ratio=1.0, iscale=1.0, origin=(0, 0), input_origin=(0, 0),
 ):
     """Drizzle one input image onto output arrays, in place.
 
@@ -55,7 +56,10 @@ def drizzle_add(
     * ``out_weight = Σ a·w``;
     * each ``out_variances[k] = Σ (a·w)²·var_k / (Σ a·w)²``;
     * bit ``context_index % 32`` of ``out_context[context_index // 32]`` is
-      set where this input deposited a positive weight.
+      set where this input deposited a positive weight;
+    * with ``dq``, ``out_dq`` is ORed with the flags of every input pixel
+      that deposits on it (as ``drizzle``'s ``out_dq``: a pixel's first
+      deposit sets its flags). Pixels left out (zero weight) add none.
 
     Parameters
     ----------
@@ -91,6 +95,10 @@ def drizzle_add(
         Context bits, updated in place.
     context_index : int, optional
         Index of this input (the context bit).
+    dq : numpy.ndarray, shape (ny, nx), optional
+        Input DQ flags (converted to uint32), with ``out_dq``.
+    out_dq : numpy.ndarray of uint32, shape (my, mx), optional
+        Output DQ flags, updated in place; start them at zero.
     kernel : {"square", "point", "turbo", "gaussian", "lanczos2", "lanczos3"}
     pixfrac : float, optional
         Linear size of the drop in input pixels (square, turbo; the FWHM of
@@ -191,9 +199,14 @@ def drizzle_add(
         context_plane = _output_array(out_context[plane], out_context.dtype, "out_context",
                                       out_shape)
         bit = context_index % CONTEXT_BITS
+    if (dq is None) != (out_dq is None):
+        raise ValueError("give dq and out_dq together")
+    if dq is not None:
+        dq = _input_array(dq, np.uint32, "dq", shape)
+        _output_array(out_dq, np.uint32, "out_dq", out_shape)
     x0, y0 = (int(v) for v in origin)
     return _kernels.drizzle_add(
         code, data, weight, pixmap, variances, out_data, out_weight, out_variances,
         context_plane, bit, x0, y0, pixfrac, float(pixel_scale_ratio), float(iscale),
-        spline=spline, col0=col0, row0=row0,
+        spline=spline, col0=col0, row0=row0, dq=dq, out_dq=out_dq,
     )

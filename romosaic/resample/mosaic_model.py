@@ -119,6 +119,10 @@ def build_mosaic_model(
     model.data = result.data
     model.weight = result.weight
     model.context = result.context
+    if result.dq is not None:
+        # The reference's propagate_dq: the OR of the flags drizzled onto
+        # each pixel (roman_datamodels' MosaicModel takes the extra array).
+        model.dq = result.dq
     variances = result.variances
     zeros = None
     for name in ("var_rnoise", "var_poisson", "var_flat"):

@@ -75,7 +75,7 @@ class ResampleStep(RomosaicStep):
     pixmap_stepsize = float(min=1.0, default=10.0)  # Spacing of exact WCS evaluations (pixels)
     pixmap_order = integer(min=1, default=3)  # Reference parameter; always bicubic splines
     in_memory = boolean(default=True)  # False: models and planes in temporary files (on_disk)
-    propagate_dq = boolean(default=False)  # Reference parameter; not honoured yet (warned)
+    propagate_dq = boolean(default=False)  # Give the mosaic a dq plane (OR of drizzled flags)
     resample_on_skycell = boolean(default=True)  # Use the association's skycell grid if named
     memory_budget = float(min=1.0, default={DEFAULT_MEMORY_BUDGET_MIB})  # MiB of planes in memory
     max_output_pixels = integer(min=1, default={DEFAULT_MAX_OUTPUT_PIXELS})  # Refuse larger grids
@@ -137,7 +137,8 @@ class ResampleStep(RomosaicStep):
             raise RomosaicInputError(
                 f"{library.product_name}: no input pixel lands on the output grid") from None
         n_planes_bytes = DrizzleEngine.bytes_per_pixel(
-            len(library), len(variance_names_for(self.include_var_flat)))
+            len(library), len(variance_names_for(self.include_var_flat)),
+            with_dq=self.propagate_dq)
         budget = self.memory_budget * 2**20
         in_files = (not self.in_memory
                     or n_planes_bytes * window.shape[0] * window.shape[1] > budget)
@@ -162,6 +163,7 @@ class ResampleStep(RomosaicStep):
                     good_bits=self.good_bits,
                     include_var_flat=self.include_var_flat,
                     pixmap_stepsize=self._pixmap_stepsize,
+                    propagate_dq=self.propagate_dq,
                 )
             finally:
                 store.close()
@@ -171,14 +173,7 @@ class ResampleStep(RomosaicStep):
         return max(1, round(self.pixmap_stepsize))
 
     def parameter_notes(self):
-        notes = super().parameter_notes() + pixmap_order_notes(self)
-        if self.propagate_dq:
-            # The MosaicModel schema of roman_datamodels has no dq array to
-            # put the flags in, so a mosaic carrying one would not validate.
-            notes.append((logging.WARNING,
-                          f"{self.name}: propagate_dq=True is not honoured yet: the mosaic "
-                          "has no dq plane (roman_datamodels' MosaicModel defines none)"))
-        return notes
+        return super().parameter_notes() + pixmap_order_notes(self)
 
     def check_parameters(self):
         if not 0 < self.pixfrac <= 1:
