@@ -25,7 +25,8 @@ demo: $(STAMP)
 	$(BIN)/romosaic preview $(DEMO_DIR)/sim_f158_coadd.asdf -o $(DEMO_DIR)/sim_f158_coadd.png
 	@echo ""
 	@echo "Demo products:"
-	@ls -1 $(abspath $(DEMO_DIR))/*_coadd.* 
+	@ls -1 $(abspath $(DEMO_DIR))/sim_f158_coadd.asdf $(abspath $(DEMO_DIR))/sim_f158_cat.parquet \
+		$(abspath $(DEMO_DIR))/sim_f158_segm.asdf $(abspath $(DEMO_DIR))/sim_f158_coadd.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -26,6 +26,7 @@ without leaving anything behind:
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from .._atomic import atomic_save_models
@@ -54,15 +55,11 @@ _NAMED_IN_MESSAGE = 3
 class MosaicPipeline(RomosaicPipelineBase):
     """Make a mosaic from an association of Level-2 calibrated images.
 
-    Parameters are those of the spec below plus each step's, addressed as
-    ``steps.<step>.<parameter>`` (``--steps.resample.pixfrac=0.8`` on the
-    command line).
-
-    Returns
-    -------
-    tuple
-        ``(mosaic, catalog, segmentation)``: the ``MosaicModel``, the
-        ``MosaicSourceCatalogModel`` and the ``MosaicSegmentationMapModel``.
+    Runs flux, skymatch, outlier_detection, resample and source_catalog (and
+    tweakreg when asked for) and returns the mosaic, the source catalog and
+    the segmentation map. Each step's parameters are set as
+    steps.STEP.PARAMETER, for example --steps.resample.pixfrac=0.8 on the
+    command line.
     """
 
     class_alias = "roman_mos"
@@ -100,8 +97,12 @@ class MosaicPipeline(RomosaicPipelineBase):
             for step in (self.outlier_detection, self.resample))
 
     def process(self, input_data):
+        started = time.perf_counter()
         self._check_step_parameters()
         self._written = {}
+        self.step_records = []
+        self._grid = None
+        self._skipped_inputs = []
         output_dir = Path(self.output_dir or ".")
         self.outlier_detection.resample_on_skycell = self.resample_on_skycell
         self.resample.resample_on_skycell = self.resample_on_skycell
@@ -113,6 +114,7 @@ class MosaicPipeline(RomosaicPipelineBase):
             if self.save_results:
                 self._refuse_to_overwrite_inputs(library, output_dir, product_name)
             self._check_output_grid(library, geometry)
+            n_used = len(library)
             library = self.tweakreg.run(library)
             library = self.flux.run(library)
             library = self.skymatch.run(library)
@@ -131,8 +133,35 @@ class MosaicPipeline(RomosaicPipelineBase):
         if isinstance(result, tuple):  # a skipped step hands back its input
             catalog, segmentation = result
         if self.save_results:
+            writing = time.perf_counter()
             self._save_products(output_dir, product_name, mosaic, catalog, segmentation)
+            self._writing_seconds = time.perf_counter() - writing
+        self._log_summary(time.perf_counter() - started, n_used, catalog)
         return mosaic, catalog, segmentation
+
+    def _log_summary(self, seconds, n_used, catalog):
+        """The closing lines of a run: what was made from what, how fast, and where."""
+        lines = [f"{self.name} summary ({seconds:.1f} s):"]
+        grid = self._grid
+        if grid is not None:
+            kind = f"skycell {grid.skycell_name}" if grid.skycell_name else "free TAN grid"
+            lines.append(f"  grid: {grid.shape[1]} x {grid.shape[0]} pixels of "
+                         f"{grid.pixel_scale:.4f} arcsec ({kind})")
+        skipped = self._skipped_inputs
+        lines.append(f"  inputs: {n_used} used, {len(skipped)} skipped"
+                     + (f" ({', '.join(skipped)})" if skipped else ""))
+        lines.append(f"  catalog: {len(catalog.source_catalog)} sources" if catalog is not None
+                     else "  catalog: not made (source_catalog skipped)")
+        for record in self.step_records:
+            peak = (f", peak memory {record.peak_bytes / 2**20:.0f} MiB"
+                    if record.peak_bytes else "")
+            lines.append(f"  {record.name}: {record.seconds:.1f} s{peak}")
+        if self._written:
+            lines.append(f"  writing the products: {self._writing_seconds:.1f} s")
+            lines.extend(f"  wrote {Path(path).resolve()}" for path in self._written.values())
+        else:
+            lines.append("  products not written (save_results is False)")
+        log.info("%s", "\n".join(lines))
 
     # -- checks before any step runs ------------------------------------------
 
@@ -190,6 +219,7 @@ class MosaicPipeline(RomosaicPipelineBase):
             raise RomosaicInputError(f"no usable input image ({listed}{more})")
         for _, name, reason in unusable:
             log.warning("%s: skipped: %s", name, reason)
+        self._skipped_inputs = [name for _, name, _ in unusable]
         library.drop_members(index for index, _, _ in unusable)
         return geometry
 
@@ -215,7 +245,7 @@ class MosaicPipeline(RomosaicPipelineBase):
             return
         source = library.asn.get("table_name") or library.product_name
         try:
-            self.resample.plan_grid(library, geometry)
+            self._grid = self.resample.plan_grid(library, geometry)
         except SkycellNotFoundError as error:
             raise SkycellNotFoundError(
                 f"{source}: {error}; check the association's target and "

@@ -24,7 +24,13 @@
   a one-line `~romosaic.errors.OutputError` at once;
 * while a top-level step runs in the main thread, SIGTERM is turned into
   ``SystemExit(143)``, so that the run unwinds like after Ctrl-C and removes
-  its temporary files before the process ends.
+  its temporary files before the process ends; an interrupted run says so in
+  one line (and ``strun`` then exits with status 130, without a traceback);
+* the log reads well: stpipe's dump of every parameter and its line for
+  each step instance made are DEBUG messages for romosaic's steps, and a
+  top-level run logs instead the parameters that differ from their
+  defaults; every step logs its duration and peak memory when it is done
+  (`StepRecord`), which the pipeline's closing summary lists.
 """
 
 import contextlib
@@ -33,7 +39,10 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import asdf.schema
@@ -46,6 +55,7 @@ from stpipe.library import AbstractModelLibrary
 
 from .._atomic import atomic_save_model, prepare_output_directory, remove_empty_directories
 from .._malloc import give_back_freed_memory
+from .._process_memory import peak_resident_bytes, reset_peak_resident
 from ..errors import OutputError, RomosaicError, RomosaicInputError
 from ..library import ModelLibrary
 from ..models import open_image_model
@@ -55,6 +65,7 @@ __all__ = [
     "STEP_SKIPPED",
     "RomosaicPipelineBase",
     "RomosaicStep",
+    "StepRecord",
     "ensure_cal_step",
     "step_status",
 ]
@@ -79,6 +90,27 @@ _KNOWN_SUFFIXES = (
     "segm",
     "i2d",
 )
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """How long one step ran and the most memory the process held meanwhile.
+
+    Attributes
+    ----------
+    name : str
+        The step's name (``flux``, ``resample``, ...).
+    seconds : float
+        Wall-clock time.
+    peak_bytes : int or None
+        Peak resident memory of the process while the step ran (since the
+        step began where the system can reset the peak; otherwise since the
+        process began). None when unknown.
+    """
+
+    name: str
+    seconds: float
+    peak_bytes: int | None
 
 
 class _OfflineMixin:
@@ -226,6 +258,8 @@ class _OfflineMixin:
     def run(self, *args):
         top_level = self.parent is None
         created = []
+        started = time.perf_counter()
+        reset_peak_resident()
         with (_sigterm_as_exit() if top_level else contextlib.nullcontext(),
               _releasing_schema_caches() if top_level else contextlib.nullcontext()):
             try:
@@ -235,10 +269,25 @@ class _OfflineMixin:
                     # should fail the run now, not after hours of work.
                     output_dir = os.path.expandvars(os.path.expanduser(self.output_dir or "."))
                     created = prepare_output_directory(output_dir)
+                if top_level:
+                    self._log_changed_parameters()
                 if not self.skip:
                     self._log_parameter_notes()
                 with self._skipping_library(args):
-                    return super().run(*args)
+                    result = super().run(*args)
+                if not self.skip:
+                    self._record_step(started)
+                return result
+            except KeyboardInterrupt:
+                remove_empty_directories(created)
+                if not top_level:
+                    raise
+                log.error("%s interrupted: stopped before finishing; temporary files were "
+                          "removed and no partial product was written", self.name)
+                if _running_under_strun():
+                    # The line above says it all: no traceback, the shell's status.
+                    raise SystemExit(128 + signal.SIGINT) from None
+                raise
             except RomosaicError as error:
                 # strun prints errors word-wrapped in a banner; log the message
                 # once, whole, on one line, where scripts and users look for it.
@@ -262,6 +311,39 @@ class _OfflineMixin:
             finally:
                 # The next step's peak starts from what this one leaves.
                 give_back_freed_memory()
+
+    def _log_changed_parameters(self):
+        """Log, on one line, the parameters whose values differ from the defaults.
+
+        stpipe's own dump of every parameter (a hundred lines for the
+        pipeline) is a DEBUG message for romosaic's steps.
+        """
+        try:
+            changed = _changed_parameters(self.get_pars(), type(self)().get_pars())
+        except Exception:  # the dump is informative only; never fail a run over it
+            return
+        if changed:
+            log.info("%s parameters differing from the defaults: %s", self.name,
+                     ", ".join(f"{name}={value!r}" for name, value in changed))
+        else:
+            log.info("%s parameters: all at their defaults", self.name)
+
+    def _record_step(self, started):
+        """Log this step's duration and peak memory, and keep them for the run's summary."""
+        peak = peak_resident_bytes()
+        # A pipeline's peak is the largest of its steps' (each reset its own).
+        peaks = [r.peak_bytes for r in getattr(self, "step_records", ()) if r.peak_bytes]
+        if peak and peaks:
+            peak = max(peak, *peaks)
+        record = StepRecord(self.name, time.perf_counter() - started, peak)
+        log.info("%s done in %.1f s%s", self.name, record.seconds,
+                 f" (peak memory {peak / 2**20:.0f} MiB)" if peak else "")
+        root = self
+        while root.parent is not None:
+            root = root.parent
+        records = getattr(root, "step_records", None)
+        if records is not None and root is not self:
+            records.append(record)
 
     @contextlib.contextmanager
     def _skipping_library(self, args):
@@ -391,6 +473,44 @@ def _is_single_image(input_data):
         return True
     return (isinstance(input_data, (str, Path))
             and Path(input_data).suffix.lower() != ".json")
+
+
+def _running_under_strun():
+    return Path(sys.argv[0] if sys.argv else "").name == "strun"
+
+
+def _changed_parameters(values, defaults, prefix=""):
+    """``(dotted name, value)`` of every entry of ``values`` that differs from ``defaults``."""
+    changed = []
+    for name, value in values.items():
+        default = defaults.get(name)
+        if isinstance(value, dict) and isinstance(default, dict):
+            changed.extend(_changed_parameters(value, default, f"{prefix}{name}."))
+        elif value != default and name not in _NOT_PARAMETERS:
+            changed.append((prefix + name, value))
+    return changed
+
+
+#: Entries of ``get_pars`` that describe the step rather than set it.
+_NOT_PARAMETERS = {"class", "name", "config_file"}
+
+
+class _DemoteStpipeChatter(logging.Filter):
+    """Make stpipe's parameter dump and instance lines DEBUG messages for romosaic's steps."""
+
+    _MESSAGES = ("Step %s parameters are:%s", "%s instance created.")
+
+    def filter(self, record):
+        if (record.levelno == logging.INFO and record.msg in self._MESSAGES and record.args
+                and str(record.args[0]) in _ROMOSAIC_STEP_NAMES):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+#: Class names and aliases of romosaic's steps and pipelines (filled as they are defined).
+_ROMOSAIC_STEP_NAMES = set()
+
+logging.getLogger("stpipe.step").addFilter(_DemoteStpipeChatter())
 
 
 # System errors that mean "no room or no right to write", whatever the file.
@@ -556,8 +676,20 @@ class RomosaicStep(_OfflineMixin, Step):
 
     spec = _COMMON_SPEC
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _ROMOSAIC_STEP_NAMES.update({cls.__name__, cls.class_alias or cls.__name__})
+
 
 class RomosaicPipelineBase(_OfflineMixin, Pipeline):
-    """Base class for romosaic pipelines (see the module docstring)."""
+    """Base class for romosaic pipelines (see the module docstring).
+
+    ``step_records`` lists a `StepRecord` for each of its steps that ran, in
+    order, for the run's summary.
+    """
 
     spec = _COMMON_SPEC
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _ROMOSAIC_STEP_NAMES.update({cls.__name__, cls.class_alias or cls.__name__})

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from .._atomic import atomic_write_text
+from .._process_memory import peak_resident_bytes
 from .options import PIPELINE_CLASS
 
 # Exit status of a child whose supervising worker went away.
@@ -35,29 +36,6 @@ def _watch_supervisor(fd):
         os._exit(ORPHANED_EXIT_STATUS)
 
     threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
-
-
-def peak_resident_bytes():
-    """This process's peak resident memory in bytes (None if unknown).
-
-    ``VmHWM`` is the high-water mark of this process's own address space.
-    ``ru_maxrss`` is only a fallback where /proc is absent: Linux carries it
-    over from the parent across ``exec``.
-    """
-    try:
-        with open("/proc/self/status") as stream:
-            for line in stream:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    except (ImportError, OSError):
-        return None
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _one_line(error):
