@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint docs clean
 
 venv: $(STAMP)
 
@@ -28,11 +28,23 @@ demo: $(STAMP)
 	@ls -1 $(abspath $(DEMO_DIR))/sim_f158_coadd.asdf $(abspath $(DEMO_DIR))/sim_f158_cat.parquet \
 		$(abspath $(DEMO_DIR))/sim_f158_segm.asdf $(abspath $(DEMO_DIR))/sim_f158_coadd.png
 
+# The tests, and the examples in the docstrings.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --doctest-modules romosaic tests
+
+# Sphinx is the docs extra of pyproject.toml; warnings are errors.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet "sphinx>=7"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m sphinx -b html -W --keep-going -q docs docs/_build/html
+	@echo "Documentation: $(abspath docs/_build/html/index.html)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check romosaic tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info docs/_build

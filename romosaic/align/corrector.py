@@ -77,8 +77,8 @@ def sky_to_tangent(ra, dec, ra0, dec0):
     Examples
     --------
     >>> xi, eta = sky_to_tangent(10.001, 20.0, 10.0, 20.0)
-    >>> round(float(xi), 4), round(float(eta), 6)
-    (3.3829, 0.000579)
+    >>> round(float(xi), 4), round(float(eta), 6)  # eta: the tangent plane's curvature
+    (3.3829, 1e-05)
     """
     xi, eta = _projection(ra0, dec0)(np.asarray(ra, float), np.asarray(dec, float))
     return np.asarray(xi) * _ARCSEC_PER_DEG, np.asarray(eta) * _ARCSEC_PER_DEG
