@@ -77,10 +77,9 @@ def affine_tan_wcs(*, crval, crpix, cd, shape, name=None):
     cd = np.asarray(cd, dtype=float)
     # One scale on both axes (the grids here have square pixels), taken from
     # the x axis so that an axis-aligned CD splits exactly: s·I gives
-    # cdelt = s and pc = I, with no rounding.
-    cdelt = math.hypot(float(cd[0, 0]), float(cd[1, 0]))
-    if not (cdelt > 0 and np.linalg.det(cd) != 0):
-        raise ValueError(f"singular CD matrix {cd.tolist()}")
+    # cdelt = s and pc = I, with no rounding. (A degenerate CD, which the
+    # input checks must be able to meet, keeps cdelt = 1.)
+    cdelt = math.hypot(float(cd[0, 0]), float(cd[1, 0])) or 1.0
     transform = FITSImagingWCSTransform(
         models.Pix2Sky_TAN(),
         crpix=[float(crpix[0]), float(crpix[1])],
