@@ -24,6 +24,7 @@ from .errors import ModelTypeError, RomosaicInputError
 
 __all__ = [
     "IMAGE_ARRAYS",
+    "effective_exposure_time_of",
     "exposure_time_of",
     "check_image_wcs",
     "group_id_from_model",
@@ -31,6 +32,7 @@ __all__ = [
     "inspect_image_model",
     "open_image_model",
     "read_exposure_group_id",
+    "recorded_orientation",
     "require_image_model",
     "set_array",
 ]
@@ -171,6 +173,86 @@ def exposure_time_of(meta):
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) and value > 0 else None
+
+
+def effective_exposure_time_of(meta):
+    """An image's effective exposure time in seconds, else its exposure time.
+
+    The reference pipeline sums ``meta.exposure.effective_exposure_time``
+    into a mosaic's exposure-time map (``meta.coadd_info``). An image whose
+    effective time is not a positive number (the -999999 of placeholder
+    metadata) counts with ``exposure_time`` instead.
+
+    Parameters
+    ----------
+    meta : mapping
+        The model's ``meta``.
+
+    Returns
+    -------
+    float or None
+        None when neither time is a positive number.
+
+    Examples
+    --------
+    >>> effective_exposure_time_of({"exposure": {"exposure_time": 152.04,
+    ...                                          "effective_exposure_time": 145.92}})
+    145.92
+    >>> effective_exposure_time_of({"exposure": {"exposure_time": 152.04,
+    ...                                          "effective_exposure_time": -999999.0}})
+    152.04
+    """
+    try:
+        value = float(_get(_get(meta, "exposure"), "effective_exposure_time"))
+    except (TypeError, ValueError):
+        value = math.nan
+    if math.isfinite(value) and value > 0:
+        return value
+    return exposure_time_of(meta)
+
+
+def recorded_orientation(meta):
+    """The orientation of an image's aperture as its pointing metadata records it.
+
+    The reference pipeline orients a free mosaic grid this way: the position
+    angle of the aperture's y axis is ``roll_ref - vparity * v3yangle``
+    (``meta.wcsinfo``), with the parity ``vparity``.
+
+    Parameters
+    ----------
+    meta : mapping
+        The model's ``meta``.
+
+    Returns
+    -------
+    (float, int) or None
+        Position angle of +y east of north in degrees, and the parity
+        (-1 for the usual "east left" sky); None when ``roll_ref`` or
+        ``v3yangle`` is missing or a placeholder (-999999), or ``vparity``
+        is not ±1.
+
+    Examples
+    --------
+    >>> recorded_orientation({"wcsinfo": {"roll_ref": 70.3, "v3yangle": -60.0,
+    ...                                   "vparity": -1}})
+    (10.3, -1)
+    >>> recorded_orientation({"wcsinfo": {"roll_ref": -999999.0, "v3yangle": -60.0,
+    ...                                   "vparity": -1}}) is None
+    True
+    """
+    wcsinfo = _get(meta, "wcsinfo")
+    try:
+        roll = float(_get(wcsinfo, "roll_ref"))
+        yangle = float(_get(wcsinfo, "v3yangle"))
+        parity = int(_get(wcsinfo, "vparity"))
+    except (TypeError, ValueError):
+        return None
+    # Angles are degrees within a turn or so; -999999 is a placeholder.
+    if parity not in (-1, 1) or not all(math.isfinite(v) and abs(v) <= 720.0
+                                        for v in (roll, yangle)):
+        return None
+    angle = (roll - parity * yangle + 180.0) % 360.0 - 180.0
+    return round(angle, 12), parity
 
 
 def check_image_wcs(wcs, shape, name):

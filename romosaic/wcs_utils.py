@@ -18,6 +18,7 @@ import numpy as np
 from astropy import coordinates as coord
 from astropy import units as u
 from astropy.modeling import models
+from gwcs import FITSImagingWCSTransform
 from gwcs import coordinate_frames as cf
 from gwcs import wcs as gwcs_wcs
 
@@ -36,8 +37,14 @@ __all__ = [
 ]
 
 
-def affine_tan_wcs(*, crval, crpix, cd, shape):
+def affine_tan_wcs(*, crval, crpix, cd, shape, name=None):
     """A gwcs with a gnomonic (TAN) projection and a linear pixel grid.
+
+    The forward transform is gwcs' `~gwcs.FITSImagingWCSTransform`, as the
+    reference pipeline writes for skycells and free grids, so its numbers
+    read as the FITS keywords do: ``wcs.forward_transform.crpix`` (0-based
+    pixel of the tangent point), ``crval``, ``cdelt`` (degrees per pixel) and
+    ``pc`` (the CD matrix divided by ``cdelt``).
 
     Parameters
     ----------
@@ -49,6 +56,8 @@ def affine_tan_wcs(*, crval, crpix, cd, shape):
         Degrees of (east, north) per pixel along x (first column) and y.
     shape : (int, int)
         Array shape ``(ny, nx)``; sets the bounding box and pixel shape.
+    name : str, optional
+        The WCS's name (a skycell's WCS is named after it).
 
     Returns
     -------
@@ -62,19 +71,25 @@ def affine_tan_wcs(*, crval, crpix, cd, shape):
     ...                    cd=[[-3e-5, 0], [0, 3e-5]], shape=(100, 100))
     >>> [round(float(v), 6) for v in w(49.5, 49.5)]
     [10.0, 20.0]
+    >>> w.forward_transform.cdelt.value.tolist()
+    [3e-05, 3e-05]
     """
     cd = np.asarray(cd, dtype=float)
-    # The TAN projection takes intermediate coordinates in degrees with x
-    # pointing to increasing longitude, i.e. east.
-    transform = (
-        models.Shift(-float(crpix[0])) & models.Shift(-float(crpix[1]))
-        | models.AffineTransformation2D(matrix=cd, translation=[0.0, 0.0])
-        | models.Pix2Sky_TAN()
-        | models.RotateNative2Celestial(float(crval[0]), float(crval[1]), 180.0)
+    # One scale on both axes (the grids here have square pixels), taken from
+    # the x axis so that an axis-aligned CD splits exactly: s·I gives
+    # cdelt = s and pc = I, with no rounding. (A degenerate CD, which the
+    # input checks must be able to meet, keeps cdelt = 1.)
+    cdelt = math.hypot(float(cd[0, 0]), float(cd[1, 0])) or 1.0
+    transform = FITSImagingWCSTransform(
+        models.Pix2Sky_TAN(),
+        crpix=[float(crpix[0]), float(crpix[1])],
+        crval=[float(crval[0]), float(crval[1])],
+        cdelt=[cdelt, cdelt],
+        pc=cd / cdelt,
     )
     detector = cf.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
     sky = cf.CelestialFrame(reference_frame=coord.ICRS(), name="world", unit=(u.deg, u.deg))
-    wcs = gwcs_wcs.WCS([(detector, transform), (sky, None)])
+    wcs = gwcs_wcs.WCS([(detector, transform), (sky, None)], name=name)
     ny, nx = (int(n) for n in shape)
     wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
     wcs.pixel_shape = (nx, ny)

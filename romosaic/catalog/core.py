@@ -19,6 +19,7 @@ with a warning.
 """
 
 import logging
+import platform
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,11 +32,17 @@ from .columns import aperture_column, empty_table, make_table
 from .detection import convolve_gaussian, find_sources, reject_cosmic_rays, require_deblender
 from .flags import FLAG_DESCRIPTIONS, coverage_flags
 from .geometry import local_geometry
-from .measure import KRON_PARAMS, LOCAL_BACKGROUND_ANNULUS, measure_sources
+from .measure import (
+    APERTURE_MASK_METHOD,
+    KRON_PARAMS,
+    LOCAL_BACKGROUND_ANNULUS,
+    measure_sources,
+)
 
 __all__ = [
     "APERTURE_RADII_ARCSEC",
     "CatalogResult",
+    "aperture_radii",
     "check_catalog_parameters",
     "make_source_catalog",
 ]
@@ -169,6 +176,7 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     if pixel_scale_arcsec is None:
         pixel_scale_arcsec = _central_scale(wcs, data.shape)
     meta["pixel_scale_arcsec"] = float(pixel_scale_arcsec)
+    meta["aperture_radii"] = aperture_radii(pixel_scale_arcsec)
     _check_minimum_area(npixels, pixel_scale_arcsec, notes)
 
     background = estimate_background(data, no_data, bkg_boxsize, weight=weight)
@@ -255,7 +263,6 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
             notes.append("too little empty sky to calibrate flux uncertainties on empty "
                          "apertures")
     meta.update({
-        "aperture_radii_pix": [float(r) for r in measured.aperture_radii_pix],
         "stellar_locus_concentration": measured.stellar_locus,
         "stellar_locus_measured": measured.stellar_locus_measured,
     })
@@ -334,9 +341,9 @@ def _base_meta(bkg_boxsize, kernel_fwhm, snr_threshold, npixels, deblend, correc
         "snr_threshold": float(snr_threshold),
         "npixels": int(npixels),
         "deblend": bool(deblend),
-        "aperture_radii_arcsec": [float(r) for r in APERTURE_RADII_ARCSEC],
+        "versions": _versions(),
+        "aperture_mask_method": APERTURE_MASK_METHOD,
         "kron_params": [float(p) for p in KRON_PARAMS],
-        "local_background_annulus_arcsec": [float(r) for r in LOCAL_BACKGROUND_ANNULUS],
         "flux_unit": "nJy",
         "flags": dict(FLAG_DESCRIPTIONS),
     }
@@ -345,8 +352,48 @@ def _base_meta(bkg_boxsize, kernel_fwhm, snr_threshold, npixels, deblend, correc
     else:
         meta["aperture_correction"] = (f"applied: aperture fluxes divided by the encircled "
                                        f"energy fractions from {correction.source}")
-        meta["aperture_correction_ee"] = [float(v) for v in correction.ee_fraction]
+        meta["ee_fractions"] = np.asarray(correction.ee_fraction, dtype=np.float32)
     return meta
+
+
+def aperture_radii(pixel_scale_arcsec):
+    """The aperture radii in the reference pipeline's ``aperture_radii`` form.
+
+    Parameters
+    ----------
+    pixel_scale_arcsec : float
+        The mosaic's pixel size.
+
+    Returns
+    -------
+    dict
+        ``circle_pix``, ``annulus_pix`` (radii in pixels), ``circle_arcsec``
+        and ``annulus_arcsec`` (in arcseconds): float arrays for the circular
+        apertures and the local-background annulus, in that key order.
+
+    Examples
+    --------
+    >>> aperture_radii(0.1)["annulus_pix"].round(9).tolist()
+    [24.0, 28.0]
+    """
+    circle = np.array(APERTURE_RADII_ARCSEC, dtype=float)
+    annulus = np.array(LOCAL_BACKGROUND_ANNULUS, dtype=float)
+    scale = float(pixel_scale_arcsec)
+    return {"circle_pix": circle / scale, "annulus_pix": annulus / scale,
+            "circle_arcsec": circle, "annulus_arcsec": annulus}
+
+
+def _versions():
+    """Versions of the software that made the catalog (the reference's ``versions``)."""
+    import astropy
+    import gwcs
+    import photutils
+    import scipy
+
+    return {"Python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "astropy": astropy.__version__,
+            "photutils": photutils.__version__, "gwcs": gwcs.__version__,
+            "romosaic": __version__}
 
 
 def _empty(shape, meta, notes, reason, detection_image=None):

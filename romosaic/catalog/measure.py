@@ -48,6 +48,7 @@ from .noise import (
 
 __all__ = [
     "AB_ZERO_POINT_NJY",
+    "APERTURE_MASK_METHOD",
     "KRON_PARAMS",
     "LOCAL_BACKGROUND_ANNULUS",
     "MeasuredSources",
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 #: photutils' Kron parameters: aperture = 2.5 × the first-moment radius,
 #: that radius at least 1.4 (in units of the moment ellipse).
 KRON_PARAMS = (2.5, 1.4, 0.0)
+#: How photutils treats pixels of other sources inside a Kron aperture:
+#: replaced by their mirror image across the source's centre.
+APERTURE_MASK_METHOD = "correct"
 #: Inner and outer radius (arcsec) of the local-background annulus.
 LOCAL_BACKGROUND_ANNULUS = (2.4, 2.8)
 #: AB magnitude of a 1 nJy source: -2.5 log10(1e-9 Jy / 3631 Jy).
@@ -134,7 +138,7 @@ def measure_sources(data, segmentation, error, no_data, wcs, *, aperture_radii_a
     """
     catalog = SourceCatalog(
         data, segmentation, error=error, mask=no_data, kron_params=KRON_PARAMS,
-        aperture_mask_method="correct", progress_bar=False)
+        aperture_mask_method=APERTURE_MASK_METHOD, progress_bar=False)
     labels = np.asarray(catalog.labels)
     values = {"label": labels, "flagged_spatial_id": np.full(labels.size, -1, np.int64)}
 

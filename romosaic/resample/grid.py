@@ -3,8 +3,9 @@
 A grid is a gwcs plus an array shape. `free_grid` builds the "free" grid of the
 reference pipeline: a TAN projection centred on the inputs' combined
 footprint, at the inputs' pixel scale times ``pixel_scale_ratio`` (or an
-absolute ``pixel_scale``), oriented like the first input unless a
-``rotation`` is given, and just large enough to hold every input.
+absolute ``pixel_scale``), oriented as the first input's pointing metadata
+records its aperture (else like its pixel axes) unless a ``rotation`` is
+given, and just large enough to hold every input.
 `grid_from_wcs_file` reads a user-supplied grid. `skycell_grid` is a
 skycell's full 5000 × 5000 grid of the Roman sky tessellation, and
 `skycell_grid_for_association` applies the reference pipeline's rule for
@@ -186,6 +187,7 @@ def free_grid(
     output_shape=None,
     max_pixels=None,
     max_pixels_parameter="max_output_pixels",
+    orientation=None,
 ):
     """A TAN grid covering a set of images.
 
@@ -199,9 +201,9 @@ def free_grid(
     pixel_scale : float, optional
         Output pixel size in arcseconds.
     rotation : float, optional
-        Position angle of the output +y axis east of north, in degrees, with
-        the usual "east left" parity. None keeps the first input's
-        orientation and parity, which wastes the least area.
+        Position angle of the output +y axis east of north, in degrees. None
+        orients the grid by ``orientation``, or else like the first input's
+        pixel axes at its centre (with its parity).
     crpix : (float, float), optional
         0-based pixel of the tangent point. Default: where the grid just
         holds all inputs (or the centre of ``output_shape`` when given).
@@ -216,6 +218,12 @@ def free_grid(
         `MAX_OUTPUT_PIXELS`.
     max_pixels_parameter : str, optional
         How the user sets ``max_pixels``, for the message.
+    orientation : (float, int), optional
+        Position angle of +y (degrees east of north) and parity (-1 for
+        "east left") of the first input's aperture as its pointing metadata
+        records it (`romosaic.models.recorded_orientation`), the reference
+        pipeline's orientation for the grid when ``rotation`` is None. Its
+        parity also applies to a ``rotation``; without it, "east left".
 
     Returns
     -------
@@ -241,11 +249,13 @@ def free_grid(
             raise RomosaicInputError(f"pixel_scale_ratio must be > 0, got {pixel_scale_ratio}")
         scale_arcsec = pixel_scale_arcsec(first_cd) * float(pixel_scale_ratio)
 
-    if rotation is None:
-        orientation, parity = orientation_and_parity(first_cd)
+    if rotation is not None:
+        angle, parity = float(rotation), (-1 if orientation is None else int(orientation[1]))
+    elif orientation is not None:
+        angle, parity = float(orientation[0]), int(orientation[1])
     else:
-        orientation, parity = float(rotation), -1
-    cd = cd_from_orientation(scale_arcsec / 3600.0, orientation, parity=parity)
+        angle, parity = orientation_and_parity(first_cd)
+    cd = cd_from_orientation(scale_arcsec / 3600.0, angle, parity=parity)
 
     all_ra, all_dec = _combined_footprint(input_wcs_and_shapes)
     if crval is None:

@@ -17,7 +17,7 @@ from astropy.table import Table
 from astropy.time import Time
 
 from .. import __version__
-from ..models import exposure_time_of
+from ..models import effective_exposure_time_of, exposure_time_of
 from ..wcs_utils import (
     local_cd_matrix,
     orientation_and_parity,
@@ -53,6 +53,9 @@ class InputSummary:
     observation: dict
     program: dict
     meta_sections: dict = field(repr=False)
+    #: Seconds the image counts for in the mosaic's exposure-time map
+    #: (`romosaic.models.effective_exposure_time_of`); NaN when unknown.
+    effective_exptime: float = math.nan
 
 
 def summarize_input(model, group_id=None):
@@ -63,13 +66,14 @@ def summarize_input(model, group_id=None):
         filename=str(meta.filename),
         group_id=str(group_id if group_id is not None else meta.get("group_id", meta.filename)),
         filter_name=str(meta.instrument.optical_element),
-        exptime=math.nan if exposure_time_of(meta) is None else exposure_time_of(meta),
+        exptime=_seconds(exposure_time_of(meta)),
         start_time=_as_time(exposure.get("start_time")),
         end_time=_as_time(exposure.get("end_time")),
         cal_step={k: str(v) for k, v in _plain(meta.get("cal_step") or {}).items()},
         observation=_plain(meta.get("observation", {})),
         program=_plain(meta.get("program", {})),
         meta_sections=_meta_sections(meta),
+        effective_exptime=_seconds(effective_exposure_time_of(meta)),
     )
 
 
@@ -179,13 +183,21 @@ def _root_of_sum(planes, shape):
     return root
 
 
+def _seconds(value):
+    return math.nan if value is None else float(value)
+
+
 def _coadd_info(result, summaries):
-    for summary, seconds in zip(summaries, result.exptimes, strict=False):
-        if not (math.isfinite(seconds) and seconds > 0):
+    # The reference sums effective exposure times (between the midpoints of
+    # the first and last resultants: the span the ramp's slope measures), not
+    # the exposures' durations.
+    seconds = [s.effective_exptime for s in summaries]
+    for summary, time in zip(summaries, seconds, strict=True):
+        if not (math.isfinite(time) and time > 0):
             log.warning("%s: exposure time %s is not a positive number of seconds; the image "
                         "is left out of the mosaic's exposure-time map (meta.coadd_info)",
                         summary.filename, summary.exptime)
-    exptime = exposure_time_map(result.context, result.exptimes)
+    exptime = exposure_time_map(result.context, seconds)
     covered = exptime > 0
     starts = [s.start_time for s in summaries if s.start_time is not None]
     ends = [s.end_time for s in summaries if s.end_time is not None]

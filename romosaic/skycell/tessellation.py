@@ -163,6 +163,7 @@ class ProjectionRegion:
             crpix=(self.x_tangent, self.y_tangent),
             cd=np.eye(2) * _SCALE_DEG,
             shape=(self.ny, self.nx),
+            name=f"proj{self.index}",
         )
 
     def contains(self, ra, dec):
@@ -268,6 +269,7 @@ class Skycell:
             crpix=(self.x_tangent, self.y_tangent),
             cd=np.eye(2) * _SCALE_DEG,
             shape=self.shape,
+            name=self.name,
         )
 
     def wcs_info(self):

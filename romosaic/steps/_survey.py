@@ -3,10 +3,10 @@
 import logging
 
 from ..errors import RomosaicInputError
-from ..models import image_geometry
+from ..models import image_geometry, recorded_orientation
 from ..resample import summarize_input
 
-__all__ = ["survey_inputs"]
+__all__ = ["recorded_grid_orientation", "survey_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -35,3 +35,14 @@ def survey_inputs(library):
         listing = ", ".join(f"{f} ({name})" for f, name in filters.items())
         raise RomosaicInputError(f"inputs are in different filters: {listing}")
     return geometry, summaries
+
+
+def recorded_grid_orientation(library):
+    """The first input's aperture orientation from its pointing metadata, or None.
+
+    The orientation the reference pipeline gives a free grid (see
+    `romosaic.models.recorded_orientation`); only metadata is read.
+    """
+    for _, model in library.iter_models(modify=False):
+        return recorded_orientation(model.meta)
+    return None

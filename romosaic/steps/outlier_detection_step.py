@@ -45,7 +45,7 @@ from ..resample.planes import PlaneStore
 from ..resample.weights import weight_variances
 from ._inputs import read_inputs
 from ._pixmap import pixmap_order_notes
-from ._survey import survey_inputs
+from ._survey import recorded_grid_orientation, survey_inputs
 from .base import STEP_COMPLETE, STEP_SKIPPED, RomosaicStep
 
 __all__ = ["OutlierDetectionStep"]
@@ -181,7 +181,8 @@ class OutlierDetectionStep(RomosaicStep):
                 return grid
         # A grid finer than the inputs keeps the median sharp enough to predict
         # undersampled star cores (see docs/steps/outlier_detection.rst).
-        return free_grid(geometry, pixel_scale_ratio=self.pixel_scale_ratio)
+        return free_grid(geometry, pixel_scale_ratio=self.pixel_scale_ratio,
+                         orientation=recorded_grid_orientation(library))
 
     @staticmethod
     def _image_pixels(library):

@@ -30,7 +30,7 @@ from ..resample.noise_correlation import noise_correlation_for_grid
 from ..resample.planes import PlaneStore
 from ._inputs import read_inputs
 from ._pixmap import pixmap_order_notes
-from ._survey import survey_inputs
+from ._survey import recorded_grid_orientation, survey_inputs
 from .base import STEP_COMPLETE, RomosaicStep
 
 __all__ = ["ResampleStep"]
@@ -246,6 +246,7 @@ class ResampleStep(RomosaicStep):
             output_shape=self.output_shape,
             max_pixels=self.max_output_pixels,
             max_pixels_parameter=self._max_pixels_parameter(),
+            orientation=recorded_grid_orientation(library),
         )
 
 
