@@ -28,7 +28,7 @@ from romosaic.survey.manifest import (
     verify_products,
 )
 from romosaic.survey.options import normalize_options, options_to_config, validate_options
-from romosaic.survey.plan import estimate_task_cost, load_plan
+from romosaic.survey.plan import covered_pixels, estimate_task_cost, load_plan
 from romosaic.survey.status import merge_status
 
 ROMOSAIC = str(Path(sys.executable).parent / "romosaic")
@@ -385,6 +385,20 @@ def test_option_helpers(tmp_path, monkeypatch):
         normalize_options(["stray"])
 
 
+def test_product_size_follows_the_pixels_the_inputs_reach(field, tmp_path):
+    # The products are stored compressed: their size follows the pixels with
+    # data, which the plan counts from the inputs' outlines on the skycell.
+    _, paths = field
+    with rdm.open(paths[1]) as model:  # E2: inside one cell, off its edges
+        wcs, shape = model.meta.wcs, model.data.shape
+    cell = _cell_near(80.0, -30.0)
+    estimated = covered_pixels([(wcs, shape)], cell.wcs, cell.shape)
+    # A 128 x 128 detector of 0.11" pixels covers about 256 x 256 skycell pixels.
+    assert estimated == pytest.approx(256 * 256, rel=0.1)
+    cost = estimate_task_cost([shape], cell.shape, covered=estimated)
+    assert cost["output_bytes"] < 0.01 * estimate_task_cost([shape], cell.shape)["output_bytes"]
+
+
 def test_cost_estimate():
     small = estimate_task_cost([(256, 256)] * 2, (5000, 5000))
     large = estimate_task_cost([(4088, 4088)] * 40, (5000, 5000))
@@ -541,3 +555,27 @@ def test_full_skycell_mosaics_and_memory_estimate(field, tmp_path):
         assert got.meta.wcsinfo.skycell_name == task["skycell"]
         for array in MOSAIC_ARRAYS:
             np.testing.assert_array_equal(getattr(got, array), getattr(want, array))
+
+
+def test_a_rerun_with_other_options_says_why_tasks_run_again(tmp_path):
+    from romosaic.survey.manifest import FINGERPRINT_CHANGED
+    from romosaic.survey.runner import _Run
+
+    said = []
+    run = object.__new__(_Run)
+    run.records = {"a": {"status": "pending", "note": FINGERPRINT_CHANGED},
+                   "b": {"status": "pending"}}
+    run.manifest = {"runs": [{"options": ["--steps.resample.pixfrac=0.8"], "succeeded": 2}]}
+    run.options = ["--steps.resample.pixfrac=1.0"]
+    run.products_dir = tmp_path / "products"
+    run.say = said.append
+    run._explain_changed(["a", "b"])
+    assert len(said) == 1
+    message = said[0]
+    assert "1 complete task(s) run again" in message and "options changed" in message
+    assert "--steps.resample.pixfrac=0.8" in message and "pixfrac=1.0" in message
+    assert "To keep them" in message and str(run.products_dir) in message
+    # Nothing to explain when no complete task runs again.
+    said.clear()
+    run._explain_changed(["b"])
+    assert said == []

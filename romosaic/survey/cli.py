@@ -124,7 +124,7 @@ def _run_plan(args):
     print(f"{Path(args.output) / 'plan.json'}: {plan['n_tasks']} tasks, "
           f"{totals['input_pixels'] / 1e6:.1f} Mpixel in, "
           f"{totals['output_pixels'] / 1e6:.1f} Mpixel out, "
-          f"products up to {format_bytes(totals['output_bytes'])}, "
+          f"products about {format_bytes(totals['output_bytes'])}, "
           f"largest task about {format_bytes(totals['max_memory_bytes'])} of memory")
     return 0
 

@@ -99,6 +99,11 @@ def task_fingerprint(association_text, options):
     return digest.hexdigest()
 
 
+#: A task's note when its products were made from another association or with
+#: other pipeline options than the run's.
+FINGERPRINT_CHANGED = "association or pipeline options changed since the products were made"
+
+
 def reconcile(task_names, manifest_tasks, receipts, fingerprints, products_ok):
     """Decide which tasks are complete and which must run.
 
@@ -132,7 +137,7 @@ def reconcile(task_names, manifest_tasks, receipts, fingerprints, products_ok):
         note = None
         if receipt is not None:
             if receipt.get("fingerprint") != fingerprints[name]:
-                note = "association or pipeline options changed since the products were made"
+                note = FINGERPRINT_CHANGED
             else:
                 ok, reason = products_ok(receipt)
                 if ok:

@@ -19,6 +19,8 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import RomosaicInputError
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "PLAN_FORMAT",
     "PRODUCTS_DIR",
     "build_plan",
+    "covered_pixels",
     "estimate_task_cost",
     "load_plan",
     "read_file_list",
@@ -49,13 +52,99 @@ _BASE_MEMORY = 200e6  # interpreter, libraries, models' metadata
 _BYTES_PER_OUTPUT_PIXEL = 50.0  # mosaic planes, drizzle accumulators, catalog images
 _BYTES_PER_INPUT_PIXEL = 45.0  # inputs held in memory (data, dq, err, variances)
 _BYTES_PER_INPUT_PIXEL_ON_DISK = 12.0  # one input at a time, plus its pixel map
-# Uncompressed bytes per output pixel of the written products: six float32
-# mosaic planes and the segmentation map's uint32 labels and float32 image.
+# Bytes per covered output pixel of the written products: six float32 mosaic
+# planes and the segmentation map's uint32 labels and float32 image. The
+# arrays are stored compressed, so pixels no input reaches (constant fill
+# values) take almost no room, while noisy float data hardly compresses.
 _PRODUCT_BYTES_PER_PIXEL = 6 * 4 + 4 + 4
 _CONTEXT_BITS_PER_PLANE = 32
+# Side in output pixels of the cells in which `covered_pixels` counts coverage.
+_COVERAGE_CELL = 10
 
 
-def estimate_task_cost(input_shapes, output_shape, *, on_disk=False):
+def covered_pixels(geometry, grid_wcs, grid_shape, *, cell=_COVERAGE_CELL):
+    """Output pixels that at least one input reaches, counted in cells of ``cell`` pixels.
+
+    Each input's outline (its edges sampled through its WCS) is mapped onto
+    the grid; a cell counts when its centre lies inside an outline. Overlaps
+    between inputs are counted once.
+
+    Parameters
+    ----------
+    geometry : list of (wcs, shape)
+        Each input's WCS and array shape ``(ny, nx)``.
+    grid_wcs : gwcs.wcs.WCS
+        The output grid's WCS.
+    grid_shape : (int, int)
+    cell : int, optional
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from romosaic.wcs_utils import affine_tan_wcs
+    >>> scale = 0.1 / 3600
+    >>> grid = affine_tan_wcs(crval=(10, 0), crpix=(499.5, 499.5),
+    ...                       cd=[[-scale, 0], [0, scale]], shape=(1000, 1000))
+    >>> image = affine_tan_wcs(crval=(10, 0), crpix=(99.5, 99.5),
+    ...                        cd=[[-2 * scale, 0], [0, 2 * scale]], shape=(200, 200))
+    >>> covered_pixels([(image, (200, 200))], grid, (1000, 1000))  # 400 x 400 of 1000 x 1000
+    160000
+    """
+    ny, nx = (int(v) for v in grid_shape)
+    rows, cols = math.ceil(ny / cell), math.ceil(nx / cell)
+    inside = np.zeros((rows, cols), bool)
+    for wcs, shape in geometry:
+        ra, dec = wcs(*_outline(shape))
+        x, y = grid_wcs.invert(ra, dec, with_bounding_box=False)
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            continue
+        # Only the cells within the outline's box are tested.
+        c0, c1 = (int(np.clip(v, 0, cols)) for v in ((x.min() + 0.5) // cell,
+                                                     (x.max() + 0.5) // cell + 1))
+        r0, r1 = (int(np.clip(v, 0, rows)) for v in ((y.min() + 0.5) // cell,
+                                                     (y.max() + 0.5) // cell + 1))
+        if c0 >= c1 or r0 >= r1:
+            continue
+        cy, cx = np.mgrid[r0:r1, c0:c1]
+        hit = _inside_polygon((cx.ravel() + 0.5) * cell - 0.5, (cy.ravel() + 0.5) * cell - 0.5,
+                              x, y)
+        inside[r0:r1, c0:c1] |= hit.reshape(cy.shape)
+    # Cells on the grid's far edges may be partly outside it.
+    width = np.minimum(cell, nx - np.arange(cols) * cell)
+    height = np.minimum(cell, ny - np.arange(rows) * cell)
+    return int(np.sum(inside * height[:, None] * width[None, :]))
+
+
+def _outline(shape, points_per_edge=9):
+    """Pixel coordinates going once round an image's outer pixel edges."""
+    ny, nx = shape
+    t = np.linspace(0.0, 1.0, points_per_edge)[:-1]
+    x0, x1, y0, y1 = -0.5, nx - 0.5, -0.5, ny - 0.5
+    xs = np.concatenate([x0 + (x1 - x0) * t, np.full_like(t, x1), x1 - (x1 - x0) * t,
+                         np.full_like(t, x0)])
+    ys = np.concatenate([np.full_like(t, y0), y0 + (y1 - y0) * t, np.full_like(t, y1),
+                         y1 - (y1 - y0) * t])
+    return xs, ys
+
+
+def _inside_polygon(px, py, vx, vy):
+    """Whether each point ``(px, py)`` lies inside the polygon ``(vx, vy)`` (even-odd rule)."""
+    inside = np.zeros(px.size, bool)
+    for (xa, ya), (xb, yb) in zip(zip(vx, vy, strict=True),
+                                  zip(np.roll(vx, -1), np.roll(vy, -1), strict=True),
+                                  strict=True):
+        crosses = (ya > py) != (yb > py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_cross = xa + (py - ya) * (xb - xa) / (yb - ya)
+        inside ^= crosses & (px < x_cross)
+    return inside
+
+
+def estimate_task_cost(input_shapes, output_shape, *, on_disk=False, covered=None):
     """Estimate what one mosaic task needs.
 
     Parameters
@@ -67,6 +156,8 @@ def estimate_task_cost(input_shapes, output_shape, *, on_disk=False):
     on_disk : bool, optional
         Whether the pipeline will run with ``on_disk=True``, which keeps one
         input in memory at a time.
+    covered : int, optional
+        Output pixels the inputs reach (`covered_pixels`); default: all.
 
     Returns
     -------
@@ -74,14 +165,16 @@ def estimate_task_cost(input_shapes, output_shape, *, on_disk=False):
         ``n_inputs``; ``input_pixels`` and ``output_pixels``; ``work``, a
         relative measure of compute time (input plus output pixels: drizzling
         scales with the first, background and catalog with the second);
-        ``output_bytes``, an upper bound on the products' size before
-        compression; ``memory_bytes``, the expected peak resident memory.
+        ``output_bytes``, the products' size on disk (the covered pixels at
+        full size; the rest compresses to almost nothing); ``memory_bytes``,
+        the expected peak resident memory.
     """
     n_inputs = len(input_shapes)
     input_pixels = sum(int(ny) * int(nx) for ny, nx in input_shapes)
     output_pixels = int(output_shape[0]) * int(output_shape[1])
     context_planes = max(1, math.ceil(n_inputs / _CONTEXT_BITS_PER_PLANE))
-    output_bytes = output_pixels * (_PRODUCT_BYTES_PER_PIXEL + 4 * context_planes)
+    covered = output_pixels if covered is None else min(int(covered), output_pixels)
+    output_bytes = covered * (_PRODUCT_BYTES_PER_PIXEL + 4 * context_planes)
     per_input = _BYTES_PER_INPUT_PIXEL_ON_DISK if on_disk else _BYTES_PER_INPUT_PIXEL
     memory = (_BASE_MEMORY + _BYTES_PER_OUTPUT_PIXEL * output_pixels
               + 4 * context_planes * output_pixels + per_input * input_pixels)
@@ -119,7 +212,8 @@ def build_plan(groups, *, plan_dir, product_type, data_release_id):
     plan_dir = Path(plan_dir)
     tasks = []
     for name, (cell, members) in sorted(groups.items()):
-        cost = estimate_task_cost([m.shape for m in members], cell.shape)
+        covered = covered_pixels([(m.wcs, m.shape) for m in members], cell.wcs, cell.shape)
+        cost = estimate_task_cost([m.shape for m in members], cell.shape, covered=covered)
         tasks.append({
             "name": name,
             "association": f"{ASSOCIATION_DIR}/{name}_asn.json",

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..errors import RomosaicInputError
 from .manifest import (
+    FINGERPRINT_CHANGED,
     VERIFY_MODES,
     eta_seconds,
     format_bytes,
@@ -248,6 +249,7 @@ class _Run:
             lambda receipt: verify_products(self.products_dir, receipt.get("products"),
                                             self.verify))
         summary = SurveyRunSummary(n_tasks=len(names), skipped=len(names) - len(to_run))
+        self._explain_changed(to_run)
         # Connect before touching the manifest, so that an unreachable
         # scheduler leaves no trace of a run that never started.
         executor = (_make_executor(scheduler, workers, self.memory_limit, len(to_run))
@@ -286,6 +288,22 @@ class _Run:
             executor.close()
         self._finish(summary, start, status="finished")
         return summary
+
+    def _explain_changed(self, to_run):
+        """Say why complete tasks run again when their options or associations changed."""
+        changed = [n for n in to_run if self.records[n].get("note") == FINGERPRINT_CHANGED]
+        if not changed:
+            return
+        earlier = next((run.get("options") for run in reversed(self.manifest.get("runs", []))
+                        if run.get("succeeded")), None)
+        options = ""
+        if earlier is not None and list(earlier) != list(self.options):
+            options = (f" (the earlier run's options: {' '.join(earlier) or 'none'}; "
+                       f"this run's: {' '.join(self.options) or 'none'})")
+        self.say(f"survey: {len(changed)} complete task(s) run again because their "
+                 f"association or pipeline options changed{options}; their products in "
+                 f"{self.products_dir} will be replaced. To keep them, stop now (Ctrl-C) and "
+                 "copy them elsewhere, or run again with the earlier options")
 
     def _max_memory_warning(self, to_run):
         if not self.memory_limit:
