@@ -20,6 +20,7 @@ _SUBCOMMAND_MODULES = (
     "romosaic.simulate.cli",
     "romosaic.associations",
     "romosaic.preview",
+    "romosaic.export_fits",
     "romosaic.skycell.cli",
     "romosaic.custom_mosaic.cli",
     "romosaic.survey.cli",

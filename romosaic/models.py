@@ -1,4 +1,4 @@
-"""Opening Level-2 images with clear errors, and reading their metadata cheaply.
+"""Opening Level-2 images (and mosaics) with clear errors, and reading their metadata cheaply.
 
 Everything that can go wrong when opening a user's file (missing, not ASDF,
 truncated, not a Roman data model, a model of the wrong type) becomes a
@@ -31,6 +31,7 @@ __all__ = [
     "image_geometry",
     "inspect_image_model",
     "open_image_model",
+    "open_mosaic_model",
     "read_exposure_group_id",
     "recorded_orientation",
     "require_image_model",
@@ -86,6 +87,43 @@ def open_image_model(path, **open_kwargs):
     except ModelTypeError:
         model.close()
         raise
+    return model
+
+
+def open_mosaic_model(path, **open_kwargs):
+    """Open a Level-3 mosaic (a ``roman_mos`` coadd) as a ``MosaicModel``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``*_coadd.asdf`` file.
+    **open_kwargs
+        Passed to `roman_datamodels.datamodels.open`.
+
+    Returns
+    -------
+    roman_datamodels.datamodels.MosaicModel
+
+    Raises
+    ------
+    RomosaicInputError
+        If the file is missing or unreadable.
+    ModelTypeError
+        If it holds another kind of model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RomosaicInputError(f"{path}: file not found")
+    try:
+        model = rdm.open(path, **open_kwargs)
+    except Exception as error:  # asdf, yaml, validation and decompression errors alike
+        raise RomosaicInputError(
+            f"{path}: not a readable Roman data file ({one_line_message(error)})"
+        ) from None
+    if not isinstance(model, rdm.MosaicModel):
+        kind = type(model).__name__
+        model.close()
+        raise ModelTypeError(f"{path}: is a {kind}, not a mosaic (MosaicModel)")
     return model
 
 

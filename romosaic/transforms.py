@@ -575,8 +575,8 @@ def read_positions(path, columns):
 def _read_parquet(path):
     """A Parquet file as an astropy Table, with pyarrow alone.
 
-    astropy's Parquet reader needs pandas, which romosaic does not depend on;
-    pyarrow (a dependency, for the catalogs) reads any Parquet file.
+    Only the values are needed here, and pyarrow reads them from any Parquet
+    file, whoever wrote it.
     """
     from astropy.table import Table
     from pyarrow import parquet

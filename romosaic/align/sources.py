@@ -228,7 +228,7 @@ def _read_table(path, catalog_format=None):
     fmt = catalog_format or _guess_format(path)
     try:
         if fmt == "parquet":
-            # astropy's Parquet reader needs pandas; pyarrow alone will do.
+            # Only the values are needed: pyarrow reads any Parquet file.
             import pyarrow.parquet as pq
 
             return Table(pq.read_table(path).to_pydict())

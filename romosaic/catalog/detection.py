@@ -148,7 +148,8 @@ def require_deblender():
         import skimage.segmentation  # noqa: F401
     except ImportError:
         raise RomosaicInputError(
-            "deblend=True needs the scikit-image package (pip install scikit-image)") from None
+            "deblend=True needs the scikit-image package "
+            "(pip install 'romosaic[deblend]', or pip install scikit-image)") from None
 
 
 def find_sources(detection_image, threshold, npixels, mask, *, deblend=False):
