@@ -95,8 +95,8 @@ REFERENCE_PIPELINE = "romancal.pipeline.MosaicPipeline"
 #: The rows of issue #9's table, run when no ``--case`` is given.
 CASES = ("4x1x1024", "8x2x1024", "4x1x4088", "4x1x1024-skycell")
 
-#: The issue author's measurements of the reference (wall s, peak MiB). They
-#: include the source catalog and come from another machine: context only.
+#: Issue #9's figures for the reference (wall s, peak MiB). They include the
+#: source catalog and come from another machine: context only.
 ISSUE_FIGURES = {
     "4x1x1024": (8.8, 430.0),
     "8x2x1024": (35.5, 700.0),
