@@ -637,7 +637,7 @@ def print_report(entries, reference_python, on_disk, romosaic_steps=None):
     figures = [e["case"]["name"] for e in entries if e["case"]["name"] in ISSUE_FIGURES]
     if figures:
         print("\nFor context, issue #9's reference figures (all steps including the source "
-              "catalog, issue #9's figures (another machine)):")
+              "catalog, measured on another machine):")
         for name in figures:
             wall, rss = ISSUE_FIGURES[name]
             print(f"  {name}: {wall:g} s, {rss:.0f} MiB")
