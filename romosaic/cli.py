@@ -2,7 +2,18 @@
 
 Each sub-command lives next to the code it drives and contributes its own
 argument parser through a ``add_cli_parser(subparsers)`` function; this module
-only assembles them and turns user errors into one-line messages.
+only assembles them and keeps one convention for all of them:
+
+* options are spelled with dashes (``--output-dir``); a command that runs the
+  pipeline (``survey run``, ``custom-mosaic``) also takes every option of
+  ``strun roman_mos`` as strun spells it (``--on_disk=true``,
+  ``--steps.resample.pixfrac=0.8``): a sub-command that sets
+  ``pipeline_options=[]`` as a default receives them there;
+* ``-o`` names where the command writes: its output file, or the path
+  prefix (or directory) of the files it writes;
+* exit status 0 on success, 1 when the work failed (a task, a mosaic), 2 for
+  bad input or usage, reported in one line as ``romosaic COMMAND: error:
+  ...``, and 130 when interrupted.
 """
 
 import argparse
@@ -48,7 +59,15 @@ def _build_parser():
 def main(argv=None):
     """Run the ``romosaic`` command line; returns the exit status."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        if getattr(args, "pipeline_options", None) is None:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        stray = [word for word in extras if not word.startswith("-")]
+        if stray:
+            parser.error(f"unexpected argument {stray[0]!r}: pipeline options take the "
+                         "form --name=value (e.g. --steps.resample.pixfrac=0.8)")
+        args.pipeline_options = [*args.pipeline_options, *extras]
     if args.command is None:
         parser.print_help()
         return 0

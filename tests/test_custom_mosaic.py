@@ -254,9 +254,11 @@ def test_command_line_mixed_filters_prefix_and_coarse(corner_sim, tmp_path, caps
     listing.write_text("# two filters\n" + "\n".join(
         [str(p) for p in corner_sim.cal_paths] + [str(p.relative_to(tmp_path))
                                                   for p in other.cal_paths]) + "\n\n")
+    # -o is a path prefix (relative to --output-dir); step options as for strun.
+    status = romosaic_main(["custom-mosaic", str(listing), "-o", "products/myfield",
+                            "--coarse", "--output-dir", str(tmp_path), "-l", "warning",
+                            "--steps.resample.pixfrac=0.8"])
     out = tmp_path / "products"
-    status = romosaic_main(["custom-mosaic", str(listing), "-o", "myfield", "--coarse",
-                            "--output-dir", str(out), "-l", "warning"])
     assert status == 0, capsys.readouterr().err
     expected = {"myfield.log"}
     for band in ("f062", "f158"):
@@ -273,6 +275,7 @@ def test_command_line_mixed_filters_prefix_and_coarse(corner_sim, tmp_path, caps
                 rdm.open(out / f"myfield_{band}_coarse_coadd.asdf") as coarse:
             assert isinstance(fine, rdm.MosaicModel) and isinstance(coarse, rdm.MosaicModel)
             assert fine.meta.instrument.optical_element == band.upper()
+            assert fine.meta.resample.pixfrac == pytest.approx(0.8)
             assert fine.meta.wcsinfo.pixel_scale_ref * 3600 == pytest.approx(0.055, rel=1e-9)
             assert coarse.meta.wcsinfo.pixel_scale_ref * 3600 == pytest.approx(0.11, rel=1e-9)
             # Coarse pixel (i, j) is a 2 x 2 block of fine pixels: its corners
@@ -396,14 +399,21 @@ def _bad_inputs(tmp_path, corner_sim):
 def test_bad_input_fails_with_one_message_and_no_output(corner_sim, tmp_path, capsys):
     for number, (source, message) in enumerate(_bad_inputs(tmp_path, corner_sim)):
         out = tmp_path / f"out{number}"
-        assert perform(source, output_dir=out) == 1
+        assert perform(source, output_dir=out) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if "ERROR" in line]
         assert len(errors) == 1, errors
         assert message in errors[0]
         assert not out.exists()
-    # The command returns the same status.
-    assert romosaic_main(["custom-mosaic", str(tmp_path / "empty.txt")]) == 1
+    # The command returns the same status: 2, bad input, as every romosaic command.
+    assert romosaic_main(["custom-mosaic", str(tmp_path / "empty.txt")]) == 2
     assert "the list of input files is empty" in capsys.readouterr().err
+    # Pipeline options are checked before any work, as by survey run.
+    assert romosaic_main(["custom-mosaic", str(tmp_path / "empty.txt"),
+                          "--steps.resample.kernel=nonsense"]) == 2
+    assert "kernel" in capsys.readouterr().err
+    assert romosaic_main(["custom-mosaic", str(tmp_path / "empty.txt"),
+                          "--output_dir=elsewhere"]) == 2
+    assert "set by `romosaic custom-mosaic` itself" in capsys.readouterr().err
 
 
 def test_failure_after_planning_leaves_only_the_log(corner_sim, tmp_path, capsys):
@@ -411,7 +421,7 @@ def test_failure_after_planning_leaves_only_the_log(corner_sim, tmp_path, capsys
     # A parameter the resample step refuses, found once the pipeline runs.
     status = perform([str(p) for p in corner_sim.cal_paths], output_dir=out,
                      steps={"resample": {"pixfrac": 0.0}})
-    assert status == 1
+    assert status == 2  # a parameter value: bad input
     errors = [line for line in capsys.readouterr().err.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "pixfrac" in errors[0]
     assert [p.suffix for p in out.iterdir()] == [".log"]

@@ -207,3 +207,27 @@ def test_whole_sky_totals():
     assert len(counts) == 4058
     assert sum(counts) == 8_045_034
     assert (min(counts), max(counts)) == (1927, 2021)
+
+
+def test_find_skycells_near_a_position():
+    from romosaic.cli import main as romosaic_main
+    from romosaic.skycell import find_skycells_near, get_tessellation
+
+    cell = get_tessellation().skycell("270p65x70y49")
+    found = find_skycells_near(cell.ra_center, cell.dec_center)
+    assert [(c.name, inside) for c, _, inside in found] == [("270p65x70y49", True)]
+    x, y = found[0][1]
+    assert abs(x - 2499.5) < 2 and abs(y - 2499.5) < 2
+    # Near the edge, in the band where neighbouring cells overlap: both hold it.
+    ra, dec = cell.wcs(4980.0, 2500.0)
+    holding = [c.name for c, _, inside in find_skycells_near(float(ra), float(dec)) if inside]
+    assert "270p65x70y49" in holding and len(holding) == 2
+    # A radius brings in the cells around, listed after those holding the position.
+    near = find_skycells_near(cell.ra_center, cell.dec_center, radius_arcsec=200)
+    assert len(near) == 9 and near[0][0].name == "270p65x70y49"
+    assert [inside for _, _, inside in near[1:]] == [False] * 8
+    # The command: one line per cell; bad use is status 2.
+    assert romosaic_main(["skycell", "find", "--ra", str(cell.ra_center),
+                          "--dec", str(cell.dec_center)]) == 0
+    assert romosaic_main(["skycell", "find", "--ra", "10"]) == 2
+    assert romosaic_main(["skycell", "find", "--ra", "10", "--dec", "95"]) == 2

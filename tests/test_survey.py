@@ -15,6 +15,7 @@ import roman_datamodels.datamodels as rdm
 
 from romosaic.cli import main as romosaic_main
 from romosaic.errors import RomosaicInputError
+from romosaic.pipeline.options import normalize_options, options_to_config, validate_options
 from romosaic.simulate import simulate_association
 from romosaic.simulate.writer import cal_filename, observation_id
 from romosaic.skycell import get_tessellation
@@ -27,7 +28,6 @@ from romosaic.survey.manifest import (
     task_fingerprint,
     verify_products,
 )
-from romosaic.survey.options import normalize_options, options_to_config, validate_options
 from romosaic.survey.plan import covered_pixels, estimate_task_cost, load_plan
 from romosaic.survey.status import merge_status
 

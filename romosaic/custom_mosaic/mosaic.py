@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._atomic import atomic_save_model, make_private_dir
-from ..errors import RomosaicInputError
+from ..errors import INPUT_ERROR_EXIT_STATUS, RomosaicError, RomosaicInputError
 from ..models import one_line_message, read_exposure_group_id
 from ..wcs_utils import footprint
 from .grid import (
@@ -377,14 +377,16 @@ def perform(input_image_source, log_level="info", output_file_prefix=None, *,
     Returns
     -------
     int
-        0 on success, 1 on failure (after logging one line saying why; no
-        product is left behind).
+        0 on success; 2 for bad input (an input file, the log level, the
+        reference catalogue: the romosaic command's convention), 1 when the
+        work failed; after logging one line saying why. No product is left
+        behind.
     """
     try:
         level = _log_level(log_level)
     except ValueError as error:
         print(f"romosaic custom-mosaic: error: {error}", file=sys.stderr)
-        return 1
+        return INPUT_ERROR_EXIT_STATUS
     with _logging_to(level) as logs:
         try:
             if align and refcat:
@@ -400,11 +402,11 @@ def perform(input_image_source, log_level="info", output_file_prefix=None, *,
             logs.add_file(output_dir / f"{plan.prefix}.log")
             make_custom_mosaic(plan, output_dir=output_dir, steps=steps, on_disk=on_disk,
                                memory_budget=memory_budget, align=align, refcat=refcat)
-        except RomosaicInputError as error:
+        except RomosaicError as error:
             # The pipeline logs its own input errors once already.
             if str(error) not in logs.error_messages():
                 log.error("%s", error)
-            return 1
+            return error.exit_status
         except Exception as error:  # report, don't crash the caller: status 1
             log.debug("custom mosaic failed", exc_info=True)
             log.error("custom mosaic failed: %s: %s", type(error).__name__,

@@ -34,6 +34,7 @@ __all__ = [
     "Skycell",
     "SkycellNotFoundError",
     "Tessellation",
+    "find_skycells_near",
     "get_tessellation",
     "looks_like_skycell_name",
     "parse_skycell_name",
@@ -88,3 +89,45 @@ def skycells_for_image(wcs, shape, *, tessellation=None):
 
     ra, dec = footprint(wcs, shape, points_per_edge=17)
     return (tessellation or get_tessellation()).skycells_touching(ra, dec)
+
+
+def find_skycells_near(ra, dec, *, radius_arcsec=0.0, tessellation=None):
+    """The skycells that hold a sky position, or come within a radius of it.
+
+    Parameters
+    ----------
+    ra, dec : float
+        Degrees.
+    radius_arcsec : float, optional
+        Also list cells whose grid comes within this many arcsec.
+    tessellation : Tessellation, optional
+        Defaults to `get_tessellation`.
+
+    Returns
+    -------
+    list of (Skycell, (float, float), bool)
+        Each cell, the position's pixel ``(x, y)`` on its grid, and whether
+        the position lies on the grid; cells holding it first, then by name.
+
+    Examples
+    --------
+    >>> cell, (x, y), inside = find_skycells_near(269.8193, 66.0686)[0]
+    >>> cell.name, inside
+    ('270p65x70y49', True)
+    """
+    import numpy as np
+
+    # A small circle round the position: a polygon the tessellation can test.
+    radius = max(float(radius_arcsec), 0.01) / 3600.0
+    angle = np.linspace(0.0, 2.0 * np.pi, 33)[:-1]
+    dec_ring = np.clip(dec + radius * np.sin(angle), -90.0, 90.0)
+    ra_ring = ra + radius * np.cos(angle) / max(np.cos(np.radians(dec)), 1e-6)
+    found = []
+    for cell in (tessellation or get_tessellation()).skycells_touching(ra_ring, dec_ring):
+        x, y = cell.wcs.invert(ra, dec, with_bounding_box=False)
+        x, y = float(x), float(y)
+        ny, nx = cell.shape
+        inside = -0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5
+        found.append((cell, (x, y), inside))
+    return sorted(found, key=lambda item: (not item[2], item[0].name))
+

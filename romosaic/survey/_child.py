@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .._atomic import atomic_write_text
 from .._process_memory import peak_resident_bytes
-from .options import PIPELINE_CLASS
+from ..pipeline.options import PIPELINE_CLASS
 
 # Exit status of a child whose supervising worker went away.
 ORPHANED_EXIT_STATUS = 75

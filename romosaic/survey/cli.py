@@ -6,31 +6,6 @@ import json
 __all__ = ["add_cli_parser"]
 
 
-class _PassThroughParser(argparse.ArgumentParser):
-    """An argument parser that can hand unknown ``--name=value`` options on.
-
-    ``survey run`` accepts any ``strun roman_mos`` option; those are not
-    known to argparse, so they are collected into ``pipeline_options``
-    instead of being reported as unrecognized. Their form and names are
-    checked by `romosaic.survey.options` before anything runs.
-    """
-
-    def __init__(self, *args, pass_through=False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._pass_through = pass_through
-
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, extras = super().parse_known_args(args, namespace)
-        if self._pass_through:
-            options = [word for word in extras if word.startswith("-")]
-            extras = [word for word in extras if not word.startswith("-")]
-            namespace.pipeline_options = [*getattr(namespace, "pipeline_options", []), *options]
-            if extras:
-                self.error(f"unexpected argument {extras[0]!r}: pipeline options take the "
-                           "form --name=value (e.g. --steps.resample.pixfrac=0.8)")
-        return namespace, extras
-
-
 def add_cli_parser(subparsers):
     """Add ``survey`` (plan, run, status) to the ``romosaic`` command."""
     survey = subparsers.add_parser(
@@ -40,8 +15,7 @@ def add_cli_parser(subparsers):
         "(skycell, filter); `run` runs the mosaic pipeline on every task through Dask "
         "(restartable: complete tasks are skipped); `status` shows the manifest.",
     )
-    actions = survey.add_subparsers(dest="action", metavar="ACTION", required=True,
-                                    parser_class=_PassThroughParser)
+    actions = survey.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     plan = actions.add_parser(
         "plan", help="write one association per (skycell, filter) and the task plan",
@@ -70,7 +44,7 @@ def add_cli_parser(subparsers):
         "existing cluster that --scheduler names. Any further --name=value options "
         "are pipeline options, as for strun (e.g. --steps.resample.pixfrac=0.8 "
         "--on_disk=true). Exit status 1 if any task failed.",
-        allow_abbrev=False, pass_through=True)
+        allow_abbrev=False)
     run.add_argument("plan_dir", metavar="PLAN_DIR", help="directory written by `survey plan`")
     run.add_argument("--scheduler", metavar="ADDRESS",
                      help="address (tcp://host:8786) or scheduler file of an existing Dask "

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import RomosaicInputError
+from ..pipeline.options import normalize_options, validate_options
 from .manifest import (
     FINGERPRINT_CHANGED,
     VERIFY_MODES,
@@ -49,7 +50,6 @@ from .manifest import (
     utc_now,
     verify_products,
 )
-from .options import normalize_options, validate_options
 from .plan import load_plan
 from .task import EVENT_TOPIC, WORK_DIR, execute_task
 

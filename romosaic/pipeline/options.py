@@ -1,10 +1,12 @@
-"""Pipeline options passed through ``romosaic survey run`` to every task.
+"""Pipeline options on ``romosaic`` command lines.
 
-They are written as for ``strun roman_mos`` (``--on_disk=true``,
-``--steps.resample.pixfrac=0.8``) and handed to each task's ``strun``-style
-command line unchanged, so they mean exactly what they mean there. They are
-checked once, before any task starts, so that a typo fails the run at once
-rather than every task.
+``romosaic survey run`` and ``romosaic custom-mosaic`` accept every option of
+``strun roman_mos``, written as there (``--on_disk=true``,
+``--steps.resample.pixfrac=0.8``), so that they mean exactly what they mean
+there: the survey hands them to each task's ``strun``-style command line
+unchanged, the custom mosaic gives them to the pipeline it runs
+(`parse_options`). They are checked once, before any work starts, so that a
+typo fails the command at once rather than every task.
 """
 
 import os
@@ -12,25 +14,28 @@ from pathlib import Path
 
 from ..errors import RomosaicInputError
 
-__all__ = ["PIPELINE_CLASS", "normalize_options", "options_to_config", "validate_options"]
+__all__ = ["PIPELINE_CLASS", "normalize_options", "options_to_config", "parse_options",
+           "validate_options"]
 
 #: The pipeline every task runs (a dotted class path, so that an alias
 #: registered by another package cannot be picked up instead).
 PIPELINE_CLASS = "romosaic.pipeline.MosaicPipeline"
 
-# The survey decides where products go and always saves them.
+# The commands decide where products go and always save them.
 _RESERVED = {"output_dir", "output_file", "save_results", "input_dir"}
 # strun's own flags that are harmless in a task.
 _LOGGING_FLAGS = {"verbose", "log-level"}
 
 
-def normalize_options(arguments):
+def normalize_options(arguments, *, command="romosaic survey run"):
     """Check the form of pass-through options and return them as ``--key=value``.
 
     Parameters
     ----------
     arguments : sequence of str
         Command-line words, e.g. ``["--steps.resample.pixfrac=0.8"]``.
+    command : str, optional
+        The command they were given to, for messages.
 
     Returns
     -------
@@ -59,7 +64,7 @@ def normalize_options(arguments):
             raise RomosaicInputError(f"option {word!r} has no name")
         if key in _RESERVED:
             raise RomosaicInputError(
-                f"option --{key} is set by `romosaic survey run` itself and cannot be given")
+                f"option --{key} is set by `{command}` itself and cannot be given")
         if value and not os.path.isabs(value) and Path(value).is_file():
             value = str(Path(value).resolve())
         normalized.append(f"--{key}={value}")
@@ -126,23 +131,68 @@ def validate_options(options):
     """
     if not options:
         return
+    from .mosaic_pipeline import MosaicPipeline
+
+    parsed = _parsed_config(options)
+    try:
+        pipeline = MosaicPipeline.from_config_section(parsed)
+    except RomosaicInputError:
+        raise
+    except Exception as error:
+        raise RomosaicInputError(f"pipeline option not accepted: {_first_line(error)}") from None
+    for name in MosaicPipeline.step_defs:
+        getattr(pipeline, name).check_parameters()
+
+
+def parse_options(options):
+    """The values of pipeline options, typed as the pipeline's spec types them.
+
+    Parameters
+    ----------
+    options : sequence of str
+        As returned by `normalize_options`.
+
+    Returns
+    -------
+    dict
+        Only the parameters given, nested as `options_to_config` nests them:
+        ``{"on_disk": True, "steps": {"resample": {"pixfrac": 0.8}}}``.
+
+    Raises
+    ------
+    RomosaicInputError
+        Naming the first bad option.
+    """
+    if not options:
+        return {}
+    parsed = _parsed_config(options)
+
+    def given(user, typed):
+        return {key: given(value, typed[key]) if isinstance(value, dict) else typed[key]
+                for key, value in user.items()}
+
+    return given(options_to_config(options), parsed)
+
+
+def _parsed_config(options):
+    """Options checked and converted against the pipeline's spec (stpipe's config section)."""
     from stpipe import config_parser
 
-    from ..pipeline import MosaicPipeline
+    from .mosaic_pipeline import MosaicPipeline
 
     def parse(node):
         return {key: parse(value) if isinstance(value, dict) else _parse_value(value)
                 for key, value in node.items()}
 
-    config = parse(options_to_config(options))
     try:
-        parsed = config_parser.config_from_dict(
-            config, spec=MosaicPipeline.load_spec_file(), root_dir=os.getcwd())
-        pipeline = MosaicPipeline.from_config_section(parsed)
+        return config_parser.config_from_dict(
+            parse(options_to_config(options)), spec=MosaicPipeline.load_spec_file(),
+            root_dir=os.getcwd())
     except RomosaicInputError:
         raise
     except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise RomosaicInputError(f"pipeline option not accepted: {message}") from None
-    for name in MosaicPipeline.step_defs:
-        getattr(pipeline, name).check_parameters()
+        raise RomosaicInputError(f"pipeline option not accepted: {_first_line(error)}") from None
+
+
+def _first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
