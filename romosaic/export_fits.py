@@ -47,6 +47,7 @@ import numpy as np
 
 from ._atomic import atomic_outputs
 from .errors import RomosaicInputError
+from .mosaic_planes import contributing_inputs, exposure_time_plane
 
 __all__ = [
     "DEFAULT_MAX_WCS_ERROR",
@@ -55,7 +56,6 @@ __all__ = [
     "add_cli_parser",
     "catalog_to_fits",
     "catalog_table_hdu",
-    "contributing_inputs",
     "export_fits",
     "fits_wcs_header",
     "measure_wcs_accuracy",
@@ -295,31 +295,6 @@ def _round(value):
 # -- images -----------------------------------------------------------------------------------
 
 
-def contributing_inputs(context):
-    """Number of inputs that contributed to each pixel of a mosaic.
-
-    Parameters
-    ----------
-    context : numpy.ndarray of uint32, shape (planes, ny, nx)
-        A mosaic's context: bit ``i % 32`` of plane ``i // 32`` set where
-        input ``i`` contributed.
-
-    Returns
-    -------
-    numpy.ndarray of int16, shape (ny, nx)
-
-    Examples
-    --------
-    >>> contributing_inputs(np.array([[[0, 1, 7]], [[0, 0, 1]]], np.uint32)).tolist()
-    [[0, 1, 4]]
-    """
-    context = np.asarray(context)
-    count = np.zeros(context.shape[1:], dtype=np.int16)
-    for plane in context:
-        count += np.bitwise_count(plane).astype(np.int16)
-    return count
-
-
 def mosaic_hdulist(model, *, max_wcs_error=DEFAULT_MAX_WCS_ERROR):
     """A mosaic as a FITS `~astropy.io.fits.HDUList` (see the module description).
 
@@ -401,8 +376,12 @@ def mosaic_hdulist(model, *, max_wcs_error=DEFAULT_MAX_WCS_ERROR):
         context = np.asarray(context, dtype=np.uint32)
         if context.ndim == 2:
             context = context[np.newaxis]
-        exposure_map = _exposure_time_map(model, context, len(members), name)
-        if exposure_map is not None:
+        exposure_map = exposure_time_plane(model, context)
+        if exposure_map is None:
+            log.warning("%s: the inputs' exposure times are not recorded "
+                        "(meta.individual_image_meta.exposure, one row per member); "
+                        "EXPMAP is left out", name)
+        else:
             image("EXPMAP", exposure_map, "s",
                   "Sum of the exposure times of the inputs contributing to each pixel.")
         ninputs = image("NINPUTS", contributing_inputs(context), None,
@@ -431,23 +410,6 @@ def _cube_wcs(wcs_header):
     # With a CD matrix, CDELT is ignored and a missing CD3_3 is 0.
     cube["CD3_3" if "CD1_1" in cube else "CDELT3"] = 1.0
     return cube
-
-
-def _exposure_time_map(model, context, n_inputs, name):
-    """EXPMAP from the context and the inputs' exposure times, or None if those are unknown."""
-    from .resample import exposure_time_map
-
-    try:
-        table = model.meta.individual_image_meta["exposure"]
-        exptimes = [float(t) for t in table["exposure_time"]]
-    except (AttributeError, KeyError, TypeError, ValueError):
-        exptimes = None
-    if not exptimes or len(exptimes) != n_inputs or n_inputs > 32 * context.shape[0]:
-        log.warning("%s: the inputs' exposure times are not recorded "
-                    "(meta.individual_image_meta.exposure, one row per member); "
-                    "EXPMAP is left out", name)
-        return None
-    return exposure_time_map(context, exptimes)
 
 
 def _key_metadata_cards(model, wcs_header):

@@ -2,10 +2,13 @@
 
 A preview shows a `~roman_datamodels.datamodels.MosaicModel`'s ``data`` in
 grayscale with an asinh stretch between robust percentile limits, NaN pixels in
-a distinct colour, and RA/Dec axes drawn by WCSAxes from the mosaic's own gwcs.
-Mosaics larger than ``max_pixels`` on a side are block-averaged first, so that
-a full 5000 x 5000 skycell renders in a few seconds and a modest amount of
-memory.
+a distinct colour, RA/Dec axes drawn by WCSAxes from the mosaic's own gwcs, a
+colour bar in the plane's unit and a compass pointing north and east. Other
+planes can be shown instead (`PLANES`): the error, the weight, the number of
+inputs contributing to each pixel, the exposure-time map, or the catalog's
+segmentation map. Mosaics larger than ``max_pixels`` on a side are
+block-averaged first, so that a full 5000 x 5000 skycell renders in a few
+seconds and a modest amount of memory.
 
 Drawing uses a bare `matplotlib.figure.Figure` on the Agg canvas, never pyplot,
 so previews work without a display and do not touch global plotting state.
@@ -27,6 +30,7 @@ from .errors import ModelTypeError, RomosaicInputError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "NAN_COLOR",
+    "PLANES",
     "PreviewImage",
     "add_cli_parser",
     "asinh_stretch",
@@ -59,6 +63,22 @@ _MARGINS = {"left": 1.3, "right": 0.6, "bottom": 0.9, "top": 1.0}
 _CHUNK_PIXELS = 2_000_000
 
 _AXIS_LABELS = {"pos.eq.ra": "RA", "pos.eq.dec": "Dec"}
+
+#: Planes a preview can show: (colour-bar label, how values are stretched).
+#: ``context`` is shown as the number of inputs contributing to each pixel;
+#: ``segm`` is read from the segmentation map beside the mosaic
+#: (``<product>_segm.asdf``), one colour per source.
+PLANES = {
+    "data": ("surface brightness [MJy/sr]", "asinh"),
+    "err": ("uncertainty [MJy/sr]", "asinh"),
+    "weight": ("drizzle weight", "linear"),
+    "context": ("contributing inputs", "linear"),
+    "exptime": ("exposure time [s]", "linear"),
+    "segm": ("source label", "labels"),
+}
+
+# Space in inches right of the image for the colour bar and its label.
+_COLORBAR_MARGIN = 1.3
 
 # Stretch used by write_preview: asinh_stretch's defaults, named once so the
 # caption printed on the preview cannot drift from what was applied.
@@ -223,7 +243,7 @@ def block_reduce_nanmean(data, block, *, chunk_pixels=_CHUNK_PIXELS):
     return reduced
 
 
-def prepare_preview(model, *, max_pixels=DEFAULT_MAX_PIXELS):
+def prepare_preview(model, *, max_pixels=DEFAULT_MAX_PIXELS, plane="data", values=None):
     """Block-average a mosaic to preview size and derive the matching WCS.
 
     Parameters
@@ -233,6 +253,12 @@ def prepare_preview(model, *, max_pixels=DEFAULT_MAX_PIXELS):
     max_pixels : int, optional
         Largest allowed side of the returned image; the block size is the
         smallest integer that achieves it.
+    plane : str, optional
+        One of `PLANES`: what the blocks hold. Labels (``segm``) are sampled
+        at each block's first pixel, not averaged.
+    values : numpy.ndarray, optional
+        The plane's array, when it is not the model's own (``context``
+        counts, the exposure-time map, the segmentation map).
 
     Returns
     -------
@@ -240,7 +266,7 @@ def prepare_preview(model, *, max_pixels=DEFAULT_MAX_PIXELS):
         The reduced image, its WCS and the block size.
     """
     max_pixels = _check_max_pixels(max_pixels)
-    data = model.data
+    data = getattr(model, plane) if values is None else values
     if np.ndim(data) != 2:
         raise RomosaicInputError(
             f"mosaic data must be two-dimensional, got shape {np.shape(data)} "
@@ -250,7 +276,10 @@ def prepare_preview(model, *, max_pixels=DEFAULT_MAX_PIXELS):
     block = max(1, math.ceil(max(ny, nx) / max_pixels))
     if block > 1:
         log.info("Averaging %d x %d pixel blocks for the preview", block, block)
-    reduced = block_reduce_nanmean(data, block)
+    if PLANES.get(plane, ("", ""))[1] == "labels":
+        reduced = np.asarray(data[::block, ::block], dtype=np.float32)
+    else:
+        reduced = block_reduce_nanmean(data, block)
 
     wcs = _model_wcs(model)
     if wcs is not None:
@@ -259,7 +288,8 @@ def prepare_preview(model, *, max_pixels=DEFAULT_MAX_PIXELS):
 
 
 def write_preview(
-    mosaic, output_path, *, title=None, max_pixels=DEFAULT_MAX_PIXELS, dpi=_DEFAULT_DPI
+    mosaic, output_path, *, title=None, max_pixels=DEFAULT_MAX_PIXELS, dpi=_DEFAULT_DPI,
+    plane="data",
 ):
     """Write a quick-look PNG of a mosaic.
 
@@ -280,6 +310,9 @@ def write_preview(
         averaged pixel, small images being magnified.
     dpi : float, optional
         Resolution of the PNG; sets the size of text relative to the image.
+    plane : str, optional
+        What to show, one of `PLANES` (default ``data``). ``segm`` needs the
+        mosaic as a file, with its segmentation map beside it.
 
     Returns
     -------
@@ -301,6 +334,8 @@ def write_preview(
     """
     output_path = Path(output_path)
     max_pixels = _check_max_pixels(max_pixels)
+    if plane not in PLANES:
+        raise RomosaicInputError(f"unknown plane {plane!r}; choose one of {', '.join(PLANES)}")
     if output_path.is_dir() or not output_path.parent.is_dir():
         raise RomosaicInputError(
             f"cannot write preview to {output_path}: "
@@ -309,16 +344,22 @@ def write_preview(
     if isinstance(mosaic, (str, os.PathLike)) and _same_file(mosaic, output_path):
         raise RomosaicInputError(f"preview output would overwrite the input file {mosaic}")
 
+    label, stretch = PLANES[plane]
     with _open_mosaic(mosaic) as (model, source_name):
-        image = prepare_preview(model, max_pixels=max_pixels)
+        values = _plane_values(model, plane, mosaic, source_name)
+        image = prepare_preview(model, max_pixels=max_pixels, plane=plane, values=values)
+        del values
         filter_name = _optional_meta(model, "instrument", "optical_element")
 
-    stretched, limits = _asinh_stretch_with_limits(
-        image.data,
-        lower_percentile=_LOWER_PERCENTILE,
-        upper_percentile=_UPPER_PERCENTILE,
-        softening=_SOFTENING,
-    )
+    if stretch == "asinh":
+        stretched, limits = _asinh_stretch_with_limits(
+            image.data,
+            lower_percentile=_LOWER_PERCENTILE,
+            upper_percentile=_UPPER_PERCENTILE,
+            softening=_SOFTENING,
+        )
+    else:
+        stretched, limits = _linear_stretch_with_limits(image.data)
     if limits is None:
         log.warning("%s has no finite pixels; the preview is blank", source_name)
     elif limits[0] == limits[1]:
@@ -332,9 +373,18 @@ def write_preview(
 
     if title is None:
         title = _default_title(source_name, filter_name, image.mosaic_shape)
-    rgba = _colorize(stretched)
+        if plane != "data":
+            title += f"  \N{MIDDLE DOT}  {plane}"
+    if stretch == "labels":
+        rgba = _label_colors(image.data)
+        colorbar = None
+    else:
+        rgba = _colorize(stretched, "gray" if stretch == "asinh" else "viridis")
+        colorbar = _colorbar_mapping(stretch, limits, label)
     del stretched  # the float64 copy is the largest array left; free it before drawing
-    figure = _draw(rgba, image.wcs, title, _stretch_caption(limits, image.block), dpi)
+    figure = _draw(rgba, image.wcs, title,
+                   _stretch_caption(limits, image.block, stretch, plane), dpi,
+                   colorbar=colorbar)
     metadata = {"Title": title, "Software": f"romosaic {_version()}"}
     _save_png_atomically(figure, output_path, dpi=dpi, metadata=metadata)
     log.info("Wrote preview %s", output_path)
@@ -376,14 +426,25 @@ def add_cli_parser(subparsers):
         help="block-average the mosaic to at most N pixels on a side "
         f"(default: {DEFAULT_MAX_PIXELS})",
     )
+    parser.add_argument(
+        "--plane",
+        choices=tuple(PLANES),
+        default="data",
+        help="what to show: data (default), err, weight, context (number of contributing "
+        "inputs), exptime (exposure-time map) or segm (the segmentation map beside the "
+        "mosaic); the default output is then COADD_<plane>.png",
+    )
     parser.set_defaults(run=_run)
     return parser
 
 
 def _run(args):
     input_path = Path(args.input)
-    output_path = Path(args.output) if args.output else input_path.with_suffix(".png")
-    written = write_preview(input_path, output_path, max_pixels=args.max_pixels)
+    default = input_path.with_suffix(".png") if args.plane == "data" else \
+        input_path.with_name(f"{input_path.stem}_{args.plane}.png")
+    output_path = Path(args.output) if args.output else default
+    written = write_preview(input_path, output_path, max_pixels=args.max_pixels,
+                            plane=args.plane)
     print(written)
     return 0
 
@@ -532,37 +593,145 @@ def _default_title(source_name, filter_name, shape):
     return "  \N{MIDDLE DOT}  ".join(parts)
 
 
-def _stretch_caption(limits, block):
+def _stretch_caption(limits, block, stretch="asinh", plane="data"):
     if limits is None:
         text = "no finite pixels"
-    else:
+    elif stretch == "asinh":
         text = (
             f"asinh stretch, {_LOWER_PERCENTILE:g}\N{EN DASH}{_UPPER_PERCENTILE:g} percentile"
             f" = {limits[0]:.4g} to {limits[1]:.4g}"
         )
+    elif stretch == "linear":
+        text = f"linear, {limits[0]:.4g} to {limits[1]:.4g}"
+    else:
+        text = "one colour per source, background black"
     if block > 1:
-        text += f"; {block}\N{MULTIPLICATION SIGN}{block} block mean"
+        kind = "sampled every" if stretch == "labels" else "block mean of"
+        text += f"; {kind} {block}\N{MULTIPLICATION SIGN}{block}"
     return text + "; NaN in blue"
 
 
-def _colorize(stretched):
+def _plane_values(model, plane, mosaic, source_name):
+    """The array a plane shows, when it is not one of the model's own arrays."""
+    from .mosaic_planes import contributing_inputs, exposure_time_plane
+
+    if plane in ("data", "err", "weight"):
+        if getattr(model, plane, None) is None:
+            raise RomosaicInputError(f"{source_name}: has no {plane} array")
+        return None
+    if plane == "context":
+        context = getattr(model, "context", None)
+        if context is None:
+            raise RomosaicInputError(f"{source_name}: has no context array")
+        return contributing_inputs(context).astype(np.float32)
+    if plane == "exptime":
+        exposure = exposure_time_plane(model)
+        if exposure is None:
+            raise RomosaicInputError(
+                f"{source_name}: records no exposure time for its inputs "
+                "(meta.individual_image_meta.exposure); no exposure-time map to show")
+        return exposure
+    return _segmentation_beside(model, mosaic, source_name)
+
+
+def _segmentation_beside(model, mosaic, source_name):
+    """The segmentation map written with a mosaic: ``<product>_segm.asdf`` beside it."""
+    from roman_datamodels import datamodels as rdm
+
+    if not isinstance(mosaic, (str, os.PathLike)):
+        raise RomosaicInputError("--plane segm needs the mosaic as a file, with its "
+                                 "segmentation map beside it")
+    path = Path(mosaic)
+    stem = path.name.removesuffix(".asdf")
+    for suffix in ("_coadd", "_i2d"):
+        stem = stem.removesuffix(suffix)
+    segm_path = path.with_name(f"{stem}_segm.asdf")
+    if not segm_path.is_file():
+        raise RomosaicInputError(f"{source_name}: no segmentation map {segm_path} beside it")
+    try:
+        with rdm.open(segm_path) as segmentation:
+            labels = np.array(segmentation.data)
+    except Exception as error:
+        raise RomosaicInputError(f"{segm_path}: cannot be read ({error})") from None
+    if labels.shape != np.shape(model.data):
+        raise RomosaicInputError(f"{segm_path}: shape {labels.shape} differs from the "
+                                 f"mosaic's {np.shape(model.data)}")
+    return labels
+
+
+def _linear_stretch_with_limits(data):
+    """Values scaled linearly from their minimum (0) to their maximum (1)."""
+    values = np.asarray(data, dtype=np.float64)
+    stretched = np.full(values.shape, np.nan)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return stretched, None
+    low, high = float(values[finite].min()), float(values[finite].max())
+    stretched[finite] = (values[finite] - low) / (high - low) if high > low else 0.0
+    return stretched, (low, high)
+
+
+def _colorize(stretched, colormap="gray"):
     """Map stretched values to 8-bit RGBA, NaN in `NAN_COLOR`."""
     import matplotlib as mpl
 
-    cmap = mpl.colormaps["gray"].with_extremes(bad=NAN_COLOR)
+    cmap = mpl.colormaps[colormap].with_extremes(bad=NAN_COLOR)
     # Colouring here rather than letting imshow do it saves matplotlib's
     # float64 RGBA working copies, over a hundred MB for a 2000-pixel preview.
     return cmap(stretched, bytes=True)
 
 
-def _draw(rgba, wcs, title, caption, dpi):
+def _label_colors(labels):
+    """One fixed pseudo-random colour per label, background (0) black, NaN in `NAN_COLOR`."""
+    import matplotlib as mpl
+
+    finite = np.isfinite(labels)
+    ids = np.where(finite, labels, 0).astype(np.int64)
+    palette = np.random.default_rng(0).uniform(0.3, 1.0, (int(ids.max(initial=0)) + 1, 3))
+    palette[0] = 0.0
+    rgba = np.empty((*labels.shape, 4), np.uint8)
+    rgba[..., :3] = (palette[ids] * 255).astype(np.uint8)
+    rgba[..., 3] = 255
+    rgba[~finite] = (np.array(mpl.colors.to_rgba(NAN_COLOR)) * 255).astype(np.uint8)
+    return rgba
+
+
+def _colorbar_mapping(stretch, limits, label):
+    """A colour-bar mapping of data values to the colours drawn, or None without limits."""
+    import matplotlib as mpl
+
+    if limits is None or not limits[1] > limits[0]:
+        return None
+    low, high = limits
+    if stretch == "asinh":
+        scale = np.arcsinh(1.0 / _SOFTENING)
+
+        def forward(values):
+            scaled = np.clip((np.asarray(values, float) - low) / (high - low), 0.0, 1.0)
+            return np.arcsinh(scaled / _SOFTENING) / scale
+
+        def inverse(values):
+            return low + (high - low) * _SOFTENING * np.sinh(np.asarray(values, float) * scale)
+
+        norm = mpl.colors.FuncNorm((forward, inverse), vmin=low, vmax=high)
+        cmap = "gray"
+    else:
+        norm = mpl.colors.Normalize(vmin=low, vmax=high)
+        cmap = "viridis"
+    mapping = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
+    mapping.label = label
+    return mapping
+
+
+def _draw(rgba, wcs, title, caption, dpi, *, colorbar=None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     ny, nx = rgba.shape[:2]
     zoom = max(1.0, _MIN_DISPLAY_PIXELS / max(ny, nx))
     image_width, image_height = nx * zoom / dpi, ny * zoom / dpi
-    width = image_width + _MARGINS["left"] + _MARGINS["right"]
+    right = _MARGINS["right"] + (_COLORBAR_MARGIN if colorbar is not None else 0.0)
+    width = image_width + _MARGINS["left"] + right
     height = image_height + _MARGINS["bottom"] + _MARGINS["top"]
 
     figure = Figure(figsize=(width, height), dpi=dpi)
@@ -583,7 +752,40 @@ def _draw(rgba, wcs, title, caption, dpi):
 
     axes.imshow(rgba, origin="lower", interpolation="nearest")
     axes.set_title(f"{title}\n{caption}", fontsize="medium", pad=12)
+    if colorbar is not None:
+        left = (_MARGINS["left"] + image_width + 0.25) / width
+        bar = figure.add_axes([left, rect[1], 0.18 / width, rect[3]])
+        figure.colorbar(colorbar, cax=bar).set_label(colorbar.label)
+    if wcs is not None:
+        _draw_compass(axes, wcs, nx, ny)
     return figure
+
+
+def _draw_compass(axes, wcs, nx, ny):
+    """Arrows pointing north and east from near the image's top-left corner."""
+    xc, yc = (nx - 1) / 2.0, (ny - 1) / 2.0
+    try:
+        ra, dec = (float(v) for v in wcs(xc, yc, with_bounding_box=False))
+        step = 1.0 / 3600.0
+        directions = {
+            "N": wcs.invert(ra, dec + step, with_bounding_box=False),
+            "E": wcs.invert(ra + step / max(np.cos(np.radians(dec)), 1e-6), dec,
+                            with_bounding_box=False),
+        }
+    except Exception:  # a WCS that cannot be evaluated gets no compass
+        return
+    length = 0.09 * max(nx, ny)
+    start = (0.2 * nx, 0.82 * ny)
+    for name, (x, y) in directions.items():
+        dx, dy = float(x) - xc, float(y) - yc
+        norm = np.hypot(dx, dy)
+        if not np.isfinite(norm) or norm == 0:
+            continue
+        end = (start[0] + length * dx / norm, start[1] + length * dy / norm)
+        axes.annotate("", xy=end, xytext=start,
+                      arrowprops={"arrowstyle": "->", "color": "#e8b930", "lw": 1.5})
+        axes.text(start[0] + 1.3 * length * dx / norm, start[1] + 1.3 * length * dy / norm,
+                  name, color="#e8b930", ha="center", va="center", fontweight="bold")
 
 
 def _label_world_axes(axes, wcs):

@@ -15,11 +15,11 @@ from astropy.wcs import WCS
 from romosaic import cli
 from romosaic.errors import ModelTypeError, RomosaicInputError
 from romosaic.export_fits import (
-    contributing_inputs,
     export_fits,
     fits_wcs_header,
     measure_wcs_accuracy,
 )
+from romosaic.mosaic_planes import contributing_inputs
 from romosaic.pipeline import MosaicPipeline
 from romosaic.resample import exposure_time_map
 from romosaic.simulate import simulate_association

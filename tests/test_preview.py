@@ -443,3 +443,96 @@ def test_romosaic_main_reports_missing_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "missing.asdf" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# -- planes, colour bar and compass -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipeline_products(tmp_path_factory):
+    """A coadd with its segmentation map, made by the pipeline."""
+    from romosaic.pipeline import MosaicPipeline
+    from romosaic.simulate import simulate_association
+
+    root = tmp_path_factory.mktemp("preview_planes")
+    sim = simulate_association(root / "inputs", n_exposures=2, size=128, seed=8)
+    MosaicPipeline.call(str(sim.asn_path), save_results=True, output_dir=str(root))
+    return root / f"{sim.product_name}_coadd.asdf"
+
+
+def _captured_figure(monkeypatch):
+    captured = {}
+    original = preview._save_png_atomically
+
+    def save(figure, output_path, **kwargs):
+        captured["figure"] = figure
+        original(figure, output_path, **kwargs)
+
+    monkeypatch.setattr(preview, "_save_png_atomically", save)
+    return captured
+
+
+@pytest.mark.parametrize("plane", list(preview.PLANES))
+def test_every_plane_has_its_colour_bar_and_a_compass(plane, pipeline_products, tmp_path,
+                                                      monkeypatch):
+    captured = _captured_figure(monkeypatch)
+    output = preview.write_preview(pipeline_products, tmp_path / f"{plane}.png", plane=plane)
+    assert output.is_file()
+    figure = captured["figure"]
+    image_axes = figure.axes[0]
+    labels = [axes.get_ylabel() for axes in figure.axes[1:]]
+    if plane == "segm":
+        assert labels == []  # labels have no scale
+    else:
+        assert labels == [preview.PLANES[plane][0]]
+    assert {text.get_text() for text in image_axes.texts} - {""} == {"N", "E"}
+    assert plane in image_axes.get_title() or plane == "data"
+
+
+def test_compass_points_north_and_east(pipeline_products, tmp_path, monkeypatch):
+    captured = _captured_figure(monkeypatch)
+    preview.write_preview(pipeline_products, tmp_path / "c.png")
+    axes = captured["figure"].axes[0]
+    with rdm.open(pipeline_products) as model:
+        image = preview.prepare_preview(model)
+    arrows = {text.get_text(): text.get_position() for text in axes.texts}
+    # The label sits along its arrow: moving from the compass origin towards
+    # it raises the declination for N and the right ascension for E.
+    ny, nx = image.data.shape
+    origin = (0.2 * nx, 0.82 * ny)
+    ra0, dec0 = image.wcs(*origin)
+    ra_n, dec_n = image.wcs(*arrows["N"])
+    ra_e, dec_e = image.wcs(*arrows["E"])
+    assert dec_n > dec0 and abs(dec_e - dec0) < abs(dec_n - dec0) / 10
+    assert ((ra_e - ra0 + 180) % 360 - 180) > 0
+
+
+def test_colour_bar_mapping_inverts_the_stretch():
+    mapping = preview._colorbar_mapping("asinh", (1.0, 5.0), "x")
+    values = np.array([1.0, 1.5, 3.0, 5.0])
+    shown = mapping.norm(values)
+    np.testing.assert_allclose(mapping.norm.inverse(shown), values, rtol=1e-9)
+    np.testing.assert_allclose(shown[[0, -1]], [0.0, 1.0])
+    assert preview._colorbar_mapping("linear", None, "x") is None
+
+
+def test_planes_that_cannot_be_shown_say_why(pipeline_products, tmp_path):
+    with pytest.raises(RomosaicInputError, match="no exposure time"):
+        preview.write_preview(make_mosaic(), tmp_path / "e.png", plane="exptime")
+    with pytest.raises(RomosaicInputError, match="unknown plane"):
+        preview.write_preview(pipeline_products, tmp_path / "x.png", plane="nonsense")
+    lonely = tmp_path / "lonely_coadd.asdf"
+    lonely.write_bytes(pipeline_products.read_bytes())
+    with pytest.raises(RomosaicInputError, match="lonely_segm.asdf"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the copy's recorded file name differs from its own
+        preview.write_preview(lonely, tmp_path / "s.png", plane="segm")
+    assert not (tmp_path / "e.png").exists() and not (tmp_path / "s.png").exists()
+
+
+def test_cli_plane_option_names_the_output(pipeline_products, capsys):
+    from romosaic.cli import main as romosaic_main
+
+    assert romosaic_main(["preview", str(pipeline_products), "--plane", "context"]) == 0
+    expected = pipeline_products.with_name(pipeline_products.stem + "_context.png")
+    assert capsys.readouterr().out.strip() == str(expected)
+    assert expected.is_file()
