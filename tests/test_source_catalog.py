@@ -42,8 +42,6 @@ from romosaic.steps import FluxStep, ResampleStep
 from romosaic.steps.source_catalog_step import SourceCatalogStep
 from romosaic.wcs_utils import affine_tan_wcs, cd_from_orientation
 
-from .conftest import make_image_model
-
 MATCH_RADIUS = 0.2  # arcsec
 FLUX_COLUMNS = ["segment_flux", "kron_flux", *(f"aper{n:02d}_flux" for n in (1, 2, 4, 8, 16))]
 
@@ -549,8 +547,8 @@ def test_fit_psf_is_accepted_and_reported(caplog):
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
-    with pytest.raises(ModelTypeError, match="needs a mosaic"):
-        SourceCatalogStep.call(make_image_model())
+    with pytest.raises(ModelTypeError, match="needs a mosaic .* or a Level-2 image"):
+        SourceCatalogStep.call(rdm.MosaicSegmentationMapModel.create_fake_data(shape=(8, 8)))
     with pytest.raises(RomosaicInputError, match="file not found"):
         SourceCatalogStep.call(str(tmp_path / "nothing_coadd.asdf"))
     for parameters in ({"npixels": 0}, {"kernel_fwhm": -1.0}, {"snr_threshold": 0.0},
@@ -574,3 +572,56 @@ def test_no_network_access(monkeypatch, tmp_path):
                                                    output_dir=str(tmp_path))
     assert len(catalog.source_catalog) == 2
     assert Path(tmp_path / "synthetic_cat.parquet").is_file()
+
+
+# -- catalogs of single Level-2 images ----------------------------------------------------
+
+
+def test_level2_image_gives_the_level2_catalog_models(tmp_path):
+    import hashlib
+
+    from romosaic.align.corrector import sky_to_tangent
+    from romosaic.steps import SourceCatalogStep
+
+    sim = simulate_association(tmp_path / "l2", n_exposures=1, size=512, seed=21)
+    path = sim.cal_paths[0]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    catalog, segmentation = SourceCatalogStep.call(str(path), save_results=True,
+                                                   output_dir=str(tmp_path / "out"))
+    assert isinstance(catalog, rdm.ImageSourceCatalogModel)
+    assert isinstance(segmentation, rdm.SegmentationMapModel)
+    catalog.validate()
+    segmentation.validate()
+    stem = path.name.removesuffix("_cal.asdf")
+    written = tmp_path / "out" / f"{stem}_cat.parquet"
+    assert written.is_file() and (tmp_path / "out" / f"{stem}_segm.asdf").is_file()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # input untouched
+    # The Level-2 metadata travels with it.
+    with rdm.open(path) as image:
+        assert catalog.meta.exposure.start_time == image.meta.exposure.start_time
+        assert segmentation.data.shape == image.data.shape
+    table = catalog.source_catalog
+    assert table["aper04_flux"].unit == u.nJy
+    # Fluxes in nJy from DN/s: bright isolated stars within a few percent of the truth.
+    stars = sim.sources[sim.sources["kind"] == "star"]
+    sx, sy = sky_to_tangent(stars["ra"], stars["dec"], 80.0, -30.0)
+    cx, cy = sky_to_tangent(np.asarray(table["ra_centroid"]),
+                            np.asarray(table["dec_centroid"]), 80.0, -30.0)
+    distance, index = cKDTree(np.c_[sx, sy]).query(np.c_[cx, cy])
+    bright = (distance < 0.1) & np.asarray(stars["isolated"])[index] & (
+        np.asarray(stars["mag_ab"])[index] < 21.0)
+    assert bright.sum() >= 3
+    ratio = np.asarray(table["aper04_flux"])[bright] / np.asarray(stars["flux_njy"])[index[bright]]
+    assert abs(np.median(ratio) - 1.0) < 0.02  # a 0.4" aperture holds a 0.15" Gaussian PSF
+
+
+def test_level2_model_in_memory_records_the_step(tmp_path):
+    from romosaic.steps import SourceCatalogStep
+
+    sim = simulate_association(tmp_path, n_exposures=1, size=160, seed=22)
+    image = rdm.open(sim.cal_paths[0])
+    data = np.array(image.data)
+    catalog, _ = SourceCatalogStep.call(image)
+    assert isinstance(catalog, rdm.ImageSourceCatalogModel)
+    assert image.meta.cal_step.source_catalog == "COMPLETE"
+    np.testing.assert_array_equal(image.data, data)  # measured on a copy

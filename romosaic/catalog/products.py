@@ -5,6 +5,11 @@ coordinates, coadd_info, instrument, observation, program, wcsinfo,
 association, cal_step, resample) and ``meta.image`` naming the mosaic they
 were measured on. The catalog model saves to Parquet
 (``model.save("x_cat.parquet")``), the segmentation map to ASDF.
+
+Measured on a Level-2 ``ImageModel``, they are an ``ImageSourceCatalogModel``
+and a ``SegmentationMapModel`` carrying the image's Level-2 metadata
+(exposure, photometry, pointing, visit, ...), as the reference's Level-2
+catalog.
 """
 
 import copy
@@ -32,7 +37,26 @@ _SHARED_META = (
     "resample",
 )
 
-_PRODUCT_SUFFIXES = ("_coadd", "_i2d", "_resample")
+# Metadata of a Level-2 image the Level-2 catalog products carry, where present.
+_SHARED_META_L2 = (
+    "calibration_software_name",
+    "calibration_software_version",
+    "prd_version",
+    "sdf_software_version",
+    "product_type",
+    "coordinates",
+    "exposure",
+    "instrument",
+    "observation",
+    "photometry",
+    "pointing",
+    "program",
+    "ref_file",
+    "visit",
+    "wcsinfo",
+)
+
+_PRODUCT_SUFFIXES = ("_coadd", "_i2d", "_resample", "_cal")
 
 
 def product_stem(mosaic_filename):
@@ -52,13 +76,15 @@ def catalog_model(table, mosaic_meta):
     ----------
     table : astropy.table.Table
     mosaic_meta : roman_datamodels node
-        The mosaic's ``meta``.
+        The mosaic's ``meta`` (or a Level-2 image's).
 
     Returns
     -------
     roman_datamodels.datamodels.MosaicSourceCatalogModel
+        An ``ImageSourceCatalogModel`` for a Level-2 image.
     """
-    model = rdm.MosaicSourceCatalogModel.create_minimal()
+    model = (rdm.ImageSourceCatalogModel if _is_level2(mosaic_meta)
+             else rdm.MosaicSourceCatalogModel).create_minimal()
     _copy_meta(model, mosaic_meta)
     model.meta.filename = f"{product_stem(mosaic_meta.get('filename'))}_cat.parquet"
     model.source_catalog = table
@@ -80,8 +106,10 @@ def segmentation_model(labels, detection_image, mosaic_meta):
     Returns
     -------
     roman_datamodels.datamodels.MosaicSegmentationMapModel
+        A ``SegmentationMapModel`` for a Level-2 image.
     """
-    model = rdm.MosaicSegmentationMapModel.create_minimal()
+    model = (rdm.SegmentationMapModel if _is_level2(mosaic_meta)
+             else rdm.MosaicSegmentationMapModel).create_minimal()
     _copy_meta(model, mosaic_meta)
     model.meta.filename = f"{product_stem(mosaic_meta.get('filename'))}_segm.asdf"
     model.data = np.asarray(labels, dtype=np.uint32)
@@ -89,11 +117,24 @@ def segmentation_model(labels, detection_image, mosaic_meta):
     return model
 
 
+def _is_level2(meta):
+    """Whether ``meta`` is a Level-2 image's (it has an exposure, a mosaic has coadd_info)."""
+    return meta.get("exposure") is not None and meta.get("coadd_info") is None
+
+
 def _copy_meta(model, mosaic_meta):
-    for key in _SHARED_META:
+    level2 = _is_level2(mosaic_meta)
+    for key in _SHARED_META_L2 if level2 else _SHARED_META:
         value = mosaic_meta.get(key)
         if value is not None:
             model.meta[key] = copy.deepcopy(value)
+    if level2:
+        # Version strings the Level-2 schemas require; "?" is roman_datamodels'
+        # placeholder for a value not known.
+        for key in ("calibration_software_version", "prd_version", "sdf_software_version",
+                    "product_type"):
+            if model.meta.get(key) is None:
+                model.meta[key] = "?"
     file_date = mosaic_meta.get("file_date")
     model.meta.image = {
         "filename": str(mosaic_meta.get("filename") or "unknown"),

@@ -1,8 +1,9 @@
-"""``source_catalog`` step: detect and measure the sources of a mosaic.
+"""``source_catalog`` step: detect and measure the sources of a mosaic or an image.
 
-The step opens the mosaic, hands its arrays to
+The step opens the mosaic (or a Level-2 image), hands its arrays to
 `romosaic.catalog.make_source_catalog` and wraps the result in a
-``MosaicSourceCatalogModel`` and a ``MosaicSegmentationMapModel``. The
+``MosaicSourceCatalogModel`` and a ``MosaicSegmentationMapModel`` (for an
+image: an ``ImageSourceCatalogModel`` and a ``SegmentationMapModel``). The
 algorithm lives in `romosaic.catalog`.
 """
 
@@ -24,6 +25,7 @@ from ..catalog import (
     segmentation_model,
 )
 from ..errors import ModelTypeError, RomosaicInputError
+from ..flux import resolve_conversion_factor
 from ..models import one_line_message
 from ..resample.noise_correlation import NoiseCorrelation
 from .base import STEP_COMPLETE, RomosaicStep
@@ -45,6 +47,15 @@ class SourceCatalogStep(RomosaicStep):
     detection image). Run by itself with ``save_results``, it writes
     ``<product>_<suffix>.parquet`` (``suffix`` is ``cat`` by default) and
     ``<product>_segm.asdf``.
+
+    A Level-2 ``ImageModel`` (or its file) gives an ``ImageSourceCatalogModel``
+    and a ``SegmentationMapModel`` instead, as the reference's Level-2
+    catalog: the image is measured in MJy/sr (converted with
+    ``meta.photometry.conversion_megajanskys`` unless the flux step already
+    ran), pixels flagged DO_NOT_USE are left out, and detections sharper than
+    a point source are rejected as cosmic rays, as where one input covers a
+    mosaic. The input model and file are not changed, except that an
+    ``ImageModel`` given in memory gets ``meta.cal_step.source_catalog``.
     """
 
     class_alias = "source_catalog"
@@ -65,6 +76,11 @@ class SourceCatalogStep(RomosaicStep):
         self.check_parameters()
         mosaic, owned = _open_mosaic(input_data)
         try:
+            if isinstance(mosaic, rdm.ImageModel):
+                result = self._catalog(mosaic)
+                if not owned:
+                    self.record_status(mosaic, STEP_COMPLETE)
+                return result
             return self._catalog(mosaic)
         finally:
             if owned:
@@ -81,15 +97,24 @@ class SourceCatalogStep(RomosaicStep):
             correction = read_aperture_corrections(
                 self.aperture_corrections, APERTURE_RADII_ARCSEC,
                 None if filter_name is None else str(filter_name))
-        weight = getattr(mosaic, "weight", None)
-        context = getattr(mosaic, "context", None)
+        if isinstance(mosaic, rdm.ImageModel):
+            data, err = _image_arrays(mosaic, name)
+            weight = None
+            # One exposure: cosmic rays that jump detection missed are
+            # rejected as where one input covers a mosaic.
+            coverage = np.ones(data.shape, np.uint8)
+        else:
+            data, err = mosaic.data, mosaic.err
+            weight = getattr(mosaic, "weight", None)
+            context = getattr(mosaic, "context", None)
+            coverage = (None if context is None or weight is None else
+                        coverage_from_context(context, np.asarray(weight)))
         result = make_source_catalog(
-            mosaic.data,
-            mosaic.err,
+            data,
+            err,
             wcs,
             weight=None if weight is None else np.asarray(weight),
-            coverage=None if context is None or weight is None else
-            coverage_from_context(context, np.asarray(weight)),
+            coverage=coverage,
             pixel_scale_arcsec=_pixel_scale_arcsec(mosaic),
             bkg_boxsize=self.bkg_boxsize,
             kernel_fwhm=self.kernel_fwhm,
@@ -141,9 +166,9 @@ class SourceCatalogStep(RomosaicStep):
 
     def save_model(self, model, suffix=None, idx=None, output_file=None, force=False,
                    **components):
-        if isinstance(model, rdm.MosaicSourceCatalogModel):
+        if isinstance(model, (rdm.MosaicSourceCatalogModel, rdm.ImageSourceCatalogModel)):
             suffix, ext = self.catalog_suffix, "parquet"
-        elif isinstance(model, rdm.MosaicSegmentationMapModel):
+        elif isinstance(model, (rdm.MosaicSegmentationMapModel, rdm.SegmentationMapModel)):
             suffix, ext = "segm", "asdf"
         else:
             return super().save_model(model, suffix=suffix, idx=idx, output_file=output_file,
@@ -161,8 +186,37 @@ class SourceCatalogStep(RomosaicStep):
         return str(path)
 
 
+def _image_arrays(image, name):
+    """A Level-2 image's data and err in MJy/sr, NaN where flagged DO_NOT_USE (copies)."""
+    from roman_datamodels.dqflags import pixel
+
+    data = np.array(image.data, dtype=np.float32)
+    err = np.array(image.err, dtype=np.float32)
+    if (image.meta.get("cal_step") or {}).get("flux") != "COMPLETE":
+        photometry = image.meta.get("photometry") or {}
+        factor, problem, warning = resolve_conversion_factor(
+            photometry.get("conversion_megajanskys"), photometry.get("pixel_area"))
+        if problem:
+            raise RomosaicInputError(f"{name}: {problem}")
+        if warning:
+            log.warning("%s: %s", name, warning)
+        data *= np.float32(factor)
+        err *= np.float32(factor)
+    dq = getattr(image, "dq", None)
+    if dq is not None:
+        bad = (np.asarray(dq) & pixel.DO_NOT_USE) != 0
+        data[bad] = np.nan
+        err[bad] = np.nan
+    return data, err
+
+
 def _pixel_scale_arcsec(mosaic):
-    """The mosaic's pixel size from ``meta.wcsinfo.pixel_scale`` (degrees), if usable."""
+    """The mosaic's pixel size from ``meta.wcsinfo.pixel_scale`` (degrees), if usable.
+
+    Level-2 images record no such scale (None: measured from the WCS).
+    """
+    if isinstance(mosaic, rdm.ImageModel):
+        return None
     try:
         scale = float(mosaic.meta.wcsinfo.pixel_scale) * 3600.0
     except (AttributeError, KeyError, TypeError, ValueError):
@@ -171,8 +225,8 @@ def _pixel_scale_arcsec(mosaic):
 
 
 def _open_mosaic(input_data):
-    """The input as a ``MosaicModel``, and whether this step opened it."""
-    if isinstance(input_data, rdm.MosaicModel):
+    """The input as a ``MosaicModel`` or ``ImageModel``, and whether this step opened it."""
+    if isinstance(input_data, (rdm.MosaicModel, rdm.ImageModel)):
         return input_data, False
     if isinstance(input_data, (str, Path)):
         path = Path(input_data)
@@ -183,13 +237,14 @@ def _open_mosaic(input_data):
         except Exception as error:  # asdf, yaml, validation errors alike
             raise RomosaicInputError(
                 f"{path}: not a readable Roman data file ({one_line_message(error)})") from None
-        if not isinstance(model, rdm.MosaicModel):
+        if not isinstance(model, (rdm.MosaicModel, rdm.ImageModel)):
             kind = type(model).__name__
             model.close()
             raise ModelTypeError(
-                f"{path}: is a {kind}, but source_catalog needs a mosaic (MosaicModel)")
+                f"{path}: is a {kind}, but source_catalog needs a mosaic (MosaicModel) or "
+                "a Level-2 image (ImageModel)")
         return model, True
     name = getattr(getattr(input_data, "meta", None), "filename", None) or "input"
     raise ModelTypeError(
         f"{name}: is a {type(input_data).__name__}, but source_catalog needs a mosaic "
-        "(MosaicModel)")
+        "(MosaicModel) or a Level-2 image (ImageModel)")
