@@ -95,6 +95,15 @@ def add_cli_parser(subparsers):
         help="record each exposure's roll wrong by this much, with a random sign (0)",
     )
     parser.add_argument(
+        "--psf", choices=("gaussian", "airy"), default="gaussian",
+        help="stars' PSF: a 0.15\" Gaussian, or Roman's diffraction pattern with rings and "
+             "spikes (gaussian)",
+    )
+    parser.add_argument(
+        "--star-mags", type=float, nargs=2, default=None, metavar=("BRIGHT", "FAINT"),
+        help="magnitude range of the stars (17 25)",
+    )
+    parser.add_argument(
         "--no-noise", dest="noise", action="store_false", help="render without random noise"
     )
     parser.set_defaults(run=_run)
@@ -127,6 +136,8 @@ def _run(args):
         roll=args.roll,
         pointing_error=args.pointing_error,
         roll_error=args.roll_error,
+        psf=args.psf,
+        star_mag_range=args.star_mags,
     )
     print(result.asn_path)
     return 0
