@@ -210,13 +210,14 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         pixel_scale_arcsec = _central_scale(wcs, data.shape)
     if psf_fwhm_arcsec is None:
         psf_fwhm_arcsec = psf_fwhm_for_filter(filter_name)
-    # The cosmic-ray test's window was tuned as twice a 2-pixel kernel on both
-    # 0.11" and 0.055" pixels (where cosmic rays measure 0.06-0.34 of a star's
-    # width); a window as wide as twice the matched kernel on 0.055" pixels
-    # (5.6 pixels) lets the narrowest cosmic rays pass as stars.
-    window_kernel = COSMIC_RAY_WINDOW_KERNEL if kernel_fwhm is None else kernel_fwhm
+    # The cosmic-ray test's window is twice a kernel of at most 2 pixels: a
+    # window as wide as twice the matched kernel on 0.055" pixels (5.6
+    # pixels) let cosmic rays pass as stars on simulated scenes, and on 0.11"
+    # pixels the matched kernel's 3-pixel window rejected more than 4 pixels.
+    window_kernel = kernel_fwhm
     if kernel_fwhm is None:
         kernel_fwhm = matched_kernel_fwhm(psf_fwhm_arcsec, pixel_scale_arcsec)
+        window_kernel = min(kernel_fwhm, COSMIC_RAY_WINDOW_KERNEL)
     if npixels is None:
         npixels = pixels_for_area(min_area_arcsec2, pixel_scale_arcsec)
     meta = _base_meta(bkg_boxsize, kernel_fwhm, snr_threshold, npixels, deblend,
@@ -277,11 +278,17 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     if segmentation.n_labels == 0:
         return _empty(data.shape, meta, notes, "every detection was a bright source's wing",
                       detection_image=detection_image)
-    # The windows start at each segment's brightest unsmoothed pixel: the
-    # matched kernel can move a cosmic ray's smoothed peak beside a hole in
-    # the data, where its window would be cut and the test not trusted.
+    # Two passes: windows started at each segment's smoothed peak, then at its
+    # brightest unsmoothed pixel. The matched kernel can move a cosmic ray's
+    # smoothed peak beside a hole in the data, where its window is cut and
+    # the test not trusted; the brightest pixel can lie off a faint
+    # cosmic ray's track. A star is not sharp from either start.
     segmentation, rejection = reject_cosmic_rays(
-        segmentation, subtracted, subtracted, error, no_data, coverage, window_kernel)
+        segmentation, subtracted, detection_image, error, no_data, coverage, window_kernel)
+    if segmentation is not None and rejection.threshold is not None:
+        segmentation, second = reject_cosmic_rays(
+            segmentation, subtracted, subtracted, error, no_data, coverage, window_kernel)
+        rejection.rejected += second.rejected
     meta.update(rejection.meta())
     notes.extend(rejection.notes)
     if segmentation is None:
