@@ -50,6 +50,8 @@ import numpy as np
 from photutils.segmentation import deblend_sources, detect_sources
 from photutils.utils.exceptions import NoDetectionsWarning
 from scipy.ndimage import correlate1d
+from scipy.signal import fftconvolve
+from scipy.spatial import cKDTree
 from scipy.special import erf
 
 from ..errors import RomosaicInputError
@@ -217,8 +219,6 @@ def smoothed_noise_ratio(fwhm, correlation=None):
     -------
     float
     """
-    from scipy.signal import fftconvolve
-
     kernel = _kernel_2d(fwhm)
     if correlation is None:
         return float(np.sqrt(np.sum(kernel**2)))
@@ -760,13 +760,10 @@ def reject_wing_detections(segmentation, detection_image, threshold_at_peak, pea
                              peaks[strong], radius_pix)
     if envelope is None:
         return 0, None
-    from scipy.spatial import cKDTree
-
-    # Only neighbours whose wings can reach the lowest threshold can matter.
+    # Only sources whose wings can reach the lowest threshold can matter (the
+    # envelope falls outwards, so its value one pixel out bounds them).
     floor = float(np.min(threshold_at_peak))
-    reach = peaks * WING_MARGIN * envelope[-1] >= floor
-    reach |= peaks * WING_MARGIN * envelope[1] >= floor
-    sources = np.flatnonzero(reach)
+    sources = np.flatnonzero(peaks * WING_MARGIN * envelope[1] >= floor)
     points = np.column_stack([peaks_x, peaks_y]).astype(np.float64)
     tree = cKDTree(points)
     wing_light = np.zeros(labels.size)
