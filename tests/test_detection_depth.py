@@ -173,3 +173,28 @@ def test_make_source_catalog_defaults_are_sky_based():
     assert result.table.meta["npixels"] == 7
     assert result.table.meta["kernel_fwhm_pix"] == pytest.approx(2.78, abs=0.01)
     assert result.table.meta["smoothed_noise_from"] == "measured on the mosaic"
+
+
+def test_empty_field_cosmic_rays_are_rejected_with_the_psf_width():
+    """Without bright stars, the point-source width comes from the PSF."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_catalog.py"
+    spec = importlib.util.spec_from_file_location("accuracy_catalog", script)
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    logging.disable(logging.INFO)
+    try:
+        models, sources, cosmic_rays = accuracy.simulate_scene(accuracy.SCENES["empty"])
+        cr_ra, cr_dec = accuracy.cosmic_ray_positions(models, cosmic_rays)
+        mosaic = accuracy.make_mosaic(models, pixel_scale_ratio=0.5)
+        catalog, segmentation = SourceCatalogStep.call(mosaic)
+    finally:
+        logging.disable(logging.NOTSET)
+    table = catalog.source_catalog
+    result = accuracy.evaluate(table, mosaic, sources, cr_ra, cr_dec,
+                               segmentation=np.asarray(segmentation.data))
+    assert table.meta["cosmic_rays_rejected"] > 0
+    assert not np.any(result["spurious"] & result["low_coverage"])
+    assert any("width is taken from the PSF" in note for note in table.meta["notes"])

@@ -283,11 +283,15 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     # smoothed peak beside a hole in the data, where its window is cut and
     # the test not trusted; the brightest pixel can lie off a faint
     # cosmic ray's track. A star is not sharp from either start.
+    # A point source's width in the mosaic, for a field without bright stars.
+    point_source_fwhm = matched_kernel_fwhm(psf_fwhm_arcsec, pixel_scale_arcsec)
     segmentation, rejection = reject_cosmic_rays(
-        segmentation, subtracted, detection_image, error, no_data, coverage, window_kernel)
+        segmentation, subtracted, detection_image, error, no_data, coverage, window_kernel,
+        point_source_fwhm=point_source_fwhm)
     if segmentation is not None and rejection.threshold is not None:
         segmentation, second = reject_cosmic_rays(
-            segmentation, subtracted, subtracted, error, no_data, coverage, window_kernel)
+            segmentation, subtracted, subtracted, error, no_data, coverage, window_kernel,
+            point_source_fwhm=point_source_fwhm)
         rejection.rejected += second.rejected
     meta.update(rejection.meta())
     notes.extend(rejection.notes)

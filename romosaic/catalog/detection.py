@@ -106,8 +106,9 @@ PSF_FWHM_ARCSEC = {
 DEFAULT_PSF_FILTER = "F158"
 #: Pixel size (arcsec) of the WFI detectors whose images make the mosaic.
 INPUT_PIXEL_SCALE = 0.11
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: FWHM of the Gaussian with the variance of a unit box (2.3548 / sqrt(12)).
-BOX_FWHM_FACTOR = 2.0 * math.sqrt(2.0 * math.log(2.0)) / math.sqrt(12.0)
+BOX_FWHM_FACTOR = FWHM_PER_SIGMA / math.sqrt(12.0)
 
 #: Radius (arcsec) out to which a bright source's rings and spikes are modelled.
 WING_RADIUS = 3.0
@@ -587,7 +588,7 @@ def _window(usable, rows, cols, x_c, y_c, window_sigma):
 
 
 def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, coverage,
-                       kernel_fwhm):
+                       kernel_fwhm, *, point_source_fwhm=None):
     """Remove detections sharper than a point source where one input covers the mosaic.
 
     See the module notes for the reasoning and the criteria.
@@ -611,6 +612,10 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
         several exposures saw).
     kernel_fwhm : float
         FWHM of the detection kernel, pixels; sets the measuring window.
+    point_source_fwhm : float, optional
+        FWHM (pixels) of a point source in the mosaic, from the PSF. When
+        too few bright sources show the point-source width (an empty field),
+        the width of a Gaussian of this FWHM in the window stands in for it.
 
     Returns
     -------
@@ -637,15 +642,25 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
         (snr >= LOCUS_MIN_SNR)
     if not np.any(covered <= 1):
         return segmentation, rejection
-    if np.count_nonzero(locus_sample) < MIN_LOCUS_SOURCES:
+    if np.count_nonzero(locus_sample) >= MIN_LOCUS_SOURCES:
+        locus = half_sample_mode(width[locus_sample])
+        tail = float(np.percentile(width[locus_sample], 5.0))
+    elif point_source_fwhm is not None:
+        # A Gaussian of variance s² in a Gaussian window of variance w² has
+        # the windowed second moment 1 / (1/s² + 1/w²).
+        star = (point_source_fwhm / FWHM_PER_SIGMA) ** 2
+        locus = tail = 1.0 / (1.0 / star + 1.0 / window_sigma**2)
+        rejection.notes.append(
+            f"only {np.count_nonzero(locus_sample)} bright, clean sources where two or more "
+            "inputs overlap: the point-source width is taken from the PSF")
+        log.info("%s", rejection.notes[-1])
+    else:
         rejection.notes.append(
             f"only {np.count_nonzero(locus_sample)} bright, clean sources where two or more "
             "inputs overlap: the point-source width is unknown and no detection was "
             "rejected as a cosmic ray")
         log.warning("%s", rejection.notes[-1])
         return segmentation, rejection
-    locus = half_sample_mode(width[locus_sample])
-    tail = float(np.percentile(width[locus_sample], 5.0))
     threshold = min(SHARP_FRACTION * locus, TAIL_FRACTION * tail)
     rejection.point_source_width = float(locus)
     rejection.threshold = float(threshold)
