@@ -227,12 +227,13 @@ def test_nothing_rejected_without_coverage_or_point_sources():
     assert len(unknown) == len(stars) + len(singles) + len(hits)
     assert not np.any(np.asarray(unknown["warning_flags"]) & SINGLE_INPUT)
 
-    # Too few point sources where inputs overlap to know the PSF: keep everything, say so.
+    # Too few point sources where inputs overlap to measure the point-source
+    # width: the PSF's stands in, and the hits still go.
     image, coverage, stars, singles, hits = _field(n_stars=3)
     result = _catalog(image, coverage)
-    assert result.table.meta["cosmic_rays_rejected"] == 0
-    assert len(result.table) == len(stars) + len(singles) + len(hits)
-    assert any("point-source width is unknown" in note for note in result.notes)
+    assert result.table.meta["cosmic_rays_rejected"] == len(hits)
+    assert len(result.table) == len(stars) + len(singles)
+    assert any("width is taken from the PSF" in note for note in result.notes)
 
 
 def test_coverage_shape_checked():

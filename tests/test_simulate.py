@@ -597,3 +597,85 @@ def test_cli_pointing_errors(tmp_path, capsys):
 def test_negative_pointing_errors_are_input_errors(option):
     with pytest.raises(RomosaicInputError, match=option):
         make_image_models(n_exposures=1, size=64, **{option: -0.1})
+
+
+# -- the diffraction PSF (rings and spikes) -----------------------------------------------------
+
+
+def test_airy_psf_has_roman_like_core_rings_and_spikes():
+    from romosaic.simulate.psf import airy_psf
+
+    psf = airy_psf(0.11)
+    assert 0.13 <= psf.fwhm <= 0.16
+    # Pixel-integrated fractions over a pixel grid hold all the light.
+    centre = psf.table.shape[0] // 2
+    phase = centre % psf.oversampling
+    assert psf.table[phase::psf.oversampling, phase::psf.oversampling].sum() == \
+        pytest.approx(1.0, abs=0.01)
+    fine = airy_psf(0.022)
+    radii = np.arange(0, 30)
+    across = fine.sample(radii * np.cos(np.pi / 12), radii * np.sin(np.pi / 12))
+    # A dark ring, then a bright one, away from the spikes.
+    first_dark = int(np.argmin(across[3:13])) + 3
+    assert across[first_dark + 1:first_dark + 10].max() > 2 * across[first_dark]
+    # The spikes (perpendicular to the struts, along x) are brighter than
+    # the rings between them, 1-2" out.
+    far = np.arange(45, 90)
+    assert fine.sample(far, 0 * far).mean() > 2 * fine.sample(far * np.cos(np.pi / 12),
+                                                             far * np.sin(np.pi / 12)).mean()
+
+
+def test_airy_scene_stars_keep_their_flux_and_have_wings():
+    models, sources, _, _ = make_image_models(n_exposures=1, size=128, seed=4, psf="airy",
+                                              noise=False, cosmic_ray_rate=0.0)
+    gaussian, _, _, _ = make_image_models(n_exposures=1, size=128, seed=4, noise=False,
+                                          cosmic_ray_rate=0.0)
+    airy_total = float(np.sum(models[0].data)) - 0.0
+    gauss_total = float(np.sum(gaussian[0].data))
+    # The same sources and sky: the totals agree to the light beyond the edges.
+    assert airy_total == pytest.approx(gauss_total, rel=0.02)
+    # The brightest star's wings: light 1" away is far above the Gaussian's.
+    stars = sources[sources["kind"] == "star"]
+    brightest = stars[np.argmax(stars["flux_njy"])]
+    x, y = models[0].meta.wcs.invert(brightest["ra"], brightest["dec"])
+    ix, iy = int(round(float(x))), int(round(float(y)))
+    ring = (slice(iy - 12, iy + 13), slice(ix - 12, ix + 13))
+    sky = np.median(models[0].data)
+    assert np.sum(models[0].data[ring] - sky) > 0
+    yy, xx = np.mgrid[ring]
+    outer = np.hypot(yy - y, xx - x) > 8
+    assert np.sum((models[0].data[ring] - sky)[outer]) > \
+        5 * abs(np.sum((gaussian[0].data[ring] - np.median(gaussian[0].data))[outer]))
+
+
+def test_star_magnitude_range_and_bad_psf():
+    _, sources, _, _ = make_image_models(n_exposures=1, size=128, seed=1,
+                                         star_mag_range=(26.0, 27.0))
+    stars = sources[sources["kind"] == "star"]
+    faint = stars["mag_ab"] >= 26.0
+    assert faint.sum() >= len(stars) - max(3, int(round(0.1 * len(stars))))
+    assert np.all(stars["mag_ab"][faint] <= 27.0)
+    with pytest.raises(RomosaicInputError, match="unknown psf") as error:
+        make_image_models(n_exposures=1, size=64, psf="moffat")
+    assert "\n" not in str(error.value)
+    with pytest.raises(RomosaicInputError, match="star_mag_range"):
+        make_image_models(n_exposures=1, size=64, star_mag_range=(25.0, 20.0))
+
+
+def test_cli_airy_psf_and_star_magnitudes(tmp_path):
+    parser = argparse.ArgumentParser(prog="romosaic")
+    add_cli_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["simulate", str(tmp_path), "--n-exposures", "1", "--size", "64", "--psf", "airy",
+         "--star-mags", "20", "22", "--output-pixel-scale", "0.055"])
+    assert args.psf == "airy" and args.star_mags == [20.0, 22.0]
+    assert args.run(args) == 0
+    sources = Table.read(tmp_path / "sim_f158_truth_sources.ecsv")
+    stars = sources[sources["kind"] == "star"]
+    assert np.all((stars["mag_ab"] >= 18.0) & (stars["mag_ab"] <= 22.0))
+    pars = tmp_path / "sim_f158_roman_mos_pars.asdf"
+    import asdf
+
+    with asdf.open(pars) as af:
+        steps = {step["name"]: step["parameters"] for step in af["steps"]}
+        assert steps["resample"]["pixel_scale"] == 0.055

@@ -362,14 +362,6 @@ def test_noise_free_mosaic_uses_the_error_array(caplog):
     np.testing.assert_allclose(result.table["kron_flux"], [3000, 8000], rtol=0.01)
 
 
-def test_npixels_meant_for_skycell_pixels_is_questioned_on_coarse_pixels():
-    coarse = _catalog(_mosaic(scale=0.11))
-    assert any("npixels=6 keeps the default's area" in note for note in coarse.notes)
-    for scale, npixels in ((0.11, 6), (0.055, 25)):
-        notes = _catalog(_mosaic(scale=scale), npixels=npixels).notes
-        assert not any("npixels" in note for note in notes)
-
-
 def _catalog(mosaic, **parameters):
     """make_source_catalog on a model's arrays."""
     return make_source_catalog(mosaic.data, mosaic.err, mosaic.meta.wcs, weight=mosaic.weight,

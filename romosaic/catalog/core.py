@@ -4,9 +4,11 @@
 
 1. pixels without data (NaN data or error, zero weight) are masked;
 2. background level and noise (`romosaic.catalog.background`);
-3. the background-subtracted image is smoothed with a Gaussian of
-   ``kernel_fwhm`` pixels and segmented at ``snr_threshold`` × noise
-   (`romosaic.catalog.detection`), optionally deblended; where a single
+3. the background-subtracted image is smoothed with a Gaussian matched to
+   a point source (or of ``kernel_fwhm`` pixels) and segmented at
+   ``snr_threshold`` × the smoothed image's noise into groups of at least
+   ``min_area_arcsec2`` (or ``npixels``) (`romosaic.catalog.detection`),
+   optionally deblended; where a single
    input covers the mosaic, detections sharper than a point source are
    rejected as cosmic rays;
 4. every segment is measured (`romosaic.catalog.measure`);
@@ -29,7 +31,19 @@ from .. import __version__
 from ..errors import RomosaicInputError
 from .background import estimate_background
 from .columns import aperture_column, empty_table, make_table
-from .detection import convolve_gaussian, find_sources, reject_cosmic_rays, require_deblender
+from .detection import (
+    convolve_gaussian,
+    find_sources,
+    matched_kernel_fwhm,
+    measured_noise_ratio,
+    pixels_for_area,
+    psf_fwhm_for_filter,
+    reject_cosmic_rays,
+    reject_wing_detections,
+    require_deblender,
+    segment_peaks,
+    smoothed_noise_ratio,
+)
 from .flags import FLAG_DESCRIPTIONS, coverage_flags
 from .geometry import local_geometry
 from .measure import (
@@ -52,8 +66,11 @@ log = logging.getLogger(__name__)
 #: Radii of the circular apertures, arcsec (columns aper01 ... aper16).
 APERTURE_RADII_ARCSEC = (0.1, 0.2, 0.4, 0.8, 1.6)
 
-#: The minimum source area of the default ``npixels=25`` on 0.055″ skycell pixels.
-REFERENCE_MIN_AREA_ARCSEC2 = 25 * 0.055**2
+#: Default minimum source area above the threshold, arcsec² (see the step's docs).
+MIN_AREA_ARCSEC2 = 0.02
+#: Kernel FWHM (pixels) setting the cosmic-ray test's window when the
+#: detection kernel is the matched one.
+COSMIC_RAY_WINDOW_KERNEL = 2.0
 
 #: Measured background scatter below this fraction of the typical err means
 #: the image carries no noise (see `_detection_noise`).
@@ -88,24 +105,37 @@ class CatalogResult:
 
 
 def check_catalog_parameters(*, bkg_boxsize, kernel_fwhm, snr_threshold, npixels,
-                             deblend=False):
-    """Raise `RomosaicInputError` for detection parameters that cannot work."""
+                             deblend=False, psf_fwhm_arcsec=None,
+                             min_area_arcsec2=MIN_AREA_ARCSEC2):
+    """Raise `RomosaicInputError` for detection parameters that cannot work.
+
+    ``kernel_fwhm``, ``npixels`` and ``psf_fwhm_arcsec`` may be None (derived
+    from the sky); ``min_area_arcsec2`` matters only when ``npixels`` is None.
+    """
     if not bkg_boxsize >= 1:
         raise RomosaicInputError(f"bkg_boxsize must be at least 1 pixel, got {bkg_boxsize}")
-    if not (np.isfinite(kernel_fwhm) and kernel_fwhm > 0):
+    if kernel_fwhm is not None and not (np.isfinite(kernel_fwhm) and kernel_fwhm > 0):
         raise RomosaicInputError(f"kernel_fwhm must be > 0 pixels, got {kernel_fwhm}")
+    if psf_fwhm_arcsec is not None and not (np.isfinite(psf_fwhm_arcsec)
+                                            and psf_fwhm_arcsec > 0):
+        raise RomosaicInputError(f"psf_fwhm_arcsec must be > 0, got {psf_fwhm_arcsec}")
     if not (np.isfinite(snr_threshold) and snr_threshold > 0):
         raise RomosaicInputError(f"snr_threshold must be > 0, got {snr_threshold}")
-    if not npixels >= 1:
+    if npixels is not None and not npixels >= 1:
         raise RomosaicInputError(f"npixels must be at least 1, got {npixels}")
+    if npixels is None and not (min_area_arcsec2 is not None and np.isfinite(min_area_arcsec2)
+                                and min_area_arcsec2 > 0):
+        raise RomosaicInputError(f"min_area_arcsec2 must be > 0, got {min_area_arcsec2}")
     if deblend:
         require_deblender()
 
 
 def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
                         pixel_scale_arcsec=None,
-                        bkg_boxsize=1000, kernel_fwhm=2.0, snr_threshold=3.0, npixels=25,
-                        deblend=False, aperture_correction=None, noise_correlation=None):
+                        bkg_boxsize=1000, kernel_fwhm=None, snr_threshold=6.0, npixels=None,
+                        deblend=False, aperture_correction=None, noise_correlation=None,
+                        psf_fwhm_arcsec=None, min_area_arcsec2=MIN_AREA_ARCSEC2,
+                        filter_name=None):
     """Detect and measure the sources of a mosaic.
 
     Parameters
@@ -129,12 +159,25 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         from ``wcs`` at the centre of the mosaic.
     bkg_boxsize : int
         Background box size in pixels.
-    kernel_fwhm : float
-        FWHM of the Gaussian detection kernel, pixels.
+    kernel_fwhm : float, optional
+        FWHM of the Gaussian detection kernel, pixels. Default: matched to a
+        point source in the mosaic (`romosaic.catalog.detection.matched_kernel_fwhm`
+        of ``psf_fwhm_arcsec`` at the mosaic's pixel scale).
     snr_threshold : float
-        Detection threshold in units of the per-pixel background noise.
-    npixels : int
-        Minimum number of connected pixels of a source.
+        Detection threshold in units of the noise of the smoothed image
+        (the per-pixel background noise times the factor by which the
+        kernel averages it down, with the drizzle's correlation).
+    npixels : int, optional
+        Minimum number of connected pixels of a source; overrides
+        ``min_area_arcsec2``.
+    min_area_arcsec2 : float
+        Minimum area of a source above the threshold, arcsec², when
+        ``npixels`` is not given.
+    psf_fwhm_arcsec : float, optional
+        FWHM of the optical PSF; default: the table value of ``filter_name``
+        (`romosaic.catalog.detection.PSF_FWHM_ARCSEC`).
+    filter_name : str, optional
+        The mosaic's filter (``meta.instrument.optical_element``).
     deblend : bool
         Split blended sources.
     aperture_correction : ApertureCorrection, optional
@@ -155,7 +198,9 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         For arrays of the wrong shape or parameters that cannot work.
     """
     check_catalog_parameters(bkg_boxsize=bkg_boxsize, kernel_fwhm=kernel_fwhm,
-                             snr_threshold=snr_threshold, npixels=npixels, deblend=deblend)
+                             snr_threshold=snr_threshold, npixels=npixels, deblend=deblend,
+                             psf_fwhm_arcsec=psf_fwhm_arcsec,
+                             min_area_arcsec2=min_area_arcsec2)
     data = np.asarray(data)
     err = np.asarray(err)
     if data.ndim != 2:
@@ -168,16 +213,32 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         raise RomosaicInputError(f"coverage has shape {np.shape(coverage)}, data {data.shape}")
 
     notes = []
+    if pixel_scale_arcsec is None:
+        pixel_scale_arcsec = _central_scale(wcs, data.shape)
+    if psf_fwhm_arcsec is None:
+        psf_fwhm_arcsec = psf_fwhm_for_filter(filter_name)
+    # The cosmic-ray test's window is twice a kernel of at most 2 pixels: a
+    # window as wide as twice the matched kernel on 0.055" pixels (5.6
+    # pixels) let cosmic rays pass as stars on simulated scenes, and on 0.11"
+    # pixels the matched kernel's 3-pixel window rejected more than 4 pixels.
+    window_kernel = kernel_fwhm
+    if kernel_fwhm is None:
+        kernel_fwhm = matched_kernel_fwhm(psf_fwhm_arcsec, pixel_scale_arcsec)
+        window_kernel = min(kernel_fwhm, COSMIC_RAY_WINDOW_KERNEL)
+    if npixels is None:
+        npixels = pixels_for_area(min_area_arcsec2, pixel_scale_arcsec)
     meta = _base_meta(bkg_boxsize, kernel_fwhm, snr_threshold, npixels, deblend,
                       aperture_correction)
+    meta.update({
+        "psf_fwhm_arcsec": float(psf_fwhm_arcsec),
+        "kernel_fwhm_arcsec": float(kernel_fwhm * pixel_scale_arcsec),
+        "min_area_arcsec2": float(npixels * pixel_scale_arcsec**2),
+    })
     no_data = ~np.isfinite(data) | ~np.isfinite(err)
     if weight is not None:
         no_data |= ~(np.asarray(weight) > 0)
-    if pixel_scale_arcsec is None:
-        pixel_scale_arcsec = _central_scale(wcs, data.shape)
     meta["pixel_scale_arcsec"] = float(pixel_scale_arcsec)
     meta["aperture_radii"] = aperture_radii(pixel_scale_arcsec)
-    _check_minimum_area(npixels, pixel_scale_arcsec, notes)
 
     background = estimate_background(data, no_data, bkg_boxsize, weight=weight)
     if background is None:
@@ -203,19 +264,43 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         return _empty(data.shape, meta, notes, "neither the background nor the err array "
                       "shows any noise; no detection threshold can be set",
                       detection_image=detection_image)
-    threshold = (snr_threshold * noise).astype(np.float32)
+    ratio = _smoothed_noise_ratio(subtracted, detection_image, noise, no_data, kernel_fwhm,
+                                  noise_correlation, meta)
+    threshold = (snr_threshold * ratio * noise).astype(np.float32)
     # The full-size background maps are not needed past this point; on a
     # skycell each is 100 MB.
     del noise
     background.background = background.rms = None
     # Pixels without a threshold (no data) cannot be part of a source.
     segmentation = find_sources(detection_image, threshold, npixels, no_data, deblend=deblend)
-    del threshold
     if segmentation is None:
         return _empty(data.shape, meta, notes, "no sources detected",
                       detection_image=detection_image)
+    peaks_y, peaks_x = segment_peaks(detection_image, segmentation.data,
+                                     np.asarray(segmentation.labels))
+    wing_removed, _ = reject_wing_detections(
+        segmentation, detection_image, threshold[peaks_y, peaks_x].astype(np.float64),
+        peaks_y, peaks_x, no_data, pixel_scale_arcsec)
+    del threshold
+    meta["wing_detections_rejected"] = wing_removed
+    if segmentation.n_labels == 0:
+        return _empty(data.shape, meta, notes, "every detection was a bright source's wing",
+                      detection_image=detection_image)
+    # Two passes: windows started at each segment's smoothed peak, then at its
+    # brightest unsmoothed pixel. The matched kernel can move a cosmic ray's
+    # smoothed peak beside a hole in the data, where its window is cut and
+    # the test not trusted; the brightest pixel can lie off a faint
+    # cosmic ray's track. A star is not sharp from either start.
+    # A point source's width in the mosaic, for a field without bright stars.
+    point_source_fwhm = matched_kernel_fwhm(psf_fwhm_arcsec, pixel_scale_arcsec)
     segmentation, rejection = reject_cosmic_rays(
-        segmentation, subtracted, detection_image, error, no_data, coverage, kernel_fwhm)
+        segmentation, subtracted, detection_image, error, no_data, coverage, window_kernel,
+        point_source_fwhm=point_source_fwhm)
+    if segmentation is not None and rejection.threshold is not None:
+        segmentation, second = reject_cosmic_rays(
+            segmentation, subtracted, subtracted, error, no_data, coverage, window_kernel,
+            point_source_fwhm=point_source_fwhm)
+        rejection.rejected += second.rejected
     meta.update(rejection.meta())
     notes.extend(rejection.notes)
     if segmentation is None:
@@ -308,23 +393,30 @@ def _detection_noise(rms, error, no_data, notes, meta):
     return None
 
 
-def _check_minimum_area(npixels, pixel_scale_arcsec, notes):
-    """Warn when ``npixels`` asks for a much larger area than the reference's default.
+def _smoothed_noise_ratio(image, smoothed, noise, no_data, kernel_fwhm, noise_correlation,
+                          meta):
+    """Noise of the smoothed image over the per-pixel noise, recorded in ``meta``.
 
-    The default ``npixels=25`` was chosen for 0.055″ skycell pixels (0.076
-    arcsec²). On a mosaic of native 0.11″ pixels the same number asks for
-    four times the area, and faint point sources are lost (on simulated data
-    a fifth of the isolated stars with S/N > 20).
+    From the drizzle's recorded correlation when the mosaic has one, else
+    measured on the mosaic; independent pixels when neither works.
     """
-    area = npixels * pixel_scale_arcsec**2
-    if area > 2 * REFERENCE_MIN_AREA_ARCSEC2:
-        suggestion = max(1, int(round(REFERENCE_MIN_AREA_ARCSEC2 / pixel_scale_arcsec**2)))
-        note = (f"npixels={npixels} at {pixel_scale_arcsec:.3f}\" pixels asks for "
-                f"{area:.3f} arcsec2 above the threshold, {area / REFERENCE_MIN_AREA_ARCSEC2:.1f}"
-                f" times the default's area on 0.055\" pixels: faint point sources will be "
-                f"missed; npixels={suggestion} keeps the default's area")
-        log.warning("%s", note)
-        notes.append(note)
+    if meta.get("noise_model", "").startswith("err array"):
+        # A noise-free image has no scatter to measure: the err array's pixels
+        # are taken as independent.
+        ratio = smoothed_noise_ratio(kernel_fwhm)
+        how = "independent pixels assumed (err array)"
+    elif noise_correlation is not None:
+        ratio = smoothed_noise_ratio(kernel_fwhm, noise_correlation.correlation)
+        how = "the drizzle's noise correlation (meta.resample)"
+    else:
+        ratio = measured_noise_ratio(image, smoothed, noise, no_data)
+        how = "measured on the mosaic"
+        if ratio is None:
+            ratio = smoothed_noise_ratio(kernel_fwhm)
+            how = "independent pixels assumed"
+    meta["smoothed_noise_ratio"] = float(ratio)
+    meta["smoothed_noise_from"] = how
+    return ratio
 
 
 def _central_scale(wcs, shape):

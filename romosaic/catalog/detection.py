@@ -2,9 +2,20 @@
 
 The background-subtracted image is convolved with a normalised 2-D Gaussian
 of FWHM ``kernel_fwhm`` pixels, and pixels above ``snr_threshold`` times the
-per-pixel background noise that form groups of at least ``npixels``
+noise *of the smoothed image* that form groups of at least ``npixels``
 (8-connected) become sources (photutils `~photutils.segmentation.detect_sources`).
 Optionally, groups are split at saddle points by photutils' deblender.
+
+Detection is meant to be a property of the sky, not of the output grid. By
+default the kernel is matched to a point source as the mosaic shows it
+(`matched_kernel_fwhm`: the optical PSF of the filter, `PSF_FWHM_ARCSEC`,
+blurred by the input and output pixels) and the minimum area is given in
+arcsec² (`pixels_for_area`). The threshold is in units of the noise of the
+smoothed image (`smoothed_noise_ratio`): smoothing averages neighbouring
+pixels, whose noise drizzling has correlated, so the per-pixel noise says
+little about the noise of the image that is thresholded, and how much less
+depends on the pixel scale. With these, a source of a given brightness is
+detected at the same significance on any grid.
 
 A pixel-integrated 2-D Gaussian is the product of two 1-D pixel-integrated
 Gaussians, so the convolution is done as two 1-D passes. On a 5000 × 5000
@@ -39,12 +50,16 @@ import numpy as np
 from photutils.segmentation import deblend_sources, detect_sources
 from photutils.utils.exceptions import NoDetectionsWarning
 from scipy.ndimage import correlate1d
+from scipy.signal import fftconvolve
+from scipy.spatial import cKDTree
 from scipy.special import erf
 
 from ..errors import RomosaicInputError
 from .classify import LOCUS_MIN_SNR, MIN_LOCUS_SOURCES, half_sample_mode
 
 __all__ = [
+    "INPUT_PIXEL_SCALE",
+    "PSF_FWHM_ARCSEC",
     "SHARP_FRACTION",
     "SHARP_SIGNIFICANCE",
     "TAIL_FRACTION",
@@ -54,8 +69,15 @@ __all__ = [
     "find_sources",
     "gaussian_kernel_1d",
     "kernel_size",
+    "matched_kernel_fwhm",
+    "measured_noise_ratio",
+    "pixels_for_area",
+    "psf_fwhm_for_filter",
+    "smoothed_noise_ratio",
     "minor_moment",
     "reject_cosmic_rays",
+    "reject_wing_detections",
+    "wing_envelope",
     "require_deblender",
     "segment_peaks",
 ]
@@ -66,6 +88,41 @@ log = logging.getLogger(__name__)
 #: levels, and a component must hold 0.1% of the blend's flux to be split off.
 DEBLEND_LEVELS = 32
 DEBLEND_CONTRAST = 0.001
+
+#: FWHM (arcsec) of the WFI's optical PSF per filter (plausible values for
+#: Roman's diffraction-limited optics with jitter; F158's 0.128″ is between
+#: the simulator's Gaussian, 0.15″, and its diffraction pattern, 0.136″).
+PSF_FWHM_ARCSEC = {
+    "F062": 0.058,
+    "F087": 0.073,
+    "F106": 0.087,
+    "F129": 0.106,
+    "F146": 0.105,
+    "F158": 0.128,
+    "F184": 0.146,
+    "F213": 0.169,
+}
+#: Filter assumed when the mosaic names none (or one not in the table).
+DEFAULT_PSF_FILTER = "F158"
+#: Pixel size (arcsec) of the WFI detectors whose images make the mosaic.
+INPUT_PIXEL_SCALE = 0.11
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+#: FWHM of the Gaussian with the variance of a unit box (2.3548 / sqrt(12)).
+BOX_FWHM_FACTOR = FWHM_PER_SIGMA / math.sqrt(12.0)
+
+#: Radius (arcsec) out to which a bright source's rings and spikes are modelled.
+WING_RADIUS = 3.0
+#: Sources whose wing envelope is measured: the brightest this many ...
+WING_SOURCES = 15
+#: ... with a smoothed peak at least this many times their threshold; with
+#: fewer than `WING_MIN_SOURCES` of them (whose median a neighbour of one
+#: cannot move), nothing is rejected.
+WING_MIN_PEAK = 200.0
+WING_MIN_SOURCES = 3
+#: A detection must clear its threshold after this many times the wing
+#: envelope of each brighter neighbour is subtracted (a margin for stars
+#: whose rings or spikes are brighter than the median envelope's).
+WING_MARGIN = 2.0
 
 #: A detection is a cosmic ray candidate when its width (minor-axis second
 #: moment in the window) is below this fraction of the point sources'. On
@@ -85,6 +142,136 @@ WINDOW_FACTOR = 2.0
 INTACT_RADIUS = 2.0
 #: Sources measured at a time (bounds the memory of the windows).
 CHUNK = 2048
+
+
+def psf_fwhm_for_filter(filter_name):
+    """The optical PSF FWHM (arcsec) of a filter; F158's for an unknown one."""
+    key = str(filter_name).upper() if filter_name is not None else DEFAULT_PSF_FILTER
+    return PSF_FWHM_ARCSEC.get(key, PSF_FWHM_ARCSEC[DEFAULT_PSF_FILTER])
+
+
+def matched_kernel_fwhm(psf_fwhm_arcsec, pixel_scale_arcsec, *,
+                        input_pixel_scale=INPUT_PIXEL_SCALE):
+    """FWHM in output pixels of the Gaussian matched to a point source in the mosaic.
+
+    A star in a drizzled mosaic is the optical PSF blurred by the detector's
+    pixels and again by the output pixels. The widths add in quadrature,
+    each pixel counting as the Gaussian of a box's variance. Correlating
+    with this Gaussian is the classic matched filter for point sources: it
+    maximises their significance in the smoothed image (and a mismatch of
+    20% costs only about 2% of it).
+
+    Parameters
+    ----------
+    psf_fwhm_arcsec : float
+        FWHM of the optical PSF, arcsec.
+    pixel_scale_arcsec : float
+        Output pixel size, arcsec.
+    input_pixel_scale : float
+        Detector pixel size, arcsec.
+
+    Returns
+    -------
+    float
+        Kernel FWHM in output pixels.
+
+    Examples
+    --------
+    >>> round(matched_kernel_fwhm(0.128, 0.11), 2), round(matched_kernel_fwhm(0.128, 0.055), 2)
+    (1.51, 2.78)
+    """
+    variance = psf_fwhm_arcsec**2 + (BOX_FWHM_FACTOR * input_pixel_scale) ** 2 + \
+        (BOX_FWHM_FACTOR * pixel_scale_arcsec) ** 2
+    return math.sqrt(variance) / pixel_scale_arcsec
+
+
+def pixels_for_area(area_arcsec2, pixel_scale_arcsec):
+    """Whole number of pixels (at least 1) covering an area of the sky.
+
+    Examples
+    --------
+    >>> pixels_for_area(0.02, 0.11), pixels_for_area(0.02, 0.055)
+    (2, 7)
+    """
+    return max(1, int(round(area_arcsec2 / pixel_scale_arcsec**2)))
+
+
+def _kernel_2d(fwhm):
+    kernel = gaussian_kernel_1d(fwhm)
+    return np.outer(kernel, kernel).astype(np.float64)
+
+
+def smoothed_noise_ratio(fwhm, correlation=None):
+    """Noise of the smoothed image over the per-pixel noise, for flat noise.
+
+    ``Var(Σ_a k_a n_a) = Σ_a Σ_b k_a k_b ρ(b − a) σ²`` for kernel ``k`` and
+    the noise correlation ``ρ`` of neighbouring pixels (independent pixels:
+    ``ρ = δ``, giving ``sqrt(Σ k²)``).
+
+    Parameters
+    ----------
+    fwhm : float
+        Kernel FWHM in pixels.
+    correlation : numpy.ndarray, optional
+        ``ρ`` of `romosaic.resample.noise_correlation.NoiseCorrelation`
+        (odd square, centre 1); None for independent pixels.
+
+    Returns
+    -------
+    float
+    """
+    kernel = _kernel_2d(fwhm)
+    if correlation is None:
+        return float(np.sqrt(np.sum(kernel**2)))
+    # The kernel's autocorrelation, weighted by rho at each lag.
+    auto = fftconvolve(kernel, kernel[::-1, ::-1], mode="full")
+    rho = np.asarray(correlation, dtype=np.float64)
+    ca, cr = auto.shape[0] // 2, rho.shape[0] // 2
+    half = min(ca, cr)
+    auto = auto[ca - half:ca + half + 1, ca - half:ca + half + 1]
+    rho = rho[cr - half:cr + half + 1, cr - half:cr + half + 1]
+    return float(np.sqrt(max(np.sum(auto * rho), 0.0)))
+
+
+def measured_noise_ratio(image, smoothed, noise, no_data, *, step=3):
+    """Noise of the smoothed image over the per-pixel noise, measured on the mosaic.
+
+    For a mosaic that records no noise correlation: the robust scatter
+    (1.4826 × MAD) of ``smoothed / noise`` over that of ``image / noise``,
+    on every ``step``-th pixel with data. Faint sources widen the smoothed
+    image's scatter a little more than the image's, so the ratio errs high
+    (a more cautious threshold).
+
+    Parameters
+    ----------
+    image, smoothed : numpy.ndarray
+        Background-subtracted image and its smoothed version.
+    noise : numpy.ndarray
+        Per-pixel noise (> 0 where there is data).
+    no_data : numpy.ndarray of bool
+    step : int
+        Sampling stride in each direction.
+
+    Returns
+    -------
+    float or None
+        None when too few pixels can be used.
+    """
+    good = ~no_data[::step, ::step]
+    sigma = noise[::step, ::step][good]
+    use = sigma > 0
+    if np.count_nonzero(use) < 100:
+        return None
+    raw = image[::step, ::step][good][use] / sigma[use]
+    smooth = smoothed[::step, ::step][good][use] / sigma[use]
+
+    def scatter(values):
+        return float(np.median(np.abs(values - np.median(values))))
+
+    raw_scatter = scatter(raw)
+    if not raw_scatter > 0:
+        return None
+    return scatter(smooth) / raw_scatter
 
 
 def kernel_size(fwhm):
@@ -402,7 +589,7 @@ def _window(usable, rows, cols, x_c, y_c, window_sigma):
 
 
 def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, coverage,
-                       kernel_fwhm):
+                       kernel_fwhm, *, point_source_fwhm=None):
     """Remove detections sharper than a point source where one input covers the mosaic.
 
     See the module notes for the reasoning and the criteria.
@@ -426,6 +613,10 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
         several exposures saw).
     kernel_fwhm : float
         FWHM of the detection kernel, pixels; sets the measuring window.
+    point_source_fwhm : float, optional
+        FWHM (pixels) of a point source in the mosaic, from the PSF. When
+        too few bright sources show the point-source width (an empty field),
+        the width of a Gaussian of this FWHM in the window stands in for it.
 
     Returns
     -------
@@ -452,15 +643,25 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
         (snr >= LOCUS_MIN_SNR)
     if not np.any(covered <= 1):
         return segmentation, rejection
-    if np.count_nonzero(locus_sample) < MIN_LOCUS_SOURCES:
+    if np.count_nonzero(locus_sample) >= MIN_LOCUS_SOURCES:
+        locus = half_sample_mode(width[locus_sample])
+        tail = float(np.percentile(width[locus_sample], 5.0))
+    elif point_source_fwhm is not None:
+        # A Gaussian of variance s² in a Gaussian window of variance w² has
+        # the windowed second moment 1 / (1/s² + 1/w²).
+        star = (point_source_fwhm / FWHM_PER_SIGMA) ** 2
+        locus = tail = 1.0 / (1.0 / star + 1.0 / window_sigma**2)
+        rejection.notes.append(
+            f"only {np.count_nonzero(locus_sample)} bright, clean sources where two or more "
+            "inputs overlap: the point-source width is taken from the PSF")
+        log.info("%s", rejection.notes[-1])
+    else:
         rejection.notes.append(
             f"only {np.count_nonzero(locus_sample)} bright, clean sources where two or more "
             "inputs overlap: the point-source width is unknown and no detection was "
             "rejected as a cosmic ray")
         log.warning("%s", rejection.notes[-1])
         return segmentation, rejection
-    locus = half_sample_mode(width[locus_sample])
-    tail = float(np.percentile(width[locus_sample], 5.0))
     threshold = min(SHARP_FRACTION * locus, TAIL_FRACTION * tail)
     rejection.point_source_width = float(locus)
     rejection.threshold = float(threshold)
@@ -478,3 +679,122 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
     if rejection.rejected:
         segmentation.remove_labels(labels[sharp], relabel=True)
     return segmentation, rejection
+
+
+def wing_envelope(detection_image, no_data, peaks_y, peaks_x, peak_values, radius_pix):
+    """Brightest fraction of a source's peak at each distance: its rings and spikes.
+
+    For each of the brightest sources (up to `WING_SOURCES`) the smoothed
+    image is divided by the source's peak, and its maximum over each ring of
+    one pixel's width is taken: the maximum follows the rings and the
+    diffraction spikes, whatever their direction. The envelope is the median
+    over the sources (a neighbour of one of them does not move it), made
+    non-increasing outwards.
+
+    Parameters
+    ----------
+    detection_image : numpy.ndarray
+        The smoothed, background-subtracted image.
+    no_data : numpy.ndarray of bool
+    peaks_y, peaks_x : numpy.ndarray of int
+        Peak pixels of the sources to use, brightest first.
+    peak_values : numpy.ndarray
+        Their smoothed peak values.
+    radius_pix : int
+        Outer radius, pixels.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        Envelope at integer radii 0 ... ``radius_pix``; None with fewer than
+        `WING_MIN_SOURCES` sources whose surroundings are fully covered.
+    """
+    ny, nx = detection_image.shape
+    offsets = np.arange(-radius_pix, radius_pix + 1)
+    ring = np.rint(np.hypot(offsets[:, None], offsets[None, :])).astype(np.int64)
+    inside = ring <= radius_pix
+    profiles = []
+    for y, x, peak in zip(peaks_y, peaks_x, peak_values, strict=True):
+        if len(profiles) == WING_SOURCES:
+            break
+        if y < radius_pix or x < radius_pix or y >= ny - radius_pix or x >= nx - radius_pix:
+            continue
+        cut = (slice(y - radius_pix, y + radius_pix + 1), slice(x - radius_pix, x + radius_pix + 1))
+        if no_data[cut].any():
+            continue
+        values = detection_image[cut] / peak
+        profile = np.full(radius_pix + 1, -np.inf)
+        np.maximum.at(profile, ring[inside], values[inside])
+        profiles.append(profile)
+    if len(profiles) < WING_MIN_SOURCES:
+        return None
+    envelope = np.median(np.asarray(profiles), axis=0)
+    return np.maximum.accumulate(np.clip(envelope, 0.0, None)[::-1])[::-1]
+
+
+def reject_wing_detections(segmentation, detection_image, threshold_at_peak, peaks_y, peaks_x,
+                           no_data, pixel_scale_arcsec):
+    """Remove detections that are only a brighter source's rings or spikes.
+
+    A real PSF has rings and diffraction spikes; around a bright star they
+    clear any threshold and become detections of their own, which no true
+    source explains. Much as SExtractor's CLEAN does, each detection is
+    checked against every brighter source within `WING_RADIUS`: the
+    neighbour's light there is at most `WING_MARGIN` × its peak × the wing
+    envelope (measured on the mosaic's brightest sources, `wing_envelope`),
+    and a detection whose smoothed peak does not clear its threshold once
+    that light is subtracted is removed. Only sources bright enough that
+    their wings can reach a threshold matter, so the check costs little.
+
+    Parameters
+    ----------
+    segmentation : photutils.segmentation.SegmentationImage
+        Modified in place (labels removed and renumbered).
+    detection_image : numpy.ndarray
+        The smoothed image that was segmented.
+    threshold_at_peak : numpy.ndarray
+        The threshold at each segment's peak, in label order.
+    peaks_y, peaks_x : numpy.ndarray of int
+        Each segment's peak pixel, in label order.
+    no_data : numpy.ndarray of bool
+    pixel_scale_arcsec : float
+
+    Returns
+    -------
+    removed : int
+        Detections removed.
+    envelope : numpy.ndarray or None
+        The wing envelope used (None: too few sources bright enough to
+        measure it, and nothing removed).
+    """
+    labels = np.asarray(segmentation.labels)
+    peaks = detection_image[peaks_y, peaks_x].astype(np.float64)
+    order = np.argsort(-peaks)
+    strong = order[peaks[order] >= WING_MIN_PEAK * threshold_at_peak[order]]
+    radius_pix = int(math.ceil(WING_RADIUS / pixel_scale_arcsec))
+    envelope = wing_envelope(detection_image, no_data, peaks_y[strong], peaks_x[strong],
+                             peaks[strong], radius_pix)
+    if envelope is None:
+        return 0, None
+    # Only sources whose wings can reach the lowest threshold can matter (the
+    # envelope falls outwards, so its value one pixel out bounds them).
+    floor = float(np.min(threshold_at_peak))
+    sources = np.flatnonzero(peaks * WING_MARGIN * envelope[1] >= floor)
+    points = np.column_stack([peaks_x, peaks_y]).astype(np.float64)
+    tree = cKDTree(points)
+    wing_light = np.zeros(labels.size)
+    for index in sources:
+        near = np.asarray(tree.query_ball_point(points[index], radius_pix), dtype=np.int64)
+        near = near[peaks[near] < peaks[index]]
+        if near.size == 0:
+            continue
+        distance = np.hypot(*(points[near] - points[index]).T)
+        light = WING_MARGIN * peaks[index] * envelope[np.minimum(np.rint(distance).astype(int),
+                                                                 radius_pix)]
+        np.add.at(wing_light, near, light)
+    wings = peaks - wing_light < threshold_at_peak
+    removed = int(np.count_nonzero(wings))
+    if removed:
+        log.info("%d detections are only the rings or spikes of brighter sources", removed)
+        segmentation.remove_labels(labels[wings], relabel=True)
+    return removed, envelope

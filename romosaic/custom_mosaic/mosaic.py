@@ -327,7 +327,9 @@ def _make_coarse_products(plan, library, name, staging, *, steps):
 def _coarse_catalog_step(parameters, step_class):
     """The catalog step for the coarse mosaic: same sky areas on 4× larger pixels."""
     step = step_class(**parameters)
-    step.npixels = max(1, round(step.npixels / COARSE_BLOCK**2))
+    if step.npixels is not None:
+        # An area in arcsec² (npixels None) needs no scaling.
+        step.npixels = max(1, round(step.npixels / COARSE_BLOCK**2))
     step.bkg_boxsize = max(1, round(step.bkg_boxsize / COARSE_BLOCK))
     return step
 

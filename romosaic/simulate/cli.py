@@ -95,6 +95,20 @@ def add_cli_parser(subparsers):
         help="record each exposure's roll wrong by this much, with a random sign (0)",
     )
     parser.add_argument(
+        "--psf", choices=("gaussian", "airy"), default="gaussian",
+        help="stars' PSF: a 0.15\" Gaussian, or Roman's diffraction pattern with rings and "
+             "spikes (gaussian)",
+    )
+    parser.add_argument(
+        "--star-mags", type=float, nargs=2, default=None, metavar=("BRIGHT", "FAINT"),
+        help="magnitude range of the stars (17 25)",
+    )
+    parser.add_argument(
+        "--output-pixel-scale", type=float, default=None, metavar="ARCSEC",
+        help="also write <product>_roman_mos_pars.asdf, a roman_mos parameter file that "
+             "drizzles onto pixels of this size (strun it with the association)",
+    )
+    parser.add_argument(
         "--no-noise", dest="noise", action="store_false", help="render without random noise"
     )
     parser.set_defaults(run=_run)
@@ -104,7 +118,12 @@ def add_cli_parser(subparsers):
 def _run(args):
     """Run the simulation for parsed arguments; returns the exit status."""
     # Imported here so that ``romosaic --help`` does not load the data models.
+    from ..errors import RomosaicInputError
     from .dataset import simulate_association
+
+    scale = args.output_pixel_scale
+    if scale is not None and not scale > 0:
+        raise RomosaicInputError(f"--output-pixel-scale must be positive, not {scale}")
 
     result = simulate_association(
         args.outdir,
@@ -127,6 +146,21 @@ def _run(args):
         roll=args.roll,
         pointing_error=args.pointing_error,
         roll_error=args.roll_error,
+        psf=args.psf,
+        star_mag_range=args.star_mags,
     )
+    if scale is not None:
+        _write_pipeline_parameters(
+            result.asn_path.with_name(f"{result.product_name}_roman_mos_pars.asdf"), scale)
     print(result.asn_path)
     return 0
+
+
+def _write_pipeline_parameters(path, pixel_scale):
+    """A roman_mos parameter file with the resample step's output pixel size."""
+    from ..pipeline import MosaicPipeline
+
+    # A free grid: a simulated association names no skycell.
+    pipeline = MosaicPipeline(resample_on_skycell=False,
+                              steps={"resample": {"pixel_scale": float(pixel_scale)}})
+    pipeline.export_config(str(path))

@@ -8,6 +8,7 @@ from astropy.table import Table, vstack
 
 from .._atomic import atomic_save_model
 from ..errors import RomosaicInputError
+from . import psf as psf_module
 from . import render
 from .instrument import (
     CONVERSION_MEGAJANSKYS,
@@ -89,7 +90,7 @@ def _rng(seed, *stream):
 
 def _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
                    exposure_time, cosmic_ray_rate, detector_sky_scatter, pointing_error,
-                   roll_error):
+                   roll_error, psf="gaussian", star_mag_range=None):
     if n_exposures < 1:
         raise RomosaicInputError(f"n_exposures must be at least 1, not {n_exposures}")
     if not 1 <= n_detectors <= MAX_DETECTORS:
@@ -123,6 +124,14 @@ def _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
         raise RomosaicInputError(f"pointing_error must not be negative, not {pointing_error}")
     if not roll_error >= 0:
         raise RomosaicInputError(f"roll_error must not be negative, not {roll_error}")
+    if psf not in psf_module.PSF_MODELS:
+        raise RomosaicInputError(
+            f"unknown psf {psf!r}; use one of {', '.join(psf_module.PSF_MODELS)}")
+    if star_mag_range is not None and not (
+            len(star_mag_range) == 2 and np.all(np.isfinite(star_mag_range))
+            and star_mag_range[0] < star_mag_range[1]):
+        raise RomosaicInputError(
+            f"star_mag_range must be two increasing magnitudes, not {star_mag_range}")
 
 
 def _source_arrays(sources, kind):
@@ -155,8 +164,8 @@ def _image_sky_levels(rng, sky_levels, n_exposures, n_detectors, detector_sky_sc
     return levels
 
 
-def _render_scene(geometry, stars, galaxies, psf_fwhm):
-    """Noise-free image of the scene in MJy/sr."""
+def _render_scene(geometry, stars, galaxies, psf_fwhm, table_psf=None):
+    """Noise-free image of the scene in MJy/sr (stars with ``table_psf`` when given)."""
     ny, nx = geometry.shape
     image = np.zeros((ny, nx))
     # Only sources whose light can reach the image are rendered.
@@ -165,6 +174,8 @@ def _render_scene(geometry, stars, galaxies, psf_fwhm):
             continue
         x, y = geometry.world_to_pixel(columns["ra"], columns["dec"])
         extent = np.nan_to_num(columns["truncation_radius"]) + 5.0 * psf_fwhm
+        if table_psf is not None and kind == "star":
+            extent = extent + psf_module.PSF_RADIUS
         reach = extent / _MIN_SCALE + 2.0
         near = (
             (x > -0.5 - reach) & (x < nx - 0.5 + reach)
@@ -174,7 +185,9 @@ def _render_scene(geometry, stars, galaxies, psf_fwhm):
             continue
         x, y = x[near], y[near]
         jac = geometry.jacobian(x, y)
-        if kind == "star":
+        if kind == "star" and table_psf is not None:
+            render.render_stars_table(image, x, y, columns["flux"][near], jac, table_psf)
+        elif kind == "star":
             render.render_stars(image, x, y, columns["flux"][near], jac, psf_fwhm)
         else:
             render.render_galaxies(
@@ -190,15 +203,20 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
               cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False, sky_levels=None,
               exposure_time=EXPOSURE_TIME, noise=True, roll=None, n_hot_pixels=None,
               psf_fwhm=PSF_FWHM, detector_sky_scatter=DETECTOR_SKY_SCATTER,
-              pointing_error=0.0, roll_error=0.0):
+              pointing_error=0.0, roll_error=0.0, psf="gaussian", star_mag_range=None):
     """Yield the truth tables first, then (model, cosmic-ray table) per image.
 
     A generator, so that writing files can drop each model before the next is made.
     """
     _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
                    exposure_time, cosmic_ray_rate, detector_sky_scatter, pointing_error,
-                   roll_error)
+                   roll_error, psf, star_mag_range)
     filter_name = filter_name.upper()
+    # A diffraction PSF is tabulated once for all images (at the nominal pixel scale).
+    table_psf = psf_module.airy_psf(PIXEL_SCALE, filter_name) if psf == "airy" else None
+    if table_psf is not None:
+        # Galaxies are blurred by a Gaussian of the diffraction PSF's width.
+        psf_fwhm = table_psf.fwhm
     conversion = CONVERSION_MEGAJANSKYS[filter_name]
     placements = plan_layout(
         _rng(seed, _LAYOUT), ra=ra, dec=dec, n_exposures=n_exposures,
@@ -209,7 +227,7 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
     errors = draw_pointing_errors(_rng(seed, _POINTING), n_exposures, pointing_error, roll_error)
     image_errors = [errors[p.exposure - 1] for p in placements]
     sources = make_scene(geometries, _rng(seed, _SCENE), ra=ra, dec=dec,
-                         n_stars=n_stars, n_galaxies=n_galaxies)
+                         n_stars=n_stars, n_galaxies=n_galaxies, star_mag_range=star_mag_range)
     image_skies = _image_sky_levels(_rng(seed, _SKY), sky_levels, n_exposures, n_detectors,
                                     detector_sky_scatter)
     if n_hot_pixels is None:
@@ -248,7 +266,7 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
             _rng(seed, _DETECTOR, p.detector), (size, size), read_noise=READ_NOISE,
             n_hot=n_hot_pixels,
         )
-        scene = _render_scene(geometry, stars, galaxies, psf_fwhm)
+        scene = _render_scene(geometry, stars, galaxies, psf_fwhm, table_psf)
         arrays, (rows, cols, values) = render.expose(
             scene, conversion=conversion, sky=float(sky),
             detector=detector, exposure_time=exposure_time, gain=GAIN,
@@ -305,7 +323,8 @@ def make_image_models(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0
                       cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False, sky_levels=None,
                       exposure_time=EXPOSURE_TIME, noise=True, roll=None, n_hot_pixels=None,
                       psf_fwhm=PSF_FWHM, detector_sky_scatter=DETECTOR_SKY_SCATTER,
-                      pointing_error=0.0, roll_error=0.0):
+                      pointing_error=0.0, roll_error=0.0, psf="gaussian",
+                      star_mag_range=None):
     """Simulate a dithered set of Level-2 images in memory.
 
     Parameters
@@ -344,7 +363,9 @@ def make_image_models(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0
     n_hot_pixels : int or None
         Hot pixels per detector; None scales with the detector area.
     psf_fwhm : float
-        FWHM of the Gaussian PSF in arcsec (default 0.15).
+        FWHM of the Gaussian PSF in arcsec (default 0.15); with
+        ``psf="airy"``, galaxies are blurred by a Gaussian of the diffraction
+        PSF's own FWHM instead.
     detector_sky_scatter : float
         Relative standard deviation of a detector's sky about its exposure's
         when skies are drawn (default 0.1, clipped at 2.5 sigma; 0 gives one
@@ -360,6 +381,15 @@ def make_image_models(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0
         ``meta.pointing``) record the wrong one, moving all detectors of an
         exposure together. The errors come from a random stream of their own,
         so every array is the same as without them.
+    psf : {"gaussian", "airy"}
+        Stars' PSF: a Gaussian of ``psf_fwhm`` (default), or the diffraction
+        pattern of Roman's obscured aperture with rings and six diffraction
+        spikes, averaged over the filter's band (FWHM about 0.14″ in F158;
+        see `romosaic.simulate.psf`).
+    star_mag_range : tuple of float, optional
+        ``(bright, faint)`` AB magnitude limits of the stars other than the
+        guaranteed bright ones (default 17-25); counts rise towards faint
+        magnitudes.
 
     Returns
     -------
@@ -396,7 +426,7 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
                          sky_levels=None, exposure_time=EXPOSURE_TIME, noise=True, roll=None,
                          n_hot_pixels=None, psf_fwhm=PSF_FWHM,
                          detector_sky_scatter=DETECTOR_SKY_SCATTER, pointing_error=0.0,
-                         roll_error=0.0):
+                         roll_error=0.0, psf="gaussian", star_mag_range=None):
     """Simulate a dithered set of Level-2 images and write them with an association.
 
     Parameters
@@ -413,6 +443,8 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
         As for `make_image_models`.
     pointing_error, roll_error : float, optional
         As for `make_image_models`: the files record a WCS wrong by this much.
+    psf, star_mag_range : optional
+        As for `make_image_models`.
 
     Returns
     -------

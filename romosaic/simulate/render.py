@@ -35,6 +35,7 @@ __all__ = [
     "expose",
     "render_galaxies",
     "render_stars",
+    "render_stars_table",
 ]
 
 SIGMA_PER_FWHM = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -94,6 +95,41 @@ def render_stars(image, x, y, flux, jac, fwhm):
         frac_y = 0.5 * (erf((rows + 0.5 - ys[:, None]) / s) - erf((rows - 0.5 - ys[:, None]) / s))
         brightness = flux[chunk] / _solid_angle(jac[chunk])
         stamps = brightness[:, None, None] * frac_y[:, :, None] * frac_x[:, None, :]
+        _add_stamps(image, rows[:, :, None], cols[:, None, :], stamps)
+
+
+def render_stars_table(image, x, y, flux, jac, psf):
+    """Add point sources with a tabulated, pixel-integrated PSF to an image in MJy/sr.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D float array, modified in place.
+    x, y : numpy.ndarray
+        0-based pixel positions of the stars.
+    flux : numpy.ndarray
+        Fluxes in MJy.
+    jac : numpy.ndarray
+        Local Jacobians, shape (n, 2, 2), arcsec per pixel (for the solid angle).
+    psf : romosaic.simulate.psf.PixelPSF
+        The PSF integrated over this detector's pixels; it is fixed to the
+        detector's axes, like the telescope's struts.
+    """
+    if len(x) == 0:
+        return
+    radius = int(np.ceil(psf.radius_pix))
+    offsets = np.arange(-radius, radius + 1)
+    # A few hundred stamps of ~3000 pixels at a time.
+    chunk_size = max(1, _STAR_CHUNK // 100)
+    for start in range(0, len(x), chunk_size):
+        chunk = slice(start, start + chunk_size)
+        xs, ys = x[chunk], y[chunk]
+        cols = np.rint(xs).astype(np.int64)[:, None] + offsets
+        rows = np.rint(ys).astype(np.int64)[:, None] + offsets
+        dx = cols[:, None, :] - xs[:, None, None]
+        dy = rows[:, :, None] - ys[:, None, None]
+        brightness = flux[chunk] / _solid_angle(jac[chunk])
+        stamps = brightness[:, None, None] * psf.sample(dx, dy)
         _add_stamps(image, rows[:, :, None], cols[:, None, :], stamps)
 
 

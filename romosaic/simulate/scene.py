@@ -191,7 +191,8 @@ def _galaxy_shapes(rng, mags):
     return sersic_n, r_eff, axis_ratio, position_angle
 
 
-def make_scene(geometries, rng, *, ra, dec, n_stars=None, n_galaxies=None):
+def make_scene(geometries, rng, *, ra, dec, n_stars=None, n_galaxies=None,
+               star_mag_range=None):
     """Draw the stars and galaxies of an association's scene.
 
     Parameters
@@ -205,6 +206,9 @@ def make_scene(geometries, rng, *, ra, dec, n_stars=None, n_galaxies=None):
     n_stars, n_galaxies : int or None
         Numbers of sources; None scales them with the footprint area
         (about 55 stars and 37 galaxies per square arcminute).
+    star_mag_range : tuple of float, optional
+        ``(bright, faint)`` magnitude limits of the stars other than the
+        guaranteed bright ones; default `STAR_MAG_RANGE`.
 
     Returns
     -------
@@ -239,7 +243,8 @@ def make_scene(geometries, rng, *, ra, dec, n_stars=None, n_galaxies=None):
 
     mags = np.empty(n_total)
     mags[:n_bright] = rng.uniform(*BRIGHT_RANGE, n_bright)
-    mags[n_bright:n_stars] = _power_law_mags(rng, n_stars - n_bright, *STAR_MAG_RANGE, 0.2)
+    star_range = STAR_MAG_RANGE if star_mag_range is None else tuple(star_mag_range)
+    mags[n_bright:n_stars] = _power_law_mags(rng, n_stars - n_bright, *star_range, 0.2)
     mags[n_stars:] = _power_law_mags(rng, n_galaxies, *GALAXY_MAG_RANGE, 0.3)
 
     shape_columns = np.full((4, n_total), np.nan)

@@ -62,9 +62,11 @@ class SourceCatalogStep(RomosaicStep):
 
     spec = """
     bkg_boxsize = integer(default=1000)  # Background box size in pixels (fitted to the mosaic)
-    kernel_fwhm = float(default=2.0)  # FWHM of the Gaussian detection kernel in pixels
-    snr_threshold = float(default=3.0)  # Detection threshold in units of the background noise
-    npixels = integer(default=25)  # Minimum number of connected pixels in a source
+    kernel_fwhm = float(default=None)  # Detection kernel FWHM in pixels (None: matched to the PSF)
+    snr_threshold = float(default=6.0)  # Detection threshold in units of the smoothed image's noise
+    npixels = integer(default=None)  # Minimum pixels of a source (None: min_area_arcsec2)
+    min_area_arcsec2 = float(default=0.02)  # Minimum area of a source in arcsec2, unless npixels
+    psf_fwhm_arcsec = float(default=None)  # Optical PSF FWHM in arcsec (None: the filter's)
     deblend = boolean(default=False)  # Split blended sources
     fit_psf = boolean(default=False)  # PSF photometry: no PSF model offline, so warn and skip
     aperture_corrections = string(default='')  # ECSV/ASDF file of encircled energy per radius
@@ -120,6 +122,9 @@ class SourceCatalogStep(RomosaicStep):
             kernel_fwhm=self.kernel_fwhm,
             snr_threshold=self.snr_threshold,
             npixels=self.npixels,
+            min_area_arcsec2=self.min_area_arcsec2,
+            psf_fwhm_arcsec=self.psf_fwhm_arcsec,
+            filter_name=None if filter_name is None else str(filter_name),
             deblend=self.deblend,
             aperture_correction=correction,
             noise_correlation=NoiseCorrelation.from_meta(mosaic.meta.get("resample")),
@@ -140,7 +145,8 @@ class SourceCatalogStep(RomosaicStep):
     def check_parameters(self):
         check_catalog_parameters(bkg_boxsize=self.bkg_boxsize, kernel_fwhm=self.kernel_fwhm,
                                  snr_threshold=self.snr_threshold, npixels=self.npixels,
-                                 deblend=self.deblend)
+                                 deblend=self.deblend, psf_fwhm_arcsec=self.psf_fwhm_arcsec,
+                                 min_area_arcsec2=self.min_area_arcsec2)
         if self.forced_segmentation:
             raise RomosaicInputError(
                 "source_catalog: forced_segmentation is not implemented yet (forced "
