@@ -11,7 +11,8 @@
    rejected as cosmic rays;
 4. every segment is measured (`romosaic.catalog.measure`);
 5. aperture fluxes are divided by the user's encircled-energy fractions, if
-   given (`romosaic.catalog.apcorr`).
+   given (`romosaic.catalog.apcorr`);
+6. with ``fit_psf``, a PSF is fitted to every source (`romosaic.catalog.psf`).
 
 A mosaic without data, without detectable noise *and* error, or without
 sources gives an empty (but complete) table and an all-zero segmentation map,
@@ -38,6 +39,7 @@ from .measure import (
     LOCAL_BACKGROUND_ANNULUS,
     measure_sources,
 )
+from .psf import fit_psf_photometry
 
 __all__ = [
     "APERTURE_RADII_ARCSEC",
@@ -105,7 +107,8 @@ def check_catalog_parameters(*, bkg_boxsize, kernel_fwhm, snr_threshold, npixels
 def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
                         pixel_scale_arcsec=None,
                         bkg_boxsize=1000, kernel_fwhm=2.0, snr_threshold=3.0, npixels=25,
-                        deblend=False, aperture_correction=None, noise_correlation=None):
+                        deblend=False, aperture_correction=None, noise_correlation=None,
+                        fit_psf=False, psf_model=None):
     """Detect and measure the sources of a mosaic.
 
     Parameters
@@ -144,6 +147,11 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         (`romosaic.resample.noise_correlation.NoiseCorrelation.from_meta`):
         every uncertainty then includes it. Without it, flux uncertainties
         are calibrated on empty apertures (`romosaic.catalog.noise`).
+    fit_psf : bool
+        Add the PSF-fit columns (`romosaic.catalog.psf.fit_psf_photometry`).
+    psf_model : romosaic.catalog.psf.PSFModel, optional
+        The PSF to fit (`romosaic.catalog.psf.read_psf_file`); None builds
+        one from the mosaic's own stars.
 
     Returns
     -------
@@ -170,6 +178,9 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     notes = []
     meta = _base_meta(bkg_boxsize, kernel_fwhm, snr_threshold, npixels, deblend,
                       aperture_correction)
+    meta["fit_psf"] = bool(fit_psf)
+    meta["psf_photometry"] = ("not performed: no sources" if fit_psf
+                              else "not requested (fit_psf=False)")
     no_data = ~np.isfinite(data) | ~np.isfinite(err)
     if weight is not None:
         no_data |= ~(np.asarray(weight) > 0)
@@ -269,8 +280,16 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     if not measured.stellar_locus_measured:
         notes.append("too few bright, clean sources to measure the point-source "
                      "concentration: is_extended assumed C* = 1")
+    if fit_psf:
+        psf = fit_psf_photometry(
+            subtracted, error, no_data, segmentation.data, wcs, values, psf_model=psf_model,
+            pixel_scale_arcsec=pixel_scale_arcsec, noise=measured.noise,
+            correlation=None if noise_correlation is None else noise_correlation.correlation)
+        values.update(psf.values)
+        meta.update(psf.meta)
+        notes.extend(psf.notes)
     meta["notes"] = list(notes)
-    table = make_table(values, APERTURE_RADII_ARCSEC, meta=meta)
+    table = make_table(values, APERTURE_RADII_ARCSEC, meta=meta, psf=fit_psf)
     log.info("catalog: %d sources", len(table))
     return CatalogResult(
         table=table,
@@ -403,7 +422,7 @@ def _empty(shape, meta, notes, reason, detection_image=None):
     if detection_image is None:
         detection_image = np.zeros(shape, np.float32)
     return CatalogResult(
-        table=empty_table(APERTURE_RADII_ARCSEC, meta=meta),
+        table=empty_table(APERTURE_RADII_ARCSEC, meta=meta, psf=meta["fit_psf"]),
         segmentation=np.zeros(shape, np.uint32),
         detection_image=detection_image,
         notes=notes,
