@@ -12,19 +12,20 @@ in the mosaic's pixels:
 Every source with a defined centroid is fitted (as in the reference, also
 extended ones: ``is_extended`` says which fluxes mean something), its
 flux and position free, starting from its moment centroid, on the
-background-subtracted mosaic with the ``err`` array as weights
-(`fit_psf_photometry`). Sources whose fit boxes overlap are fitted
-together.
+background-subtracted mosaic (`fit_psf_photometry`). Sources whose fit
+boxes overlap are fitted together. The fits are weighted by the sky's
+noise, not by ``err`` (`_sky_error` says why).
 
 Uncertainties. A drizzled mosaic's noise is correlated between pixels, so the
 fitter's covariance, which treats pixels as independent (and scales by the
 reduced χ²), is not used. The covariance of the weighted least-squares
 parameters is computed instead from the model's derivatives ``J`` at the
-fitted values, the weights ``W = 1/err²`` and the pixel covariance
-``C = err ρ err`` of `romosaic.resample.noise_correlation`:
-``(JᵀWJ)⁻¹ JᵀWCWJ (JᵀWJ)⁻¹``. Without a recorded correlation the formal
-errors are scaled by the empty-aperture factor of the PSF's noise-equivalent
-area (`romosaic.catalog.noise`).
+fitted values, the weights ``W`` and the pixel covariance ``C = err ρ err``
+of `romosaic.resample.noise_correlation`: ``(JᵀWJ)⁻¹ JᵀWCWJ (JᵀWJ)⁻¹``.
+Without a recorded correlation the errors are scaled by the empty-aperture
+factor of the PSF's noise-equivalent area (`romosaic.catalog.noise`). The
+PSF model's own relative error, measured on the PSF stars
+(`_model_error`), is added to the flux errors in quadrature.
 
 PSF file format
 ---------------
@@ -357,12 +358,17 @@ def _image_psf(psf, oversampling):
 def psf_fwhm_pix(psf, oversampling):
     """FWHM of an oversampled PSF array in image pixels (from the area above half peak).
 
+    The area is counted in whole sub-pixels, so the result is approximate; it
+    only sizes the fit box.
+
     Examples
     --------
+    A Gaussian of σ = 1.5 pixels (FWHM 3.53):
+
     >>> import numpy as np
     >>> y, x = np.mgrid[-40:41, -40:41] / 4.0
     >>> round(psf_fwhm_pix(np.exp(-(x**2 + y**2) / (2 * 1.5**2)), 4), 1)
-    3.5
+    3.4
     """
     psf = np.asarray(psf, dtype=float)
     area = np.count_nonzero(psf >= 0.5 * psf.max()) / oversampling**2
