@@ -665,6 +665,10 @@ def _model_error(out, values, stars):
     (robust) variance is the model's relative error, added to every flux
     error so that bright stars' errors describe their scatter too. None
     with fewer than `MIN_PSF_STARS` stars.
+
+    Both fluxes come from the same pixels: for an efficient estimator ``T``
+    and any other unbiased ``U``, ``Cov(T, U) = Var(T)``, so the noise of the
+    ratio is ``σ_aper² − σ_psf²`` (relative), not their sum.
     """
     if stars.size < MIN_PSF_STARS:
         return None
@@ -673,7 +677,7 @@ def _model_error(out, values, stars):
     aper_err = np.asarray(values["aper04_flux_err"], dtype=float)[stars]
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = psf / aper
-        noise = (psf_err / psf) ** 2 + (aper_err / aper) ** 2
+        noise = np.maximum((aper_err / aper) ** 2 - (psf_err / psf) ** 2, 0.0)
     good = np.isfinite(ratio) & np.isfinite(noise) & (ratio > 0)
     if good.sum() < MIN_PSF_STARS:
         return None
