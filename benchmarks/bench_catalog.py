@@ -26,6 +26,7 @@ Examples
     python benchmarks/bench_catalog.py                  # both cases
     python benchmarks/bench_catalog.py --case 5000 --json results.json
     python benchmarks/bench_catalog.py --case 5000 --profile
+    python benchmarks/bench_catalog.py --case 5000 --fit-psf false   # without PSF photometry
 """
 
 import argparse
@@ -130,7 +131,7 @@ def build_mosaic(size, scale, path, truth_path):
            "flux_njy": flux_njy}).write(truth_path, overwrite=True)
 
 
-def run_step(path, truth_path, profile):
+def run_step(path, truth_path, profile, fit_psf=None):
     """Run the step on a saved mosaic; print a JSON line of measurements."""
     import resource
 
@@ -146,6 +147,8 @@ def run_step(path, truth_path, profile):
     mosaic = rdm.open(path, lazy_load=False)
     loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     step = SourceCatalogStep()
+    if fit_psf is not None:
+        step.fit_psf = fit_psf
     start = time.perf_counter()
     if profile:
         import cProfile
@@ -185,6 +188,7 @@ def run_step(path, truth_path, profile):
         "kron_over_truth_galaxies": float(np.median(ratio[bright_galaxies])),
         "stellar_locus": table.meta.get("stellar_locus_concentration"),
         "segmentation_labels": int(segmentation.data.max()),
+        "fit_psf": bool(step.fit_psf),
     }))
 
 
@@ -212,7 +216,8 @@ def main():
         build_mosaic(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_run":
-        run_step(sys.argv[2], sys.argv[3], sys.argv[4] == "1")
+        run_step(sys.argv[2], sys.argv[3], sys.argv[4] == "1",
+                 None if sys.argv[5] == "default" else sys.argv[5] == "true")
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", action="append", choices=sorted(CASES),
@@ -220,6 +225,8 @@ def main():
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
+    parser.add_argument("--fit-psf", choices=("true", "false"),
+                        help="set the step's fit_psf (default: the step's default)")
     args = parser.parse_args()
     python = sys.executable
     results = {}
@@ -227,7 +234,7 @@ def main():
         path, truth = ensure_mosaic(name, args.data_dir, python)
         with tempfile.TemporaryDirectory():
             done = subprocess.run([python, __file__, "_run", str(path), str(truth),
-                                   "1" if args.profile else "0"],
+                                   "1" if args.profile else "0", args.fit_psf or "default"],
                                   capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"[{name}] failed:\n{done.stderr[-4000:]}")
@@ -242,7 +249,8 @@ def main():
               f" step increment {result['peak_mb'] - result['loaded_mb']:.0f} MB); "
               f"unmatched {100 * result['unmatched_fraction']:.2f}%, Kron/truth stars "
               f"{result['kron_over_truth_stars']:.4f}, galaxies "
-              f"{result['kron_over_truth_galaxies']:.4f}", flush=True)
+              f"{result['kron_over_truth_galaxies']:.4f}; fit_psf {result['fit_psf']}",
+              flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

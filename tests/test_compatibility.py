@@ -164,8 +164,12 @@ def test_reference_source_catalog_file_runs_on_a_mosaic(coadd_path, tmp_path, mo
             str(coadd_path), config_file=str(_reference_file("source_catalog")))
     assert isinstance(catalog, rdm.MosaicSourceCatalogModel)
     assert isinstance(segmentation, rdm.MosaicSegmentationMapModel)
-    # The file asks for PSF photometry: said, not silently dropped.
-    assert any("fit_psf" in record.getMessage() for record in caplog.records)
+    # The file asks for PSF photometry: done, or said why not, never silently dropped.
+    table = catalog.source_catalog
+    assert "psf_flux" in table.colnames
+    note = table.meta["psf_photometry"]
+    assert note.startswith("performed") or any(
+        note in record.getMessage() for record in caplog.records)
 
 
 def test_reference_pipeline_file_runs(sim, tmp_path, monkeypatch):

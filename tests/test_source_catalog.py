@@ -225,7 +225,8 @@ def test_point_sources_and_extended_sources(survey):
 
 def test_catalog_columns_units_and_segmentation(survey):
     table = survey.table
-    assert table.colnames == catalog_columns(APERTURE_RADII_ARCSEC)
+    # fit_psf is on by default: the PSF-fit columns too, where the reference puts them.
+    assert table.colnames == catalog_columns(APERTURE_RADII_ARCSEC, psf=True)
     for name in FLUX_COLUMNS:
         assert table[name].unit == u.nJy and table[f"{name}_err"].unit == u.nJy
     for name in ("ra", "dec", "ra_centroid", "dec_centroid", "orientation_sky"):
@@ -238,7 +239,7 @@ def test_catalog_columns_units_and_segmentation(survey):
     assert set(np.unique(labels)) - {0} == set(table["label"])
     assert survey.segmentation.detection_image.shape == labels.shape
     assert table.meta["aperture_correction"].startswith("none")
-    assert table.meta["psf_photometry"].startswith("not requested")
+    assert table.meta["psf_photometry"].startswith("performed: empirical")
     # The nearest neighbour is a real row, at the distance between the two.
     other = np.searchsorted(table["label"], table["nn_label"])
     d = np.hypot(table["x_centroid"] - table["x_centroid"][other],
@@ -321,7 +322,7 @@ def test_all_nan_mosaic_gives_an_empty_valid_catalog(tmp_path, caplog):
                                                        output_dir=str(tmp_path))
     assert "empty catalog: the mosaic has no usable pixels" in caplog.text
     assert len(catalog.source_catalog) == 0
-    assert catalog.source_catalog.colnames == catalog_columns(APERTURE_RADII_ARCSEC)
+    assert catalog.source_catalog.colnames == catalog_columns(APERTURE_RADII_ARCSEC, psf=True)
     assert not segmentation.data.any() and segmentation.data.dtype == np.uint32
     catalog.validate()
     segmentation.validate()
@@ -526,16 +527,6 @@ def test_bad_aperture_correction_files(tmp_path):
     (tmp_path / "ee.txt").write_text("radius ee\n")
     with pytest.raises(RomosaicInputError, match=".ecsv or .asdf"):
         SourceCatalogStep.call(_mosaic(), aperture_corrections=str(tmp_path / "ee.txt"))
-
-
-def test_fit_psf_is_accepted_and_reported(caplog):
-    mosaic = _mosaic(stars=[(80, 80, 20000.0)])
-    with caplog.at_level(logging.WARNING, logger="romosaic"):
-        catalog, _ = SourceCatalogStep.call(mosaic, fit_psf=True)
-    note = catalog.source_catalog.meta["psf_photometry"]
-    assert note.startswith("not performed") and "no PSF model" in note
-    assert "no PSF model" in caplog.text
-    assert not any(name.startswith("psf") for name in catalog.source_catalog.colnames)
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):

@@ -10,6 +10,7 @@ Modules, in the order data flows through them:
   neighbours, flags (`flags`) and ``is_extended`` (`classify`), with sky units
   from the WCS at each source (`geometry`);
 * `apcorr` — optional user encircled-energy corrections;
+* `psf` — PSF-fit photometry with a user's PSF file or an empirical PSF;
 * `columns` — the table's columns as the MosaicSourceCatalog schema defines them;
 * `core` — `make_source_catalog`, tying them together;
 * `products` — the ``MosaicSourceCatalogModel`` and ``MosaicSegmentationMapModel``.
@@ -36,6 +37,7 @@ from .detection import (
 from .geometry import LocalGeometry, local_geometry
 from .measure import abmag, measure_sources
 from .products import catalog_model, product_stem, segmentation_model
+from .psf import PSFModel, build_empirical_psf, fit_psf_photometry, read_psf_file, write_psf_file
 
 __all__ = [
     "APERTURE_RADII_ARCSEC",
@@ -43,9 +45,11 @@ __all__ = [
     "BackgroundEstimate",
     "CatalogResult",
     "LocalGeometry",
+    "PSFModel",
     "abmag",
     "aperture_column",
     "box_tiling",
+    "build_empirical_psf",
     "catalog_columns",
     "catalog_model",
     "check_catalog_parameters",
@@ -55,6 +59,7 @@ __all__ = [
     "empty_table",
     "estimate_background",
     "find_sources",
+    "fit_psf_photometry",
     "gaussian_kernel_1d",
     "half_sample_mode",
     "local_geometry",
@@ -62,5 +67,7 @@ __all__ = [
     "measure_sources",
     "product_stem",
     "read_aperture_corrections",
+    "read_psf_file",
     "segmentation_model",
+    "write_psf_file",
 ]

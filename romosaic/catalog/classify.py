@@ -9,7 +9,8 @@ that a faint star whose concentration is merely noisy is not called
 extended: ``is_extended`` means *measurably* more extended than a point
 source.
 
-romosaic has no PSF model, so ``C*`` is measured from the mosaic itself:
+romosaic has no reference PSF model (its empirical PSF is built from the point
+sources this module finds), so ``C*`` is measured from the mosaic itself:
 the *half-sample mode* (the densest point) of the concentrations of bright,
 unflagged sources. Stars, all sharing one concentration, form the tightest
 clump; galaxies spread over larger values. Fewer than `MIN_LOCUS_SOURCES`

@@ -32,6 +32,15 @@ _TRAILING = (
     "roundness1", "sharpness", "dust_ebv", "warning_flags", "image_flags",
 )
 
+#: PSF-fit columns (``fit_psf``) and the column each group follows.
+_PSF_PLACES = (
+    ("y_centroid_win_err", ("x_psf", "x_psf_err", "y_psf", "y_psf_err")),
+    ("dec_centroid_win_err", ("ra_psf", "dec_psf", "ra_psf_err", "dec_psf_err")),
+    ("image_flags", ("psf_flags", "psf_gof")),
+)
+#: PSF fluxes follow the aperture fluxes.
+_PSF_FLUX = ("psf_flux", "psf_flux_err")
+
 _DESCRIPTIONS = {
     "flagged_spatial_id": "Spatial bit-field identifier; -1: not computed by romosaic",
     "ra": "Best estimate of the right ascension (ICRS): the windowed centroid for "
@@ -70,6 +79,12 @@ _DESCRIPTIONS = {
     "warning_flags": "Warning bit flags (0 = good): 1 centroid without data, 2 edge, "
                      "4 pixels without data, 8 deblended, 16 neighbour in aperture",
     "image_flags": "1 if an aperture of the source contains pixels without data, else 0",
+    "psf_flux": "Flux of the fitted PSF model (its total if the model holds the whole PSF)",
+    "psf_flux_err": "Uncertainty of psf_flux, including the drizzle's noise correlation",
+    "ra_psf_err": "Uncertainty of ra_psf (east, arcsec)",
+    "dec_psf_err": "Uncertainty of dec_psf (north, arcsec)",
+    "psf_gof": "Reduced chi-square of the PSF fit (pixels taken as independent)",
+    "psf_flags": "PSF fitting bit flags (0 = good); meanings in the psf_flags metadata",
 }
 
 
@@ -78,13 +93,24 @@ def aperture_column(radius_arcsec):
     return f"aper{int(round(radius_arcsec * 10)):02d}_flux"
 
 
-def catalog_columns(radii_arcsec):
-    """All column names in output order."""
+def catalog_columns(radii_arcsec, *, psf=False):
+    """All column names in output order (with ``psf``, the PSF-fit columns, placed as the
+    reference places them)."""
     aperture = []
     for radius in radii_arcsec:
         name = aperture_column(radius)
         aperture.extend([name, f"{name}_err"])
-    return [*_LEADING, *aperture, *_TRAILING]
+    if not psf:
+        return [*_LEADING, *aperture, *_TRAILING]
+    leading = list(_LEADING)
+    for after, names in _PSF_PLACES[:2]:
+        position = leading.index(after) + 1
+        leading[position:position] = names
+    after, names = _PSF_PLACES[2]
+    trailing = list(_TRAILING)
+    position = trailing.index(after) + 1
+    trailing[position:position] = names
+    return [*leading, *aperture, *_PSF_FLUX, *trailing]
 
 
 @functools.cache
@@ -107,7 +133,7 @@ def _catalog_prototype():
     return rdm.MosaicSourceCatalogModel.create_minimal()
 
 
-def make_table(values, radii_arcsec, meta=None):
+def make_table(values, radii_arcsec, meta=None, *, psf=False):
     """An astropy Table of the catalog columns, cast to the schema's dtypes.
 
     Parameters
@@ -119,23 +145,25 @@ def make_table(values, radii_arcsec, meta=None):
         Aperture radii (they name the aperture columns).
     meta : dict, optional
         Table metadata.
+    psf : bool
+        Include the PSF-fit columns.
 
     Returns
     -------
     astropy.table.Table
     """
     columns = []
-    for name in catalog_columns(radii_arcsec):
+    for name in catalog_columns(radii_arcsec, psf=psf):
         dtype, unit, description = _definition(name)
         data = np.asarray(values[name]).astype(dtype)
         columns.append(Column(data, name=name, unit=unit, description=description))
     return Table(columns, meta=dict(meta or {}))
 
 
-def empty_table(radii_arcsec, meta=None):
+def empty_table(radii_arcsec, meta=None, *, psf=False):
     """A catalog table with every column and no rows."""
     values = {}
-    for name in catalog_columns(radii_arcsec):
+    for name in catalog_columns(radii_arcsec, psf=psf):
         dtype, _, _ = _definition(name)
         values[name] = np.zeros(0, dtype=dtype)
-    return make_table(values, radii_arcsec, meta=meta)
+    return make_table(values, radii_arcsec, meta=meta, psf=psf)

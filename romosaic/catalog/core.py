@@ -13,7 +13,8 @@
    rejected as cosmic rays;
 4. every segment is measured (`romosaic.catalog.measure`);
 5. aperture fluxes are divided by the user's encircled-energy fractions, if
-   given (`romosaic.catalog.apcorr`).
+   given (`romosaic.catalog.apcorr`);
+6. with ``fit_psf``, a PSF is fitted to every source (`romosaic.catalog.psf`).
 
 A mosaic without data, without detectable noise *and* error, or without
 sources gives an empty (but complete) table and an all-zero segmentation map,
@@ -52,6 +53,7 @@ from .measure import (
     LOCAL_BACKGROUND_ANNULUS,
     measure_sources,
 )
+from .psf import fit_psf_photometry
 
 __all__ = [
     "APERTURE_RADII_ARCSEC",
@@ -135,7 +137,7 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
                         bkg_boxsize=1000, kernel_fwhm=None, snr_threshold=6.0, npixels=None,
                         deblend=False, aperture_correction=None, noise_correlation=None,
                         psf_fwhm_arcsec=None, min_area_arcsec2=MIN_AREA_ARCSEC2,
-                        filter_name=None):
+                        filter_name=None, fit_psf=False, psf_model=None):
     """Detect and measure the sources of a mosaic.
 
     Parameters
@@ -187,6 +189,11 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         (`romosaic.resample.noise_correlation.NoiseCorrelation.from_meta`):
         every uncertainty then includes it. Without it, flux uncertainties
         are calibrated on empty apertures (`romosaic.catalog.noise`).
+    fit_psf : bool
+        Add the PSF-fit columns (`romosaic.catalog.psf.fit_psf_photometry`).
+    psf_model : romosaic.catalog.psf.PSFModel, optional
+        The PSF to fit (`romosaic.catalog.psf.read_psf_file`); None builds
+        one from the mosaic's own stars.
 
     Returns
     -------
@@ -234,6 +241,9 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         "kernel_fwhm_arcsec": float(kernel_fwhm * pixel_scale_arcsec),
         "min_area_arcsec2": float(npixels * pixel_scale_arcsec**2),
     })
+    meta["fit_psf"] = bool(fit_psf)
+    meta["psf_photometry"] = ("not performed: no sources" if fit_psf
+                              else "not requested (fit_psf=False)")
     no_data = ~np.isfinite(data) | ~np.isfinite(err)
     if weight is not None:
         no_data |= ~(np.asarray(weight) > 0)
@@ -354,8 +364,16 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     if not measured.stellar_locus_measured:
         notes.append("too few bright, clean sources to measure the point-source "
                      "concentration: is_extended assumed C* = 1")
+    if fit_psf:
+        psf = fit_psf_photometry(
+            subtracted, error, no_data, segmentation.data, wcs, values, psf_model=psf_model,
+            pixel_scale_arcsec=pixel_scale_arcsec, noise=measured.noise,
+            correlation=None if noise_correlation is None else noise_correlation.correlation)
+        values.update(psf.values)
+        meta.update(psf.meta)
+        notes.extend(psf.notes)
     meta["notes"] = list(notes)
-    table = make_table(values, APERTURE_RADII_ARCSEC, meta=meta)
+    table = make_table(values, APERTURE_RADII_ARCSEC, meta=meta, psf=fit_psf)
     log.info("catalog: %d sources", len(table))
     return CatalogResult(
         table=table,
@@ -495,7 +513,7 @@ def _empty(shape, meta, notes, reason, detection_image=None):
     if detection_image is None:
         detection_image = np.zeros(shape, np.float32)
     return CatalogResult(
-        table=empty_table(APERTURE_RADII_ARCSEC, meta=meta),
+        table=empty_table(APERTURE_RADII_ARCSEC, meta=meta, psf=meta["fit_psf"]),
         segmentation=np.zeros(shape, np.uint32),
         detection_image=detection_image,
         notes=notes,

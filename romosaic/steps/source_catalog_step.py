@@ -22,6 +22,7 @@ from ..catalog import (
     make_source_catalog,
     product_stem,
     read_aperture_corrections,
+    read_psf_file,
     segmentation_model,
 )
 from ..errors import ModelTypeError, RomosaicInputError
@@ -33,10 +34,6 @@ from .base import STEP_COMPLETE, RomosaicStep
 __all__ = ["SourceCatalogStep"]
 
 log = logging.getLogger(__name__)
-
-PSF_NOT_AVAILABLE = ("not performed: fit_psf was requested, but romosaic has no PSF model "
-                     "(it uses no reference files); no psf_* columns were written")
-
 
 class SourceCatalogStep(RomosaicStep):
     """Detect the sources of a mosaic and measure their positions, shapes and fluxes.
@@ -68,7 +65,8 @@ class SourceCatalogStep(RomosaicStep):
     min_area_arcsec2 = float(default=0.02)  # Minimum area of a source in arcsec2, unless npixels
     psf_fwhm_arcsec = float(default=None)  # Optical PSF FWHM in arcsec (None: the filter's)
     deblend = boolean(default=False)  # Split blended sources
-    fit_psf = boolean(default=False)  # PSF photometry: no PSF model offline, so warn and skip
+    fit_psf = boolean(default=True)  # Fit a PSF to every source (psf_* columns)
+    psf_file = string(default='')  # ASDF/FITS ePSF file; empty: build one from the mosaic's stars
     aperture_corrections = string(default='')  # ECSV/ASDF file of encircled energy per radius
     forced_segmentation = string(default='')  # Reference parameter; not implemented yet (refused)
     suffix = string(default='cat')  # Suffix of the catalog file: <product>_<suffix>.parquet
@@ -128,12 +126,10 @@ class SourceCatalogStep(RomosaicStep):
             deblend=self.deblend,
             aperture_correction=correction,
             noise_correlation=NoiseCorrelation.from_meta(mosaic.meta.get("resample")),
+            fit_psf=self.fit_psf,
+            psf_model=read_psf_file(self.psf_file, pixel_scale_arcsec=_pixel_scale_arcsec(mosaic))
+            if self.fit_psf and self.psf_file else None,
         )
-        if self.fit_psf:
-            log.warning("fit_psf: PSF photometry %s", PSF_NOT_AVAILABLE)
-            result.table.meta["psf_photometry"] = PSF_NOT_AVAILABLE
-        else:
-            result.table.meta["psf_photometry"] = "not requested (fit_psf=False)"
         catalog = catalog_model(result.table, mosaic.meta)
         segmentation = segmentation_model(result.segmentation, result.detection_image,
                                           mosaic.meta)
@@ -158,6 +154,8 @@ class SourceCatalogStep(RomosaicStep):
             if path.suffix.lower() not in (".ecsv", ".asdf"):
                 raise RomosaicInputError(
                     f"{path}: aperture_corrections must be an .ecsv or .asdf file")
+        if self.fit_psf and self.psf_file:
+            read_psf_file(self.psf_file)
 
     @property
     def catalog_suffix(self):
