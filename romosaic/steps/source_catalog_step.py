@@ -14,17 +14,6 @@ import numpy as np
 import roman_datamodels.datamodels as rdm
 
 from .._atomic import atomic_save_model
-from ..catalog import (
-    APERTURE_RADII_ARCSEC,
-    catalog_model,
-    check_catalog_parameters,
-    coverage_from_context,
-    make_source_catalog,
-    product_stem,
-    read_aperture_corrections,
-    read_psf_file,
-    segmentation_model,
-)
 from ..errors import ModelTypeError, RomosaicInputError
 from ..flux import resolve_conversion_factor
 from ..models import one_line_message
@@ -87,6 +76,19 @@ class SourceCatalogStep(RomosaicStep):
                 mosaic.close()
 
     def _catalog(self, mosaic):
+        # The catalog package (photutils, scipy.signal: 0.4 s to import) is
+        # loaded when a catalog is made, so that strun --help, the survey's
+        # planning and runs that skip the catalog start without it.
+        from ..catalog import (
+            APERTURE_RADII_ARCSEC,
+            catalog_model,
+            coverage_from_context,
+            make_source_catalog,
+            read_aperture_corrections,
+            read_psf_file,
+            segmentation_model,
+        )
+
         name = mosaic.meta.get("filename") or "mosaic"
         wcs = mosaic.meta.get("wcs")
         if wcs is None:
@@ -139,6 +141,8 @@ class SourceCatalogStep(RomosaicStep):
         return catalog, segmentation
 
     def check_parameters(self):
+        from ..catalog import check_catalog_parameters, read_psf_file
+
         check_catalog_parameters(bkg_boxsize=self.bkg_boxsize, kernel_fwhm=self.kernel_fwhm,
                                  snr_threshold=self.snr_threshold, npixels=self.npixels,
                                  deblend=self.deblend, psf_fwhm_arcsec=self.psf_fwhm_arcsec,
@@ -182,6 +186,8 @@ class SourceCatalogStep(RomosaicStep):
             return None
         # Both products are named after the mosaic (x_coadd.asdf → x_cat.parquet,
         # x_segm.asdf), not numbered like stpipe's default for tuple results.
+        from ..catalog import product_stem
+
         basepath = output_file or getattr(self, "_mosaic_filename", None) or \
             f"{product_stem(model.meta.filename)}.asdf"
         path = self.make_output_path(basepath=basepath, suffix=suffix, ext=ext)
