@@ -32,6 +32,7 @@ __all__ = [
     "inspect_image_model",
     "open_image_model",
     "open_mosaic_model",
+    "open_roman_file",
     "read_exposure_group_id",
     "recorded_orientation",
     "require_image_model",
@@ -48,6 +49,40 @@ IMAGE_ARRAYS = ("data", "dq", "err", "var_poisson", "var_rnoise", "var_flat")
 _READ_BLOCK_BYTES = 2**20
 
 log = logging.getLogger(__name__)
+
+
+def open_roman_file(path, **open_kwargs):
+    """Open any Roman data file with roman_datamodels, or say in one line why not.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    **open_kwargs
+        Passed to `roman_datamodels.datamodels.open`.
+
+    Returns
+    -------
+    roman_datamodels.datamodels.DataModel
+        Of whatever type the file holds; the caller checks it.
+
+    Raises
+    ------
+    RomosaicInputError
+        If the file is missing or cannot be read as a Roman data model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RomosaicInputError(f"{path}: file not found")
+    try:
+        # The read size is fixed when the file is opened and used by every
+        # later (lazy) read of its arrays.
+        with asdf.config_context() as config:
+            config.io_block_size = _READ_BLOCK_BYTES
+            return rdm.open(path, **open_kwargs)
+    except Exception as error:  # asdf, yaml, validation and decompression errors alike
+        raise RomosaicInputError(
+            f"{path}: not a readable Roman data file ({one_line_message(error)})"
+        ) from None
 
 
 def open_image_model(path, **open_kwargs):
@@ -70,18 +105,7 @@ def open_image_model(path, **open_kwargs):
         If the file is missing or unreadable, or holds another kind of model.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RomosaicInputError(f"{path}: file not found")
-    try:
-        # The read size is fixed when the file is opened and used by every
-        # later (lazy) read of its arrays.
-        with asdf.config_context() as config:
-            config.io_block_size = _READ_BLOCK_BYTES
-            model = rdm.open(path, **open_kwargs)
-    except Exception as error:  # asdf, yaml, validation and decompression errors alike
-        raise RomosaicInputError(
-            f"{path}: not a readable Roman data file ({one_line_message(error)})"
-        ) from None
+    model = open_roman_file(path, **open_kwargs)
     try:
         require_image_model(model, source=path)
     except ModelTypeError:
@@ -112,14 +136,7 @@ def open_mosaic_model(path, **open_kwargs):
         If it holds another kind of model.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RomosaicInputError(f"{path}: file not found")
-    try:
-        model = rdm.open(path, **open_kwargs)
-    except Exception as error:  # asdf, yaml, validation and decompression errors alike
-        raise RomosaicInputError(
-            f"{path}: not a readable Roman data file ({one_line_message(error)})"
-        ) from None
+    model = open_roman_file(path, **open_kwargs)
     if not isinstance(model, rdm.MosaicModel):
         kind = type(model).__name__
         model.close()

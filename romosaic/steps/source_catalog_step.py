@@ -16,7 +16,7 @@ import roman_datamodels.datamodels as rdm
 from .._atomic import atomic_save_model
 from ..errors import ModelTypeError, RomosaicInputError
 from ..flux import resolve_conversion_factor
-from ..models import one_line_message
+from ..models import open_roman_file
 from ..resample.noise_correlation import NoiseCorrelation
 from .base import STEP_COMPLETE, RomosaicStep
 
@@ -240,13 +240,7 @@ def _open_mosaic(input_data):
         return input_data, False
     if isinstance(input_data, (str, Path)):
         path = Path(input_data)
-        if not path.is_file():
-            raise RomosaicInputError(f"{path}: file not found")
-        try:
-            model = rdm.open(path)
-        except Exception as error:  # asdf, yaml, validation errors alike
-            raise RomosaicInputError(
-                f"{path}: not a readable Roman data file ({one_line_message(error)})") from None
+        model = open_roman_file(path)
         if not isinstance(model, (rdm.MosaicModel, rdm.ImageModel)):
             kind = type(model).__name__
             model.close()
