@@ -490,19 +490,12 @@ def _open_mosaic(mosaic):
         yield mosaic, _model_filename(mosaic)
         return
 
+    from .models import open_mosaic_model
+
     path = Path(mosaic)
-    if not path.exists():
-        raise RomosaicInputError(f"mosaic file not found: {path}")
-    if not path.is_file():
-        raise RomosaicInputError(f"mosaic path is not a file: {path}")
+    # Memory-mapping lets the block average read a huge mosaic strip by strip.
+    model = open_mosaic_model(path, memmap=True)
     try:
-        # Memory-mapping lets the block average read a huge mosaic strip by strip.
-        model = rdm.open(path, memmap=True)
-    except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise RomosaicInputError(f"cannot read {path} as a Roman data model: {reason}") from error
-    try:
-        _require_mosaic(model, str(path))
         yield model, path.name
     finally:
         model.close()

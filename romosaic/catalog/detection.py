@@ -55,6 +55,7 @@ from scipy.spatial import cKDTree
 from scipy.special import erf
 
 from ..errors import RomosaicInputError
+from ..mosaic_planes import contributing_inputs
 from .classify import LOCUS_MIN_SNR, MIN_LOCUS_SOURCES, half_sample_mode
 
 __all__ = [
@@ -432,13 +433,7 @@ def coverage_from_context(context, weight=None):
         context = context[np.newaxis]
     if weight is not None and (context.ndim != 3 or context.shape[1:] != np.shape(weight)):
         return None
-    if context.shape[0] == 1:
-        counts = np.bitwise_count(context[0]).astype(np.uint8, copy=False)
-    else:
-        counts = np.zeros(context.shape[1:], np.uint16)
-        for plane in context:
-            counts += np.bitwise_count(plane)
-        counts = np.minimum(counts, 255).astype(np.uint8)
+    counts = np.minimum(contributing_inputs(context), 255).astype(np.uint8)
     if weight is not None and not np.any(counts[np.asarray(weight) > 0]):
         return None
     return counts
