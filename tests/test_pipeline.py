@@ -284,6 +284,17 @@ def test_context_of_a_33_image_association(tmp_path):
         assert well_inside.sum() > 2000
 
 
+def test_skipping_resample_is_refused_before_any_step_runs(noisy_sim, tmp_path):
+    from romosaic.errors import RomosaicInputError
+
+    before = [path.read_bytes() for path in noisy_sim.cal_paths]
+    with pytest.raises(RomosaicInputError, match="steps.resample.skip=True leaves no mosaic"):
+        MosaicPipeline.call(str(noisy_sim.asn_path), save_results=True,
+                            output_dir=str(tmp_path), steps={"resample": {"skip": True}})
+    assert not list(tmp_path.iterdir())
+    assert [path.read_bytes() for path in noisy_sim.cal_paths] == before
+
+
 def test_on_disk_temporary_directory_removed_after_an_error(noisy_sim, tmp_path):
     other = make_image_model(shape=(32, 32), filename="other_cal.asdf", filter_name="F062",
                              observation_id="elsewhere")

@@ -166,6 +166,12 @@ class MosaicPipeline(RomosaicPipelineBase):
     # -- checks before any step runs ------------------------------------------
 
     def _check_step_parameters(self):
+        if self.resample.skip:
+            # Every later part of the run (catalog, products) is of the mosaic.
+            raise RomosaicInputError(
+                f"{self.name}: steps.resample.skip=True leaves no mosaic to make; run the "
+                "steps wanted on their own (e.g. strun outlier_detection ASN) to keep their "
+                "Level-2 results")
         for name in self.step_defs:
             step = getattr(self, name)
             if step.skip:
