@@ -18,6 +18,27 @@ from .conftest import make_image_model
 from .test_pipeline import REPO
 
 
+def test_a_run_keeps_the_collector_off_objects_older_than_the_run(monkeypatch):
+    import gc
+
+    import stpipe.step
+
+    frozen_at_collections = []
+    collect = gc.collect
+
+    def recording_collect(*args):
+        frozen_at_collections.append(gc.get_freeze_count())
+        return collect(*args)
+
+    monkeypatch.setattr(stpipe.step.gc, "collect", recording_collect)
+    model = make_image_model(shape=(8, 8), data=np.full((8, 8), 3.0), conversion=0.5)
+    FluxStep.call([model])
+    # stpipe collects before the step runs; the objects that existed before
+    # the run are frozen then, and handed back to the collector afterwards.
+    assert frozen_at_collections and all(count > 10_000 for count in frozen_at_collections)
+    assert gc.get_freeze_count() == 0
+
+
 def test_flux_step_scales_arrays_once():
     model = make_image_model(shape=(8, 8), data=np.full((8, 8), 3.0), conversion=0.5,
                              var_rnoise=0.04, var_poisson=0.08)

@@ -35,6 +35,7 @@
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import re
@@ -261,7 +262,8 @@ class _OfflineMixin:
         started = time.perf_counter()
         reset_peak_resident()
         with (_sigterm_as_exit() if top_level else contextlib.nullcontext(),
-              _releasing_schema_caches() if top_level else contextlib.nullcontext()):
+              _releasing_schema_caches() if top_level else contextlib.nullcontext(),
+              _long_lived_objects_frozen() if top_level else contextlib.nullcontext()):
             try:
                 if top_level and (self.output_dir or self.save_results or self.output_file):
                     # stpipe would create output_dir itself, with a traceback
@@ -520,6 +522,26 @@ _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 def _os_error_message(error):
     where = f"{error.filename}: " if error.filename else ""
     return f"{where}cannot write ({error.strerror or error})"
+
+
+@contextlib.contextmanager
+def _long_lived_objects_frozen():
+    """Keep the garbage collector off the objects that exist before a run.
+
+    stpipe runs a full collection before every step; with astropy, asdf and
+    gwcs imported that walks ~150 000 long-lived objects each time (80 ms of
+    CPU, 0.5 s per pipeline run). Frozen (`gc.freeze`), they are skipped;
+    they are handed back to the collector when the run ends. A caller that
+    froze objects itself is left as it is.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextlib.contextmanager
