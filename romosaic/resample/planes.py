@@ -71,7 +71,11 @@ class PlaneStore:
         full = self.shape if depth is None else (int(depth), *self.shape)
         dtype = np.dtype(dtype)
         if not self.on_disk:
-            self._planes[name] = (dtype, full, np.full(full, fill, dtype))
+            # Zeros from np.zeros are pages the system has not handed out yet:
+            # the parts of a plane nothing is drizzled onto cost no memory,
+            # even when the plane is read or written to a file.
+            plane = np.zeros(full, dtype) if fill == 0 else np.full(full, fill, dtype)
+            self._planes[name] = (dtype, full, plane)
             return
         path = self.directory / f"{name}-{uuid.uuid4().hex[:8]}.plane"
         with open(path, "wb") as handle:
