@@ -163,13 +163,15 @@ def forced_photometry(data, err, wcs, labels, detection_image, *, weight=None, c
     if coverage is not None:
         band["warning_flags"] = band["warning_flags"] | coverage_flags(
             band["x_centroid"], band["y_centroid"], np.asarray(coverage))
-    band.update(_own_shapes(subtracted, segmentation, error, no_data, wcs, band))
+    own = _own_shapes(subtracted, segmentation, error, no_data, wcs, band)
     # A segment without a single pixel of data in this band has no flux here.
     has_data = np.bincount(labels[~no_data].ravel(), minlength=int(labels.max()) + 1) > 0
     uncovered = ~has_data[band["label"]]
     band["warning_flags"] = band["warning_flags"] | np.where(uncovered, NO_COVERAGE, 0)
-    for name in (*_FLUX_LIKE, *_aperture_names(), *_OWN_SHAPE):
+    for name in (*_FLUX_LIKE, *_aperture_names()):
         band[name] = np.where(uncovered, np.nan, band[name])
+    for name in _OWN_SHAPE:
+        own[name] = np.where(uncovered, np.nan, own[name])
     if np.any(uncovered):
         notes.append(f"{int(uncovered.sum())} of {uncovered.size} sources have no data in "
                      "this image (forced_warning_flags 64, fluxes NaN)")
@@ -181,8 +183,11 @@ def forced_photometry(data, err, wcs, labels, detection_image, *, weight=None, c
 
     values = {}
     for name in forced_columns(APERTURE_RADII_ARCSEC):
-        source = name[len(FORCED_PREFIX):] if name.startswith(FORCED_PREFIX) else name
-        values[name] = band[source]
+        if name.startswith(FORCED_PREFIX):
+            base = name[len(FORCED_PREFIX):]
+            values[name] = own[base] if base in _OWN_SHAPE else band[base]
+        else:
+            values[name] = band[name]
     apply_aperture_correction(values, aperture_correction, prefix=FORCED_PREFIX)
     log.info("forced catalog: %d sources, %d without data", uncovered.size,
              int(uncovered.sum()))
