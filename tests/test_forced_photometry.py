@@ -217,3 +217,23 @@ def test_forced_segmentation_from_the_command_line(bands, tmp_path):
     assert "forced_kron_flux" in table.colnames
     assert str(table["forced_kron_flux"].unit) == "nJy"
     assert np.all(np.isfinite(table["forced_kron_flux"]))
+
+
+def test_level2_images_of_two_bands(bands, tmp_path):
+    # One exposure of each band, same detector and pointing: the same pixel grid.
+    first = str(bands["sim"].cal_paths[0])
+    second = str(bands["sim"].second_band.cal_paths[0])
+    detection, segmentation = SourceCatalogStep.call(first, fit_psf=False)
+    assert isinstance(segmentation, rdm.SegmentationMapModel)
+    segm_path = tmp_path / "l2_segm.asdf"
+    segmentation.save(segm_path)
+    catalog, _ = SourceCatalogStep.call(second, forced_segmentation=str(segm_path))
+    assert isinstance(catalog, rdm.ForcedImageSourceCatalogModel)
+    table = catalog.source_catalog
+    np.testing.assert_array_equal(np.sort(table["label"]),
+                                  np.sort(detection.source_catalog["label"]))
+    assert np.all(np.isfinite(table["forced_aper04_flux"]))
+    catalog.validate()
+    # A mosaic's segmentation map does not fit a Level-2 image.
+    with pytest.raises(ModelTypeError, match="needs a SegmentationMapModel"):
+        SourceCatalogStep.call(second, forced_segmentation=str(bands["segm"]))
