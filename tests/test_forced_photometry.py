@@ -237,3 +237,16 @@ def test_level2_images_of_two_bands(bands, tmp_path):
     # A mosaic's segmentation map does not fit a Level-2 image.
     with pytest.raises(ModelTypeError, match="needs a SegmentationMapModel"):
         SourceCatalogStep.call(second, forced_segmentation=str(bands["segm"]))
+
+
+def test_a_band_without_data_keeps_every_row(bands):
+    with rdm.open(bands["coadd2"]) as mosaic:
+        empty = copy.deepcopy(mosaic)
+    empty.data[...] = np.nan
+    catalog, _ = SourceCatalogStep.call(empty, forced_segmentation=str(bands["segm"]))
+    table = catalog.source_catalog
+    assert len(table) == len(Table.read(bands["cat"]))
+    assert np.all(table["forced_warning_flags"] & NO_COVERAGE)
+    assert np.all(np.isnan(table["forced_kron_flux"]))
+    assert np.all(np.isfinite(table["x_centroid"]))
+    assert table.meta["sources_without_data"] == len(table)
