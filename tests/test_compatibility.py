@@ -282,11 +282,12 @@ def test_in_memory_false_in_the_pipeline_is_on_disk():
         assert pipeline.wants_models_on_disk() is True
 
 
-def test_forced_segmentation_is_refused(coadd_path, sim, tmp_path):
+def test_forced_segmentation_reaches_the_step(coadd_path, sim, tmp_path):
+    # Forced photometry itself: tests/test_forced_photometry.py.
     segmentation = tmp_path / "segm.asdf"
-    with pytest.raises(RomosaicInputError, match="forced_segmentation is not implemented yet"):
+    with pytest.raises(RomosaicInputError, match="segm.asdf: forced_segmentation file not found"):
         SourceCatalogStep.call(str(coadd_path), forced_segmentation=str(segmentation))
-    with pytest.raises(RomosaicInputError, match="forced_segmentation is not implemented yet"):
+    with pytest.raises(RomosaicInputError, match="x.asdf: forced_segmentation file not found"):
         MosaicPipeline.call(str(sim.asn_path),
                             steps={"source_catalog": {"forced_segmentation": "x.asdf"}})
 

@@ -11,6 +11,8 @@ Modules, in the order data flows through them:
   from the WCS at each source (`geometry`);
 * `apcorr` — optional user encircled-energy corrections;
 * `psf` — PSF-fit photometry with a user's PSF file or an empirical PSF;
+* `forced` — forced photometry inside another band's segments
+  (``forced_segmentation``);
 * `columns` — the table's columns as the MosaicSourceCatalog schema defines them;
 * `core` — `make_source_catalog`, tying them together;
 * `products` — the ``MosaicSourceCatalogModel`` and ``MosaicSegmentationMapModel``.
@@ -34,6 +36,7 @@ from .detection import (
     find_sources,
     gaussian_kernel_1d,
 )
+from .forced import forced_photometry, grid_difference
 from .geometry import LocalGeometry, local_geometry
 from .measure import abmag, measure_sources
 from .products import catalog_model, product_stem, segmentation_model
@@ -60,7 +63,9 @@ __all__ = [
     "estimate_background",
     "find_sources",
     "fit_psf_photometry",
+    "forced_photometry",
     "gaussian_kernel_1d",
+    "grid_difference",
     "half_sample_mode",
     "local_geometry",
     "make_source_catalog",

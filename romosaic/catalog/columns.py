@@ -11,7 +11,15 @@ import functools
 import numpy as np
 from astropy.table import Column, Table
 
-__all__ = ["aperture_column", "catalog_columns", "empty_table", "make_table"]
+__all__ = [
+    "FORCED_PREFIX",
+    "aperture_column",
+    "catalog_columns",
+    "empty_table",
+    "forced_columns",
+    "make_forced_table",
+    "make_table",
+]
 
 #: Columns before the aperture photometry, in output order.
 _LEADING = (
@@ -31,6 +39,28 @@ _TRAILING = (
     "aper_bkg_flux", "aper_bkg_flux_err", "is_extended", "nn_label", "nn_distance",
     "roundness1", "sharpness", "dust_ebv", "warning_flags", "image_flags",
 )
+
+#: Forced photometry: columns of the detection band's geometry, as the
+#: ForcedMosaicSourceCatalog schema names them (no prefix).
+_FORCED_GEOMETRY = (
+    *_LEADING[:_LEADING.index("fluxfrac_radius_50")], "nn_label", "nn_distance",
+)
+#: Forced photometry: this band's own positions and shapes inside the
+#: detection band's segments, and its photometry (with the prefix).
+_FORCED_OWN_SHAPE = (
+    "x_centroid", "y_centroid", "ra", "dec", "semimajor", "semiminor", "ellipticity",
+    "orientation_sky",
+)
+_FORCED_LEADING_FLUX = (
+    "segment_flux", "segment_flux_err", "kron_flux", "kron_flux_err",
+    "kron_abmag", "kron_abmag_err",
+)
+_FORCED_TRAILING = (
+    "aper_bkg_flux", "aper_bkg_flux_err", "fluxfrac_radius_50", "is_extended", "roundness1",
+    "sharpness", "warning_flags",
+)
+#: Prefix of the columns measured on the forced band.
+FORCED_PREFIX = "forced_"
 
 #: PSF-fit columns (``fit_psf``) and the column each group follows.
 _PSF_PLACES = (
@@ -111,6 +141,72 @@ def catalog_columns(radii_arcsec, *, psf=False):
     position = trailing.index(after) + 1
     trailing[position:position] = names
     return [*leading, *aperture, *_PSF_FLUX, *trailing]
+
+
+def forced_columns(radii_arcsec):
+    """All column names of a forced-photometry catalog, in output order.
+
+    The detection band's geometry keeps the usual names; what is measured on
+    the forced band carries `FORCED_PREFIX`, as in the reference's forced
+    catalogs.
+    """
+    band = [*_FORCED_OWN_SHAPE, *_FORCED_LEADING_FLUX]
+    for radius in radii_arcsec:
+        name = aperture_column(radius)
+        band.extend([name, f"{name}_err"])
+    band.extend(_FORCED_TRAILING)
+    return [*_FORCED_GEOMETRY, *(FORCED_PREFIX + name for name in band), "image_flags"]
+
+
+def make_forced_table(values, radii_arcsec, meta=None):
+    """An astropy Table of a forced catalog's columns, cast to the forced schema's dtypes.
+
+    Parameters
+    ----------
+    values : dict
+        Column name → array for every column of `forced_columns`.
+    radii_arcsec : sequence of float
+        Aperture radii (they name the aperture columns).
+    meta : dict, optional
+        Table metadata.
+
+    Returns
+    -------
+    astropy.table.Table
+    """
+    columns = []
+    for name in forced_columns(radii_arcsec):
+        dtype, unit, description = _forced_definition(name)
+        data = np.asarray(values[name]).astype(dtype)
+        columns.append(Column(data, name=name, unit=unit, description=description))
+    return Table(columns, meta=dict(meta or {}))
+
+
+@functools.cache
+def _forced_definition(name):
+    """(dtype, unit, description) of a forced catalog's column."""
+    import roman_datamodels.datamodels as rdm
+
+    definition = rdm.ForcedMosaicSourceCatalogModel.create_minimal().get_column_definition(name)
+    if definition is None:
+        raise KeyError(f"column {name} is not defined by the ForcedMosaicSourceCatalog schema")
+    dtype = np.dtype(definition["datatype"])
+    unit = definition["unit"]
+    unit = None if unit in (None, "none", "") else unit
+    if name.startswith(FORCED_PREFIX):
+        base = name[len(FORCED_PREFIX):]
+        description = (f"{_DESCRIPTIONS.get(base, definition['description'])}; measured on "
+                       "this mosaic")
+        if base in _FORCED_OWN_SHAPE:
+            description += " inside the detection band's segment"
+        if base == "warning_flags":
+            description += "; 64: no data in the segment"
+    else:
+        description = _DESCRIPTIONS.get(name, definition["description"])
+        if name not in ("label", "flagged_spatial_id", "image_flags"):
+            description += ("; of the detection band, measured on its detection image "
+                            "(forced_segmentation)")
+    return dtype, unit, description
 
 
 @functools.cache

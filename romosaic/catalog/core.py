@@ -326,12 +326,50 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     if coverage is not None:
         values["warning_flags"] = values["warning_flags"] | coverage_flags(
             values["x_centroid"], values["y_centroid"], np.asarray(coverage))
-    if aperture_correction is not None:
-        for radius, ee in zip(APERTURE_RADII_ARCSEC, aperture_correction.ee_fraction,
-                              strict=True):
-            name = aperture_column(radius)
-            values[name] = values[name] / ee
-            values[f"{name}_err"] = values[f"{name}_err"] / ee
+    apply_aperture_correction(values, aperture_correction)
+    error_meta(meta, measured, noise_correlation, notes)
+    meta.update({
+        "stellar_locus_concentration": measured.stellar_locus,
+        "stellar_locus_measured": measured.stellar_locus_measured,
+    })
+    if not measured.stellar_locus_measured:
+        notes.append("too few bright, clean sources to measure the point-source "
+                     "concentration: is_extended assumed C* = 1")
+    if fit_psf:
+        psf = fit_psf_photometry(
+            subtracted, error, no_data, segmentation.data, wcs, values, psf_model=psf_model,
+            pixel_scale_arcsec=pixel_scale_arcsec, noise=measured.noise,
+            correlation=None if noise_correlation is None else noise_correlation.correlation)
+        values.update(psf.values)
+        meta.update(psf.meta)
+        notes.extend(psf.notes)
+    meta["notes"] = list(notes)
+    table = make_table(values, APERTURE_RADII_ARCSEC, meta=meta, psf=fit_psf)
+    log.info("catalog: %d sources", len(table))
+    return CatalogResult(
+        table=table,
+        segmentation=segmentation.data.astype(np.uint32),
+        detection_image=detection_image,
+        notes=notes,
+    )
+
+
+def apply_aperture_correction(values, aperture_correction, prefix=""):
+    """Divide the circular-aperture fluxes and errors in ``values`` by the encircled energy.
+
+    Does nothing without a correction; ``prefix`` is the columns' prefix
+    (``forced_`` in a forced catalog).
+    """
+    if aperture_correction is None:
+        return
+    for radius, ee in zip(APERTURE_RADII_ARCSEC, aperture_correction.ee_fraction, strict=True):
+        name = prefix + aperture_column(radius)
+        values[name] = values[name] / ee
+        values[f"{name}_err"] = values[f"{name}_err"] / ee
+
+
+def error_meta(meta, measured, noise_correlation, notes):
+    """Record in ``meta`` how the uncertainties of ``measured`` were calibrated."""
     noise = measured.noise
     if noise_correlation is not None:
         meta.update({
@@ -357,30 +395,6 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         if not noise.calibrated:
             notes.append("too little empty sky to calibrate flux uncertainties on empty "
                          "apertures")
-    meta.update({
-        "stellar_locus_concentration": measured.stellar_locus,
-        "stellar_locus_measured": measured.stellar_locus_measured,
-    })
-    if not measured.stellar_locus_measured:
-        notes.append("too few bright, clean sources to measure the point-source "
-                     "concentration: is_extended assumed C* = 1")
-    if fit_psf:
-        psf = fit_psf_photometry(
-            subtracted, error, no_data, segmentation.data, wcs, values, psf_model=psf_model,
-            pixel_scale_arcsec=pixel_scale_arcsec, noise=measured.noise,
-            correlation=None if noise_correlation is None else noise_correlation.correlation)
-        values.update(psf.values)
-        meta.update(psf.meta)
-        notes.extend(psf.notes)
-    meta["notes"] = list(notes)
-    table = make_table(values, APERTURE_RADII_ARCSEC, meta=meta, psf=fit_psf)
-    log.info("catalog: %d sources", len(table))
-    return CatalogResult(
-        table=table,
-        segmentation=segmentation.data.astype(np.uint32),
-        detection_image=detection_image,
-        notes=notes,
-    )
 
 
 def _detection_noise(rms, error, no_data, notes, meta):
@@ -457,13 +471,17 @@ def _base_meta(bkg_boxsize, kernel_fwhm, snr_threshold, npixels, deblend, correc
         "flux_unit": "nJy",
         "flags": dict(FLAG_DESCRIPTIONS),
     }
-    if correction is None:
-        meta["aperture_correction"] = NO_CORRECTION
-    else:
-        meta["aperture_correction"] = (f"applied: aperture fluxes divided by the encircled "
-                                       f"energy fractions from {correction.source}")
-        meta["ee_fractions"] = np.asarray(correction.ee_fraction, dtype=np.float32)
+    meta.update(correction_meta(correction))
     return meta
+
+
+def correction_meta(correction):
+    """The catalog metadata saying whether aperture fluxes were corrected, and by what."""
+    if correction is None:
+        return {"aperture_correction": NO_CORRECTION}
+    return {"aperture_correction": (f"applied: aperture fluxes divided by the encircled "
+                                    f"energy fractions from {correction.source}"),
+            "ee_fractions": np.asarray(correction.ee_fraction, dtype=np.float32)}
 
 
 def aperture_radii(pixel_scale_arcsec):

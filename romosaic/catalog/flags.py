@@ -23,6 +23,9 @@ Bit  Name              Meaning
                        there, so a cosmic ray broader than the sharpness test
                        allows, or one on top of a source, may remain
                        (set only when the mosaic's context image is known)
+64   NO_COVERAGE       forced photometry only: no pixel of the source's segment
+                       (from the detection band) has data in this mosaic; its
+                       fluxes are NaN
 ==== ================= =========================================================
 
 ``image_flags`` (int32) is 1 when any pixel of those apertures lacks data
@@ -39,8 +42,10 @@ __all__ = [
     "BLENDED",
     "EDGE",
     "FLAG_DESCRIPTIONS",
+    "FORCED_FLAG_DESCRIPTIONS",
     "MASKED",
     "NEIGHBOUR",
+    "NO_COVERAGE",
     "NO_DATA_CENTROID",
     "SINGLE_INPUT",
     "aperture_flags",
@@ -54,6 +59,7 @@ MASKED = 4
 BLENDED = 8
 NEIGHBOUR = 16
 SINGLE_INPUT = 32
+NO_COVERAGE = 64
 
 #: Stored with the catalog so that the file explains its own flags.
 FLAG_DESCRIPTIONS = {
@@ -65,6 +71,14 @@ FLAG_DESCRIPTIONS = {
     "warning_flags_32": "at most one input image contributes at the centroid: cosmic rays "
                         "could not be rejected by comparing exposures",
     "image_flags_1": "Kron or largest circular aperture contains pixels without data",
+}
+
+#: A forced catalog's flags: its band's are ``forced_warning_flags``, with one more bit.
+FORCED_FLAG_DESCRIPTIONS = {
+    **{key.replace("warning_flags", "forced_warning_flags"): value
+       for key, value in FLAG_DESCRIPTIONS.items()},
+    "forced_warning_flags_64": "no pixel of the detection band's segment has data in this "
+                               "mosaic: fluxes NaN",
 }
 
 

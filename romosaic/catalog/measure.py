@@ -106,7 +106,8 @@ class MeasuredSources:
 
 
 def measure_sources(data, segmentation, error, no_data, wcs, *, aperture_radii_arcsec,
-                    pixel_scale_arcsec, deblended=False, correlation=None):
+                    pixel_scale_arcsec, deblended=False, correlation=None,
+                    detection_catalog=None):
     """Measure every segment of a segmentation image.
 
     Parameters
@@ -131,6 +132,12 @@ def measure_sources(data, segmentation, error, no_data, wcs, *, aperture_radii_a
         The drizzle's noise correlation kernel ``ρ`` (see
         `romosaic.resample.noise_correlation`): uncertainties then include
         it exactly; without it they are calibrated on empty apertures.
+    detection_catalog : photutils.segmentation.SourceCatalog, optional
+        Forced photometry: a catalog of the same segmentation measured on
+        another image (the detection band's). Centroids, shapes, bounding
+        boxes and Kron apertures are then its, and fluxes are measured in
+        those apertures on ``data``; the centroid uncertainties, which
+        belong to the other image, are NaN.
 
     Returns
     -------
@@ -138,7 +145,8 @@ def measure_sources(data, segmentation, error, no_data, wcs, *, aperture_radii_a
     """
     catalog = SourceCatalog(
         data, segmentation, error=error, mask=no_data, kron_params=KRON_PARAMS,
-        aperture_mask_method=APERTURE_MASK_METHOD, progress_bar=False)
+        aperture_mask_method=APERTURE_MASK_METHOD, progress_bar=False,
+        detection_catalog=detection_catalog)
     labels = np.asarray(catalog.labels)
     values = {"label": labels, "flagged_spatial_id": np.full(labels.size, -1, np.int64)}
 
@@ -185,6 +193,8 @@ def measure_sources(data, segmentation, error, no_data, wcs, *, aperture_radii_a
         window_factor = noise.at_radius(2.0 * np.maximum(half_light, 0.5))
         x_err, y_err = x_err * segment_factor, y_err * segment_factor
         xw_err, yw_err = xw_err * window_factor, yw_err * window_factor
+    if detection_catalog is not None:
+        x_err = y_err = xw_err = yw_err = np.full(labels.size, np.nan)
     east_err, north_err = _sky_errors(geometry.cd, x_err, y_err)
     east_werr, north_werr = _sky_errors(geometry.cd, xw_err, yw_err)
 

@@ -69,7 +69,7 @@ def product_stem(mosaic_filename):
     return stem
 
 
-def catalog_model(table, mosaic_meta):
+def catalog_model(table, mosaic_meta, forced_segmentation=None):
     """A ``MosaicSourceCatalogModel`` holding ``table``.
 
     Parameters
@@ -77,15 +77,26 @@ def catalog_model(table, mosaic_meta):
     table : astropy.table.Table
     mosaic_meta : roman_datamodels node
         The mosaic's ``meta`` (or a Level-2 image's).
+    forced_segmentation : str, optional
+        For a forced catalog (`romosaic.catalog.forced`): the segmentation
+        file it was forced on, recorded as ``meta.image.forced_segmentation``.
 
     Returns
     -------
     roman_datamodels.datamodels.MosaicSourceCatalogModel
-        An ``ImageSourceCatalogModel`` for a Level-2 image.
+        An ``ImageSourceCatalogModel`` for a Level-2 image; the
+        ``Forced...`` models for a forced catalog.
     """
-    model = (rdm.ImageSourceCatalogModel if _is_level2(mosaic_meta)
-             else rdm.MosaicSourceCatalogModel).create_minimal()
+    level2 = _is_level2(mosaic_meta)
+    if forced_segmentation:
+        kind = rdm.ForcedImageSourceCatalogModel if level2 else \
+            rdm.ForcedMosaicSourceCatalogModel
+    else:
+        kind = rdm.ImageSourceCatalogModel if level2 else rdm.MosaicSourceCatalogModel
+    model = kind.create_minimal()
     _copy_meta(model, mosaic_meta)
+    if forced_segmentation:
+        model.meta.image.forced_segmentation = str(forced_segmentation)
     model.meta.filename = f"{product_stem(mosaic_meta.get('filename'))}_cat.parquet"
     model.source_catalog = table
     return model

@@ -1,6 +1,7 @@
 """The ``romosaic simulate`` sub-command: write a simulated association to a directory."""
 
 from .instrument import (
+    COLOUR_SCATTER,
     CONVERSION_MEGAJANSKYS,
     COSMIC_RAY_RATE,
     DETECTOR_SKY_SCATTER,
@@ -50,8 +51,20 @@ def add_cli_parser(subparsers):
         help=f"WFI filter, one of {', '.join(sorted(CONVERSION_MEGAJANSKYS))} (F158)",
     )
     parser.add_argument(
+        "--second-filter", default=None, type=str.upper, metavar="F",
+        choices=sorted(CONVERSION_MEGAJANSKYS),
+        help="also simulate the same scene and pointings in this filter, with random "
+             "colours: a second association on the same grid, for forced photometry",
+    )
+    parser.add_argument(
+        "--colour-scatter", type=float, default=COLOUR_SCATTER, metavar="MAG",
+        help=f"standard deviation of the sources' colours with --second-filter "
+             f"({COLOUR_SCATTER:g})",
+    )
+    parser.add_argument(
         "--product-name", default=None, metavar="NAME",
-        help="association product name (sim_<filter>)",
+        help="association product name (sim_<filter>; with --second-filter, "
+             "NAME_<filter> for each band)",
     )
     parser.add_argument(
         "--n-stars", type=int, default=None, metavar="N", help="stars (scaled with the area)"
@@ -148,11 +161,15 @@ def _run(args):
         roll_error=args.roll_error,
         psf=args.psf,
         star_mag_range=args.star_mags,
+        second_filter=args.second_filter,
+        colour_scatter=args.colour_scatter,
     )
-    if scale is not None:
-        _write_pipeline_parameters(
-            result.asn_path.with_name(f"{result.product_name}_roman_mos_pars.asdf"), scale)
-    print(result.asn_path)
+    bands = [result] if result.second_band is None else [result, result.second_band]
+    for band in bands:
+        if scale is not None:
+            _write_pipeline_parameters(
+                band.asn_path.with_name(f"{band.product_name}_roman_mos_pars.asdf"), scale)
+        print(band.asn_path)
     return 0
 
 

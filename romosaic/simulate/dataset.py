@@ -11,6 +11,7 @@ from ..errors import RomosaicInputError
 from . import psf as psf_module
 from . import render
 from .instrument import (
+    COLOUR_SCATTER,
     CONVERSION_MEGAJANSKYS,
     COSMIC_RAY_RATE,
     DETECTOR_SKY_SCATTER,
@@ -46,7 +47,7 @@ _MIN_SCALE = 0.9 * PIXEL_SCALE
 # Independent random streams, so that e.g. changing the cosmic-ray rate does
 # not move the sources, and one detector's hot pixels are the same in every exposure.
 # New streams are appended, so that existing seeds keep giving identical files.
-_LAYOUT, _SCENE, _SKY, _DETECTOR, _EXPOSURE, _POINTING = range(6)
+_LAYOUT, _SCENE, _SKY, _DETECTOR, _EXPOSURE, _POINTING, _COLOUR = range(7)
 
 
 @dataclass
@@ -69,6 +70,8 @@ class SimulationResult:
         The reference catalogue of true star positions (ECSV).
     refcat : astropy.table.Table
         Its contents (see `reference_catalog`).
+    second_band : SimulationResult or None
+        With ``second_filter``: the same scene in the second filter.
     """
 
     asn_path: Path
@@ -82,6 +85,7 @@ class SimulationResult:
     cosmic_rays: Table
     refcat_path: Path = None
     refcat: Table = None
+    second_band: "SimulationResult" = None
 
 
 def _rng(seed, *stream):
@@ -203,10 +207,14 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
               cosmic_ray_rate=COSMIC_RAY_RATE, distortion=False, sky_levels=None,
               exposure_time=EXPOSURE_TIME, noise=True, roll=None, n_hot_pixels=None,
               psf_fwhm=PSF_FWHM, detector_sky_scatter=DETECTOR_SKY_SCATTER,
-              pointing_error=0.0, roll_error=0.0, psf="gaussian", star_mag_range=None):
+              pointing_error=0.0, roll_error=0.0, psf="gaussian", star_mag_range=None,
+              colour_scatter=COLOUR_SCATTER, second_band=False):
     """Yield the truth tables first, then (model, cosmic-ray table) per image.
 
     A generator, so that writing files can drop each model before the next is made.
+    With ``second_band`` the scene is seen through another filter: every
+    source is fainter by its colour (``colour_scatter`` mag; drawn once per
+    seed, see `band_colours`) and the noise and cosmic rays are drawn anew.
     """
     _check_options(n_exposures, n_detectors, size, dec, filter_name, sky_levels,
                    exposure_time, cosmic_ray_rate, detector_sky_scatter, pointing_error,
@@ -228,6 +236,11 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
     image_errors = [errors[p.exposure - 1] for p in placements]
     sources = make_scene(geometries, _rng(seed, _SCENE), ra=ra, dec=dec,
                          n_stars=n_stars, n_galaxies=n_galaxies, star_mag_range=star_mag_range)
+    band = ()
+    if second_band:
+        _apply_colours(sources, band_colours(seed, len(sources), colour_scatter))
+        # Another exposure through another filter: its own noise and cosmic rays.
+        band = (_COLOUR,)
     image_skies = _image_sky_levels(_rng(seed, _SKY), sky_levels, n_exposures, n_detectors,
                                     detector_sky_scatter)
     if n_hot_pixels is None:
@@ -270,7 +283,7 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
         arrays, (rows, cols, values) = render.expose(
             scene, conversion=conversion, sky=float(sky),
             detector=detector, exposure_time=exposure_time, gain=GAIN,
-            flat_error=FLAT_ERROR, rng=_rng(seed, _EXPOSURE, p.exposure, p.detector),
+            flat_error=FLAT_ERROR, rng=_rng(seed, _EXPOSURE, p.exposure, p.detector, *band),
             noise=noise, cosmic_ray_rate=cosmic_ray_rate,
         )
         del scene, detector
@@ -298,7 +311,40 @@ def _simulate(*, n_exposures=4, n_detectors=1, size=512, seed=0, ra=80.0, dec=-3
 
 def _options(arguments):
     """The simulation options among a public function's arguments."""
-    return {k: v for k, v in arguments.items() if k not in ("outdir", "product_name")}
+    return {k: v for k, v in arguments.items()
+            if k not in ("outdir", "product_name", "second_filter")}
+
+
+def band_colours(seed, n_sources, scatter=COLOUR_SCATTER):
+    """Colours (second band minus first, AB mag) of a simulated scene's sources.
+
+    Parameters
+    ----------
+    seed : int
+        The simulation's seed: the same seed gives the same colours.
+    n_sources : int
+        Rows of the sources truth table.
+    scatter : float
+        Standard deviation of the colours (mag), centred on 0.
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Examples
+    --------
+    >>> bool(np.all(band_colours(1, 5) == band_colours(1, 5)))
+    True
+    """
+    return _rng(seed, _COLOUR).normal(0.0, scatter, n_sources)
+
+
+def _apply_colours(sources, colours):
+    """Make a truth table's sources fainter by ``colours`` magnitudes (in place)."""
+    factor = 10.0 ** (-0.4 * colours)
+    sources["mag_ab"] += colours
+    sources["flux_njy"] *= factor
+    sources["flux_mjysr_pix"] *= factor
 
 
 def _empty_cosmic_rays():
@@ -426,7 +472,8 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
                          sky_levels=None, exposure_time=EXPOSURE_TIME, noise=True, roll=None,
                          n_hot_pixels=None, psf_fwhm=PSF_FWHM,
                          detector_sky_scatter=DETECTOR_SKY_SCATTER, pointing_error=0.0,
-                         roll_error=0.0, psf="gaussian", star_mag_range=None):
+                         roll_error=0.0, psf="gaussian", star_mag_range=None,
+                         second_filter=None, colour_scatter=COLOUR_SCATTER):
     """Simulate a dithered set of Level-2 images and write them with an association.
 
     Parameters
@@ -445,11 +492,22 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
         As for `make_image_models`: the files record a WCS wrong by this much.
     psf, star_mag_range : optional
         As for `make_image_models`.
+    second_filter : str, optional
+        Also simulate the same scene, through the same pointings, in this
+        filter: each source is fainter there by a random colour (normal,
+        ``colour_scatter`` mag; `band_colours`), with its own noise and
+        cosmic rays. Both bands drizzle onto the same grid, so the second
+        band can be measured in the first band's segments (forced
+        photometry). The second product is ``sim_<second filter>`` (or
+        ``<product_name>_<filter>`` for both when ``product_name`` is given).
+    colour_scatter : float
+        Standard deviation of the colours in magnitudes (default 0.3).
 
     Returns
     -------
     SimulationResult
-        Paths of everything written, and the truth tables.
+        Paths of everything written, and the truth tables; with
+        ``second_filter``, ``second_band`` is the second filter's.
 
     Notes
     -----
@@ -457,15 +515,44 @@ def simulate_association(outdir, *, n_exposures=4, n_detectors=1, size=512, seed
     truth tables ``<product>_truth_sources.ecsv``, ``<product>_truth_images.ecsv``
     and ``<product>_truth_cosmic_rays.ecsv``, and ``<product>_refcat.ecsv``, the
     true star positions (`reference_catalog`), always, so that alignment can be
-    tried on any simulation (as ``abs_refcat`` of ``tweakreg``). Each model is written and released
-    before the next is simulated, so memory stays at about one image's worth.
+    tried on any simulation (as ``abs_refcat`` of ``tweakreg``). With two
+    bands, each band's files are written, and both sources truth tables
+    carry every band's fluxes and magnitudes as ``flux_njy_<filter>`` and
+    ``mag_ab_<filter>`` (``flux_njy`` and ``mag_ab`` are their own band's).
+    Each model is written and released before the next is simulated, so
+    memory stays at about one image's worth.
     """
     options = _options(locals())
     outdir = Path(outdir)
+    if second_filter is None:
+        if product_name is None:
+            product_name = f"sim_{filter_name.lower()}"
+        outdir.mkdir(parents=True, exist_ok=True)
+        return _write_band(outdir, options, product_name)
+    if second_filter.upper() == filter_name.upper():
+        raise RomosaicInputError(f"second_filter must differ from filter {filter_name}")
+    if not colour_scatter >= 0:
+        raise RomosaicInputError(f"colour_scatter must not be negative, not {colour_scatter}")
+    bands = (filter_name.upper(), second_filter.upper())
+    names = [f"{product_name}_{band.lower()}" if product_name else f"sim_{band.lower()}"
+             for band in bands]
     outdir.mkdir(parents=True, exist_ok=True)
-    if product_name is None:
-        product_name = f"sim_{filter_name.lower()}"
+    results = [
+        _write_band(outdir, options, names[0]),
+        _write_band(outdir, {**options, "filter_name": bands[1], "second_band": True},
+                    names[1]),
+    ]
+    for result in results:
+        for band, other in zip(bands, results, strict=True):
+            result.sources[f"flux_njy_{band.lower()}"] = other.sources["flux_njy"]
+            result.sources[f"mag_ab_{band.lower()}"] = other.sources["mag_ab"]
+        write_table(result.sources, result.truth_sources_path)
+    results[0].second_band = results[1]
+    return results[0]
 
+
+def _write_band(outdir, options, product_name):
+    """Simulate one band and write its files; the `SimulationResult`."""
     stream = _simulate(**options)
     sources, images = next(stream)
     cal_paths, cosmic_rays = [], []

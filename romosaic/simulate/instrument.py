@@ -120,3 +120,7 @@ def abmag_to_njy(mag):
         Flux density in nJy (3631 Jy at magnitude 0).
     """
     return 3631.0e9 * 10.0 ** (-0.4 * np.asarray(mag, dtype=float))
+
+#: Standard deviation (mag) of the sources' colours in a two-band simulation
+#: (``second_filter``): broad enough that a flux copied from the wrong band shows.
+COLOUR_SCATTER = 0.3

@@ -57,12 +57,14 @@ class SourceCatalogStep(RomosaicStep):
     fit_psf = boolean(default=True)  # Fit a PSF to every source (psf_* columns)
     psf_file = string(default='')  # ASDF/FITS ePSF file; empty: build one from the mosaic's stars
     aperture_corrections = string(default='')  # ECSV/ASDF file of encircled energy per radius
-    forced_segmentation = string(default='')  # Reference parameter; not implemented yet (refused)
+    forced_segmentation = string(default='')  # Another band's _segm.asdf: measure in its segments
     suffix = string(default='cat')  # Suffix of the catalog file: <product>_<suffix>.parquet
     """
 
     def process(self, input_data):
         self.check_parameters()
+        # The path the user gave names the mosaic in errors about its grid.
+        self._input_name = str(input_data) if isinstance(input_data, (str, Path)) else None
         mosaic, owned = _open_mosaic(input_data)
         try:
             if isinstance(mosaic, rdm.ImageModel):
@@ -81,12 +83,11 @@ class SourceCatalogStep(RomosaicStep):
         # planning and runs that skip the catalog start without it.
         from ..catalog import (
             APERTURE_RADII_ARCSEC,
-            catalog_model,
             coverage_from_context,
+            forced_photometry,
             make_source_catalog,
             read_aperture_corrections,
             read_psf_file,
-            segmentation_model,
         )
 
         name = mosaic.meta.get("filename") or "mosaic"
@@ -111,6 +112,16 @@ class SourceCatalogStep(RomosaicStep):
             context = getattr(mosaic, "context", None)
             coverage = (None if context is None or weight is None else
                         coverage_from_context(context, np.asarray(weight)))
+        noise_correlation = NoiseCorrelation.from_meta(mosaic.meta.get("resample"))
+        if self.forced_segmentation:
+            labels, detection_image = _read_forced_segmentation(
+                self.forced_segmentation, mosaic, getattr(self, "_input_name", None) or name)
+            result = forced_photometry(
+                data, err, wcs, labels, detection_image,
+                weight=None if weight is None else np.asarray(weight), coverage=coverage,
+                pixel_scale_arcsec=_pixel_scale_arcsec(mosaic), bkg_boxsize=self.bkg_boxsize,
+                noise_correlation=noise_correlation, aperture_correction=correction)
+            return self._products(result, mosaic, name, self.forced_segmentation)
         result = make_source_catalog(
             data,
             err,
@@ -127,12 +138,18 @@ class SourceCatalogStep(RomosaicStep):
             filter_name=None if filter_name is None else str(filter_name),
             deblend=self.deblend,
             aperture_correction=correction,
-            noise_correlation=NoiseCorrelation.from_meta(mosaic.meta.get("resample")),
+            noise_correlation=noise_correlation,
             fit_psf=self.fit_psf,
             psf_model=read_psf_file(self.psf_file, pixel_scale_arcsec=_pixel_scale_arcsec(mosaic))
             if self.fit_psf and self.psf_file else None,
         )
-        catalog = catalog_model(result.table, mosaic.meta)
+        return self._products(result, mosaic, name)
+
+    def _products(self, result, mosaic, name, forced_segmentation=None):
+        from ..catalog import catalog_model, segmentation_model
+
+        catalog = catalog_model(result.table, mosaic.meta,
+                                forced_segmentation=forced_segmentation)
         segmentation = segmentation_model(result.segmentation, result.detection_image,
                                           mosaic.meta)
         for model in (catalog, segmentation):
@@ -147,10 +164,9 @@ class SourceCatalogStep(RomosaicStep):
                                  snr_threshold=self.snr_threshold, npixels=self.npixels,
                                  deblend=self.deblend, psf_fwhm_arcsec=self.psf_fwhm_arcsec,
                                  min_area_arcsec2=self.min_area_arcsec2)
-        if self.forced_segmentation:
+        if self.forced_segmentation and not Path(self.forced_segmentation).is_file():
             raise RomosaicInputError(
-                "source_catalog: forced_segmentation is not implemented yet (forced "
-                "photometry on a given segmentation map); leave it empty")
+                f"{self.forced_segmentation}: forced_segmentation file not found")
         if self.aperture_corrections:
             path = Path(self.aperture_corrections)
             if not path.is_file():
@@ -174,7 +190,9 @@ class SourceCatalogStep(RomosaicStep):
 
     def save_model(self, model, suffix=None, idx=None, output_file=None, force=False,
                    **components):
-        if isinstance(model, (rdm.MosaicSourceCatalogModel, rdm.ImageSourceCatalogModel)):
+        if isinstance(model, (rdm.MosaicSourceCatalogModel, rdm.ImageSourceCatalogModel,
+                              rdm.ForcedMosaicSourceCatalogModel,
+                              rdm.ForcedImageSourceCatalogModel)):
             suffix, ext = self.catalog_suffix, "parquet"
         elif isinstance(model, (rdm.MosaicSegmentationMapModel, rdm.SegmentationMapModel)):
             suffix, ext = "segm", "asdf"
@@ -194,6 +212,40 @@ class SourceCatalogStep(RomosaicStep):
         atomic_save_model(model, path)
         log.info("Saved %s", path)
         return str(path)
+
+
+def _read_forced_segmentation(path, mosaic, mosaic_name):
+    """The labels and detection image of a segmentation file made on the mosaic's grid.
+
+    One-line errors naming the file when it is not a segmentation map of the
+    mosaic's level, and naming both files when the grids differ.
+    """
+    from ..catalog import grid_difference
+
+    path = Path(path)
+    level2 = isinstance(mosaic, rdm.ImageModel)
+    wanted = rdm.SegmentationMapModel if level2 else rdm.MosaicSegmentationMapModel
+    model = open_roman_file(path)
+    try:
+        if type(model) is not wanted:
+            raise ModelTypeError(
+                f"{path}: is a {type(model).__name__}, but forced_segmentation of a "
+                f"{'Level-2 image' if level2 else 'mosaic'} needs a {wanted.__name__}")
+        labels = np.asarray(model.data)
+        detection_image = model.get("detection_image")
+        if detection_image is None or np.shape(detection_image) != labels.shape:
+            raise RomosaicInputError(
+                f"{path}: the segmentation map has no detection_image of its shape "
+                f"{labels.shape}; forced photometry measures positions and apertures on it")
+        difference = grid_difference(np.shape(mosaic.data), mosaic.meta.get("wcsinfo"),
+                                     labels.shape, model.meta.get("wcsinfo"))
+        if difference is not None:
+            raise RomosaicInputError(
+                f"{path}: forced_segmentation is not on the grid of {mosaic_name}: "
+                f"{difference}")
+        return labels.copy(), np.array(detection_image, dtype=np.float32)
+    finally:
+        model.close()
 
 
 def _image_arrays(image, name):
