@@ -522,12 +522,20 @@ def _sky_error(error, segmentation, no_data, block=WEIGHT_BLOCK):
     """
     ny, nx = error.shape
     by, bx = -(-ny // block), -(-nx // block)
-    sky = np.full((by * block, bx * block), np.nan, dtype=np.float32)
-    sky[:ny, :nx] = np.where(no_data | (segmentation > 0), np.nan, error)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # blocks without sky
-        levels = np.nanmedian(sky.reshape(by, block, bx, block).transpose(0, 2, 1, 3)
-                              .reshape(by, bx, block * block), axis=2)
+    levels = np.empty((by, bx), np.float32)
+    # One row of blocks at a time: the whole image's sky, padded and
+    # regrouped by block, was three image-sized temporaries.
+    sky = np.full((block, bx * block), np.nan, dtype=np.float32)
+    for row in range(by):
+        rows = slice(row * block, min(ny, (row + 1) * block))
+        height = rows.stop - rows.start
+        sky[:] = np.nan
+        sky[:height, :nx] = np.where(no_data[rows] | (segmentation[rows] > 0), np.nan,
+                                     error[rows])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # blocks without sky
+            levels[row] = np.nanmedian(sky.reshape(block, bx, block).transpose(1, 0, 2)
+                                       .reshape(bx, block * block), axis=1)
     del sky
     fallback = np.nanmedian(levels) if np.isfinite(levels).any() else 1.0
     levels = np.where(np.isfinite(levels) & (levels > 0), levels, fallback)
@@ -617,7 +625,9 @@ def fit_psf_photometry(data, error, no_data, segmentation, wcs, values, *, psf_m
         # Non-converged and partial fits are flagged in the table.
         warnings.simplefilter("ignore", AstropyUserWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        results = photometry(np.asarray(data, dtype=float), mask=no_data, error=fit_error,
+        # The image as it is: photutils fits cutouts, and a float64 copy of a
+        # 75-Mpix mosaic is 600 MB.
+        results = photometry(np.asarray(data), mask=no_data, error=fit_error,
                              init_params=init)
     index = np.asarray(results["id"], dtype=int) - 1
     x = np.asarray(results["x_fit"], dtype=float)
