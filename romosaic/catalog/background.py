@@ -32,7 +32,7 @@ from astropy.stats import SigmaClip, sigma_clipped_stats
 from photutils.background import Background2D, MedianBackground, StdBackgroundRMS
 from scipy.interpolate import CubicSpline
 
-__all__ = ["BackgroundEstimate", "box_tiling", "estimate_background"]
+__all__ = ["BackgroundEstimate", "box_tiling", "estimate_background", "typical_value"]
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,8 @@ def estimate_background(data, mask, boxsize, *, weight=None):
         del scaling
     level[mask] = 0.0
     rms[mask] = 0.0
-    median_background = _typical_value(level, good)
-    median_rms = _typical_value(rms, good)
+    median_background = typical_value(level, good)
+    median_rms = typical_value(rms, good)
     log.info("background: %s, boxes of %d x %d px, median level %.4g, median noise %.4g%s",
              method, box[1], box[0], median_background, median_rms,
              " (following the weight map)" if weighted_noise else "")
@@ -201,7 +201,7 @@ def _noise_scaling(weight, good):
             return None
     low = float(np.min(weight, where=good, initial=np.inf))
     high = float(np.max(weight, where=good, initial=-np.inf))
-    reference = _typical_value(weight, good)
+    reference = typical_value(weight, good)
     # A constant weight carries no information about depth: skip the second pass.
     if high - low <= 1e-6 * reference:
         return None
@@ -211,10 +211,29 @@ def _noise_scaling(weight, good):
     return scaling
 
 
-def _typical_value(image, good):
-    """Median of ``image`` where ``good``: of every pixel up to `SAMPLE_PIXELS` x 4
-    of them, otherwise of a regular sample of that many (a record and a
-    normalisation, which need no more precision than that)."""
+def typical_value(image, good):
+    """Median of ``image`` where ``good``, from a regular sample on large images.
+
+    Up to 4 x `SAMPLE_PIXELS` good pixels are all used; beyond, every
+    ``f``-th pixel along each axis, keeping about that many. Records,
+    normalisations and sanity checks need no more precision, and the full
+    median of a 75-Mpix mosaic copies 300 MB and sorts it.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+    good : numpy.ndarray of bool
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> image = np.arange(12.0).reshape(3, 4)
+    >>> typical_value(image, image != 0)
+    6.0
+    """
     n_good = int(np.count_nonzero(good))
     step = max(1, int(math.sqrt(n_good / (4 * SAMPLE_PIXELS))))
     values = image[::step, ::step][good[::step, ::step]]

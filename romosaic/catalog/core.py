@@ -30,7 +30,7 @@ from astropy.table import Table
 
 from .. import __version__
 from ..errors import RomosaicInputError
-from .background import estimate_background
+from .background import estimate_background, typical_value
 from .columns import aperture_column, empty_table, make_table
 from .detection import (
     convolve_gaussian,
@@ -266,7 +266,10 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
 
     subtracted = np.subtract(data, background.background, dtype=np.float32)
     subtracted[no_data] = 0.0
-    error = np.where(no_data, 0.0, err).astype(np.float32)
+    # Each full-size map is 300 MB on a 75-Mpix mosaic: let go of each as
+    # soon as it has served, and make no copies on the way.
+    background.background = None
+    error = np.where(no_data, np.float32(0.0), err).astype(np.float32, copy=False)
     noise = _detection_noise(background.rms, error, no_data, notes, meta)
     detection_image = convolve_gaussian(subtracted, kernel_fwhm)
     detection_image[no_data] = 0.0
@@ -276,11 +279,10 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
                       detection_image=detection_image)
     ratio = _smoothed_noise_ratio(subtracted, detection_image, noise, no_data, kernel_fwhm,
                                   noise_correlation, meta)
-    threshold = (snr_threshold * ratio * noise).astype(np.float32)
-    # The full-size background maps are not needed past this point; on a
-    # skycell each is 100 MB.
+    threshold = noise.copy() if noise is error else noise
+    threshold *= np.float32(snr_threshold * ratio)
     del noise
-    background.background = background.rms = None
+    background.rms = None
     # Pixels without a threshold (no data) cannot be part of a source.
     segmentation = find_sources(detection_image, threshold, npixels, no_data, deblend=deblend)
     if segmentation is None:
@@ -408,8 +410,8 @@ def _detection_noise(rms, error, no_data, notes, meta):
     Returns None when neither has any noise.
     """
     good = ~no_data
-    typical_error = float(np.median(error[good]))
-    typical_rms = float(np.median(rms[good]))
+    typical_error = typical_value(error, good)
+    typical_rms = typical_value(rms, good)
     if typical_error > 0 and typical_rms < NOISELESS_RATIO * typical_error:
         note = (f"the background scatter ({typical_rms:.3g}) is far below the err array "
                 f"({typical_error:.3g}), as in a noise-free image: err sets the threshold")
@@ -417,7 +419,7 @@ def _detection_noise(rms, error, no_data, notes, meta):
         notes.append(note)
         meta["noise_model"] = "err array (no measurable background scatter)"
         return error
-    if np.all(rms[good] > 0):
+    if not np.any(good & ~(rms > 0)):
         return rms
     if typical_rms > 0:
         # A few pixels (a flat patch) without scatter: err there.
