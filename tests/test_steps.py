@@ -39,6 +39,31 @@ def test_a_run_keeps_the_collector_off_objects_older_than_the_run(monkeypatch):
     assert gc.get_freeze_count() == 0
 
 
+def test_a_run_has_asdf_read_in_large_pieces_in_every_thread(monkeypatch):
+    import threading
+
+    import asdf
+    import stpipe.step
+
+    from romosaic.steps.base import ASDF_READ_BLOCK_BYTES
+
+    seen = []
+    collect = stpipe.step.gc.collect
+
+    def recording_collect(*args):
+        # What a worker thread of the step would get.
+        worker = threading.Thread(target=lambda: seen.append(asdf.get_config().io_block_size))
+        worker.start()
+        worker.join()
+        return collect(*args)
+
+    before = asdf.get_config().io_block_size
+    monkeypatch.setattr(stpipe.step.gc, "collect", recording_collect)
+    FluxStep.call([make_image_model(shape=(8, 8), data=np.full((8, 8), 3.0), conversion=0.5)])
+    assert seen and all(size == ASDF_READ_BLOCK_BYTES for size in seen)
+    assert asdf.get_config().io_block_size == before
+
+
 def test_flux_step_scales_arrays_once():
     model = make_image_model(shape=(8, 8), data=np.full((8, 8), 3.0), conversion=0.5,
                              var_rnoise=0.04, var_poisson=0.08)
