@@ -136,7 +136,13 @@ def estimate_background(data, mask, boxsize, *, weight=None):
     box = (box_tiling(ny, boxsize), box_tiling(nx, boxsize))
     notes = []
 
-    level, level_rms = _box_maps(data, mask, box, notes)
+    scaling = _noise_scaling(weight, good)
+    weighted_noise = scaling is not None
+    # With a weight map the noise comes from the scaled residuals below, so
+    # the plain scatter's map is not made (each map is 300 MB on a 75-Mpix
+    # mosaic).
+    level, level_rms = _box_maps(lambda step: data[::step, ::step], data.shape, mask, box,
+                                 notes, rms_wanted=not weighted_noise)
     method = "global" if level is None else "Background2D"
     if level is None:
         box = (ny, nx)
@@ -144,21 +150,24 @@ def estimate_background(data, mask, boxsize, *, weight=None):
         level = np.full(data.shape, median, np.float32)
         level_rms = np.full(data.shape, std, np.float32)
 
-    scaling = _noise_scaling(weight, good)
-    weighted_noise = scaling is not None
-    if scaling is None:
+    if not weighted_noise:
         rms = level_rms
     else:
-        # Residuals scaled to uniform noise; their scatter, scaled back.
-        # In place: on a 75-Mpix mosaic each temporary is 300 MB.
-        residual = np.subtract(data, level, dtype=np.float32)
-        residual *= scaling
-        residual[mask] = np.nan
-        _, flat_rms = _box_maps(residual, mask, box, notes, level_wanted=False)
+        def scaled_residual(step):
+            # Residuals scaled to uniform noise, made only at the pixels the
+            # box statistics sample.
+            every = (slice(None, None, step),) * 2
+            residual = np.subtract(data[every], level[every], dtype=np.float32)
+            residual *= scaling[every]
+            residual[mask[every]] = np.nan
+            return residual
+
+        # Their scatter, scaled back.
+        _, flat_rms = _box_maps(scaled_residual, data.shape, mask, box, notes,
+                                level_wanted=False)
         if flat_rms is None:
-            _, std = _global_stats(residual[good])
+            _, std = _global_stats(scaled_residual(1)[good])
             flat_rms = np.full(data.shape, std, np.float32)
-        del residual
         with np.errstate(divide="ignore", invalid="ignore"):
             rms = np.divide(flat_rms, scaling, out=flat_rms)
         del scaling
@@ -240,7 +249,7 @@ def typical_value(image, good):
     return float(np.median(values)) if values.size else float(np.median(image[good]))
 
 
-def _box_maps(data, mask, box, notes, *, level_wanted=True):
+def _box_maps(sample, shape, mask, box, notes, *, level_wanted=True, rms_wanted=True):
     """Interpolated box statistics, or (None, None) when boxes cannot be used.
 
     photutils measures the sigma-clipped median and standard deviation in
@@ -249,13 +258,15 @@ def _box_maps(data, mask, box, notes, *, level_wanted=True):
     here (see `_expand`), which is about ten times faster than photutils'
     spline zoom for the few boxes of a mosaic.
 
-    Boxes larger than `SAMPLE_PIXELS` pixels are sampled every ``f``-th pixel
+    ``sample(f)`` gives the image of shape ``shape`` at every ``f``-th pixel
+    along each axis (a view, or made for the purpose). Boxes larger than
+    `SAMPLE_PIXELS` pixels are sampled every ``f``-th pixel
     along each axis, so that each box still holds about that many. The
     median of 250 000 pixels is known to 0.25% of the noise, far better than
     needed, and the sigma clipping, which dominates the cost, is ``f²``
     times faster.
     """
-    ny, nx = data.shape
+    ny, nx = shape
     n_boxes = (math.ceil(ny / box[0]), math.ceil(nx / box[1]))
     if n_boxes == (1, 1):
         return None, None
@@ -263,7 +274,7 @@ def _box_maps(data, mask, box, notes, *, level_wanted=True):
     # were otherwise not sampled at all, four times the cost for nothing.
     step = max(1, round(math.sqrt(box[0] * box[1] / SAMPLE_PIXELS)))
     sampled_box = (math.ceil(box[0] / step), math.ceil(box[1] / step))
-    sampled = data[::step, ::step]
+    sampled = sample(step)
     sampled_mask = mask[::step, ::step]
     filter_size = 3 if min(n_boxes) >= 3 else 1
     try:
@@ -285,10 +296,11 @@ def _box_maps(data, mask, box, notes, *, level_wanted=True):
         return None, None
     # Box edges in full-resolution pixels, as sampled.
     full_box = (sampled_box[0] * step, sampled_box[1] * step)
-    level = None
+    level = rms = None
     if level_wanted:
-        level = _expand(np.asarray(estimator.background_mesh), data.shape, full_box)
-    rms = _expand(np.asarray(estimator.background_rms_mesh), data.shape, full_box)
+        level = _expand(np.asarray(estimator.background_mesh), shape, full_box)
+    if rms_wanted:
+        rms = _expand(np.asarray(estimator.background_rms_mesh), shape, full_box)
     return level, rms
 
 
