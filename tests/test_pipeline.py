@@ -43,6 +43,11 @@ def noisy_sim(tmp_path_factory):
     return simulate_association(out, n_exposures=3, n_detectors=2, size=256, seed=5)
 
 
+# For tests of the mosaic alone: the catalog (with its PSF fit) is tested
+# elsewhere and would only add time.
+NO_CATALOG = {"source_catalog": {"skip": True}}
+
+
 def _run(asn_path, output_dir, **kwargs):
     mosaic, catalog, segmentation = MosaicPipeline.call(
         str(asn_path), save_results=True, output_dir=str(output_dir), **kwargs)
@@ -89,7 +94,7 @@ def test_isolated_star_fluxes_match_truth(clean_sim, tmp_path):
 
 
 def test_surface_brightness_is_preserved(clean_sim, tmp_path):
-    mosaic, _, _ = _run(clean_sim.asn_path, tmp_path)
+    mosaic, _, _ = _run(clean_sim.asn_path, tmp_path, steps=NO_CATALOG)
     sky = float(clean_sim.images["sky_mjysr"][0])
     covered = mosaic.weight > 0
     # Most pixels are empty sky, so the median is the sky level in MJy/sr.
@@ -101,7 +106,7 @@ def test_surface_brightness_is_preserved(clean_sim, tmp_path):
 @pytest.mark.parametrize(("pixfrac", "ratio"), [(1.0, 1.0), (0.7, 1.0), (1.0, 0.5), (0.7, 0.5)])
 def test_flux_conserved_for_pixfrac_and_scale(clean_sim, tmp_path, pixfrac, ratio):
     mosaic, _, _ = _run(clean_sim.asn_path, tmp_path, steps={
-        "resample": {"pixfrac": pixfrac, "pixel_scale_ratio": ratio}})
+        "resample": {"pixfrac": pixfrac, "pixel_scale_ratio": ratio}, **NO_CATALOG})
     assert mosaic.meta.resample.pixfrac == pixfrac
     assert mosaic.meta.resample.pixel_scale_ratio == pytest.approx(ratio, rel=1e-6)
     sky = float(clean_sim.images["sky_mjysr"][0])
@@ -140,8 +145,9 @@ def test_product_validates_and_inputs_untouched(noisy_sim, tmp_path):
 
 
 def test_on_disk_gives_identical_arrays(noisy_sim, tmp_path):
-    in_memory, _, _ = _run(noisy_sim.asn_path, tmp_path / "memory")
-    on_disk, _, _ = _run(noisy_sim.asn_path, tmp_path / "disk", on_disk=True)
+    in_memory, _, _ = _run(noisy_sim.asn_path, tmp_path / "memory", steps=NO_CATALOG)
+    on_disk, _, _ = _run(noisy_sim.asn_path, tmp_path / "disk", on_disk=True,
+                         steps=NO_CATALOG)
     for name in ARRAYS:
         np.testing.assert_array_equal(getattr(in_memory, name), getattr(on_disk, name),
                                       err_msg=name)
