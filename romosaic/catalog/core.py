@@ -53,7 +53,8 @@ from .measure import (
     LOCAL_BACKGROUND_ANNULUS,
     measure_sources,
 )
-from .psf import fit_psf_photometry
+from .noise import add_sky_noise, sky_noise_ratio
+from .psf import fit_psf_photometry, sky_error_map
 
 __all__ = [
     "APERTURE_RADII_ARCSEC",
@@ -319,6 +320,7 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         return _empty(data.shape, meta, notes, "every detection was a cosmic ray",
                       detection_image=detection_image)
 
+    _complete_noise(subtracted, error, no_data, segmentation.data, meta)
     measured = measure_sources(
         subtracted, segmentation, error, no_data, wcs,
         aperture_radii_arcsec=APERTURE_RADII_ARCSEC, pixel_scale_arcsec=pixel_scale_arcsec,
@@ -341,7 +343,8 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         psf = fit_psf_photometry(
             subtracted, error, no_data, segmentation.data, wcs, values, psf_model=psf_model,
             pixel_scale_arcsec=pixel_scale_arcsec, noise=measured.noise,
-            correlation=None if noise_correlation is None else noise_correlation.correlation)
+            correlation=None if noise_correlation is None else noise_correlation.correlation,
+            coverage=None if coverage is None else np.asarray(coverage))
         values.update(psf.values)
         meta.update(psf.meta)
         notes.extend(psf.notes)
@@ -425,6 +428,25 @@ def _detection_noise(rms, error, no_data, notes, meta):
         # A few pixels (a flat patch) without scatter: err there.
         return np.where(rms > 0, rms, error)
     return None
+
+
+def _complete_noise(image, error, no_data, labels, meta):
+    """Add to ``error`` (in place) the sky noise it leaves out; record the ratio.
+
+    See `romosaic.catalog.noise.sky_noise_ratio`: a mosaic's ``err`` does not
+    hold the inputs' flat-field errors unless ``include_var_flat`` was set.
+    A noise-free image has nothing to measure: its ``err`` is kept.
+    """
+    if meta.get("noise_model", "").startswith("err array"):
+        return
+    ratio = sky_noise_ratio(image, error, no_data, labels)
+    meta["sky_noise_over_err"] = ratio
+    if ratio > 1.0:
+        add_sky_noise(error, sky_error_map(error, labels, no_data), ratio)
+        meta["sky_noise_added"] = (
+            "the sky pixels scatter sky_noise_over_err times their err: every pixel's "
+            "variance grew by (sky_noise_over_err^2 - 1) times the sky's err^2 before any "
+            "uncertainty was computed")
 
 
 def _smoothed_noise_ratio(image, smoothed, noise, no_data, kernel_fwhm, noise_correlation,
