@@ -27,18 +27,14 @@ import math
 import tempfile
 
 import numpy as np
-from scipy.spatial import cKDTree
-
-
-def _robust_sigma(values):
-    values = np.asarray(values, dtype=float)
-    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+from astropy.stats import mad_std
 
 
 def run_field(seed):
     """Simulate, coadd and catalog one field; return the printed figures."""
     from romosaic.catalog.psf import COVERAGE_MISMATCH
     from romosaic.simulate import simulate_association
+    from romosaic.simulate.checks import catalog_rows_of_isolated_truth
     from romosaic.steps import FluxStep, ResampleStep, SkyMatchStep
     from romosaic.steps.source_catalog_step import SourceCatalogStep
 
@@ -49,15 +45,9 @@ def run_field(seed):
         mosaic = ResampleStep.call(SkyMatchStep.call(FluxStep.call(str(sim.asn_path))),
                                    pixel_scale_ratio=0.5)
     catalog, _ = SourceCatalogStep.call(mosaic)
-    table = catalog.source_catalog
-    truth = sim.sources
-    x, y = mosaic.meta.wcs.invert(np.asarray(truth["ra"]), np.asarray(truth["dec"]))
-    on_grid = np.isfinite(x) & np.isfinite(y)
-    distance, index = cKDTree(np.column_stack([table["x_centroid"], table["y_centroid"]])) \
-        .query(np.column_stack([np.where(on_grid, x, -1e6), np.where(on_grid, y, -1e6)]))
-    scale = mosaic.meta.wcsinfo.pixel_scale * 3600
-    keep = (distance * scale < 0.2) & np.asarray(truth["isolated"])
-    rows, truth = table[index[keep]], truth[keep]
+    rows, truth = catalog_rows_of_isolated_truth(
+        catalog.source_catalog, sim.sources, mosaic.meta.wcs,
+        pixel_scale_arcsec=mosaic.meta.wcsinfo.pixel_scale * 3600)
     flags = np.asarray(rows["psf_flags"])
     usable = ((flags & ~COVERAGE_MISMATCH) == 0) & ((np.asarray(rows["warning_flags"]) & 7) == 0)
     rows, truth, flags = rows[usable], truth[usable], flags[usable]
@@ -71,9 +61,9 @@ def run_field(seed):
     bright = snr > 100
     clean = bright & ((flags & COVERAGE_MISMATCH) == 0)
     return {
-        "faint": (_robust_sigma(pull), float(np.median(pull)), int(faint.sum())),
-        "sky_noise_over_err": table.meta.get("sky_noise_over_err"),
-        "model_error": table.meta.get("psf_flux_model_error"),
+        "faint": (mad_std(pull), float(np.median(pull)), int(faint.sum())),
+        "sky_noise_over_err": catalog.source_catalog.meta.get("sky_noise_over_err"),
+        "model_error": catalog.source_catalog.meta.get("psf_flux_model_error"),
         "bright": (np.median(offset[bright]), np.percentile(offset[bright], 90),
                    offset[bright].max(), int(bright.sum())),
         "clean": (np.median(offset[clean]), np.percentile(offset[clean], 90),

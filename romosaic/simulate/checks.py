@@ -12,6 +12,7 @@ from roman_datamodels.dqflags import pixel
 __all__ = [
     "CoverageRegions",
     "aperture_sum",
+    "catalog_rows_of_isolated_truth",
     "coverage_regions",
     "cosmic_ray_recovery",
     "source_mask",
@@ -43,6 +44,41 @@ def aperture_sum(mosaic, ra, dec, *, radius_arcsec=0.5):
                       int(x - radius - 2):int(x + radius + 3)]
     inside = (xx - x) ** 2 + (yy - y) ** 2 <= radius**2
     return float(np.nansum(mosaic.data[yy[inside], xx[inside]]))
+
+
+def catalog_rows_of_isolated_truth(table, truth, wcs, *, pixel_scale_arcsec,
+                                   max_distance_arcsec=0.2):
+    """The catalog rows of the isolated true sources, matched by position.
+
+    Each isolated true source is paired with the catalog row whose centroid
+    is nearest its true position on the mosaic; pairs further apart than
+    ``max_distance_arcsec`` are dropped.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        The catalog (``x_centroid``, ``y_centroid`` in mosaic pixels).
+    truth : astropy.table.Table
+        The simulator's sources (``ra``, ``dec``, ``isolated``).
+    wcs : gwcs.wcs.WCS
+        The mosaic's WCS.
+    pixel_scale_arcsec : float
+        The mosaic's pixel size.
+    max_distance_arcsec : float, optional
+
+    Returns
+    -------
+    rows, matched_truth : astropy.table.Table
+        Row ``i`` of one is the match of row ``i`` of the other.
+    """
+    from scipy.spatial import cKDTree
+
+    x, y = wcs.invert(np.asarray(truth["ra"]), np.asarray(truth["dec"]))
+    on_grid = np.isfinite(x) & np.isfinite(y)
+    distance, index = cKDTree(np.column_stack([table["x_centroid"], table["y_centroid"]])) \
+        .query(np.column_stack([np.where(on_grid, x, -1e6), np.where(on_grid, y, -1e6)]))
+    keep = (distance * pixel_scale_arcsec < max_distance_arcsec) & np.asarray(truth["isolated"])
+    return table[index[keep]], truth[keep]
 
 
 def cosmic_ray_recovery(library, cosmic_rays, *, min_sigma=5.0, min_groups=2, edge=1):
