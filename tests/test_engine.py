@@ -1,5 +1,6 @@
 """The drizzle engine: strips, windows, plane stores and threads change nothing."""
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -85,6 +86,28 @@ def test_strips_windows_files_and_threads_equal_one_drizzle_of_the_grid(images, 
     store.close()
     assert list(tmp_path.iterdir()) == []  # the arrays are mappings of unlinked files
     _assert_same(in_files, whole)
+
+
+def test_mosaic_summaries_look_only_where_something_was_deposited(images):
+    # The exposure-time map and statistics of a mosaic are taken over the
+    # region the inputs reach; the same figures come from the whole grid.
+    from romosaic.resample.mosaic_model import _coadd_info, _statistics, summarize_input
+
+    models, *_ = make_image_models(n_exposures=3, n_detectors=2, size=128, seed=4,
+                                   distortion=True)
+    summaries = [summarize_input(m) for m in models]
+    geometry = _geometry(images)
+    fitted = free_grid(geometry, pixel_scale_ratio=0.5)
+    grid = free_grid(geometry, pixel_scale_ratio=0.5,
+                     output_shape=(fitted.shape[1] + 157, fitted.shape[0] + 301))
+    window = data_window(grid, geometry)
+    result, _ = drizzle_images(iter(images), grid, len(images), window=window)
+    rows, cols = result.region
+    assert (rows.stop - rows.start, cols.stop - cols.start) == window.shape
+    whole = dataclasses.replace(result, region=(slice(None), slice(None)))
+    assert _statistics(result) == _statistics(whole)
+    assert _coadd_info(result, summaries) == _coadd_info(whole, summaries)
+    assert _coadd_info(result, summaries)["max_exposure_time"] > 0
 
 
 def test_more_than_one_thread_deposits_and_results_do_not_depend_on_strips(images):

@@ -64,6 +64,10 @@ class CoaddResult:
     dq : numpy.ndarray of uint32, or None
         OR of the DQ flags of the input pixels deposited on each pixel; None
         unless DQ flags were propagated.
+    region : (slice, slice)
+        Rows and columns outside which nothing was deposited (weight 0,
+        context 0): summaries of the co-add need look only there. The whole
+        array by default.
     """
 
     data: np.ndarray
@@ -72,6 +76,7 @@ class CoaddResult:
     variances: dict
     exptimes: list
     dq: np.ndarray | None = None
+    region: tuple = (slice(None), slice(None))
 
 
 class DrizzleCoadd:

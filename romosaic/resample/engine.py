@@ -534,10 +534,11 @@ def result_on_grid(store, window, engine, *, directory=None):
     if grid_store.on_disk:
         # The arrays are mappings: the files can go now.
         grid_store.close()
-    return _coadd_result(planes, context, dq, engine)
+    return _coadd_result(planes, context, dq, engine,
+                         region=(slice(r0, r0 + window.shape[0]), slice(c0, c1)))
 
 
-def _coadd_result(planes, context, dq, engine):
+def _coadd_result(planes, context, dq, engine, region=(slice(None), slice(None))):
     return CoaddResult(
         data=planes["data"],
         weight=planes["weight"],
@@ -545,4 +546,5 @@ def _coadd_result(planes, context, dq, engine):
         dq=dq,
         variances={name: planes[f"var-{name}"] for name in engine.variance_names},
         exptimes=list(engine.exptimes),
+        region=region,
     )

@@ -197,7 +197,9 @@ def _coadd_info(result, summaries):
             log.warning("%s: exposure time %s is not a positive number of seconds; the image "
                         "is left out of the mosaic's exposure-time map (meta.coadd_info)",
                         summary.filename, summary.exptime)
-    exptime = exposure_time_map(result.context, seconds)
+    # Outside the region the context is 0: no exposure time there.
+    rows, cols = result.region
+    exptime = exposure_time_map(result.context[:, rows, cols], seconds)
     covered = exptime > 0
     starts = [s.start_time for s in summaries if s.start_time is not None]
     ends = [s.end_time for s in summaries if s.end_time is not None]
@@ -270,14 +272,17 @@ def _wcsinfo(grid):
 
 
 def _statistics(result):
-    covered = result.weight > 0
-    values = result.data[covered & np.isfinite(result.data)]
+    # Nothing was deposited outside the region (weight 0 there).
+    weight, data = result.weight[result.region], result.data[result.region]
+    covered = weight > 0
+    values = data[covered & np.isfinite(data)]
     if values.size:
         median = float(np.median(values))
         rms = float(np.sqrt(np.mean((values - median) ** 2)))
     else:
         median = rms = float("nan")
-    fraction = float(covered.mean()) if covered.size else 0.0
+    fraction = (float(np.count_nonzero(covered)) / result.weight.size
+                if result.weight.size else 0.0)
     return {"image_median": median, "image_rms": rms, "good_pixel_fraction": fraction}
 
 
