@@ -69,6 +69,34 @@ def test_a_run_has_asdf_read_in_large_pieces_in_every_thread(monkeypatch):
     assert asdf.get_config().io_block_size == before
 
 
+def test_overlapping_runs_keep_the_settings_until_the_last_one_ends():
+    # Two runs sharing a process (threads of one worker): the first to end
+    # must not undo the settings under the other.
+    import gc
+
+    import asdf
+
+    from romosaic.steps.base import (
+        ASDF_READ_BLOCK_BYTES,
+        _asdf_reads_in_large_blocks,
+        _long_lived_objects_frozen,
+    )
+
+    before = asdf.get_config().io_block_size
+    first, second = _asdf_reads_in_large_blocks(), _asdf_reads_in_large_blocks()
+    frozen_first, frozen_second = _long_lived_objects_frozen(), _long_lived_objects_frozen()
+    for context in (first, frozen_first, second, frozen_second):
+        context.__enter__()
+    first.__exit__(None, None, None)
+    frozen_first.__exit__(None, None, None)
+    assert asdf.get_config().io_block_size == ASDF_READ_BLOCK_BYTES
+    assert gc.get_freeze_count() > 10_000
+    second.__exit__(None, None, None)
+    frozen_second.__exit__(None, None, None)
+    assert asdf.get_config().io_block_size == before
+    assert gc.get_freeze_count() == 0
+
+
 def test_flux_step_scales_arrays_once():
     model = make_image_model(shape=(8, 8), data=np.full((8, 8), 3.0), conversion=0.5,
                              var_rnoise=0.04, var_poisson=0.08)

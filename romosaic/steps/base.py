@@ -526,52 +526,94 @@ def _os_error_message(error):
     return f"{where}cannot write ({error.strerror or error})"
 
 
+class _WhileRunsLast:
+    """A process-wide setting held while at least one run lasts.
+
+    Runs may share a process (threads of a Dask worker, a notebook): the
+    first run to start makes the setting, the last to end undoes it, so one
+    run never undoes it under another.
+
+    Parameters
+    ----------
+    make : callable
+        ``make() -> state``, called by the first run.
+    undo : callable
+        ``undo(state)``, called by the last run.
+    """
+
+    def __init__(self, make, undo):
+        self._make, self._undo = make, undo
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._state = None
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._lock:
+            if self._runs == 0:
+                self._state = self._make()
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs -= 1
+                if self._runs == 0:
+                    self._undo(self._state)
+                    self._state = None
+
+
 #: Bytes asdf reads at a time while a run lasts (`_asdf_reads_in_large_blocks`).
 ASDF_READ_BLOCK_BYTES = 1 << 20
 
 
-@contextlib.contextmanager
-def _asdf_reads_in_large_blocks():
-    """Have asdf read files in 1-MiB pieces rather than file-system blocks.
-
-    asdf decompresses an array's lz4 chunks from pieces of its
-    ``io_block_size`` (by default the file system's 4 KiB block), with a few
-    Python operations per piece: reading a 4088² image's six arrays took
-    0.24 s that way and 0.12 s with 1-MiB pieces, and every input is read
-    by several steps. The setting of the configuration in effect (asdf's
-    global one, which worker threads use, unless the caller opened an
-    ``asdf.config_context``) is restored when the run ends.
-    """
+def _read_in_large_blocks():
     config = asdf.get_config()
     previous = config.io_block_size
     config.io_block_size = ASDF_READ_BLOCK_BYTES
-    try:
-        yield
-    finally:
-        config.io_block_size = previous
+    return config, previous
 
 
-@contextlib.contextmanager
-def _long_lived_objects_frozen():
-    """Keep the garbage collector off the objects that exist before a run.
+def _restore_block_size(state):
+    config, previous = state
+    config.io_block_size = previous
 
-    stpipe runs a full collection before every step; with astropy, asdf and
-    gwcs imported that walks ~150 000 long-lived objects each time (80 ms of
-    CPU, 0.5 s per pipeline run). Frozen (`gc.freeze`), they are skipped;
-    they are handed back to the collector when the run ends. One collection
-    comes first, so that the garbage of an earlier run in the same process
-    (models held in reference cycles) is freed rather than frozen. A caller
-    that froze objects itself is left as it is.
-    """
+
+#: Have asdf read files in 1-MiB pieces rather than file-system blocks.
+#:
+#: asdf decompresses an array's lz4 chunks from pieces of its
+#: ``io_block_size`` (by default the file system's 4 KiB block), with a few
+#: Python operations per piece: reading a 4088² image's six arrays took
+#: 0.24 s that way and 0.12 s with 1-MiB pieces, and every input is read by
+#: several steps. The configuration in effect when the first run starts
+#: (asdf's global one, which worker threads use, unless the caller opened an
+#: ``asdf.config_context``) gets its setting back when the last run ends.
+_asdf_reads_in_large_blocks = _WhileRunsLast(_read_in_large_blocks, _restore_block_size)
+
+
+def _freeze_long_lived_objects():
     if gc.get_freeze_count():
-        yield
-        return
+        return False  # the caller froze objects itself: left as they are
     gc.collect()
     gc.freeze()
-    try:
-        yield
-    finally:
+    return True
+
+
+def _unfreeze(frozen):
+    if frozen:
         gc.unfreeze()
+
+
+#: Keep the garbage collector off the objects that exist before a run.
+#:
+#: stpipe runs a full collection before every step; with astropy, asdf and
+#: gwcs imported that walks ~150 000 long-lived objects each time (80 ms of
+#: CPU, 0.5 s per pipeline run). Frozen (`gc.freeze`), they are skipped;
+#: they are handed back to the collector when the last run ends. One
+#: collection comes first, so that the garbage of an earlier run in the
+#: same process (models held in reference cycles) is freed rather than
+#: frozen.
+_long_lived_objects_frozen = _WhileRunsLast(_freeze_long_lived_objects, _unfreeze)
 
 
 @contextlib.contextmanager
