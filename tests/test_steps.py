@@ -393,14 +393,16 @@ def test_scale_kernel_releases_the_interpreter_lock():
     # half written (first element done, last not yet), which is impossible
     # if the kernel holds the lock. A long switch interval makes the lock
     # change hands only where it is given up (thread.start() here, the
-    # kernel there), whatever other threads earlier tests left. Retried, in
-    # case this thread is not scheduled during a whole call on a busy machine.
+    # kernel there), whatever other threads earlier tests left. A call long
+    # enough (2**25 values, tens of milliseconds) to span a scheduler time
+    # slice, retried, in case this thread still gets no core during a whole
+    # call on a busy machine.
     import sys
     import threading
 
     from romosaic import _scale
 
-    values = np.ones(2**23, np.float16)
+    values = np.ones(2**25, np.float16)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(5.0)
     try:
