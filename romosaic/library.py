@@ -70,7 +70,8 @@ from .errors import AssociationError, OutputError
 from .flux import VARIANCE_ARRAYS, scale_to_surface_brightness
 from .models import group_id_from_model, open_image_model, read_exposure_group_id
 
-__all__ = ["DQFlags", "FluxScale", "ImageEdits", "MetaUpdate", "ModelLibrary", "SkySubtraction"]
+__all__ = ["DQFlags", "FluxScale", "ImageEdits", "MemberMetadata", "MetaUpdate", "ModelLibrary",
+           "SkySubtraction"]
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,29 @@ class ImageEdits:
             _apply_edit(model, edit)
 
 
+@dataclass(frozen=True)
+class MemberMetadata:
+    """A member's metadata, with every recorded edit, and its data's shape.
+
+    What `ModelLibrary.metadata` returns: the metadata-only passes of the
+    steps (grids, exposure times, units, recorded states) read it instead
+    of opening the member's file again. It has a model's ``meta``, so
+    functions that look only at ``model.meta`` take it as they take a model.
+
+    Attributes
+    ----------
+    meta : roman_datamodels DNode
+        The model's ``meta``: a copy detached from the file, or, for a
+        model kept in memory, its own. Read it; record changes with the
+        library's edit methods (`ModelLibrary.update_meta`).
+    shape : tuple of int
+        Shape of the data array.
+    """
+
+    meta: object
+    shape: tuple
+
+
 def _apply_edit(model, edit):
     """Apply one edit to ``model``; array edits wait for the array's first read."""
     if not hasattr(edit, "arrays"):
@@ -474,6 +498,10 @@ class ModelLibrary(AbstractModelLibrary):
         # Per borrowed member read from a file: its arrays as opened, to tell
         # at shelve time whether any was read (and so possibly changed).
         self._unread_arrays = {}
+        # Per member read from a file: its metadata as a borrow would show it
+        # now (`metadata`), taken at its first open and kept up to date by
+        # the metadata edits recorded since.
+        self._metadata = {}
         self._edits_lock = threading.Lock()
         try:
             super().__init__(
@@ -593,6 +621,7 @@ class ModelLibrary(AbstractModelLibrary):
         self._loaded_models = {renumber[i]: model for i, model in self._loaded_models.items()
                                if i in renumber}
         self._edits = {renumber[i]: edits for i, edits in self._edits.items() if i in renumber}
+        self._metadata = {renumber[i]: kept for i, kept in self._metadata.items() if i in renumber}
         if self._on_disk:
             for index in drop & set(self._temp_filenames):
                 Path(self._temp_filenames[index]).unlink(missing_ok=True)
@@ -693,6 +722,9 @@ class ModelLibrary(AbstractModelLibrary):
                     self._source.changed.add(index)
             elif held is None:
                 self._edits.setdefault(index, []).append(edit)
+            kept = self._metadata.get(index)
+            if kept is not None and isinstance(edit, MetaUpdate):
+                edit.apply(kept)
 
     def _check_index(self, index):
         if not 0 <= index < len(self):
@@ -715,6 +747,49 @@ class ModelLibrary(AbstractModelLibrary):
             finally:
                 self._open = was_open
         return int(np.prod(model.data.shape))
+
+    def metadata(self, index):
+        """Member ``index``'s metadata and data shape, without reading its arrays.
+
+        A member read from a file is opened only the first time (by this
+        call or any borrow); after that its metadata comes from memory,
+        with every metadata edit recorded since (`update_meta`), so that a
+        step's metadata-only pass costs no file read.
+
+        Parameters
+        ----------
+        index : int
+
+        Returns
+        -------
+        MemberMetadata
+        """
+        self._check_index(index)
+        with self._edits_lock:
+            held = self._loaded_models.get(index)
+            kept = self._metadata.get(index)
+        if held is not None:
+            return MemberMetadata(held.meta, tuple(held.data.shape))
+        if kept is not None:
+            return kept
+        # Opened here without closing the library if the caller has it open.
+        was_open, self._open = self._open, True
+        try:
+            model = self.borrow(index)
+            try:
+                kept = self._metadata.get(index)
+                if kept is None:  # borrowed from a source library: not kept
+                    kept = MemberMetadata(copy.deepcopy(model.meta), tuple(model.data.shape))
+                return kept
+            finally:
+                self.shelve(model, index, modify=False)
+        finally:
+            self._open = was_open
+
+    def iter_metadata(self):
+        """``(index, MemberMetadata)`` of every member, in order (see `metadata`)."""
+        for index in range(len(self)):
+            yield index, self.metadata(index)
 
     def iter_models(self, *, modify=False):
         """Borrow each model in turn, yielding ``(index, model)``.
@@ -908,6 +983,12 @@ class ModelLibrary(AbstractModelLibrary):
             node = model._instance
             self._unread_arrays[index] = {key: node[key] for key in node
                                           if _is_unread(node[key])}
+            if index not in self._metadata:
+                # A detached copy: the model's own tree is read through its
+                # file, which is closed when the model is released.
+                kept = MemberMetadata(copy.deepcopy(model.meta), tuple(model.data.shape))
+                with self._edits_lock:
+                    self._metadata.setdefault(index, kept)
         except BaseException:
             model.close()
             raise
@@ -986,9 +1067,13 @@ class ModelLibrary(AbstractModelLibrary):
         with self._edits_lock:
             array_edits = [e for e in self._edits.get(index, ()) if hasattr(e, "arrays")]
             self._edits[index] = [*array_edits, _KeptTree(entries)]
+            # Taken again from the kept entries at the next open.
+            self._metadata.pop(index, None)
 
     def _keep_whole(self, index, model):
         """Keep a model changed beyond the edits: in memory, or in a temporary file."""
+        with self._edits_lock:
+            self._metadata.pop(index, None)
         if not self._on_disk:
             log.debug("%s: changed outside the recorded edits; kept in memory",
                       model.meta.filename)

@@ -366,12 +366,16 @@ def require_image_model(model, *, source=None):
     )
 
 
-def image_geometry(model):
-    """An image model's ``(wcs, shape)``, with a one-line error when it has none.
+def image_geometry(meta, shape):
+    """An image's ``(wcs, shape)``, with a one-line error when it has none.
 
     Parameters
     ----------
-    model : roman_datamodels.datamodels.DataModel
+    meta : roman_datamodels DNode
+        The image's ``meta``: an open model's, or a library's
+        `~romosaic.library.MemberMetadata` ``meta``.
+    shape : tuple of int
+        Shape of its data array.
 
     Returns
     -------
@@ -384,13 +388,13 @@ def image_geometry(model):
     romosaic.errors.RomosaicInputError
         Without ``meta.wcs``, or when the data are not a 2-D image.
     """
-    name = _model_filename(model)
-    if model.meta.get("wcs") is None:
+    name = meta.get("filename", "image")
+    if meta.get("wcs") is None:
         raise RomosaicInputError(f"{name}: has no WCS (meta.wcs)")
-    shape = model.data.shape
+    shape = tuple(shape)
     if len(shape) != 2:
         raise RomosaicInputError(f"{name}: data is not a 2-D image (shape {shape})")
-    return model.meta.wcs, shape
+    return meta.wcs, shape
 
 
 def read_exposure_group_id(path):

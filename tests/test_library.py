@@ -48,6 +48,44 @@ def test_association_groups_read_without_opening_models(dataset, monkeypatch):
     assert library.group_indices == {"obs1": [0, 1], "obs2": [2, 3]}
 
 
+def test_metadata_is_read_once_per_file_and_follows_the_edits(dataset, monkeypatch):
+    # The steps' metadata-only passes (grids, units, recorded states) read
+    # each file once; what the steps record afterwards shows without a read.
+    asn_path, _ = dataset
+    library = ModelLibrary(asn_path)
+    opened = []
+    real_open = rdm.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(rdm, "open", counting_open)
+    first = dict(library.iter_metadata())
+    assert len(opened) == 4
+    assert [first[i].shape for i in range(4)] == [(16, 16)] * 4
+    assert first[1].meta.cal_step.flux == "INCOMPLETE"
+
+    library.update_meta(1, {"cal_step.flux": "COMPLETE"})
+    again = dict(library.iter_metadata())
+    assert len(opened) == 4
+    assert again[1].meta.cal_step.flux == "COMPLETE"
+    assert again[0].meta.cal_step.flux == "INCOMPLETE"
+    with library:
+        model = library.borrow(1)
+        assert model.meta.cal_step.flux == "COMPLETE"
+        library.shelve(model, 1, modify=False)
+
+    # Metadata changed in a borrowed model and kept with it replaces what
+    # was kept from the file.
+    with library:
+        model = library.borrow(2)
+        model.meta.filename = "renamed_cal.asdf"
+        library.shelve(model, 2, modify=True)
+    assert library.metadata(2).meta.filename == "renamed_cal.asdf"
+    assert library.metadata(3).meta.filename == "e2_wfi02_cal.asdf"
+
+
 @pytest.mark.parametrize("kind", ["asn", "dict", "single", "names", "models"])
 def test_every_input_kind(dataset, kind, monkeypatch):
     asn_path, paths = dataset

@@ -59,7 +59,11 @@ class InputSummary:
 
 
 def summarize_input(model, group_id=None):
-    """Collect an `InputSummary` from an open Level-2 model."""
+    """Collect an `InputSummary` from a Level-2 image's ``model.meta``.
+
+    ``model`` is an open model or a library's
+    `~romosaic.library.MemberMetadata`: only its ``meta`` is read.
+    """
     meta = model.meta
     exposure = meta.exposure
     return InputSummary(

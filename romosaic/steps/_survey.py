@@ -14,15 +14,16 @@ log = logging.getLogger(__name__)
 def survey_inputs(library):
     """Each input's (WCS, shape) and metadata summary, checking they belong together.
 
-    Only metadata and the data array's shape are read here; the arrays are
-    read during drizzling.
+    Only metadata and the data array's shape are read here (from the
+    library's memory, once a member has been opened: `ModelLibrary.metadata`);
+    the arrays are read during drizzling.
     """
     geometry = []
     summaries = []
     group_ids = [m["group_id"] for m in library.asn["products"][0]["members"]]
-    for index, model in library.iter_models(modify=False):
-        geometry.append(image_geometry(model))
-        summaries.append(summarize_input(model, group_id=group_ids[index]))
+    for index, member in library.iter_metadata():
+        geometry.append(image_geometry(member.meta, member.shape))
+        summaries.append(summarize_input(member, group_id=group_ids[index]))
     not_converted = [s.filename for s in summaries if s.cal_step.get("flux") != "COMPLETE"]
     if not_converted:
         log.warning("%s: not converted to MJy/sr (run the flux step first); the mosaic will "
@@ -43,6 +44,6 @@ def recorded_grid_orientation(library):
     The orientation the reference pipeline gives a free grid (see
     `romosaic.models.recorded_orientation`); only metadata is read.
     """
-    for _, model in library.iter_models(modify=False):
-        return recorded_orientation(model.meta)
+    for _, member in library.iter_metadata():
+        return recorded_orientation(member.meta)
     return None

@@ -59,7 +59,7 @@ from .._atomic import atomic_save_model, prepare_output_directory, remove_empty_
 from .._malloc import give_back_freed_memory
 from .._process_memory import peak_resident_bytes, reset_peak_resident
 from ..errors import OutputError, RomosaicError, RomosaicInputError
-from ..library import ModelLibrary
+from ..library import MemberMetadata, ModelLibrary
 from ..models import open_image_model
 
 __all__ = [
@@ -364,8 +364,8 @@ class _OfflineMixin:
                 and isinstance(library, ModelLibrary)):
             yield
             return
-        for index, model in library.iter_models(modify=False):
-            self.record_status(model, STEP_SKIPPED, library=library, index=index)
+        for index, member in library.iter_metadata():
+            self.record_status(member, STEP_SKIPPED, library=library, index=index)
         self.class_alias = None
         try:
             yield
@@ -450,8 +450,9 @@ class _OfflineMixin:
 
         Parameters
         ----------
-        model : roman_datamodels.datamodels.DataModel
-            The model (borrowed from ``library`` when that is given).
+        model : roman_datamodels.datamodels.DataModel or MemberMetadata
+            The model, or with ``library`` the member's model or metadata
+            (`ModelLibrary.metadata`).
         status : str, optional
         library : ModelLibrary, optional
             Record the status as an edit of member ``index`` of this
@@ -725,7 +726,10 @@ def _accepted_values(step_class, path):
 
 
 def step_status(model, name):
-    """``model.meta.cal_step.<name>``, or None when not recorded."""
+    """``model.meta.cal_step.<name>``, or None when not recorded.
+
+    ``model``: an open model, or a library's `~romosaic.library.MemberMetadata`.
+    """
     cal_step = model.meta.get("cal_step")
     return None if cal_step is None else cal_step.get(name)
 
@@ -741,7 +745,8 @@ def ensure_cal_step(model):
 
 
 def _cal_step_names(model):
-    fallback = L2CalStep if isinstance(model, rdm.ImageModel) else L3CalStep
+    # A library's members are Level-2 images.
+    fallback = L2CalStep if isinstance(model, (rdm.ImageModel, MemberMetadata)) else L3CalStep
     try:
         meta_schema = model._instance.get_schema()["properties"]["meta"]
         for part in meta_schema.get("allOf", [meta_schema]):

@@ -1,5 +1,6 @@
 """``flux`` step: Level-2 images from DN/s to MJy/sr (see `romosaic.flux`)."""
 
+import concurrent.futures
 import logging
 import math
 
@@ -31,37 +32,42 @@ class FluxStep(RomosaicStep):
 
     def process(self, input_data):
         library = self.open_library(input_data)
-        library.map_models(lambda index, model: self._scale_model(library, index, model),
-                           threads=resolve_workers(self.workers))
+        # Only metadata is read here. Arrays of images in files are scaled
+        # when a later step reads them; those of open models at once, in
+        # threads.
+        members = list(library.iter_metadata())
+        threads = min(resolve_workers(self.workers), len(members))
+        with concurrent.futures.ThreadPoolExecutor(max(threads, 1)) as pool:
+            list(pool.map(lambda item: self._scale_member(library, *item), members))
         return self.step_result(library, input_data, single_model=True)
 
-    def _scale_model(self, library, index, model):
-        if step_status(model, "flux") == STEP_COMPLETE:
-            log.info("%s: already in MJy/sr; flux step not repeated", model.meta.filename)
+    def _scale_member(self, library, index, member):
+        if step_status(member, "flux") == STEP_COMPLETE:
+            log.info("%s: already in MJy/sr; flux step not repeated", member.meta.filename)
             return
-        photometry = model.meta.photometry
+        photometry = member.meta.photometry
         factor = photometry.get("conversion_megajanskys")
         # The WCS's pixel area is only needed to judge a conversion of the wrong sign.
-        wcs_area = _wcs_pixel_area(model) if check_conversion_factor(factor) else None
+        wcs_area = (_wcs_pixel_area(member.meta.get("wcs"), member.shape)
+                    if check_conversion_factor(factor) else None)
         factor, problem, warning = resolve_conversion_factor(
             factor, photometry.get("pixel_area"), wcs_area)
         if problem:
-            raise RomosaicInputError(f"{model.meta.filename}: {problem}")
+            raise RomosaicInputError(f"{member.meta.filename}: {problem}")
         if warning:
-            log.warning("%s: %s", model.meta.filename, warning)
+            log.warning("%s: %s", member.meta.filename, warning)
         # Recorded, not applied here: the library scales each array when it
         # is read (in place, in float32 chunks), for every borrower.
         library.record_flux_scale(index, float(factor))
-        self.record_status(model, library=library, index=index)
-        log.info("%s: converted to MJy/sr (x %.6g)", model.meta.filename, factor)
+        self.record_status(member, library=library, index=index)
+        log.info("%s: converted to MJy/sr (x %.6g)", member.meta.filename, factor)
 
 
-def _wcs_pixel_area(model):
+def _wcs_pixel_area(wcs, shape):
     """Solid angle (sr) of the pixel at the image centre, or None without a usable WCS."""
-    wcs = model.meta.get("wcs")
     if wcs is None:
         return None
-    ny, nx = model.data.shape[-2:]
+    ny, nx = shape[-2:]
     try:
         cd = local_cd_matrix(wcs, (nx - 1) / 2, (ny - 1) / 2)
     except Exception:  # any WCS failure just means the check is not made

@@ -141,22 +141,22 @@ class SkyMatchStep(RomosaicStep):
         result = match_sky(skies, units, skymethod=self.skymethod, match_down=self.match_down)
         self._report(result, skies, names, units, unit_names)
 
-        for index, model in library.iter_models(modify=False):
-            self._record(library, index, model, result.levels[index])
+        for index, member in library.iter_metadata():
+            self._record(library, index, member, result.levels[index])
         return self.step_result(library, input_data)
 
     def _survey(self, library):
         """Each model's (WCS, shape) and file name; refuse to subtract twice."""
         geometry, names = [], []
-        for _, model in library.iter_models(modify=False):
-            name = str(model.meta.filename)
-            wcs_and_shape = image_geometry(model)
-            level, subtracted = _background_state(model)
+        for _, member in library.iter_metadata():
+            name = str(member.meta.filename)
+            wcs_and_shape = image_geometry(member.meta, member.shape)
+            level, subtracted = _background_state(member)
             if subtracted and self.subtract:
                 raise RomosaicInputError(
                     f"{name}: sky level {level} was already subtracted "
                     "(meta.background.subtracted is True); refusing to subtract again")
-            if step_status(model, "flux") != STEP_COMPLETE:
+            if step_status(member, "flux") != STEP_COMPLETE:
                 log.info("%s: not in MJy/sr (flux step not run); levels are in the data's units",
                          name)
             geometry.append(wcs_and_shape)
@@ -208,12 +208,12 @@ class SkyMatchStep(RomosaicStep):
                 log.info("%s: level %.6g (local sky %.6g)", unit_names[u],
                          result.group_levels[u], min(local))
 
-    def _record(self, library, index, model, level):
-        name = model.meta.filename
+    def _record(self, library, index, member, level):
+        name = member.meta.filename
         if not np.isfinite(level):
-            self.record_status(model, STEP_SKIPPED, library=library, index=index)
+            self.record_status(member, STEP_SKIPPED, library=library, index=index)
             return
-        previous, was_subtracted = _background_state(model)
+        previous, was_subtracted = _background_state(member)
         if was_subtracted:
             # The data no longer hold that level, so what was measured is
             # the residual sky on top of it, which is what remains to remove.
@@ -227,4 +227,4 @@ class SkyMatchStep(RomosaicStep):
             "subtracted": bool(self.subtract),
             "method": str(self.skymethod),
         }})
-        self.record_status(model, STEP_COMPLETE, library=library, index=index)
+        self.record_status(member, STEP_COMPLETE, library=library, index=index)

@@ -156,7 +156,7 @@ class TweakRegStep(RomosaicStep):
     def _gather(self, index, model):
         """An `AlignImage` for one model: WCS, shape, group and sources."""
         name = str(model.meta.filename)
-        image_geometry(model)
+        image_geometry(model.meta, model.data.shape)
         catalog_file = self._catalog_file(model)
         if catalog_file is not None:
             catalog = read_image_catalog(catalog_file, catalog_format=self._read_format(
