@@ -33,6 +33,7 @@ from ..errors import RomosaicInputError
 from .background import estimate_background, typical_value
 from .columns import aperture_column, empty_table, make_table
 from .detection import (
+    INPUT_PIXEL_SCALE,
     convolve_gaussian,
     find_sources,
     matched_kernel_fwhm,
@@ -138,7 +139,7 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
                         bkg_boxsize=1000, kernel_fwhm=None, snr_threshold=6.0, npixels=None,
                         deblend=False, aperture_correction=None, noise_correlation=None,
                         psf_fwhm_arcsec=None, min_area_arcsec2=MIN_AREA_ARCSEC2,
-                        filter_name=None, fit_psf=False, psf_model=None):
+                        filter_name=None, fit_psf=False, psf_model=None, pixfrac=1.0):
     """Detect and measure the sources of a mosaic.
 
     Parameters
@@ -195,6 +196,11 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     psf_model : romosaic.catalog.psf.PSFModel, optional
         The PSF to fit (`romosaic.catalog.psf.read_psf_file`); None builds
         one from the mosaic's own stars.
+    pixfrac : float
+        The drizzle's ``pixfrac`` (``meta.resample.pixfrac``): with the
+        input pixel size (`romosaic.catalog.detection.INPUT_PIXEL_SCALE`) it
+        gives the footprint of one drizzled input pixel, the shape a cosmic
+        ray takes in the mosaic.
 
     Returns
     -------
@@ -219,6 +225,8 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         raise RomosaicInputError(f"weight has shape {np.shape(weight)}, data {data.shape}")
     if coverage is not None and np.shape(coverage) != data.shape:
         raise RomosaicInputError(f"coverage has shape {np.shape(coverage)}, data {data.shape}")
+    if not (np.isfinite(pixfrac) and pixfrac > 0):
+        raise RomosaicInputError(f"pixfrac must be > 0, got {pixfrac}")
 
     notes = []
     if pixel_scale_arcsec is None:
@@ -306,13 +314,18 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     # cosmic ray's track. A star is not sharp from either start.
     # A point source's width in the mosaic, for a field without bright stars.
     point_source_fwhm = matched_kernel_fwhm(psf_fwhm_arcsec, pixel_scale_arcsec)
+    # A cosmic ray is one input pixel drizzled: its footprint and the PSF
+    # set how much wider than it a star must be.
+    drizzled_pixel = {"input_pixel": INPUT_PIXEL_SCALE / pixel_scale_arcsec,
+                      "pixel_size": pixfrac * INPUT_PIXEL_SCALE / pixel_scale_arcsec,
+                      "psf_fwhm": psf_fwhm_arcsec / pixel_scale_arcsec}
     segmentation, rejection = reject_cosmic_rays(
         segmentation, subtracted, detection_image, error, no_data, coverage, window_kernel,
-        point_source_fwhm=point_source_fwhm)
+        point_source_fwhm=point_source_fwhm, **drizzled_pixel)
     if segmentation is not None and rejection.threshold is not None:
         segmentation, second = reject_cosmic_rays(
             segmentation, subtracted, subtracted, error, no_data, coverage, window_kernel,
-            point_source_fwhm=point_source_fwhm)
+            point_source_fwhm=point_source_fwhm, **drizzled_pixel)
         rejection.rejected += second.rejected
     meta.update(rejection.meta())
     notes.extend(rejection.notes)

@@ -39,12 +39,42 @@ where at most one input contributes at its peak, when its width is below
 narrowest twentieth of the bright sources, for PSFs so undersampled that
 stars themselves can look as narrow as a pixel), at more than
 `SHARP_SIGNIFICANCE` standard deviations.
+
+The width alone fails where the output pixels are as large as the input
+pixels. The drizzle spreads each input pixel over the output pixels it
+overlaps: one that lands at a sub-pixel offset ``u`` from the output grid
+becomes a pair of pixels in the proportion ``1 − u : u``, which adds
+``u(1 − u)`` (up to 0.25 pixel²) to its second moment along that axis. A
+cosmic ray drizzled half-way between output pixels is then a flat 2 × 2
+block nearly as wide as a point source. A star is broadened the same way,
+so the grid's offset alone does not tell the two apart; what does is that
+a cosmic ray's light is *only* that drizzled input pixel, and where it lies
+is known from its centroid. So each detection is also compared with a
+drizzled input pixel at its own centroid: a box of the input pixel's size
+on the sky (times ``pixfrac``) integrated over the output pixels, measured
+through the same window (``pixel_size`` of `minor_moment`). The *excess*
+is the minor-axis moment of the difference of the two moment tensors: about
+0 for a cosmic ray at any offset (a short track along rows or columns has
+the same profile across it), and for a point source what its light spreads
+beyond one input pixel. That is smallest for a star centred on the edge
+between two input pixels of a grid aligned with the output's: its light
+then falls almost all on two pixels, as a cosmic ray's half-way between
+output pixels does. `point_source_excess_floor` computes this smallest
+excess for a Gaussian PSF of the filter's FWHM, over all offsets; a
+detection whose excess is below `EXCESS_FRACTION` of it (and of
+`TAIL_FRACTION` × the bright sources' 5th percentile), by more than
+`EXCESS_SIGNIFICANCE` standard deviations, is rejected too. For PSFs much
+narrower than an input pixel (at 0.11″, F129 and bluer) the floor is
+close to 0, and the test rejects only the brightest, most pixel-like
+detections: there a star can look exactly like one input pixel, and only
+other exposures can tell.
 """
 
 import logging
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from photutils.segmentation import deblend_sources, detect_sources
@@ -76,6 +106,11 @@ __all__ = [
     "psf_fwhm_for_filter",
     "smoothed_noise_ratio",
     "minor_moment",
+    "drizzled_pixel_profile",
+    "EXCESS_FRACTION",
+    "EXCESS_SIGNIFICANCE",
+    "point_source_excess_floor",
+    "WindowMoments",
     "reject_cosmic_rays",
     "reject_wing_detections",
     "wing_envelope",
@@ -127,13 +162,28 @@ WING_MARGIN = 2.0
 
 #: A detection is a cosmic ray candidate when its width (minor-axis second
 #: moment in the window) is below this fraction of the point sources'. On
-#: simulated data, cosmic rays measure 0.06-0.34 of it and stars 0.8-1.1
-#: (0.11″ and 0.055″ pixels, PSF FWHM 0.12-0.18″).
+#: simulated data, most cosmic rays measure 0.06-0.34 of it and stars 0.8-1.1
+#: (0.11″ and 0.055″ pixels, PSF FWHM 0.12-0.18″); on 0.11″ pixels those
+#: drizzled half-way between output pixels up to 0.75 (the excess test).
 SHARP_FRACTION = 0.5
 #: ... and below this fraction of the 5th percentile of the bright sources' widths.
 TAIL_FRACTION = 0.7
 #: ... by at least this many standard deviations from the point-source width.
 SHARP_SIGNIFICANCE = 5.0
+#: A detection is a cosmic ray candidate too when its excess width over a
+#: drizzled input pixel at its centroid is below this fraction of the
+#: smallest excess a point source can show (`point_source_excess_floor`).
+#: The floor is 0.062 pixel² for F158's 0.128″ PSF on 0.11″ pixels, 0.12 for
+#: the simulator's 0.15″. On a simulated 0.11″ mosaic of one input rotated
+#: against it, cosmic rays measure about 0 (95 % below 0.074, diagonal
+#: tracks up to 0.11) and 95 % of the stars 0.13 or more.
+EXCESS_FRACTION = 0.5
+#: ... by at least this many standard deviations below the floor: a star
+#: at the floor passes with probability 0.999.
+EXCESS_SIGNIFICANCE = 3.0
+#: Offsets per axis (of the input grid from the output grid, and of the star
+#: within an input pixel) over which the floor is searched.
+FLOOR_STEPS = 8
 #: The measuring window's FWHM is this many times the detection kernel's:
 #: wide enough to hold a point source's core, narrow enough to keep neighbours out.
 WINDOW_FACTOR = 2.0
@@ -392,6 +442,11 @@ class CosmicRayRejection:
         None when it could not be measured.
     threshold : float or None
         Widths below this (pixels²) were candidates.
+    excess_floor : float or None
+        Smallest excess width over a drizzled input pixel that a point
+        source can show (pixels²); None when not computed.
+    excess_threshold : float or None
+        Excesses below this (pixels²) were candidates.
     notes : list of str
         Why nothing could be rejected, if so.
     """
@@ -399,6 +454,8 @@ class CosmicRayRejection:
     rejected: int = 0
     point_source_width: float = None
     threshold: float = None
+    excess_floor: float = None
+    excess_threshold: float = None
     notes: list = field(default_factory=list)
 
     def meta(self):
@@ -407,6 +464,8 @@ class CosmicRayRejection:
             "cosmic_rays_rejected": int(self.rejected),
             "point_source_width_pix2": self.point_source_width,
             "cosmic_ray_width_threshold_pix2": self.threshold,
+            "point_source_excess_floor_pix2": self.excess_floor,
+            "cosmic_ray_excess_threshold_pix2": self.excess_threshold,
         }
 
 
@@ -439,8 +498,78 @@ def coverage_from_context(context, weight=None):
     return counts
 
 
+class WindowMoments(NamedTuple):
+    """What `minor_moment` measures of each source (arrays, one value per source).
+
+    Attributes
+    ----------
+    width, width_err : numpy.ndarray
+        Minor-axis second moment (pixels²) and its one-sigma uncertainty from
+        the error array (NaN where the windowed flux is not positive).
+    snr : numpy.ndarray
+        Signal-to-noise ratio of the windowed flux.
+    clean : numpy.ndarray of bool
+        Whether no pixel of the window was left out.
+    trusted : numpy.ndarray of bool
+        Whether ``width`` (and ``excess``) is not narrowed by the cuts: none
+        within `INTACT_RADIUS` window sigmas of the peak, or a straight cut.
+    excess, excess_err : numpy.ndarray
+        Minor-axis moment of the source's moment tensor less that of a
+        drizzled input pixel at its centroid, and its uncertainty (pixels²);
+        NaN when no ``pixel_size`` was given.
+    """
+
+    width: np.ndarray
+    width_err: np.ndarray
+    snr: np.ndarray
+    clean: np.ndarray
+    trusted: np.ndarray
+    excess: np.ndarray
+    excess_err: np.ndarray
+
+
+def drizzled_pixel_profile(offset, size):
+    """One axis of an input pixel drizzled onto unit output pixels.
+
+    The overlap of a box ``size`` output pixels wide, centred ``offset``
+    pixels from an output pixel's centre, with that pixel. The 2-D image of
+    a drizzled input pixel (a cosmic ray) is the product of the profiles of
+    the two axes.
+
+    Parameters
+    ----------
+    offset : numpy.ndarray
+        Distance of each output pixel's centre from the box's centre, pixels.
+    size : float
+        Width of the box in output pixels: the input pixel's size over the
+        output pixel's, times ``pixfrac``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Overlap lengths (they sum to ``size`` over a row of pixels).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> drizzled_pixel_profile(np.array([-1.25, -0.25, 0.75]), 1.0).tolist()
+    [0.0, 0.75, 0.25]
+    """
+    offset = np.asarray(offset, dtype=np.float64)
+    half = 0.5 * float(size)
+    return np.clip(np.minimum(offset + half, 0.5) - np.maximum(offset - half, -0.5), 0.0, None)
+
+
+def _minor_axis(m_xx, m_yy, m_xy):
+    """Minor eigenvalue of 2 × 2 moment tensors and the angle of its axis."""
+    mean = 0.5 * (m_xx + m_yy)
+    spread = np.hypot(0.5 * (m_xx - m_yy), m_xy)
+    angle = 0.5 * np.arctan2(2.0 * m_xy, m_xx - m_yy) + 0.5 * np.pi
+    return mean - spread, angle
+
+
 def minor_moment(image, labels, error, no_data, peaks_y, peaks_x, own_labels, window_sigma,
-                 iterations=4):
+                 iterations=4, *, pixel_size=None):
     """Width of each source: its minor-axis second moment in a Gaussian window.
 
     The window (standard deviation ``window_sigma`` pixels) is re-centred on
@@ -452,6 +581,13 @@ def minor_moment(image, labels, error, no_data, peaks_y, peaks_x, own_labels, wi
     the array or of the coverage), the moment *along* the cut is used
     instead: over a strip of full length it is never below the source's
     minor-axis width.
+
+    With ``pixel_size``, the same moments are taken of a drizzled input
+    pixel (`drizzled_pixel_profile` along each axis) centred on the
+    source's windowed centroid, on the same pixels and through the same
+    window, and the *excess* is the minor-axis moment of the source's moment
+    tensor less the pixel's: what the source's width holds beyond the
+    spreading of one input pixel over the output grid at that position.
 
     Parameters
     ----------
@@ -471,19 +607,13 @@ def minor_moment(image, labels, error, no_data, peaks_y, peaks_x, own_labels, wi
         Window standard deviation, pixels.
     iterations : int
         Re-centring passes.
+    pixel_size : float, optional
+        Width of a drizzled input pixel in output pixels (input pixel size
+        over output pixel size, times ``pixfrac``); None: no excess.
 
     Returns
     -------
-    width, width_err : numpy.ndarray
-        Minor-axis second moment (pixels²) and its one-sigma uncertainty from
-        ``error`` (NaN where the windowed flux is not positive).
-    snr : numpy.ndarray
-        Signal-to-noise ratio of the windowed flux.
-    clean : numpy.ndarray of bool
-        Whether no pixel of the window was left out.
-    trusted : numpy.ndarray of bool
-        Whether ``width`` is not narrowed by the cuts: none within
-        `INTACT_RADIUS` window sigmas of the peak, or a straight cut.
+    WindowMoments
     """
     half = int(math.ceil(3.0 * window_sigma))
     offsets = np.arange(-half, half + 1)
@@ -529,23 +659,122 @@ def minor_moment(image, labels, error, no_data, peaks_y, peaks_x, own_labels, wi
         m_xx = (weighted * dx * dx).sum(axis=(1, 2)) / flux
         m_yy = (weighted * dy * dy).sum(axis=(1, 2)) / flux
         m_xy = (weighted * dx * dy).sum(axis=(1, 2)) / flux
-        mean = 0.5 * (m_xx + m_yy)
-        spread = np.hypot(0.5 * (m_xx - m_yy), m_xy)
-        width = mean - spread
-        angle = 0.5 * np.arctan2(2.0 * m_xy, m_xx - m_yy) + 0.5 * np.pi
+        width, angle = _minor_axis(m_xx, m_yy, m_xy)
         width = np.where(along_y, m_yy, np.where(along_x, m_xx, width))
         angle = np.where(along_y, 0.5 * np.pi, np.where(along_x, 0.0, angle))
-        # Along a fixed axis the moment is linear in the pixel values.
-        across = dx * np.cos(angle)[:, None, None] + dy * np.sin(angle)[:, None, None]
-        gradient = window * (across**2 - width[:, None, None])
-        width_err = np.sqrt((gradient**2 * sigma**2).sum(axis=(1, 2))) / flux
+        width_err = _moment_error(window, dx, dy, angle, width, sigma, flux)
         snr = flux / np.sqrt((window**2 * sigma**2).sum(axis=(1, 2)))
+        excess = np.full(width.shape, np.nan)
+        excess_err = np.full(width.shape, np.nan)
+        if pixel_size is not None:
+            model = window * drizzled_pixel_profile(dx, pixel_size) * \
+                drizzled_pixel_profile(dy, pixel_size)
+            model_flux = model.sum(axis=(1, 2))
+            d_xx = m_xx - (model * dx * dx).sum(axis=(1, 2)) / model_flux
+            d_yy = m_yy - (model * dy * dy).sum(axis=(1, 2)) / model_flux
+            d_xy = m_xy - (model * dx * dy).sum(axis=(1, 2)) / model_flux
+            excess, excess_angle = _minor_axis(d_xx, d_yy, d_xy)
+            excess = np.where(along_y, d_yy, np.where(along_x, d_xx, excess))
+            excess_angle = np.where(along_y, 0.5 * np.pi,
+                                    np.where(along_x, 0.0, excess_angle))
+            # The pixel's moments depend on the data only through the
+            # centroid; the error is that of the source's moment along the axis.
+            cos, sin = np.cos(excess_angle), np.sin(excess_angle)
+            along = m_xx * cos**2 + 2.0 * m_xy * sin * cos + m_yy * sin**2
+            excess_err = _moment_error(window, dx, dy, excess_angle, along, sigma, flux)
     bad = ~(flux > 0)
-    width[bad] = np.nan
-    width_err[bad] = np.nan
-    snr[bad] = np.nan
+    for column in (width, width_err, snr, excess, excess_err):
+        column[bad] = np.nan
     trusted = ~close | along_x | along_y
-    return width, width_err, snr, clean, trusted
+    return WindowMoments(width, width_err, snr, clean, trusted, excess, excess_err)
+
+
+def _moment_error(window, dx, dy, angle, moment, sigma, flux):
+    """Uncertainty of a windowed second moment along ``angle``, from the pixel errors.
+
+    Along a fixed axis the moment is linear in the pixel values (for a
+    given flux), so its variance is the error-weighted sum of its gradient.
+    """
+    across = dx * np.cos(angle)[:, None, None] + dy * np.sin(angle)[:, None, None]
+    gradient = window * (across**2 - moment[:, None, None])
+    return np.sqrt((gradient**2 * sigma**2).sum(axis=(1, 2))) / flux
+
+
+def _drizzled_star_axis(size, position, psf_sigma, input_pixel, pixel_size, offset):
+    """One axis of a pixel-integrated Gaussian star drizzled from an input grid.
+
+    Input pixels (``input_pixel`` output pixels wide) have their centres at
+    ``k * input_pixel + offset``; each is drizzled as a box ``pixel_size``
+    wide, and an output pixel is the overlap-weighted mean of the boxes
+    that reach it (0 where none does).
+    """
+    n_inputs = int(math.ceil(size / input_pixel)) + 2
+    centres = (np.arange(-1, n_inputs) * input_pixel + offset)[None, :]
+    edges = (centres + np.array([[-0.5], [0.5]]) * input_pixel - position) / \
+        (math.sqrt(2.0) * psf_sigma)
+    values = 0.5 * (erf(edges[1]) - erf(edges[0]))
+    overlap = drizzled_pixel_profile(np.arange(size)[:, None] - centres, pixel_size)
+    total = overlap.sum(axis=1)
+    return np.where(total > 0, overlap @ values / np.where(total > 0, total, 1.0), 0.0)
+
+
+def point_source_excess_floor(psf_fwhm, input_pixel, pixel_size, window_sigma,
+                              steps=FLOOR_STEPS):
+    """Smallest excess width over a drizzled input pixel that a point source can show.
+
+    A Gaussian star of the PSF's FWHM is integrated over input pixels and
+    drizzled onto the output grid, for ``steps`` offsets of the input grid
+    from the output grid and ``steps`` positions of the star within an input
+    pixel (the same along both axes, the least favourable case); each image
+    is measured as `minor_moment` measures a detection, and the smallest
+    excess is returned. It is smallest for a star centred on the edge
+    between two input pixels, on a grid aligned with the output's.
+
+    Parameters
+    ----------
+    psf_fwhm : float
+        FWHM of the optical PSF, output pixels.
+    input_pixel : float
+        Size of an input pixel, output pixels.
+    pixel_size : float
+        Width of a drizzled input pixel, output pixels (``input_pixel``
+        times ``pixfrac``).
+    window_sigma : float
+        Standard deviation of the measuring window, pixels.
+    steps : int
+        Offsets tried per axis for each of the two offsets.
+
+    Returns
+    -------
+    float
+        Excess (pixels²); at or below 0 when a star can look like one pixel.
+
+    Examples
+    --------
+    >>> round(point_source_excess_floor(0.128 / 0.11, 1.0, 1.0, 1.7), 3)
+    0.062
+    """
+    psf_sigma = psf_fwhm / FWHM_PER_SIGMA
+    half = int(math.ceil(3.0 * window_sigma + psf_sigma)) + 2
+    tile = 2 * half + 1
+    grid_offsets = np.arange(steps) / steps
+    positions = np.arange(steps) / steps * input_pixel
+    image = np.zeros((tile, tile * steps * steps))
+    peaks = []
+    for i, (offset, position) in enumerate(
+            (o, p) for o in grid_offsets for p in positions):
+        profile = _drizzled_star_axis(tile, half + offset + position, psf_sigma, input_pixel,
+                                      pixel_size, half + offset)
+        image[:, i * tile:(i + 1) * tile] = np.outer(profile, profile)
+        peaks.append(i * tile + half + int(round(offset + position)))
+    peaks_x = np.asarray(peaks)
+    peaks_y = np.full(peaks_x.size, half)
+    # Each tile's star is its own source: the window of one never reaches the next.
+    labels = np.repeat(np.arange(1, peaks_x.size + 1), tile)[None, :].repeat(tile, axis=0)
+    moments = minor_moment(image, labels, np.ones(image.shape), np.zeros(image.shape, bool),
+                           peaks_y, peaks_x, np.arange(1, peaks_x.size + 1), window_sigma,
+                           pixel_size=pixel_size)
+    return float(np.nanmin(moments.excess))
 
 
 def segment_peaks(image, label_image, labels):
@@ -584,7 +813,8 @@ def _window(usable, rows, cols, x_c, y_c, window_sigma):
 
 
 def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, coverage,
-                       kernel_fwhm, *, point_source_fwhm=None):
+                       kernel_fwhm, *, point_source_fwhm=None, pixel_size=None,
+                       input_pixel=None, psf_fwhm=None):
     """Remove detections sharper than a point source where one input covers the mosaic.
 
     See the module notes for the reasoning and the criteria.
@@ -612,6 +842,16 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
         FWHM (pixels) of a point source in the mosaic, from the PSF. When
         too few bright sources show the point-source width (an empty field),
         the width of a Gaussian of this FWHM in the window stands in for it.
+    pixel_size : float, optional
+        Width, in output pixels, of an input pixel drizzled onto the mosaic
+        (input over output pixel size, times ``pixfrac``).
+    input_pixel : float, optional
+        Size of an input pixel in output pixels; default ``pixel_size``.
+    psf_fwhm : float, optional
+        FWHM (pixels) of the optical PSF. With it and ``pixel_size``,
+        detections whose width is hardly more than a drizzled input pixel's
+        at their centroid are rejected too (the excess test of the module
+        notes).
 
     Returns
     -------
@@ -627,20 +867,30 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
     window_sigma = WINDOW_FACTOR * kernel_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
     # In chunks: each source takes a few hundred window pixels per array.
     parts = [minor_moment(image, segmentation.data, error, no_data, peaks_y[i:i + CHUNK],
-                          peaks_x[i:i + CHUNK], labels[i:i + CHUNK], window_sigma)
+                          peaks_x[i:i + CHUNK], labels[i:i + CHUNK], window_sigma,
+                          pixel_size=pixel_size)
              for i in range(0, labels.size, CHUNK)]
-    width, width_err, snr, clean, trusted = (np.concatenate(column)
-                                             for column in zip(*parts, strict=True))
+    moments = WindowMoments(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+    width, width_err = moments.width, moments.width_err
     covered = np.asarray(coverage)[peaks_y, peaks_x]
     # Where two or more inputs overlap, outlier detection took the cosmic
     # rays out: bright sources there define what a point source looks like.
-    locus_sample = clean & (covered >= 2) & np.isfinite(width) & \
-        (snr >= LOCUS_MIN_SNR)
+    locus_sample = moments.clean & (covered >= 2) & np.isfinite(width) & \
+        (moments.snr >= LOCUS_MIN_SNR)
     if not np.any(covered <= 1):
         return segmentation, rejection
+    excess_reference = None
+    if pixel_size is not None and psf_fwhm is not None:
+        excess_reference = rejection.excess_floor = point_source_excess_floor(
+            psf_fwhm, pixel_size if input_pixel is None else input_pixel, pixel_size,
+            window_sigma)
     if np.count_nonzero(locus_sample) >= MIN_LOCUS_SOURCES:
         locus = half_sample_mode(width[locus_sample])
         tail = float(np.percentile(width[locus_sample], 5.0))
+        if excess_reference is not None:
+            # Stars narrower than the PSF says (a wrong filter) lower it.
+            excess_reference = min(excess_reference, TAIL_FRACTION * float(
+                np.percentile(moments.excess[locus_sample], 5.0)))
     elif point_source_fwhm is not None:
         # A Gaussian of variance s² in a Gaussian window of variance w² has
         # the windowed second moment 1 / (1/s² + 1/w²).
@@ -660,14 +910,20 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
     threshold = min(SHARP_FRACTION * locus, TAIL_FRACTION * tail)
     rejection.point_source_width = float(locus)
     rejection.threshold = float(threshold)
+    # A window cut close to the peak in an irregular way (a corner, a
+    # neighbour) can make any source look narrow: such detections are kept.
+    candidates = moments.trusted & (covered <= 1)
     with np.errstate(invalid="ignore"):
-        # A window cut close to the peak in an irregular way (a corner, a
-        # neighbour) can make any source look narrow: such detections are kept.
-        sharp = trusted & (covered <= 1) & (width < threshold) & \
+        sharp = candidates & (width < threshold) & \
             (locus - width > SHARP_SIGNIFICANCE * width_err)
+        if excess_reference is not None:
+            rejection.excess_threshold = EXCESS_FRACTION * excess_reference
+            sharp |= candidates & (moments.excess < rejection.excess_threshold) & \
+                (excess_reference - moments.excess > EXCESS_SIGNIFICANCE * moments.excess_err)
     rejection.rejected = int(np.count_nonzero(sharp))
-    log.info("point-source width %.3g px2; %d detections sharper than %.3g px2 where one "
-             "input covers the mosaic rejected as cosmic rays", locus, rejection.rejected,
+    log.info("point-source width %.3g px2, excess floor %s px2; %d detections sharper than "
+             "%.3g px2 or than a drizzled input pixel where one input covers the mosaic "
+             "rejected as cosmic rays", locus, rejection.excess_floor, rejection.rejected,
              threshold)
     if rejection.rejected == labels.size:
         return None, rejection

@@ -142,6 +142,7 @@ class SourceCatalogStep(RomosaicStep):
             fit_psf=self.fit_psf,
             psf_model=read_psf_file(self.psf_file, pixel_scale_arcsec=_pixel_scale_arcsec(mosaic))
             if self.fit_psf and self.psf_file else None,
+            pixfrac=_pixfrac(mosaic),
         )
         return self._products(result, mosaic, name)
 
@@ -284,6 +285,21 @@ def _pixel_scale_arcsec(mosaic):
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
     return scale if np.isfinite(scale) and scale > 0 else None
+
+
+def _pixfrac(mosaic):
+    """The drizzle's ``pixfrac`` from ``meta.resample``; 1 when not recorded or unusable.
+
+    A Level-2 image was not drizzled: each pixel is its own.
+    """
+    if isinstance(mosaic, rdm.ImageModel):
+        return 1.0
+    resample = mosaic.meta.get("resample")
+    try:
+        pixfrac = float(resample.get("pixfrac"))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return 1.0
+    return pixfrac if np.isfinite(pixfrac) and pixfrac > 0 else 1.0
 
 
 def _open_mosaic(input_data):
