@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from .errors import RomosaicInputError
+from .wcs_utils import world_to_pixel
 
 __all__ = ["INVERSE_TOLERANCE", "image_inverse"]
 
@@ -78,8 +79,7 @@ def image_inverse(wcs, shape, name):
     ra, dec = _forward(wcs, x, y)
 
     def own(ra, dec):
-        xo, yo = wcs.invert(ra, dec, with_bounding_box=False)
-        return np.asarray(xo, dtype=float), np.asarray(yo, dtype=float)
+        return world_to_pixel(wcs, ra, dec)
 
     try:
         with np.errstate(all="ignore"):

@@ -279,3 +279,39 @@ def test_coadd_refuses_more_inputs_than_sized_for():
     coadd.add(np.ones((3, 3)), np.dstack([x, y]), weight=np.ones((3, 3)), exptime=1.0)
     with pytest.raises(ValueError, match="sized for 1"):
         coadd.add(np.ones((3, 3)), np.dstack([x, y]), weight=np.ones((3, 3)), exptime=1.0)
+
+
+def test_world_to_pixel_is_the_wcs_inverse_composed_once_per_wcs(monkeypatch):
+    import gwcs.wcs
+    from astropy.modeling import models
+
+    from romosaic.simulate.wcs import build_gwcs, plan_layout
+    from romosaic.wcs_utils import world_to_pixel
+
+    placement = plan_layout(np.random.default_rng(3), ra=80.0, dec=-30.0, n_exposures=1,
+                            n_detectors=1, size=64, distortion=True)[0]
+    wcs = build_gwcs(placement)
+    x, y = np.meshgrid(np.linspace(-10, 74, 15), np.linspace(-10, 74, 15))
+    ra, dec = wcs(x, y, with_bounding_box=False)
+    expected = wcs.invert(ra, dec, with_bounding_box=False)
+
+    composed = []
+    real = gwcs.wcs.WCS.backward_transform
+
+    def counting(self):
+        composed.append(self)
+        return real.fget(self)
+
+    monkeypatch.setattr(gwcs.wcs.WCS, "backward_transform", property(counting))
+    for _ in range(3):
+        got = world_to_pixel(wcs, ra, dec)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+    assert len(composed) == 1
+
+    # A WCS whose pipeline changes (as an alignment correction does) is composed again.
+    wcs.insert_transform(wcs.input_frame, models.Shift(1.0) & models.Shift(-2.0), after=True)
+    moved = world_to_pixel(wcs, ra, dec)
+    assert len(composed) == 2
+    np.testing.assert_allclose(moved[0], expected[0] - 1.0, atol=1e-6)
+    np.testing.assert_allclose(moved[1], expected[1] + 2.0, atol=1e-6)

@@ -13,6 +13,8 @@ reported in the documentation); ``stepsize=1`` evaluates every pixel exactly.
 import numpy as np
 from scipy.interpolate import RectBivariateSpline
 
+from ..wcs_utils import world_to_pixel
+
 __all__ = [
     "PixelMapper",
     "compute_pixmap",
@@ -24,8 +26,7 @@ __all__ = [
 
 def sky_to_output_pixels(output_wcs, ra, dec):
     """Output pixel ``(x, y)`` of sky positions, ignoring the bounding box."""
-    x, y = output_wcs.invert(ra, dec, with_bounding_box=False)
-    return np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    return world_to_pixel(output_wcs, ra, dec)
 
 
 def compute_pixmap(input_wcs, output_wcs, shape, *, stepsize=10):
