@@ -13,8 +13,9 @@ Printed per field: the robust σ (1.4826 × MAD) and median of
 ``(psf_flux − truth) / psf_flux_err`` for S/N 5-50, with the bootstrap
 uncertainty of that σ (the standard deviation of the robust σ over
 ``--bootstrap`` resamplings of the field's stars), the catalog's
-``sky_noise_over_err`` and ``psf_flux_model_error``, and the distance of
-``ra_psf``/``dec_psf`` from the truth for S/N > 100: all bright stars, and
+``sky_noise_over_err`` and ``psf_flux_model_error``; for S/N > 100, the
+robust σ of the same pulls, the median ``psf_flux`` over the truth, and the
+distance of ``ra_psf``/``dec_psf`` from the truth: all bright stars, and
 those without flag 16384.
 
 With more than one field, also: the pooled robust σ and its bootstrap
@@ -106,6 +107,8 @@ def run_field(seed, *, size=1024, n_stars=None):
     clean = bright & ((flags & COVERAGE_MISMATCH) == 0)
     return {
         "faint": (mad_std(pull), float(np.median(pull)), int(faint.sum())),
+        "bright_flux": (mad_std(((psf_flux - flux) / psf_err)[bright]),
+                        float(np.median((psf_flux / flux)[bright])), int(bright.sum())),
         "stars": stars,
         "sky_noise_over_err": meta.get("sky_noise_over_err"),
         "model_error": meta.get("psf_flux_model_error"),
@@ -159,6 +162,9 @@ def main():
         print(f"seed {seed}: faint pulls robust sigma {sigma:.3f} ± {error:.3f}, median "
               f"{median:+.2f} ({n} stars); sky_noise_over_err {r['sky_noise_over_err']:.3f}; "
               f"psf_flux_model_error {r['model_error']:.4f}", flush=True)
+        b_sigma, b_ratio, b_n = r["bright_flux"]
+        print(f"    bright (S/N > 100, {b_n}): pulls robust sigma {b_sigma:.3f}, median "
+              f"psf_flux / truth {b_ratio:.4f}", flush=True)
         for name in ("bright", "clean"):
             med, p90, top, k = r[name]
             label = "all bright" if name == "bright" else "without flag 16384"
