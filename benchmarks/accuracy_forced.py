@@ -19,7 +19,11 @@ band is measured in the first band's segments
   PSF is the simulator's 0.15″ Gaussian, so a 0.4″ aperture holds all of
   their light and the true flux is the truth table's. The same figures for
   the detection band's own catalog (``aper04_flux``) are printed for
-  comparison. Pulls are pooled over the seeds.
+  comparison;
+* the forced catalog's ``sky_noise_over_err`` (the sky's pixel scatter
+  over its ``err``; see ``romosaic.catalog.noise.sky_noise_ratio``).
+
+Pulls are pooled over the seeds.
 
 Examples
 --------
@@ -109,7 +113,9 @@ def run(workdir, *, size, n_exposures, seed, pixel_scale, bands):
     result = evaluate(catalog.source_catalog, second.sources, bands[1].lower())
     own = evaluate(detection, first.sources, bands[0].lower(), prefix="")
     result.update({"detection_sources": len(detection), "mosaics_s": mosaics,
-                   "forced_s": forced, "detection_pulls": own["pulls"]})
+                   "forced_s": forced, "detection_pulls": own["pulls"],
+                   "sky_noise_over_err": catalog.source_catalog.meta.get("sky_noise_over_err",
+                                                                         np.nan)})
     return result
 
 
@@ -135,7 +141,8 @@ def main():
               f"{r['rows']}, with forced_aper04_flux {r['measured_aper04']:.3f}, with "
               f"forced_kron_flux {r['measured_kron']:.3f}, flagged without data "
               f"{r['no_coverage']}; pulls of {r['n_pull']} stars: robust sigma "
-              f"{r['pull_sigma']:.3f}, median {r['pull_median']:+.3f}; time: both mosaics "
+              f"{r['pull_sigma']:.3f}, median {r['pull_median']:+.3f}; sky_noise_over_err "
+              f"{r['sky_noise_over_err']:.3f}; time: both mosaics "
               f"{r['mosaics_s']:.1f} s, forced catalog {r['forced_s']:.1f} s")
     pulls, own_pulls = np.concatenate(pulls), np.concatenate(own_pulls)
     print(f"all seeds: pulls of {pulls.size} isolated stars (S/N 5-100, 0.4\" aperture) in "

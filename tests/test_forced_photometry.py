@@ -16,11 +16,14 @@ from astropy.stats import mad_std
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
+from romosaic.catalog import forced_photometry
 from romosaic.catalog.flags import MASKED, NO_COVERAGE
 from romosaic.errors import ModelTypeError, RomosaicInputError
+from romosaic.resample.noise_correlation import NoiseCorrelation
 from romosaic.simulate import simulate_association
 from romosaic.steps import FluxStep, ResampleStep, SkyMatchStep
 from romosaic.steps.source_catalog_step import SourceCatalogStep
+from romosaic.wcs_utils import affine_tan_wcs, cd_from_orientation
 
 #: Truth S/N (true flux over the 0.4" aperture's error) of faint-to-moderate stars.
 PULL_SNR = (5.0, 100.0)
@@ -246,3 +249,35 @@ def test_a_band_without_data_keeps_every_row(bands):
     assert np.all(np.isnan(table["forced_kron_flux"]))
     assert np.all(np.isfinite(table["x_centroid"]))
     assert table.meta["sources_without_data"] == len(table)
+
+
+def test_sky_noise_that_err_leaves_out_is_added():
+    """Sky pixels scattering 1.5 times their err: the forced errors describe the real noise.
+
+    400 empty segments on pure noise, so every forced flux is noise alone.
+    With a noise correlation the errors come from ``err`` only (no empty
+    apertures rescale them), as on romosaic's own mosaics.
+    """
+    rng = np.random.default_rng(11)
+    spacing, n = 30, 20
+    shape = (spacing * n, spacing * n)
+    data = rng.normal(0.0, 1.5, shape).astype(np.float32)
+    err = np.ones(shape, np.float32)
+    labels = np.zeros(shape, np.int64)
+    detection = np.zeros(shape, np.float32)
+    yy, xx = np.mgrid[-2:3, -2:3]
+    for k in range(n * n):
+        y, x = spacing // 2 + spacing * (k // n), spacing // 2 + spacing * (k % n)
+        labels[y - 2:y + 3, x - 2:x + 3] = k + 1
+        detection[y - 2:y + 3, x - 2:x + 3] = np.exp(-(xx**2 + yy**2) / 2.0)
+    wcs = affine_tan_wcs(crval=(80.0, -30.0), crpix=((shape[1] - 1) / 2, (shape[0] - 1) / 2),
+                         cd=cd_from_orientation(0.1 / 3600.0, 0.0), shape=shape)
+    result = forced_photometry(data, err, wcs, labels, detection, pixel_scale_arcsec=0.1,
+                               noise_correlation=NoiseCorrelation.uncorrelated())
+    table = result.table
+    for name in ("forced_aper02_flux", "forced_aper04_flux", "forced_segment_flux"):
+        pulls = np.asarray(table[name]) / np.asarray(table[f"{name}_err"])
+        assert 0.9 <= mad_std(pulls) <= 1.1, name
+    # Recorded as the detection band's catalog records it.
+    assert table.meta["sky_noise_over_err"] == pytest.approx(1.5, abs=0.02)
+    assert "sky_noise_added" in table.meta

