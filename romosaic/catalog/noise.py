@@ -39,6 +39,7 @@ is computed (`add_sky_noise`).
 """
 
 import logging
+import math
 
 import numpy as np
 from photutils.aperture import CircularAperture, aperture_photometry
@@ -75,6 +76,8 @@ SKY_SAMPLE_PIXELS = 1_000_000
 MIN_SKY_PIXELS = 1000
 #: Random placements tried per wanted aperture before giving up.
 _TRIES_PER_APERTURE = 20
+#: Values of ``err`` completed at once by `add_sky_noise`.
+_ROWS_VALUES = 2**20
 
 
 class NoiseCalibration:
@@ -365,7 +368,12 @@ def add_sky_noise(error, sky_error, ratio):
     if not ratio > 1.0:
         return error
     extra = np.float32(ratio * ratio - 1.0)
-    np.square(error, out=error)
-    error += extra * np.square(sky_error, dtype=np.float32)
-    np.sqrt(error, out=error)
+    # A band of rows at a time: whole-image temporaries are 300 MB each on
+    # a 75-Mpix mosaic.
+    rows = max(1, _ROWS_VALUES // max(1, math.prod(error.shape[1:])))
+    for start in range(0, len(error), rows):
+        band = error[start:start + rows]
+        np.square(band, out=band)
+        band += extra * np.square(sky_error[start:start + rows], dtype=np.float32)
+        np.sqrt(band, out=band)
     return error

@@ -476,14 +476,13 @@ def build_empirical_psf(data, segmentation, no_data, values, *, pixel_scale_arcs
     fwhm = float(np.median(np.asarray(values["fwhm"])[chosen])) / pixel_scale_arcsec
     if fwhm >= WELL_SAMPLED_FWHM:
         oversampling = 1
-        psf = _stack_stars(np.asarray(data, dtype=float), x, y, half)
+        psf = _stack_stars(data, x, y, half)
     else:
         oversampling = EPSF_OVERSAMPLING
         fit = 2 * max(2, int(np.ceil(fwhm))) + 1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyUserWarning)
-            stars = extract_stars(NDData(np.asarray(data, dtype=float)),
-                                  Table({"x": x, "y": y}), size=(size, size))
+            stars = _extract_stars(data, x, y, size)
             builder = EPSFBuilder(oversampling=oversampling, maxiters=20, progress_bar=False,
                                   fit_shape=fit, recentering_boxsize=(fit, fit))
             epsf, _ = builder(stars)
@@ -493,6 +492,25 @@ def build_empirical_psf(data, segmentation, no_data, values, *, pixel_scale_arcs
                     source=f"empirical: {chosen.size} stars of the mosaic",
                     oversampling=oversampling, fwhm_pix=psf_fwhm_pix(psf, oversampling),
                     n_stars=int(chosen.size)), int(chosen.size)
+
+
+def _extract_stars(data, x, y, size):
+    """photutils' ``extract_stars`` of ``size`` × ``size`` stamps, in float64.
+
+    Each star is extracted from a float64 copy of a small region around it,
+    not from a float64 copy of the whole mosaic (600 MB at 75 Mpix). The
+    regions start at whole pixels, so every stamp, its centre and its
+    rejection at the mosaic's edges are those of the whole mosaic.
+    """
+    reach = size // 2 + 2
+    ny, nx = data.shape
+    images, tables = [], []
+    for xk, yk in zip(x, y, strict=True):
+        x0, y0 = max(0, int(np.floor(xk)) - reach), max(0, int(np.floor(yk)) - reach)
+        x1, y1 = min(nx, int(np.floor(xk)) + reach + 1), min(ny, int(np.floor(yk)) + reach + 1)
+        images.append(NDData(np.asarray(data[y0:y1, x0:x1], dtype=float)))
+        tables.append(Table({"x": [xk - x0], "y": [yk - y0]}))
+    return extract_stars(images, tables, size=(size, size))
 
 
 def _stamp_half(pixel_scale_arcsec):
@@ -510,8 +528,8 @@ def _stack_stars(data, x, y, half):
     stamps = []
     for xk, yk in zip(x, y, strict=True):
         ix, iy = int(round(xk)), int(round(yk))
-        cut = data[iy - half - margin:iy + half + margin + 1,
-                   ix - half - margin:ix + half + margin + 1]
+        cut = np.asarray(data[iy - half - margin:iy + half + margin + 1,
+                              ix - half - margin:ix + half + margin + 1], dtype=float)
         moved = shift(cut, (iy - yk, ix - xk), order=3, mode="nearest")
         stamp = moved[margin:-margin, margin:-margin]
         border = np.concatenate([stamp[0], stamp[-1], stamp[1:-1, 0], stamp[1:-1, -1]])
