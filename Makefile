@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml setup.py romosaic/resample/_kernels.c romosaic/skymatch
 		romosaic/_scale.c romosaic/outlier/_kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,dask,deblend]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dask]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -378,16 +378,16 @@ def convolve_gaussian(image, fwhm):
 def require_deblender():
     """Raise `RomosaicInputError` unless photutils' deblender can run.
 
-    photutils splits blends with scikit-image's watershed, an optional
-    dependency of photutils; without it deblending would fail only when the
-    first blend is found, after most of the work.
+    photutils splits blends with scikit-image's watershed (a dependency of
+    romosaic, imported only when a catalog is made); without it deblending
+    would fail only when the first blend is found, after most of the work.
     """
     try:
         import skimage.segmentation  # noqa: F401
     except ImportError:
         raise RomosaicInputError(
-            "deblend=True needs the scikit-image package "
-            "(pip install 'romosaic[deblend]', or pip install scikit-image)") from None
+            "deblend=True needs the scikit-image package (pip install scikit-image), "
+            "or set deblend=False") from None
 
 
 def find_sources(detection_image, threshold, npixels, mask, *, deblend=False):

@@ -53,7 +53,7 @@ class SourceCatalogStep(RomosaicStep):
     npixels = integer(default=None)  # Minimum pixels of a source (None: min_area_arcsec2)
     min_area_arcsec2 = float(default=0.02)  # Minimum area of a source in arcsec2, unless npixels
     psf_fwhm_arcsec = float(default=None)  # Optical PSF FWHM in arcsec (None: the filter's)
-    deblend = boolean(default=False)  # Split blended sources
+    deblend = boolean(default=True)  # Split blended sources (the reference: False)
     fit_psf = boolean(default=True)  # Fit a PSF to every source (psf_* columns)
     psf_file = string(default='')  # ASDF/FITS ePSF file; empty: build one from the mosaic's stars
     aperture_corrections = string(default='')  # ECSV/ASDF file of encircled energy per radius
