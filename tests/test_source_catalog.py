@@ -472,6 +472,20 @@ def test_deblended_pair_is_flagged():
     np.testing.assert_allclose(np.sort(table["kron_flux"]), [15000, 20000], rtol=0.05)
 
 
+def test_the_step_splits_a_close_pair_by_default():
+    # Unlike the reference (deblend=False), a pair 0.55" apart is two
+    # entries: one entry at their light's centre would match neither star.
+    stars = [(100, 100, 20000.0), (100, 110, 15000.0)]
+    catalog, _ = SourceCatalogStep.call(_mosaic((200, 200), stars=stars), fit_psf=False)
+    table = catalog.source_catalog
+    assert len(table) == 2
+    np.testing.assert_allclose(np.sort(np.asarray(table["kron_flux"])), [15000, 20000],
+                               rtol=0.05)
+    one, _ = SourceCatalogStep.call(_mosaic((200, 200), stars=stars), fit_psf=False,
+                                    deblend=False)
+    assert len(one.source_catalog) == 1
+
+
 def test_deblend_without_scikit_image_is_refused_up_front(monkeypatch):
     monkeypatch.setitem(sys.modules, "skimage", None)
     monkeypatch.setitem(sys.modules, "skimage.segmentation", None)
