@@ -38,8 +38,9 @@ import numpy as np
 from scipy.ndimage import correlate
 
 from ..image_inverse import image_inverse
+from ..wcs_utils import world_to_pixel
 from .coadd import DrizzleCoadd
-from .pixmap import map_pixels, sky_to_output_pixels
+from .pixmap import map_pixels
 
 __all__ = [
     "NoiseCorrelation",
@@ -549,7 +550,7 @@ def _data_window(geometry, grid_wcs, grid_shape):
         px = np.array([0, w - 1, 0, w - 1, (w - 1) / 2], float)
         py = np.array([0, 0, h - 1, h - 1, (h - 1) / 2], float)
         ra, dec = wcs(px, py, with_bounding_box=False)
-        x, y = sky_to_output_pixels(grid_wcs, ra, dec)
+        x, y = world_to_pixel(grid_wcs, ra, dec)
         xs.extend(x[np.isfinite(x)])
         ys.extend(y[np.isfinite(y)])
     if not xs:

@@ -20,13 +20,7 @@ __all__ = [
     "compute_pixmap",
     "map_pixels",
     "node_positions",
-    "sky_to_output_pixels",
 ]
-
-
-def sky_to_output_pixels(output_wcs, ra, dec):
-    """Output pixel ``(x, y)`` of sky positions, ignoring the bounding box."""
-    return world_to_pixel(output_wcs, ra, dec)
 
 
 def compute_pixmap(input_wcs, output_wcs, shape, *, stepsize=10):
@@ -221,7 +215,7 @@ def node_positions(n, stepsize):
 def map_pixels(input_wcs, output_wcs, x, y):
     """Output pixel ``(x, y)`` of input pixels, through the sky, exactly."""
     ra, dec = input_wcs(x, y, with_bounding_box=False)
-    return sky_to_output_pixels(output_wcs, ra, dec)
+    return world_to_pixel(output_wcs, ra, dec)
 
 
 def _exact_pixmap(input_wcs, output_wcs, x_values, y_values):
