@@ -35,6 +35,8 @@ from romosaic.catalog import (
     local_geometry,
     make_source_catalog,
     read_aperture_corrections,
+    read_psf_file,
+    write_psf_file,
 )
 from romosaic.catalog.flags import BLENDED, EDGE, MASKED, NEIGHBOUR
 from romosaic.errors import ModelTypeError, RomosaicInputError
@@ -483,6 +485,35 @@ def test_cosmic_ray_rejection_from_given_peaks():
         results.append((segmentation.data, rejection.rejected))
     assert results[0][1] == results[1][1] == 1
     np.testing.assert_array_equal(results[0][0], results[1][0])
+
+
+def test_labels_and_detection_image_survive_the_psf_fits(tmp_path):
+    """The label image, held as its source pixels during the PSF fits, and the detection
+    image, made again at the end, are those the sources were found with."""
+    # The simulator's 0.15" Gaussian PSF on 0.055" pixels, plus the pixel.
+    sigma = math.sqrt((0.15 / 2.3548 / 0.055) ** 2 + 1 / 12)
+    y, x = np.mgrid[-40:41, -40:41] / 4.0
+    write_psf_file(tmp_path / "psf.asdf", np.exp(-(x**2 + y**2) / (2 * sigma**2)),
+                   oversampling=4, pixel_scale_arcsec=0.055)
+    psf_model = read_psf_file(tmp_path / "psf.asdf", pixel_scale_arcsec=0.055)
+    stars = [(40.3, 40.6, 30000.0), (120.1, 45.5, 20000.0), (80.7, 118.2, 10000.0),
+             (25.2, 130.4, 8000.0)]
+    mosaic = _mosaic(stars=stars)
+    mosaic.data[:, :10] = np.nan
+    fitted = _catalog(mosaic, fit_psf=True, psf_model=psf_model)
+    assert fitted.table.meta["psf_photometry"].startswith("performed")
+    assert np.isfinite(fitted.table["psf_flux"]).all() and len(fitted.table) == 4
+    plain = _catalog(mosaic, fit_psf=False)
+    assert fitted.segmentation.dtype == np.uint32
+    np.testing.assert_array_equal(fitted.segmentation, plain.segmentation)
+    np.testing.assert_array_equal(fitted.detection_image, plain.detection_image)
+    no_data = ~np.isfinite(mosaic.data) | ~(mosaic.weight > 0)
+    background = estimate_background(mosaic.data, no_data, 1000, weight=mosaic.weight)
+    image = np.subtract(mosaic.data, background.background, dtype=np.float32)
+    image[no_data] = 0.0
+    smoothed = convolve_gaussian(image, fitted.table.meta["kernel_fwhm_pix"])
+    smoothed[no_data] = 0.0
+    np.testing.assert_array_equal(fitted.detection_image, smoothed)
 
 
 def test_half_sample_mode_finds_the_tight_clump():
