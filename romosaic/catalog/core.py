@@ -410,7 +410,7 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
 
 def _as_uint32(labels):
     """Labels (never negative) as uint32: int32 ones reinterpreted rather than copied."""
-    if labels.dtype == np.int32 and labels.flags.c_contiguous:
+    if labels.dtype == np.int32:
         return labels.view(np.uint32)
     return labels.astype(np.uint32)
 
