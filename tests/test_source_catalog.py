@@ -28,12 +28,15 @@ from romosaic.catalog import (
     APERTURE_RADII_ARCSEC,
     box_tiling,
     catalog_columns,
+    convolve_gaussian,
     estimate_background,
     gaussian_kernel_1d,
     half_sample_mode,
     local_geometry,
     make_source_catalog,
     read_aperture_corrections,
+    read_psf_file,
+    write_psf_file,
 )
 from romosaic.catalog.flags import BLENDED, EDGE, MASKED, NEIGHBOUR
 from romosaic.errors import ModelTypeError, RomosaicInputError
@@ -415,6 +418,102 @@ def test_detection_kernel_matches_photutils():
     reference = make_2dgaussian_kernel(2.0, size=7).array
     # photutils integrates over pixels by 10x oversampling; to that accuracy:
     np.testing.assert_allclose(np.outer(kernel_1d, kernel_1d), reference, atol=5e-4)
+
+
+def _blended_scene():
+    """A noisy image with single and blended Gaussian sources, its smoothed image and a mask."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:120, :90]
+    image = rng.normal(0.0, 1.0, yy.shape).astype(np.float32)
+    for x, y, peak in [(20, 20, 30), (26, 22, 20), (60, 80, 50), (64, 84, 40), (45, 60, 15),
+                       (70, 30, 25)]:
+        image += (peak * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8.0)).astype(np.float32)
+    # A one-pixel spike, as a cosmic ray leaves where one input covers the mosaic.
+    image[100, 20] += 60.0
+    mask = np.zeros(image.shape, bool)
+    mask[:, :4] = True
+    mask[105:, 50:] = True
+    image[mask] = 0.0
+    return image, convolve_gaussian(image, 2.0), mask, (0.8 + 0.4 * xx / 90).astype(np.float32)
+
+
+def test_banded_segmentation_is_photutils_segmentation(monkeypatch):
+    """The mask of pixels above the threshold, made a few rows at a time, and its
+    segmentation give photutils' own maps, deblended and relabelled alike."""
+    pytest.importorskip("skimage", reason="photutils' deblender needs scikit-image")
+    from photutils.segmentation import deblend_sources, detect_sources
+
+    from romosaic.catalog import detection
+
+    _, smoothed, mask, threshold = _blended_scene()
+    monkeypatch.setattr(detection, "_BAND_PIXELS", 200)  # two rows at a time
+    above = detection.above_threshold(smoothed, threshold, mask)
+    np.testing.assert_array_equal(above, (smoothed > threshold) & ~mask)
+    expected = detect_sources(smoothed, threshold, 5, mask=mask)
+    segmentation = detection.segment_above(above, 5)
+    np.testing.assert_array_equal(segmentation.data, expected.data)
+    np.testing.assert_array_equal(segmentation.labels, expected.labels)
+    deblended = deblend_sources(smoothed, expected, 5, n_levels=detection.DEBLEND_LEVELS,
+                                contrast=detection.DEBLEND_CONTRAST, progress_bar=False)
+    assert deblended.n_labels > expected.n_labels and len(deblended.deblended_labels)
+    segmentation = detection.segment_above(above, 5, detection_image=smoothed, deblend=True)
+    np.testing.assert_array_equal(segmentation.data, deblended.data)
+    np.testing.assert_array_equal(segmentation.labels, deblended.labels)
+    np.testing.assert_array_equal(segmentation.deblended_labels, deblended.deblended_labels)
+    assert detection.find_sources(smoothed, threshold, 5, mask, deblend=True).data.tolist() \
+        == deblended.data.tolist()
+
+
+def test_cosmic_ray_rejection_from_given_peaks():
+    """Windows started at given peaks reject what they reject when found on the smoothed image."""
+    from romosaic.catalog.detection import (
+        find_sources,
+        reject_cosmic_rays,
+        segment_peaks,
+    )
+
+    image, smoothed, mask, threshold = _blended_scene()
+    error = np.where(mask, 0.0, 1.0).astype(np.float32)
+    coverage = np.ones(image.shape, np.uint8)
+    results = []
+    for given in (False, True):
+        segmentation = find_sources(smoothed, threshold, 3, mask)
+        peaks = segment_peaks(smoothed, segmentation.data, np.asarray(segmentation.labels))
+        segmentation, rejection = reject_cosmic_rays(
+            segmentation, image, None if given else smoothed, error, mask, coverage, 2.0,
+            point_source_fwhm=3.0, peaks=peaks if given else None)
+        results.append((segmentation.data, rejection.rejected))
+    assert results[0][1] == results[1][1] == 1
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+
+
+def test_labels_and_detection_image_survive_the_psf_fits(tmp_path):
+    """The label image, held as its source pixels during the PSF fits, and the detection
+    image, made again at the end, are those the sources were found with."""
+    # The simulator's 0.15" Gaussian PSF on 0.055" pixels, plus the pixel.
+    sigma = math.sqrt((0.15 / 2.3548 / 0.055) ** 2 + 1 / 12)
+    y, x = np.mgrid[-40:41, -40:41] / 4.0
+    write_psf_file(tmp_path / "psf.asdf", np.exp(-(x**2 + y**2) / (2 * sigma**2)),
+                   oversampling=4, pixel_scale_arcsec=0.055)
+    psf_model = read_psf_file(tmp_path / "psf.asdf", pixel_scale_arcsec=0.055)
+    stars = [(40.3, 40.6, 30000.0), (120.1, 45.5, 20000.0), (80.7, 118.2, 10000.0),
+             (25.2, 130.4, 8000.0)]
+    mosaic = _mosaic(stars=stars)
+    mosaic.data[:, :10] = np.nan
+    fitted = _catalog(mosaic, fit_psf=True, psf_model=psf_model)
+    assert fitted.table.meta["psf_photometry"].startswith("performed")
+    assert np.isfinite(fitted.table["psf_flux"]).all() and len(fitted.table) == 4
+    plain = _catalog(mosaic, fit_psf=False)
+    assert fitted.segmentation.dtype == np.uint32
+    np.testing.assert_array_equal(fitted.segmentation, plain.segmentation)
+    np.testing.assert_array_equal(fitted.detection_image, plain.detection_image)
+    no_data = ~np.isfinite(mosaic.data) | ~(mosaic.weight > 0)
+    background = estimate_background(mosaic.data, no_data, 1000, weight=mosaic.weight)
+    image = np.subtract(mosaic.data, background.background, dtype=np.float32)
+    image[no_data] = 0.0
+    smoothed = convolve_gaussian(image, fitted.table.meta["kernel_fwhm_pix"])
+    smoothed[no_data] = 0.0
+    np.testing.assert_array_equal(fitted.detection_image, smoothed)
 
 
 def test_half_sample_mode_finds_the_tight_clump():

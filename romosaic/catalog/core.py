@@ -29,13 +29,14 @@ import numpy as np
 from astropy.table import Table
 
 from .. import __version__
+from .._malloc import give_back_freed_memory
 from ..errors import RomosaicInputError
 from .background import estimate_background, typical_value
 from .columns import aperture_column, empty_table, make_table
 from .detection import (
     INPUT_PIXEL_SCALE,
+    above_threshold,
     convolve_gaussian,
-    find_sources,
     matched_kernel_fwhm,
     measured_noise_ratio,
     pixels_for_area,
@@ -43,6 +44,7 @@ from .detection import (
     reject_cosmic_rays,
     reject_wing_detections,
     require_deblender,
+    segment_above,
     segment_peaks,
     smoothed_noise_ratio,
 )
@@ -55,7 +57,7 @@ from .measure import (
     measure_sources,
 )
 from .noise import add_sky_noise, sky_noise_ratio
-from .psf import fit_psf_photometry, sky_error_map
+from .psf import prepare_psf_fits, run_psf_fits, sky_error_map
 
 __all__ = [
     "APERTURE_RADII_ARCSEC",
@@ -276,37 +278,47 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     subtracted = np.subtract(data, background.background, dtype=np.float32)
     subtracted[no_data] = 0.0
     # Each full-size map is 300 MB on a 75-Mpix mosaic: let go of each as
-    # soon as it has served, and make no copies on the way.
+    # soon as it has served, make none before it is needed (the error map
+    # waits for the segmentation), and make no copies on the way.
     background.background = None
-    error = np.where(no_data, np.float32(0.0), err).astype(np.float32, copy=False)
-    noise = _detection_noise(background.rms, error, no_data, notes, meta)
-    detection_image = convolve_gaussian(subtracted, kernel_fwhm)
-    detection_image[no_data] = 0.0
+    noise = _detection_noise(background.rms, err, no_data, notes, meta)
+    background.rms = None
+    detection_image = _detection_image(subtracted, kernel_fwhm, no_data)
     if noise is None:
         return _empty(data.shape, meta, notes, "neither the background nor the err array "
                       "shows any noise; no detection threshold can be set",
                       detection_image=detection_image)
     ratio = _smoothed_noise_ratio(subtracted, detection_image, noise, no_data, kernel_fwhm,
                                   noise_correlation, meta)
-    threshold = noise.copy() if noise is error else noise
-    threshold *= np.float32(snr_threshold * ratio)
+    threshold = noise
     del noise
-    background.rms = None
+    threshold *= np.float32(snr_threshold * ratio)
     # Pixels without a threshold (no data) cannot be part of a source.
-    segmentation = find_sources(detection_image, threshold, npixels, no_data, deblend=deblend)
+    above = above_threshold(detection_image, threshold, no_data)
+    # Only the threshold at the sources' peaks is needed from here on, and
+    # the peaks are pixels above it: keep it there alone.
+    source_pixels = np.flatnonzero(above)
+    source_threshold = threshold.ravel()[source_pixels]
+    del threshold
+    segmentation = segment_above(above, npixels, detection_image=detection_image,
+                                 deblend=deblend)
+    del above
     if segmentation is None:
         return _empty(data.shape, meta, notes, "no sources detected",
                       detection_image=detection_image)
     peaks_y, peaks_x = segment_peaks(detection_image, segmentation.data,
                                      np.asarray(segmentation.labels))
+    threshold_at_peaks = source_threshold[np.searchsorted(
+        source_pixels, np.ravel_multi_index((peaks_y, peaks_x), data.shape))]
+    del source_pixels, source_threshold
     wing_removed, _ = reject_wing_detections(
-        segmentation, detection_image, threshold[peaks_y, peaks_x].astype(np.float64),
+        segmentation, detection_image, threshold_at_peaks.astype(np.float64),
         peaks_y, peaks_x, no_data, pixel_scale_arcsec)
-    del threshold
     meta["wing_detections_rejected"] = wing_removed
     if segmentation.n_labels == 0:
         return _empty(data.shape, meta, notes, "every detection was a bright source's wing",
                       detection_image=detection_image)
+    error = _error_map(err, no_data)
     # Two passes: windows started at each segment's smoothed peak, then at its
     # brightest unsmoothed pixel. The matched kernel can move a cosmic ray's
     # smoothed peak beside a hole in the data, where its window is cut and
@@ -319,9 +331,15 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     drizzled_pixel = {"input_pixel": INPUT_PIXEL_SCALE / pixel_scale_arcsec,
                       "pixel_size": pixfrac * INPUT_PIXEL_SCALE / pixel_scale_arcsec,
                       "psf_fwhm": psf_fwhm_arcsec / pixel_scale_arcsec}
+    peaks = segment_peaks(detection_image, segmentation.data, np.asarray(segmentation.labels))
+    # The detection image serves again only as a product: it is made again
+    # at the end, from the same image, rather than held through the
+    # measurements (300 MB on a 75-Mpix mosaic).
+    del detection_image
     segmentation, rejection = reject_cosmic_rays(
-        segmentation, subtracted, detection_image, error, no_data, coverage, window_kernel,
-        point_source_fwhm=point_source_fwhm, **drizzled_pixel)
+        segmentation, subtracted, None, error, no_data, coverage, window_kernel,
+        point_source_fwhm=point_source_fwhm, peaks=peaks, **drizzled_pixel)
+    del peaks
     if segmentation is not None and rejection.threshold is not None:
         segmentation, second = reject_cosmic_rays(
             segmentation, subtracted, subtracted, error, no_data, coverage, window_kernel,
@@ -331,7 +349,7 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     notes.extend(rejection.notes)
     if segmentation is None:
         return _empty(data.shape, meta, notes, "every detection was a cosmic ray",
-                      detection_image=detection_image)
+                      detection_image=_detection_image(subtracted, kernel_fwhm, no_data))
 
     _complete_noise(subtracted, error, no_data, segmentation.data, meta)
     measured = measure_sources(
@@ -340,6 +358,7 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
         deblended=deblend,
         correlation=None if noise_correlation is None else noise_correlation.correlation)
     values = measured.values
+    noise_calibration = measured.noise
     if coverage is not None:
         values["warning_flags"] = values["warning_flags"] | coverage_flags(
             values["x_centroid"], values["y_centroid"], np.asarray(coverage))
@@ -352,24 +371,48 @@ def make_source_catalog(data, err, wcs, *, weight=None, coverage=None,
     if not measured.stellar_locus_measured:
         notes.append("too few bright, clean sources to measure the point-source "
                      "concentration: is_extended assumed C* = 1")
+    labels = _as_uint32(segmentation.data)
+    del segmentation, measured
     if fit_psf:
-        psf = fit_psf_photometry(
-            subtracted, error, no_data, segmentation.data, wcs, values, psf_model=psf_model,
-            pixel_scale_arcsec=pixel_scale_arcsec, noise=measured.noise,
+        # The measurements leave tens of MB of small freed blocks in the
+        # allocator's heaps: given back before the fits add their maps.
+        give_back_freed_memory()
+        plan = prepare_psf_fits(subtracted, error, no_data, labels, values,
+                                psf_model=psf_model, pixel_scale_arcsec=pixel_scale_arcsec)
+        # The fits do not read the label image: it waits as its source
+        # pixels alone (1% of a 300-MB map on a 75-Mpix mosaic).
+        source_pixels = np.flatnonzero(labels)
+        source_labels = labels.ravel()[source_pixels]
+        del labels
+        psf = run_psf_fits(
+            plan, subtracted, error, no_data, wcs, values, noise=noise_calibration,
             correlation=None if noise_correlation is None else noise_correlation.correlation,
             coverage=None if coverage is None else np.asarray(coverage))
+        del plan
+        labels = np.zeros(data.shape, np.uint32)
+        labels.ravel()[source_pixels] = source_labels
+        del source_pixels, source_labels
         values.update(psf.values)
         meta.update(psf.meta)
         notes.extend(psf.notes)
     meta["notes"] = list(notes)
     table = make_table(values, APERTURE_RADII_ARCSEC, meta=meta, psf=fit_psf)
     log.info("catalog: %d sources", len(table))
+    del error
+    detection_image = _detection_image(subtracted, kernel_fwhm, no_data)
     return CatalogResult(
         table=table,
-        segmentation=segmentation.data.astype(np.uint32),
+        segmentation=labels,
         detection_image=detection_image,
         notes=notes,
     )
+
+
+def _as_uint32(labels):
+    """Labels (never negative) as uint32: int32 ones reinterpreted rather than copied."""
+    if labels.dtype == np.int32:
+        return labels.view(np.uint32)
+    return labels.astype(np.uint32)
 
 
 def apply_aperture_correction(values, aperture_correction, prefix=""):
@@ -415,7 +458,7 @@ def error_meta(meta, measured, noise_correlation, notes):
                          "apertures")
 
 
-def _detection_noise(rms, error, no_data, notes, meta):
+def _detection_noise(rms, err, no_data, notes, meta):
     """Per-pixel noise for the threshold: the background RMS, else the err array.
 
     A mosaic rendered without noise (a simulation) shows almost no
@@ -423,10 +466,11 @@ def _detection_noise(rms, error, no_data, notes, meta):
     thresholding at a multiple of that scatter would turn rounding errors
     into sources. When the measured scatter is below `NOISELESS_RATIO` of the
     typical error, or zero somewhere, the err array stands in for it there.
-    Returns None when neither has any noise.
+    Returns ``rms`` itself or a new array (never ``err``), 0 where there is
+    no data; None when neither has any noise.
     """
     good = ~no_data
-    typical_error = typical_value(error, good)
+    typical_error = typical_value(np.asarray(err, dtype=np.float32), good)
     typical_rms = typical_value(rms, good)
     if typical_error > 0 and typical_rms < NOISELESS_RATIO * typical_error:
         note = (f"the background scatter ({typical_rms:.3g}) is far below the err array "
@@ -434,13 +478,25 @@ def _detection_noise(rms, error, no_data, notes, meta):
         log.warning("%s", note)
         notes.append(note)
         meta["noise_model"] = "err array (no measurable background scatter)"
-        return error
+        return _error_map(err, no_data)
     if not np.any(good & ~(rms > 0)):
         return rms
     if typical_rms > 0:
         # A few pixels (a flat patch) without scatter: err there.
-        return np.where(rms > 0, rms, error)
+        return np.where(rms > 0, rms, _error_map(err, no_data))
     return None
+
+
+def _error_map(err, no_data):
+    """The err array as float32, 0 where there is no data (a new array)."""
+    return np.where(no_data, np.float32(0.0), err).astype(np.float32, copy=False)
+
+
+def _detection_image(image, kernel_fwhm, no_data):
+    """The smoothed image that is thresholded: ``image`` convolved, 0 where there is no data."""
+    smoothed = convolve_gaussian(image, kernel_fwhm)
+    smoothed[no_data] = 0.0
+    return smoothed
 
 
 def _complete_noise(image, error, no_data, labels, meta):

@@ -97,7 +97,9 @@ __all__ = [
     "CosmicRayRejection",
     "convolve_gaussian",
     "coverage_from_context",
+    "above_threshold",
     "find_sources",
+    "segment_above",
     "gaussian_kernel_1d",
     "kernel_size",
     "matched_kernel_fwhm",
@@ -396,6 +398,8 @@ def require_deblender():
 def find_sources(detection_image, threshold, npixels, mask, *, deblend=False):
     """Segment the detection image.
 
+    `above_threshold` followed by `segment_above`.
+
     Parameters
     ----------
     detection_image : numpy.ndarray
@@ -414,10 +418,80 @@ def find_sources(detection_image, threshold, npixels, mask, *, deblend=False):
     photutils.segmentation.SegmentationImage or None
         None when nothing is detected.
     """
+    return segment_above(above_threshold(detection_image, threshold, mask), npixels,
+                         detection_image=detection_image, deblend=deblend)
+
+
+def above_threshold(detection_image, threshold, mask=None):
+    """Pixels of the detection image above the threshold and outside the mask.
+
+    Made a band of rows at a time: the comparison and the inverted mask of
+    a whole mosaic are image-sized temporaries.
+
+    Parameters
+    ----------
+    detection_image : numpy.ndarray
+        The convolved, background-subtracted image.
+    threshold : float or numpy.ndarray
+        Per-pixel threshold, or one for all pixels.
+    mask : numpy.ndarray of bool, optional
+        Pixels that may not belong to a source.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+
+    Examples
+    --------
+    >>> image = np.array([[0.0, 2.0], [3.0, 1.0]])
+    >>> above_threshold(image, 1.5, image == 3.0).tolist()
+    [[False, True], [False, False]]
+    """
+    detection_image = np.asarray(detection_image)
+    threshold = np.broadcast_to(threshold, detection_image.shape)
+    above = np.empty(detection_image.shape, bool)
+    rows = max(1, _BAND_PIXELS // max(1, math.prod(detection_image.shape[1:])))
+    with np.errstate(invalid="ignore"):
+        for start in range(0, len(above), rows):
+            band = slice(start, start + rows)
+            np.greater(detection_image[band], threshold[band], out=above[band])
+            if mask is not None:
+                above[band] &= ~mask[band]
+    return above
+
+
+def segment_above(above, npixels, *, detection_image=None, deblend=False):
+    """Segment the pixels above the threshold into sources.
+
+    Groups of at least ``npixels`` 8-connected pixels of ``above`` are
+    labelled 1 ... n (photutils `~photutils.segmentation.detect_sources`);
+    with ``deblend``, each is split at the saddle points of
+    ``detection_image`` by photutils' deblender, and the labels are made
+    consecutive again.
+
+    Parameters
+    ----------
+    above : numpy.ndarray of bool
+        Pixels above the threshold that may belong to a source
+        (`above_threshold`).
+    npixels : int
+        Minimum number of connected pixels of a source.
+    detection_image : numpy.ndarray, optional
+        The image that was thresholded; needed to deblend.
+    deblend : bool
+        Split blended sources.
+
+    Returns
+    -------
+    photutils.segmentation.SegmentationImage or None
+        None when nothing is detected.
+    """
     with warnings.catch_warnings():
         # "No sources were found" is an ordinary outcome here, reported by the caller.
         warnings.simplefilter("ignore", NoDetectionsWarning)
-        segmentation = detect_sources(detection_image, threshold, npixels, mask=mask)
+        # The mask thresholded at 0 is itself: the sources are those of the
+        # detection image above its threshold, without a second float image.
+        segmentation = detect_sources(np.asarray(above).view(np.uint8), 0, npixels)
     if segmentation is None:
         return None
     log.info("detected %d sources above the threshold", segmentation.n_labels)
@@ -425,11 +499,21 @@ def find_sources(detection_image, threshold, npixels, mask, *, deblend=False):
         n_before = segmentation.n_labels
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoDetectionsWarning)
-            segmentation = deblend_sources(
+            deblended = deblend_sources(
                 detection_image, segmentation, npixels, n_levels=DEBLEND_LEVELS,
-                contrast=DEBLEND_CONTRAST, progress_bar=False)
+                contrast=DEBLEND_CONTRAST, relabel=False, progress_bar=False)
+        # The same consecutive labels as the deblender's own relabelling,
+        # made once the map before deblending is released: it, the deblended
+        # map and the relabelled one are 300 MB each on a 75-Mpix mosaic.
+        del segmentation
+        deblended.relabel_consecutive()
+        segmentation = deblended
         log.info("deblending: %d sources became %d", n_before, segmentation.n_labels)
     return segmentation
+
+
+#: Pixels per band of rows in `above_threshold`.
+_BAND_PIXELS = 1 << 22
 
 
 @dataclass
@@ -817,7 +901,7 @@ def _window(usable, rows, cols, x_c, y_c, window_sigma):
 
 def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, coverage,
                        kernel_fwhm, *, point_source_fwhm=None, pixel_size=None,
-                       input_pixel=None, psf_fwhm=None):
+                       input_pixel=None, psf_fwhm=None, peaks=None):
     """Remove detections sharper than a point source where one input covers the mosaic.
 
     See the module notes for the reasoning and the criteria.
@@ -829,8 +913,9 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
         the rest renumbered 1 ... n in their order).
     image : numpy.ndarray
         Background-subtracted, unsmoothed mosaic (0 where ``no_data``).
-    detection_image : numpy.ndarray
-        The smoothed image that was segmented (its peak starts each window).
+    detection_image : numpy.ndarray or None
+        The smoothed image that was segmented (its peak starts each
+        window); not used when ``peaks`` are given.
     error : numpy.ndarray
         Per-pixel one-sigma uncertainty (0 where ``no_data``).
     no_data : numpy.ndarray of bool
@@ -855,6 +940,9 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
         detections whose width is hardly more than a drizzled input pixel's
         at their centroid are rejected too (the excess test of the module
         notes).
+    peaks : tuple of numpy.ndarray, optional
+        Rows and columns of the pixel starting each segment's window, in
+        label order; default: `segment_peaks` of ``detection_image``.
 
     Returns
     -------
@@ -866,7 +954,9 @@ def reject_cosmic_rays(segmentation, image, detection_image, error, no_data, cov
     if coverage is None:
         return segmentation, rejection
     labels = np.asarray(segmentation.labels)
-    peaks_y, peaks_x = segment_peaks(detection_image, segmentation.data, labels)
+    if peaks is None:
+        peaks = segment_peaks(detection_image, segmentation.data, labels)
+    peaks_y, peaks_x = peaks
     window_sigma = WINDOW_FACTOR * kernel_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
     # In chunks: each source takes a few hundred window pixels per array.
     parts = [minor_moment(image, segmentation.data, error, no_data, peaks_y[i:i + CHUNK],

@@ -85,6 +85,7 @@ __all__ = [
     "NO_PSF_MODEL",
     "PSF_COLUMNS",
     "PSF_FLAG_DESCRIPTIONS",
+    "PSFFitPlan",
     "PSFModel",
     "PSFPhotometryResult",
     "box_coverage",
@@ -92,8 +93,10 @@ __all__ = [
     "coverage_mismatch",
     "fit_psf_photometry",
     "model_error_scale",
+    "prepare_psf_fits",
     "psf_fwhm_pix",
     "read_psf_file",
+    "run_psf_fits",
     "select_psf_stars",
     "sky_error_map",
     "write_psf_file",
@@ -199,6 +202,35 @@ class PSFPhotometryResult:
     values: dict
     meta: dict
     notes: list = field(default_factory=list)
+
+
+@dataclass
+class PSFFitPlan:
+    """What `prepare_psf_fits` settled for `run_psf_fits`.
+
+    Attributes
+    ----------
+    result : PSFPhotometryResult
+        The columns so far (every one NaN, flags set where no fit can be
+        made), metadata and notes; final when ``fit_error`` is None.
+    stars : numpy.ndarray of int
+        Indices of the sources chosen as PSF stars.
+    psf_model : PSFModel or None
+        The PSF to fit.
+    half : int
+        Half-width of the square fit box, pixels.
+    start : numpy.ndarray of bool
+        Sources with a position to start a fit from.
+    fit_error : numpy.ndarray or None
+        The fits' weights (`sky_error_map`); None when nothing is fitted.
+    """
+
+    result: PSFPhotometryResult
+    stars: np.ndarray
+    psf_model: PSFModel = None
+    half: int = 0
+    start: np.ndarray = None
+    fit_error: np.ndarray = None
 
 
 # -- PSF models ---------------------------------------------------------------------------
@@ -610,6 +642,27 @@ def fit_psf_photometry(data, error, no_data, segmentation, wcs, values, *, psf_m
     PSFPhotometryResult
         With too few stars for an empirical PSF, every column NaN,
         ``psf_flags`` = `NO_PSF_MODEL` and a note saying so.
+
+    Notes
+    -----
+    `prepare_psf_fits` followed by `run_psf_fits`: only the first reads
+    ``segmentation``, which a caller may hold more cheaply in between.
+    """
+    plan = prepare_psf_fits(data, error, no_data, segmentation, values, psf_model=psf_model,
+                            pixel_scale_arcsec=pixel_scale_arcsec)
+    return run_psf_fits(plan, data, error, no_data, wcs, values, correlation=correlation,
+                        noise=noise, coverage=coverage)
+
+
+def prepare_psf_fits(data, error, no_data, segmentation, values, *, psf_model=None,
+                     pixel_scale_arcsec):
+    """Choose the PSF stars, build or take the PSF, and make the fits' weights.
+
+    The parameters are those of `fit_psf_photometry`.
+
+    Returns
+    -------
+    PSFFitPlan
     """
     n = len(values["label"])
     out = _empty_columns(n)
@@ -629,7 +682,7 @@ def fit_psf_photometry(data, error, no_data, segmentation, wcs, values, *, psf_m
             notes.append(note)
             out["psf_flags"][:] = NO_PSF_MODEL
             meta["psf_photometry"] = note
-            return PSFPhotometryResult(out, meta, notes)
+            return PSFFitPlan(PSFPhotometryResult(out, meta, notes), stars)
     x0 = np.asarray(values["x_centroid"], dtype=float)
     y0 = np.asarray(values["y_centroid"], dtype=float)
     start = np.isfinite(x0) & np.isfinite(y0)
@@ -647,14 +700,37 @@ def fit_psf_photometry(data, error, no_data, segmentation, wcs, values, *, psf_m
     })
     log.info("PSF photometry: %s, FWHM %.2f px, %dx%d fit box, %d sources",
              psf_model.source, psf_model.fwhm_pix, fit_size, fit_size, int(start.sum()))
-    if not start.any():
-        return PSFPhotometryResult(out, meta, notes)
+    plan = PSFFitPlan(PSFPhotometryResult(out, meta, notes), stars, psf_model, half, start)
+    if start.any():
+        plan.fit_error = sky_error_map(error, segmentation, no_data)
+    return plan
 
+
+def run_psf_fits(plan, data, error, no_data, wcs, values, *, correlation=None, noise=None,
+                 coverage=None):
+    """Fit the PSF to every source as `prepare_psf_fits` planned.
+
+    ``plan`` is `PSFFitPlan`, the other parameters are those of
+    `fit_psf_photometry`; ``plan.fit_error`` is released.
+
+    Returns
+    -------
+    PSFPhotometryResult
+    """
+    result = plan.result
+    if plan.fit_error is None:
+        return result
+    out, meta, notes = result.values, result.meta, result.notes
+    stars, psf_model, half, start = plan.stars, plan.psf_model, plan.half, plan.start
+    fit_error, plan.fit_error = plan.fit_error, None
+    n = len(values["label"])
+    fit_size = 2 * half + 1
+    x0 = np.asarray(values["x_centroid"], dtype=float)
+    y0 = np.asarray(values["y_centroid"], dtype=float)
     init = Table({"id": np.nonzero(start)[0] + 1, "x_init": x0[start], "y_init": y0[start]})
     photometry = PSFPhotometry(psf_model.model, (fit_size, fit_size),
                                grouper=SourceGrouper(min_separation=fit_size),
                                aperture_radius=half, progress_bar=False)
-    fit_error = sky_error_map(error, segmentation, no_data)
     with warnings.catch_warnings():
         # Non-converged and partial fits are flagged in the table.
         warnings.simplefilter("ignore", AstropyUserWarning)
