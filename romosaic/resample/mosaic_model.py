@@ -229,6 +229,7 @@ def _coadd_info(result, summaries):
     # Outside the region the context is 0: no exposure time there.
     rows, cols = result.region
     exptime = exposure_time_map(result.context[:, rows, cols], seconds)
+    release_pages(result.context)
     covered = exptime > 0
     starts = [s.start_time for s in summaries if s.start_time is not None]
     ends = [s.end_time for s in summaries if s.end_time is not None]
@@ -301,17 +302,27 @@ def _wcsinfo(grid):
 
 
 def _statistics(result):
-    # Nothing was deposited outside the region (weight 0 there).
+    # Nothing was deposited outside the region (weight 0 there). A band of
+    # rows at a time, so that planes in files need not be resident whole;
+    # the values kept are the region's, in the same order as in one pass.
     weight, data = result.weight[result.region], result.data[result.region]
-    covered = weight > 0
-    values = data[covered & np.isfinite(data)]
+    parts, n_covered = [], 0
+    band = max(1, _BAND_PIXELS // max(1, weight.shape[-1]))
+    for start in range(0, weight.shape[0], band):
+        weights, values = weight[start:start + band], data[start:start + band]
+        covered = weights > 0
+        n_covered += int(np.count_nonzero(covered))
+        parts.append(values[covered & np.isfinite(values)])
+        release_pages(weights)
+        release_pages(values)
+    values = np.concatenate(parts) if parts else np.empty(0, data.dtype)
+    del parts
     if values.size:
         median = float(np.median(values))
         rms = float(np.sqrt(np.mean((values - median) ** 2)))
     else:
         median = rms = float("nan")
-    fraction = (float(np.count_nonzero(covered)) / result.weight.size
-                if result.weight.size else 0.0)
+    fraction = float(n_covered) / result.weight.size if result.weight.size else 0.0
     return {"image_median": median, "image_rms": rms, "good_pixel_fraction": fraction}
 
 
