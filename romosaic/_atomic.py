@@ -24,6 +24,7 @@ seconds).
 
 import contextlib
 import errno as errno_codes
+import inspect
 import io
 import logging
 import os
@@ -438,19 +439,26 @@ def atomic_save_models(models_and_paths):
 
 
 def _save_model(model, path):
-    """``model.save(path)``; an ASDF file is written through a `_SavingFile`."""
-    if Path(path).suffix != ".asdf" or not hasattr(model, "to_asdf"):
-        model.save(path)
-        return
-    # model.save(path) is to_asdf(path) with its defaults; given a file, it
-    # writes through it.
+    """``model.save(path)``; through a `_SavingFile` when its arrays are mapped planes."""
+    # Imported here: the light modules that write only text import this one.
     import numpy as np
 
-    from .resample.planes import release_pages
+    from .resample.planes import maps_a_plane, release_pages
 
-    arrays = [value for _, value in model.items() if isinstance(value, np.ndarray)]
-    with _SavingFile(path, arrays, release_pages) as handle:
-        model.to_asdf(handle)
+    planes = []
+    if Path(path).suffix == ".asdf" and hasattr(model, "to_asdf"):
+        planes = [value for _, value in model.items()
+                  if isinstance(value, np.ndarray) and maps_a_plane(value)]
+    if not planes:
+        model.save(path)
+        return
+    # What save(path) does for an ASDF file, with save's own defaults: given
+    # a file rather than a path, to_asdf writes through it.
+    defaults = inspect.signature(model.save).parameters
+    options = {name: defaults[name].default
+               for name in ("all_array_compression", "all_array_storage") if name in defaults}
+    with _SavingFile(path, planes, release_pages) as handle:
+        model.to_asdf(handle, **options)
 
 
 class _SavingFile(io.FileIO):
@@ -462,9 +470,8 @@ class _SavingFile(io.FileIO):
     resident memory until the model goes, and all the planes would end up
     resident together. Each write is passed on in parts of `WRITE_CHUNK`
     bytes; after each part, the part itself (an uncompressed block is a view
-    of its array) and the model's ``arrays`` (a compressed block's array was
-    read to make the bytes written) are given to ``release`` (which leaves
-    arrays in memory alone).
+    of its array) and the model's mapped ``arrays`` (a compressed block's
+    array was read to make the bytes written) are given to ``release``.
 
     The file is also a path (``os.fspath`` gives its name), as the model's
     writer records the file's name in it.

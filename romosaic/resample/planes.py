@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PlaneStore", "release_pages"]
+__all__ = ["PlaneStore", "maps_a_plane", "release_pages"]
 
 
 class _PlaneMapping(mmap.mmap):
@@ -65,6 +65,12 @@ def _plane_mapping_of(values):
             owner = owner.obj
         else:
             return None
+
+
+def maps_a_plane(values):
+    """Whether ``values`` (an array or memoryview) is a view of a plane a
+    `PlaneStore` mapped from its file: the arrays `release_pages` acts on."""
+    return _plane_mapping_of(values) is not None
 
 
 def release_pages(values):
