@@ -73,43 +73,6 @@ def test_bands_of_a_store_on_disk_are_released_and_seen_by_every_mapping(tmp_pat
     store.close()
 
 
-@pytest.mark.parametrize("write_bytes", [3 * 4096 + 5, 8 * 2**20])
-def test_writes_of_whole_rows_to_files_give_what_they_give_in_memory(tmp_path, monkeypatch,
-                                                                     write_bytes):
-    # Whole rows on disk go to the file in parts, through a buffer unless
-    # the values are the plane's contiguous bytes already.
-    from romosaic.resample import planes
-
-    monkeypatch.setattr(planes, "_WRITE_BYTES", write_bytes)
-    stores = [PlaneStore((97, 131)), PlaneStore((97, 131), directory=tmp_path)]
-    rng = np.random.default_rng(3)
-    image, row = _random_plane((97, 131)), rng.normal(size=131)
-    layers = rng.integers(0, 2**32, (2, 40, 131), dtype=np.uint32)
-    for store in stores:
-        store.new_plane("data", fill=np.nan)
-        store.new_plane("context", np.uint32, depth=2, fill=5)
-        store.new_plane("weight")
-        store.write("data", image[10:60], rows=(10, 60))
-        store.write("data", row, rows=(70, 80))  # float64, broadcast
-        store.write("data", 2, rows=(90, 91))
-        store.write("data", image[::-1][:5], rows=(92, 97))  # not contiguous
-        store.write("data", -1.0, rows=(0, 5), cols=(3, 9))  # through a mapping
-        store.write("context", layers, rows=(50, 90))
-        store.write("weight", image)
-    for name in ("data", "context", "weight"):
-        np.testing.assert_array_equal(stores[1].read(name), stores[0].read(name), err_msg=name)
-    expected = np.full((97, 131), np.nan, np.float32)
-    expected[10:60] = image[10:60]
-    expected[70:80] = row
-    expected[90] = 2
-    expected[92:] = image[::-1][:5]
-    expected[:5, 3:9] = -1
-    np.testing.assert_array_equal(stores[1].read("data"), expected)
-    assert (stores[1].read("context", rows=(0, 50)) == 5).all()
-    for store in stores:
-        store.close()
-
-
 def test_release_leaves_arrays_that_are_not_plane_mappings_alone(tmp_path):
     # Dropping pages of anonymous or copy-on-write memory would lose what
     # was written there: for these, release_pages must do nothing.

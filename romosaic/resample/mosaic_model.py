@@ -195,28 +195,20 @@ def _root_of_sum(planes, store, name="err"):
     """``sqrt(sum(planes))`` in float32, made as plane ``name`` of ``store``.
 
     A band of rows at a time, so that the result is the only image-sized
-    array made, and in a file when the store is on disk (each band summed in
-    memory and written to it); the pages of memory-mapped ``planes`` are
-    given back after each band is summed.
+    array made, and in a file when the store is on disk; the pages of
+    memory-mapped ``planes`` are given back after each band is summed.
     """
     store.new_plane(name)
     ny, nx = store.shape
     band = max(1, _BAND_PIXELS // max(1, nx))
-    buffer = np.empty((band, nx), np.float32) if store.on_disk else None
     for start in range(0, ny, band):
         stop = min(ny, start + band)
-        if buffer is None:
-            root = store.array(name)[start:stop]  # zeros, in place
-        else:
-            root = buffer[:stop - start]
-            root[...] = 0
-        for plane in planes:
-            part = plane[start:stop]
-            np.add(root, part, out=root)
-            release_pages(part)
-        np.sqrt(root, out=root)
-        if buffer is not None:
-            store.write(name, root, rows=(start, stop))
+        with store.rows(name, (start, stop)) as root:
+            for plane in planes:
+                part = plane[start:stop]
+                np.add(root, part, out=root)
+                release_pages(part)
+            np.sqrt(root, out=root)
     return store.array(name)
 
 

@@ -30,9 +30,6 @@ import numpy as np
 
 __all__ = ["PlaneStore", "maps_a_plane", "release_pages"]
 
-#: Bytes of a plane's file written at once by `PlaneStore.write`.
-_WRITE_BYTES = 8 * 2**20
-
 
 class _PlaneMapping(mmap.mmap):
     """A shared, writeable mapping of a plane's file.
@@ -180,7 +177,10 @@ class PlaneStore:
             handle.truncate(int(np.prod(full, dtype=np.int64)) * dtype.itemsize)
         self._planes[name] = (dtype, full, path)
         if fill != 0:
-            self.write(name, fill)
+            step = max(1, (8 * 2**20) // (self.shape[1] * dtype.itemsize))
+            for start in range(0, self.shape[0], step):
+                with self.rows(name, (start, min(self.shape[0], start + step))) as band:
+                    band[...] = fill
 
     def names(self):
         """Names of the planes, in the order they were made."""
@@ -220,45 +220,9 @@ class PlaneStore:
     def write(self, name, values, rows=None, cols=None):
         """Set ``plane[..., rows, cols] = values``."""
         r0, r1 = rows if rows is not None else (0, self.shape[0])
-        if self.on_disk and cols is None:
-            self._write_rows(name, values, int(r0), int(r1))
-            return
         c0, c1 = cols if cols is not None else (0, self.shape[1])
         with self.rows(name, (r0, r1)) as band:
             band[..., c0:c1] = values
-
-    def _write_rows(self, name, values, start, stop):
-        """``plane[..., start:stop, :] = values`` with writes to the file.
-
-        Whole rows are contiguous in the file (in each layer); written there
-        they cost the system less than new pages faulted into a mapping (a
-        new plane's pages are allocated as they are first written), and they
-        leave nothing resident. Values go through a buffer of at most
-        `_WRITE_BYTES` unless they already are the plane's contiguous bytes.
-        """
-        dtype, full, path = self._planes[name]
-        n_cols = self.shape[1]
-        values = np.broadcast_to(values, (*full[:-2], stop - start, n_cols))
-        if len(full) == 2:
-            values = values[np.newaxis]
-        row_bytes = n_cols * dtype.itemsize
-        rows_per_write = max(1, _WRITE_BYTES // max(1, row_bytes))
-        buffer = None
-        with open(path, "r+b") as handle:
-            for layer, layer_values in enumerate(values):
-                for first in range(start, stop, rows_per_write):
-                    last = min(stop, first + rows_per_write)
-                    part = layer_values[first - start:last - start]
-                    if part.dtype != dtype or not part.flags.c_contiguous:
-                        if buffer is None:
-                            buffer = np.empty((rows_per_write, n_cols), dtype)
-                        buffer[:last - first] = part
-                        part = buffer[:last - first]
-                    data = memoryview(part).cast("B")
-                    offset = (layer * self.shape[0] + first) * row_bytes
-                    done = 0
-                    while done < len(data):
-                        done += os.pwrite(handle.fileno(), data[done:], offset + done)
 
     def array(self, name):
         """The whole plane: the array in memory, or a mapping of its file.
