@@ -30,6 +30,9 @@ import numpy as np
 
 __all__ = ["PlaneStore", "maps_a_plane", "release_pages"]
 
+# Where the system has no madvise, `release_pages` does nothing.
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None) if hasattr(mmap.mmap, "madvise") else None
+
 
 class _PlaneMapping(mmap.mmap):
     """A shared, writeable mapping of a plane's file.
@@ -44,8 +47,8 @@ def _map_plane(path, dtype, full):
     """An ndarray of shape ``full`` over a new shared mapping of the file ``path``."""
     with open(path, "r+b") as handle:
         nbytes = int(np.prod(full, dtype=np.int64)) * dtype.itemsize
-        mapping = _PlaneMapping(handle.fileno(), nbytes, flags=mmap.MAP_SHARED,
-                                prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        # ACCESS_WRITE: shared (MAP_SHARED), writes go to the file.
+        mapping = _PlaneMapping(handle.fileno(), nbytes, access=mmap.ACCESS_WRITE)
     # The mapping itself is the array's base, so that `release_pages` can
     # find it from any view; the array's first byte is the mapping's first.
     array = np.ndarray(full, dtype, buffer=mapping)
@@ -102,7 +105,7 @@ def release_pages(values):
     (0, [0.0, 1.0, 2.0, 3.0])
     """
     mapping = _plane_mapping_of(values)
-    if mapping is None:
+    if mapping is None or _DONTNEED is None:
         return 0
     array = np.asarray(values)
     if array.size == 0:
@@ -112,7 +115,7 @@ def release_pages(values):
     stop = min(len(mapping), high - mapping.address)
     if stop <= start:
         return 0
-    mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    mapping.madvise(_DONTNEED, start, stop - start)
     return stop - start
 
 
