@@ -24,6 +24,8 @@ seconds).
 
 import contextlib
 import errno as errno_codes
+import inspect
+import io
 import logging
 import os
 import re
@@ -58,6 +60,10 @@ TEMP_PREFIX = "romosaic-tmp-"
 #: Its owner cannot be checked from here, so this is deliberately long: no
 #: romosaic run keeps one temporary directory for a week.
 FOREIGN_STALE_AGE = 7 * 24 * 3600
+
+#: Bytes handed to the system in one write while a model is saved; the
+#: memory pages of mapped planes are given back after each (see `_SavingFile`).
+WRITE_CHUNK = 32 * 2**20
 
 #: Seconds between two sweeps of one directory by one process: a write
 #: sweeps its directory first, and listing a directory of thousands of
@@ -426,7 +432,67 @@ def atomic_save_models(models_and_paths):
     paths = [Path(path) for _, path in models_and_paths]
     with atomic_outputs(paths) as temp_paths:
         for (model, _), temp_path in zip(models_and_paths, temp_paths, strict=True):
-            model.save(temp_path)
+            _save_model(model, temp_path)
     for (model, _), path in zip(models_and_paths, paths, strict=True):
         model.meta.filename = path.name
     return paths
+
+
+def _save_model(model, path):
+    """``model.save(path)``; through a `_SavingFile` when its arrays are mapped planes."""
+    # Imported here: the light modules that write only text import this one.
+    import numpy as np
+
+    from .resample.planes import maps_a_plane, release_pages
+
+    planes = []
+    if Path(path).suffix == ".asdf" and hasattr(model, "to_asdf"):
+        planes = [value for _, value in model.items()
+                  if isinstance(value, np.ndarray) and maps_a_plane(value)]
+    if not planes:
+        model.save(path)
+        return
+    # What save(path) does for an ASDF file, with save's own defaults: given
+    # a file rather than a path, to_asdf writes through it.
+    defaults = inspect.signature(model.save).parameters
+    options = {name: defaults[name].default
+               for name in ("all_array_compression", "all_array_storage") if name in defaults}
+    with _SavingFile(path, planes, release_pages) as handle:
+        model.to_asdf(handle, **options)
+
+
+class _SavingFile(io.FileIO):
+    """A file being written that gives back the memory of mapped planes as it goes.
+
+    A mosaic's planes may be mappings of files (`romosaic.resample.planes`):
+    each page that ASDF reads to write them (to compress them, or to hand
+    them to write() as they are) would otherwise stay in this process's
+    resident memory until the model goes, and all the planes would end up
+    resident together. Each write is passed on in parts of `WRITE_CHUNK`
+    bytes; after each part, the part itself (an uncompressed block is a view
+    of its array) and the model's mapped ``arrays`` (a compressed block's
+    array was read to make the bytes written) are given to ``release``.
+
+    The file is also a path (``os.fspath`` gives its name), as the model's
+    writer records the file's name in it.
+    """
+
+    def __init__(self, path, arrays, release):
+        super().__init__(path, "w")
+        self._arrays = list(arrays)
+        self._release = release
+
+    def __fspath__(self):
+        return os.fspath(self.name)
+
+    def write(self, data):
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), WRITE_CHUNK):
+            part = view[start:start + WRITE_CHUNK]
+            done = 0
+            while done < len(part):
+                done += super().write(part[done:])
+            self._release(part)
+            for array in self._arrays:
+                self._release(array)
+        return len(view)

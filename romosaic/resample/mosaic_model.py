@@ -25,6 +25,7 @@ from ..wcs_utils import (
     s_region_polygon,
 )
 from .coadd import exposure_time_map
+from .planes import PlaneStore, release_pages
 
 __all__ = ["InputSummary", "build_mosaic_model", "summarize_input"]
 
@@ -95,6 +96,7 @@ def build_mosaic_model(
     data_release_id=None,
     include_var_flat=False,
     noise=None,
+    store=None,
 ):
     """A validated-shape `MosaicModel` from a finished co-add.
 
@@ -118,11 +120,21 @@ def build_mosaic_model(
         `romosaic.resample.noise_correlation`); recorded as
         ``meta.resample.aperture_variance_factor``, ``noise_correlation``
         and ``noise_correlation_inputs``.
+    store : PlaneStore, optional
+        Of the grid's shape: where the mosaic's own grid-sized plane (err)
+        is made; on disk when the co-add's planes are memory-mapped files,
+        so that err is one too. The model keeps a mapping of the file, so
+        the store may be closed once the model is made. None: in memory.
 
     Returns
     -------
     roman_datamodels.datamodels.MosaicModel
     """
+    shape = tuple(result.data.shape)
+    if store is None:
+        store = PlaneStore(shape)
+    elif tuple(store.shape) != shape:
+        raise ValueError(f"store shape {store.shape} differs from the co-add's {shape}")
     model = rdm.MosaicModel.create_minimal()
     model.data = result.data
     model.weight = result.weight
@@ -140,7 +152,7 @@ def build_mosaic_model(
             zeros = zeros if zeros is not None else np.zeros(result.data.shape, np.float32)
             setattr(model, name, zeros)
     model.err = _root_of_sum([variances[name] for name in variances
-                              if name != "var_flat" or include_var_flat], result.data.shape)
+                              if name != "var_flat" or include_var_flat], store)
 
     meta = model.meta
     meta.calibration_software_name = "romosaic"
@@ -171,20 +183,33 @@ def build_mosaic_model(
     meta.wcsinfo = _wcsinfo(grid)
     meta.statistics = _statistics(result)
     meta.individual_image_meta = _individual_image_meta(summaries)
+    # The summaries read parts of the planes: when those are file mappings,
+    # their pages need not stay resident until the model is written.
+    for plane in (result.data, result.weight, result.context, result.dq, *variances.values()):
+        if plane is not None:
+            release_pages(plane)
     return model
 
 
-def _root_of_sum(planes, shape):
-    """``sqrt(sum(planes))`` in float32, a band of rows at a time, so that the
-    result is the only image-sized array made (the planes may be mapped files)."""
-    root = np.zeros(shape, np.float32)
-    band = max(1, _BAND_PIXELS // max(1, shape[-1]))
-    for start in range(0, shape[0], band):
-        rows = slice(start, start + band)
-        for plane in planes:
-            np.add(root[rows], plane[rows], out=root[rows])
-        np.sqrt(root[rows], out=root[rows])
-    return root
+def _root_of_sum(planes, store, name="err"):
+    """``sqrt(sum(planes))`` in float32, made as plane ``name`` of ``store``.
+
+    A band of rows at a time, so that the result is the only image-sized
+    array made, and in a file when the store is on disk; the pages of
+    memory-mapped ``planes`` are given back after each band is summed.
+    """
+    store.new_plane(name)
+    ny, nx = store.shape
+    band = max(1, _BAND_PIXELS // max(1, nx))
+    for start in range(0, ny, band):
+        stop = min(ny, start + band)
+        with store.rows(name, (start, stop)) as root:
+            for plane in planes:
+                part = plane[start:stop]
+                np.add(root, part, out=root)
+                release_pages(part)
+            np.sqrt(root, out=root)
+    return store.array(name)
 
 
 def _seconds(value):
@@ -204,6 +229,7 @@ def _coadd_info(result, summaries):
     # Outside the region the context is 0: no exposure time there.
     rows, cols = result.region
     exptime = exposure_time_map(result.context[:, rows, cols], seconds)
+    release_pages(result.context)
     covered = exptime > 0
     starts = [s.start_time for s in summaries if s.start_time is not None]
     ends = [s.end_time for s in summaries if s.end_time is not None]
@@ -276,17 +302,27 @@ def _wcsinfo(grid):
 
 
 def _statistics(result):
-    # Nothing was deposited outside the region (weight 0 there).
+    # Nothing was deposited outside the region (weight 0 there). A band of
+    # rows at a time, so that planes in files need not be resident whole;
+    # the values kept are the region's, in the same order as in one pass.
     weight, data = result.weight[result.region], result.data[result.region]
-    covered = weight > 0
-    values = data[covered & np.isfinite(data)]
+    parts, n_covered = [], 0
+    band = max(1, _BAND_PIXELS // max(1, weight.shape[-1]))
+    for start in range(0, weight.shape[0], band):
+        weights, values = weight[start:start + band], data[start:start + band]
+        covered = weights > 0
+        n_covered += int(np.count_nonzero(covered))
+        parts.append(values[covered & np.isfinite(values)])
+        release_pages(weights)
+        release_pages(values)
+    values = np.concatenate(parts) if parts else np.empty(0, data.dtype)
+    del parts
     if values.size:
         median = float(np.median(values))
         rms = float(np.sqrt(np.mean((values - median) ** 2)))
     else:
         median = rms = float("nan")
-    fraction = (float(np.count_nonzero(covered)) / result.weight.size
-                if result.weight.size else 0.0)
+    fraction = float(n_covered) / result.weight.size if result.weight.size else 0.0
     return {"image_median": median, "image_rms": rms, "good_pixel_fraction": fraction}
 
 

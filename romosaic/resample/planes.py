@@ -10,16 +10,113 @@ holds the pages of the bands it is working on and no others, however large
 the planes are. Both forms give the same values.
 
 Threads may work on different bands of the same plane at once.
+
+A whole plane from `PlaneStore.array` is a mapping too, and every page of
+it that is read or written stays in the process's resident memory while
+the mapping lives: a mosaic's planes, read in full to be summarised or
+written, would end up resident all together. `release_pages` gives such
+pages back once a pass over them is done (the values stay in the file and
+the system's file cache, and are read back on the next access); it does
+nothing to any other array.
 """
 
 import contextlib
+import mmap
 import os
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PlaneStore"]
+__all__ = ["PlaneStore", "maps_a_plane", "release_pages"]
+
+# Where the system has no madvise, `release_pages` does nothing.
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None) if hasattr(mmap.mmap, "madvise") else None
+
+
+class _PlaneMapping(mmap.mmap):
+    """A shared, writeable mapping of a plane's file.
+
+    Only these are given to `release_pages`: dropping pages of a shared
+    mapping of a file keeps their values (in the file and its cache), which
+    for anonymous or copy-on-write memory would be lost.
+    """
+
+
+def _map_plane(path, dtype, full):
+    """An ndarray of shape ``full`` over a new shared mapping of the file ``path``."""
+    with open(path, "r+b") as handle:
+        nbytes = int(np.prod(full, dtype=np.int64)) * dtype.itemsize
+        # ACCESS_WRITE: shared (MAP_SHARED), writes go to the file.
+        mapping = _PlaneMapping(handle.fileno(), nbytes, access=mmap.ACCESS_WRITE)
+    # The mapping itself is the array's base, so that `release_pages` can
+    # find it from any view; the array's first byte is the mapping's first.
+    array = np.ndarray(full, dtype, buffer=mapping)
+    mapping.address = array.__array_interface__["data"][0]
+    return array
+
+
+def _plane_mapping_of(values):
+    """The `_PlaneMapping` that ``values`` (array or memoryview) is a view of, or None."""
+    owner = values
+    while True:
+        if isinstance(owner, _PlaneMapping):
+            return owner
+        if isinstance(owner, np.ndarray):
+            owner = owner.base
+        elif isinstance(owner, memoryview):
+            owner = owner.obj
+        else:
+            return None
+
+
+def maps_a_plane(values):
+    """Whether ``values`` (an array or memoryview) is a view of a plane a
+    `PlaneStore` mapped from its file: the arrays `release_pages` acts on."""
+    return _plane_mapping_of(values) is not None
+
+
+def release_pages(values):
+    """Give back the memory pages that ``values`` spans in a plane's file mapping.
+
+    Once a bulk pass over a memory-mapped plane is done (filling, summing,
+    writing it out), its pages need not stay in this process's resident
+    memory: the values are kept in the file (and the system's file cache),
+    and a later access reads them back. Pages at the edges of ``values``
+    are released whole, which is harmless for the same reason.
+
+    Parameters
+    ----------
+    values : numpy.ndarray or memoryview
+        Any array or buffer. Only views of a plane mapped by a `PlaneStore`
+        (`PlaneStore.array`, `PlaneStore.rows`) are released; for anything
+        else, such as arrays in memory, this does nothing.
+
+    Returns
+    -------
+    int
+        Bytes of the mapping released (0 when ``values`` is not one of a
+        store's mappings, or is empty).
+
+    Examples
+    --------
+    >>> values = np.arange(4.0)
+    >>> release_pages(values), values.tolist()
+    (0, [0.0, 1.0, 2.0, 3.0])
+    """
+    mapping = _plane_mapping_of(values)
+    if mapping is None or _DONTNEED is None:
+        return 0
+    array = np.asarray(values)
+    if array.size == 0:
+        return 0
+    low, high = np.lib.array_utils.byte_bounds(array)
+    start = max(0, low - mapping.address) // mmap.PAGESIZE * mmap.PAGESIZE
+    stop = min(len(mapping), high - mapping.address)
+    if stop <= start:
+        return 0
+    mapping.madvise(_DONTNEED, start, stop - start)
+    return stop - start
 
 
 class PlaneStore:
@@ -108,11 +205,9 @@ class PlaneStore:
         if not self.on_disk:
             yield held[..., start:stop, :]
             return
-        mapped = np.memmap(held, dtype=dtype, mode="r+", shape=full)
+        mapped = _map_plane(held, dtype, full)
         try:
-            # A plain ndarray view: consumers that refuse np.memmap subclasses
-            # (ASDF) or keep references see an ordinary array.
-            yield np.asarray(mapped)[..., start:stop, :]
+            yield mapped[..., start:stop, :]
         finally:
             # No flush: the file is scratch, and the page cache already shares
             # the new values with every later mapping.
@@ -135,13 +230,15 @@ class PlaneStore:
     def array(self, name):
         """The whole plane: the array in memory, or a mapping of its file.
 
-        A mapping stays valid after `remove` or `close` (the file's space is
-        given back when the last array using it goes).
+        A mapping is a plain ndarray (not an np.memmap: ASDF refuses those)
+        and stays valid after `remove` or `close` (the file's space is given
+        back when the last array using it goes). The pages of it that are
+        used stay resident until `release_pages` gives them back.
         """
         dtype, full, held = self._planes[name]
         if not self.on_disk:
             return held
-        return np.asarray(np.memmap(held, dtype=dtype, mode="r+", shape=full))
+        return _map_plane(held, dtype, full)
 
     def rename(self, name, new_name):
         """Give a plane another name (its values stay where they are)."""

@@ -27,7 +27,7 @@ from ..resample.drizzle_images import variance_names_for
 from ..resample.engine import DEFAULT_MEMORY_BUDGET_MIB, DrizzleEngine, data_window
 from ..resample.grid import DEFAULT_MAX_OUTPUT_PIXELS, check_grid_size
 from ..resample.noise_correlation import noise_correlation_for_grid
-from ..resample.planes import PlaneStore
+from ..resample.planes import PlaneStore, release_pages
 from ._inputs import read_inputs
 from ._pixmap import pixmap_order_notes
 from ._survey import recorded_grid_orientation, survey_inputs
@@ -102,71 +102,86 @@ class ResampleStep(RomosaicStep):
         log.info("output grid: %d x %d pixels of %.4f arcsec", grid.shape[1], grid.shape[0],
                  grid.pixel_scale)
 
-        result, input_scale = self._drizzle(library, geometry, grid)
-        if not _any_positive(result.weight):
-            raise RomosaicInputError(
-                f"{library.product_name}: no input pixel landed on the output grid "
-                "(inputs all flagged, or outside the grid)"
-            )
-        mosaic = build_mosaic_model(
-            result,
-            grid,
-            summaries,
-            association_name=library.asn.get("table_name", library.product_name),
-            pixfrac=self.pixfrac,
-            weight_type=self.weight_type,
-            good_bits=self.good_bits,
-            pixmap_stepsize=self._pixmap_stepsize,
-            input_pixel_scale=input_scale,
-            data_release_id=library.asn.get("data_release_id"),
-            include_var_flat=self.include_var_flat,
-            noise=noise_correlation_for_grid(geometry, grid.wcs, grid.shape,
-                                             kernel=self.kernel, pixfrac=self.pixfrac,
-                                             names=[s.filename for s in summaries]),
-        )
+        window = self._window(library, geometry, grid)
+        in_files = self._planes_in_files(len(library), window)
+        # The mosaic's planes live in files of this directory when they are
+        # too large for memory; the model keeps mappings of them, so the
+        # directory can go once the model is made.
+        with scratch_directory(self.search_attr("output_dir"), "planes",
+                               enabled=in_files) as directory:
+            result, input_scale = self._drizzle(library, grid, window, directory)
+            if not _any_positive(result.weight):
+                raise RomosaicInputError(
+                    f"{library.product_name}: no input pixel landed on the output grid "
+                    "(inputs all flagged, or outside the grid)"
+                )
+            release_pages(result.weight)
+            grid_store = PlaneStore(grid.shape, directory=directory)
+            try:
+                mosaic = build_mosaic_model(
+                    result,
+                    grid,
+                    summaries,
+                    association_name=library.asn.get("table_name", library.product_name),
+                    pixfrac=self.pixfrac,
+                    weight_type=self.weight_type,
+                    good_bits=self.good_bits,
+                    pixmap_stepsize=self._pixmap_stepsize,
+                    input_pixel_scale=input_scale,
+                    data_release_id=library.asn.get("data_release_id"),
+                    include_var_flat=self.include_var_flat,
+                    noise=noise_correlation_for_grid(geometry, grid.wcs, grid.shape,
+                                                     kernel=self.kernel, pixfrac=self.pixfrac,
+                                                     names=[s.filename for s in summaries]),
+                    store=grid_store,
+                )
+            finally:
+                grid_store.close()
         log.info("aperture variance factor (drizzle noise correlation): %.3f",
                  mosaic.meta.resample["aperture_variance_factor"])
         self.record_status(mosaic, STEP_COMPLETE)
         mosaic.meta.filename = f"{library.product_name}_coadd.asdf"
         return mosaic
 
-    def _drizzle(self, library, geometry, grid):
+    def _window(self, library, geometry, grid):
         try:
-            window = data_window(grid, geometry)
+            return data_window(grid, geometry)
         except ValueError:
             raise RomosaicInputError(
                 f"{library.product_name}: no input pixel lands on the output grid") from None
+
+    def _planes_in_files(self, n_inputs, window):
         n_planes_bytes = DrizzleEngine.bytes_per_pixel(
-            len(library), len(variance_names_for(self.include_var_flat)),
+            n_inputs, len(variance_names_for(self.include_var_flat)),
             with_dq=self.propagate_dq)
-        budget = self.memory_budget * 2**20
         in_files = (not self.in_memory
-                    or n_planes_bytes * window.shape[0] * window.shape[1] > budget)
+                    or n_planes_bytes * window.shape[0] * window.shape[1]
+                    > self.memory_budget * 2**20)
         if in_files:
             log.info("drizzle planes (%.0f MiB) kept in memory-mapped files",
                      n_planes_bytes * window.shape[0] * window.shape[1] / 2**20)
+        return in_files
 
-        with scratch_directory(self.search_attr("output_dir"), "planes",
-                               enabled=in_files) as directory:
-            store = PlaneStore(window.shape, directory=directory)
-            try:
-                return drizzle_images(
-                    read_inputs(library), grid, len(library),
-                    window=window,
-                    store=store,
-                    threads=resolve_workers(self.workers),
-                    memory_budget=budget,
-                    kernel=self.kernel,
-                    pixfrac=self.pixfrac,
-                    fillval=self.fillval,
-                    weight_type=self.weight_type,
-                    good_bits=self.good_bits,
-                    include_var_flat=self.include_var_flat,
-                    pixmap_stepsize=self._pixmap_stepsize,
-                    propagate_dq=self.propagate_dq,
-                )
-            finally:
-                store.close()
+    def _drizzle(self, library, grid, window, directory):
+        store = PlaneStore(window.shape, directory=directory)
+        try:
+            return drizzle_images(
+                read_inputs(library), grid, len(library),
+                window=window,
+                store=store,
+                threads=resolve_workers(self.workers),
+                memory_budget=self.memory_budget * 2**20,
+                kernel=self.kernel,
+                pixfrac=self.pixfrac,
+                fillval=self.fillval,
+                weight_type=self.weight_type,
+                good_bits=self.good_bits,
+                include_var_flat=self.include_var_flat,
+                pixmap_stepsize=self._pixmap_stepsize,
+                propagate_dq=self.propagate_dq,
+            )
+        finally:
+            store.close()
 
     @property
     def _pixmap_stepsize(self):
