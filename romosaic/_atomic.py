@@ -24,7 +24,6 @@ seconds).
 
 import contextlib
 import errno as errno_codes
-import inspect
 import io
 import logging
 import os
@@ -452,13 +451,10 @@ def _save_model(model, path):
     if not planes:
         model.save(path)
         return
-    # What save(path) does for an ASDF file, with save's own defaults: given
-    # a file rather than a path, to_asdf writes through it.
-    defaults = inspect.signature(model.save).parameters
-    options = {name: defaults[name].default
-               for name in ("all_array_compression", "all_array_storage") if name in defaults}
+    # save(path) of an ASDF file is to_asdf(path), with the same defaults;
+    # given a file rather than a path, to_asdf writes through it.
     with _SavingFile(path, planes, release_pages) as handle:
-        model.to_asdf(handle, **options)
+        model.to_asdf(handle)
 
 
 class _SavingFile(io.FileIO):
