@@ -290,17 +290,37 @@ def test_pixel_mapper_regions_equal_the_whole_map():
     whole = compute_pixmap(image.wcs, window.grid.wcs, image.shape)
     mapper = PixelMapper(image.wcs, window.grid.wcs, image.shape)
     np.testing.assert_array_equal(mapper.region((17, 123), (40, 301)), whole[17:123, 40:301])
-    # The input rectangle for an output box holds every pixel landing in it.
+    # The input pieces for an output box hold every pixel landing in it...
     x_range, y_range = (300.0, 420.5), (250.0, 333.0)
-    (r0, r1), (c0, c1) = mapper.input_region_for(x_range, y_range)
+    pieces = mapper.input_pieces_for(x_range, y_range)
     x, y = whole[..., 0], whole[..., 1]
     inside = (x >= x_range[0]) & (x <= x_range[1]) & (y >= y_range[0]) & (y <= y_range[1])
     rows, cols = np.nonzero(inside)
     assert rows.size > 1000
-    assert r0 <= rows.min() and rows.max() < r1 and c0 <= cols.min() and cols.max() < c1
-    # ...and at most two node cells (10 pixels each) more each side.
+    covered = np.zeros(image.shape, bool)
+    for (r0, r1), (c0, c1) in pieces:
+        assert not covered[r0:r1].any()  # no row in two pieces...
+        covered[r0:r1, c0:c1] = True
+    assert covered[inside].all()
+    assert [p[0] for p in pieces] == sorted(p[0] for p in pieces)  # ...in row order
+    # ...with at most two node cells (10 pixels each) more each side.
+    r0, r1 = pieces[0][0][0], pieces[-1][0][1]
+    c0, c1 = min(p[1][0] for p in pieces), max(p[1][1] for p in pieces)
     assert r1 - r0 <= np.ptp(rows) + 1 + 2 * 21 and c1 - c0 <= np.ptp(cols) + 1 + 2 * 21
-    assert mapper.input_region_for((1e6, 1e6 + 10), (0, 10)) is None
+    assert mapper.input_pieces_for((1e6, 1e6 + 10), (0, 10)) == []
+    # An image rotated by 35 degrees crosses a band of output rows along a
+    # diagonal: the pieces hold far fewer pixels than the rectangle round them.
+    band = (-1e6, 1e6), (250.0, 290.0)
+    pieces = mapper.input_pieces_for(*band)
+    held = sum((r1 - r0) * (c1 - c0) for (r0, r1), (c0, c1) in pieces)
+    box = ((pieces[-1][0][1] - pieces[0][0][0])
+           * (max(p[1][1] for p in pieces) - min(p[1][0] for p in pieces)))
+    assert len(pieces) > 2 and held < 0.7 * box
+    landing = (y >= band[1][0]) & (y <= band[1][1])
+    covered[:] = False
+    for (r0, r1), (c0, c1) in pieces:
+        covered[r0:r1, c0:c1] = True
+    assert covered[landing].all()
 
 
 def _reference_interpolation(median, coordinates, dtype=np.float32):

@@ -438,16 +438,40 @@ class DrizzleEngine:
         start, stop = strip
         left, right = self.window.cols
         top, bottom = self.window.y0 + start, self.window.y0 + stop
-        region = image.mapper.input_region_for(
+        pieces = image.mapper.input_pieces_for(
             (left - image.reach, right + image.reach), (top - image.reach, bottom + image.reach))
-        if region is None:
+        if not pieces:
             return 0
-        (r0, r1), (c0, c1) = region
+        if self.dq_name is not None and image.dq is None:
+            raise ValueError(f"{image.name}: prepared without its DQ array (keep_dq)")
+        variances = [image.variances.get(name) for name in self.variance_names]
+        deposited = 0
+        with contextlib.ExitStack() as stack:
+            def band(name):
+                return stack.enter_context(self.store.rows(name, strip))
+
+            out = {"out_data": band(self.names["data"]), "out_weight": band(self.names["weight"]),
+                   "out_variances": [band(self.names[f"var-{name}"])
+                                     for name in self.variance_names],
+                   "out_context": band(self.context_name) if self.context_name else None,
+                   "out_dq": band(self.dq_name) if self.dq_name else None}
+            # In row order, so that each output pixel gets its contributions
+            # in the same order as from one rectangle holding every piece.
+            for rows, cols in pieces:
+                deposited += self._deposit_piece(image, index, rows, cols, variances,
+                                                 origin=(left, top), **out)
+        if deposited:
+            self.threads_used.add(threading.get_ident())
+        return deposited
+
+    def _deposit_piece(self, image, index, rows, cols, variances, *, origin, out_data,
+                       out_weight, out_variances, out_context, out_dq):
+        (r0, r1), (c0, c1) = rows, cols
         ny, nx = image.data.shape
-        # One pixel of border round the part: the square kernel finds a
+        # One pixel of border round the piece: the square kernel finds a
         # pixel's corners from its neighbours' positions, as in the whole
         # image. The border pixels themselves get no weight (their drops
-        # cannot reach the strip).
+        # are another piece's, or cannot reach the strip).
         h0, h1, g0, g1 = max(0, r0 - 1), min(ny, r1 + 1), max(0, c0 - 1), min(nx, c1 + 1)
         rows, cols = slice(h0, h1), slice(g0, g1)
         weight = np.array(image.weight[rows, cols])
@@ -455,36 +479,23 @@ class DrizzleEngine:
         weight[r1 - h0:] = 0
         weight[:, :c0 - g0] = 0
         weight[:, c1 - g0:] = 0
-        variances = [image.variances.get(name) for name in self.variance_names]
-        variances = [None if plane is None else plane[rows, cols] for plane in variances]
-        if self.dq_name is not None and image.dq is None:
-            raise ValueError(f"{image.name}: prepared without its DQ array (keep_dq)")
-        with contextlib.ExitStack() as stack:
-            def band(name):
-                return stack.enter_context(self.store.rows(name, strip))
-
-            # The mapper itself: the square kernel evaluates the pixel map as
-            # it goes, without the part's whole map in memory.
-            deposited = drizzle_add(
-                image.data[rows, cols], image.mapper, band(self.names["data"]),
-                band(self.names["weight"]),
-                weight=weight,
-                variances=variances,
-                out_variances=[band(self.names[f"var-{name}"])
-                               for name in self.variance_names],
-                out_context=band(self.context_name) if self.context_name else None,
-                context_index=index,
-                dq=image.dq[rows, cols] if self.dq_name else None,
-                out_dq=band(self.dq_name) if self.dq_name else None,
-                kernel=self.kernel,
-                pixfrac=self.pixfrac,
-                pixel_scale_ratio=image.pixel_scale_ratio,
-                origin=(left, top),
-                input_origin=(g0, h0),
-            )
-        if deposited:
-            self.threads_used.add(threading.get_ident())
-        return deposited
+        # The mapper itself: the square kernel evaluates the pixel map as it
+        # goes, without the piece's whole map in memory.
+        return drizzle_add(
+            image.data[rows, cols], image.mapper, out_data, out_weight,
+            weight=weight,
+            variances=[None if plane is None else plane[rows, cols] for plane in variances],
+            out_variances=out_variances,
+            out_context=out_context,
+            context_index=index,
+            dq=image.dq[rows, cols] if out_dq is not None else None,
+            out_dq=out_dq,
+            kernel=self.kernel,
+            pixfrac=self.pixfrac,
+            pixel_scale_ratio=image.pixel_scale_ratio,
+            origin=origin,
+            input_origin=(g0, h0),
+        )
 
 
 def result_on_grid(store, window, engine, *, directory=None):

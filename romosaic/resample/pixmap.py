@@ -59,8 +59,8 @@ class PixelMapper:
 
     The WCS is evaluated once, on the sparse node grid; any rectangle of
     input pixels can then be mapped (`region`) without holding the pixel map
-    of the whole image, and `input_region_for` finds the input rectangle
-    that lands on a given output rectangle. A region's values are exactly
+    of the whole image, and `input_pieces_for` finds the input rectangles
+    that land on a given output rectangle. A region's values are exactly
     those of the same pixels in the whole-image map.
 
     Parameters
@@ -154,31 +154,55 @@ class PixelMapper:
             return (float(np.nanmin(x)), float(np.nanmax(x)), float(np.nanmin(y)),
                     float(np.nanmax(y)))
 
-    def input_region_for(self, x_range, y_range):
-        """The input rectangle whose pixels can land in an output rectangle.
+    def input_pieces_for(self, x_range, y_range, *, piece_rows=64):
+        """The input rectangles whose pixels can land in an output rectangle.
+
+        An image rotated with respect to the grid crosses a band of output
+        rows along a diagonal: the one input rectangle holding that diagonal
+        is mostly pixels that land elsewhere, and each of them would be
+        mapped and clipped for nothing. So the rows are cut into pieces of
+        about ``piece_rows`` rows, each with the columns that can land there
+        in its own rows; pieces that gain little from being apart (the usual
+        case for an image aligned with the grid) are joined.
 
         Parameters
         ----------
         x_range, y_range : (float, float)
             Output pixel coordinate ranges.
+        piece_rows : int, optional
+            Input rows a piece spans before joining.
 
         Returns
         -------
-        (rows, cols) or None
-            Half-open input ranges, or None when no input pixel lands there.
-            The rectangle may hold extra pixels (those land outside).
+        list of (rows, cols)
+            Half-open input ranges, in increasing rows, no two sharing a row;
+            every pixel landing in the rectangle is in one of them (they may
+            hold extra pixels, which land outside). Empty when no input pixel
+            lands there.
+
+        Examples
+        --------
+        >>> from romosaic.wcs_utils import affine_tan_wcs
+        >>> w = affine_tan_wcs(crval=(10, 20), crpix=(50, 50),
+        ...                    cd=[[-3e-5, 0], [0, 3e-5]], shape=(100, 100))
+        >>> PixelMapper(w, w, (100, 100)).input_pieces_for((10, 20), (30, 40))
+        [((20, 51), (0, 31))]
         """
         ny, nx = self.shape
+        pieces = []
         if self._exact is not None:
             x, y = self._exact[..., 0], self._exact[..., 1]
             with np.errstate(invalid="ignore"):
                 inside = ((x >= x_range[0]) & (x <= x_range[1])
                           & (y >= y_range[0]) & (y <= y_range[1]))
-            rows = np.flatnonzero(inside.any(axis=1))
-            cols = np.flatnonzero(inside.any(axis=0))
-            if rows.size == 0:
-                return None
-            return (int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)
+            for start in range(0, ny, max(1, int(piece_rows))):
+                block = inside[start:start + piece_rows]
+                rows = np.flatnonzero(block.any(axis=1))
+                if rows.size:
+                    cols = np.flatnonzero(block.any(axis=0))
+                    pieces.append(((start + int(rows[0]), start + int(rows[-1]) + 1),
+                                   (int(cols[0]), int(cols[-1]) + 1)))
+            return _joined(pieces)
         # A node cell can reach the output rectangle only if the box of its
         # four corners does; pad by one output pixel for the spline's bulge.
         x, y = self._node_map[..., 0], self._node_map[..., 1]
@@ -188,14 +212,48 @@ class PixelMapper:
         cell_y_max = _corner_reduce(np.maximum, y) + 1.0
         touches = ((cell_x_max >= x_range[0]) & (cell_x_min <= x_range[1])
                    & (cell_y_max >= y_range[0]) & (cell_y_min <= y_range[1]))
-        cell_rows = np.flatnonzero(touches.any(axis=1))
-        cell_cols = np.flatnonzero(touches.any(axis=0))
-        if cell_rows.size == 0:
-            return None
-        # Cell k spans nodes k and k + 1, inclusive.
-        rows = (int(self._y_nodes[cell_rows[0]]), int(self._y_nodes[cell_rows[-1] + 1]) + 1)
-        cols = (int(self._x_nodes[cell_cols[0]]), int(self._x_nodes[cell_cols[-1] + 1]) + 1)
-        return (rows[0], min(ny, rows[1])), (cols[0], min(nx, cols[1]))
+        touching = touches.any(axis=1)
+        cells_per_piece = max(1, round(piece_rows / (self._y_nodes[1] - self._y_nodes[0])))
+        n_cell_rows = touches.shape[0]
+        first = 0
+        while first < n_cell_rows:
+            if not touching[first]:
+                first += 1
+                continue
+            stop = first
+            while stop < n_cell_rows and touching[stop] and stop - first < cells_per_piece:
+                stop += 1
+            # Cell k spans node rows k and k + 1, inclusive: the last node
+            # row goes with the next piece, or with this one at the end of a
+            # run of touching cells.
+            rows = (int(self._y_nodes[first]),
+                    int(self._y_nodes[stop]) + (stop == n_cell_rows or not touching[stop]))
+            cols = np.flatnonzero(touches[first:stop].any(axis=0))
+            pieces.append(((rows[0], min(ny, rows[1])),
+                           (int(self._x_nodes[cols[0]]),
+                            min(nx, int(self._x_nodes[cols[-1] + 1]) + 1))))
+            first = stop
+        return _joined(pieces)
+
+
+def _joined(pieces, waste=1.25):
+    """Join consecutive pieces while the rectangle holding them has at most
+    ``waste`` times their pixels: fewer, larger pieces where apart they save
+    little."""
+    joined, pixels = [], []
+    for piece in pieces:
+        (b0, b1), (bc0, bc1) = piece
+        size = (b1 - b0) * (bc1 - bc0)
+        if joined:
+            (a0, a1), (ac0, ac1) = joined[-1]
+            u0, u1 = min(ac0, bc0), max(ac1, bc1)
+            if a1 == b0 and (b1 - a0) * (u1 - u0) <= waste * (pixels[-1] + size):
+                joined[-1] = ((a0, b1), (u0, u1))
+                pixels[-1] += size
+                continue
+        joined.append(piece)
+        pixels.append(size)
+    return joined
 
 
 def _corner_reduce(function, values):
