@@ -41,6 +41,39 @@ def test_a_run_keeps_the_collector_off_objects_older_than_the_run(monkeypatch):
     assert gc.get_freeze_count() == 0
 
 
+def test_garbage_of_an_earlier_run_is_freed_not_frozen(monkeypatch):
+    import gc
+    import sys
+    import weakref
+
+    import stpipe.step
+
+    def image():
+        return make_image_model(shape=(8, 8), data=np.full((8, 8), 3.0), conversion=0.5)
+
+    FluxStep.call([image()])  # a run has frozen objects in this process
+
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.me = cycle  # garbage only a collection frees
+    alive = weakref.ref(cycle)
+    del cycle
+    seen = []
+    collect = gc.collect
+
+    def recording_collect(*args):
+        if sys._getframe(1).f_globals["__name__"] == "stpipe.step":
+            seen.append(alive() is not None)
+        return collect(*args)
+
+    monkeypatch.setattr(stpipe.step.gc, "collect", recording_collect)
+    FluxStep.call([image()])
+    # Freed before the run froze the older objects, so not kept through it.
+    assert seen == [False]
+
+
 def test_a_run_has_asdf_read_in_large_pieces_in_every_thread(monkeypatch):
     import sys
     import threading
