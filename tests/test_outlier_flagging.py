@@ -368,3 +368,26 @@ def test_compiled_weight_sums_equal_numpys_where_they_are_exact():
     assert not detect._exact_sums(10, 1.0, np.inf)
     assert not detect._exact_sums(10, 3e-20, 7e-19)
     assert not detect._exact_sums(10, 1e20, 1e21)
+
+
+def test_compiled_masking_of_poorly_sampled_pixels_equals_numpys():
+    rng = np.random.default_rng(23)
+    weight = rng.uniform(-0.5, 2.0, (300, 401)).astype(np.float32)
+    weight[::7] = 0.0
+    weight[:, ::11] = np.nan
+    weight[5, 5] = np.float32(0.7)  # on the threshold, rounded to float32 as numpy does
+    data = rng.normal(size=weight.shape).astype(np.float32)
+    for threshold in (0.7, 0.0, -1.0, float("nan"), 1e-30):
+        expected = data.copy()
+        poor = ~(weight >= threshold)
+        if not threshold > 0:
+            poor |= weight <= 0
+        np.copyto(expected, np.float32(np.nan), where=poor)
+        masked = data.copy()
+        detect._kernels.mask_poor(masked, weight, threshold, not threshold > 0)
+        np.testing.assert_array_equal(masked, expected)
+        assert 0 < np.isnan(masked).sum() < masked.size or threshold != threshold
+    with pytest.raises(TypeError, match="float32"):
+        detect._kernels.mask_poor(data.astype(np.float64), weight, 0.5, False)
+    with pytest.raises(ValueError, match="size"):
+        detect._kernels.mask_poor(data[:10], weight, 0.5, False)

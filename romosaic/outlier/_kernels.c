@@ -29,6 +29,9 @@
  * an interval, in one pass (the caller uses it only where the sums are
  * exact in any order, so that they equal numpy's masked sums).
  *
+ * mask_poor: NaN into a group's data where its weight is below a threshold,
+ * in one pass.
+ *
  * Arrays come in through the buffer protocol; the Python side
  * (`romosaic.outlier.detect`) checks dtypes and contiguity. The work runs
  * without the GIL, so threads can work on different images or sections at
@@ -373,6 +376,22 @@ weight_moments(const float *v, Py_ssize_t n, float lo, float hi, Py_ssize_t *cou
         *squares += q[l];
     }
     *count = k;
+}
+
+/* data[i] = NaN where !(weight[i] >= threshold), and also where weight[i]
+ * <= 0 when zero_is_poor (a threshold of 0 would keep empty pixels). The
+ * comparisons are numpy's with a float32 threshold. */
+static void
+mask_poor(float *data, const float *weight, Py_ssize_t n, float threshold, int zero_is_poor)
+{
+    Py_ssize_t i;
+    const float nan = NAN;
+
+    for (i = 0; i < n; ++i) {
+        float w = weight[i];
+        int poor = !(w >= threshold) | (zero_is_poor & (w <= 0.0f));
+        data[i] = poor ? nan : data[i];
+    }
 }
 
 /* ------------------------------------------------------------------------
@@ -903,6 +922,59 @@ py_weight_moments(PyObject *self, PyObject *args)
     return Py_BuildValue("ndd", count, total, squares);
 }
 
+static int
+float32_buffer(PyObject *obj, Py_buffer *b, int writable, const char *name)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+
+    if (PyObject_GetBuffer(obj, b, flags) != 0) {
+        return -1;
+    }
+    if (b->itemsize != 4 || !b->format ||
+        (strcmp(b->format, "f") && strcmp(b->format, "<f") && strcmp(b->format, "=f") &&
+         strcmp(b->format, "@f"))) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous array of float32", name);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+py_mask_poor(PyObject *self, PyObject *args)
+{
+    PyObject *o_data, *o_weight;
+    double threshold;
+    int zero_is_poor;
+    Py_buffer bd, bw;
+
+    (void) self;
+    if (!PyArg_ParseTuple(args, "OOdp:mask_poor", &o_data, &o_weight, &threshold,
+                          &zero_is_poor)) {
+        return NULL;
+    }
+    if (float32_buffer(o_data, &bd, 1, "data") != 0) {
+        return NULL;
+    }
+    if (float32_buffer(o_weight, &bw, 0, "weight") != 0) {
+        PyBuffer_Release(&bd);
+        return NULL;
+    }
+    if (bd.len != bw.len) {
+        PyErr_SetString(PyExc_ValueError, "data and weight differ in size");
+        PyBuffer_Release(&bd);
+        PyBuffer_Release(&bw);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    mask_poor((float *) bd.buf, (const float *) bw.buf, bd.len / 4, (float) threshold,
+              zero_is_poor);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&bd);
+    PyBuffer_Release(&bw);
+    Py_RETURN_NONE;
+}
+
 /* A C-contiguous 2-D buffer of shape (ny, nx) and one of the formats in
  * kinds (e.g. "efd"); its format letter in *kind. */
 static int
@@ -1043,6 +1115,11 @@ static PyMethodDef methods[] = {
      "Of the float32 values with lo <= v <= hi, the bounds rounded to float32; the\n"
      "squares rounded to float32, the sums in double, in an order of its own (exact\n"
      "only where no addition rounds)."},
+    {"mask_poor", py_mask_poor, METH_VARARGS,
+     "mask_poor(data, weight, threshold, zero_is_poor) -> None\n\n"
+     "Set data (float32, in place) to NaN where weight (float32, same size) is not at\n"
+     "least threshold (compared in float32), and where it is at most 0 when\n"
+     "zero_is_poor."},
     {"flag", py_flag, METH_VARARGS,
      "flag(data, blot, dq, variances, mask, scale0, scale1, snr0, snr1, backg, model_error,\n"
      "     level, bad, half) -> None\n\n"

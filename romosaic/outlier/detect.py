@@ -270,11 +270,10 @@ def _mask_poorly_sampled(store, data_name, weight_name, *, maskpt, threads=1):
     data = store.array(data_name)
 
     def mask(rows):
-        weight = weights[rows[0]:rows[1]]
-        poor = ~(weight >= threshold)
-        if not threshold > 0:
-            poor |= weight <= 0
-        np.copyto(data[rows[0]:rows[1]], np.float32(np.nan), where=poor)
+        # NaN where not weight >= threshold (compared in float32, as numpy
+        # compares), and where weight <= 0 when the threshold would keep it.
+        _kernels.mask_poor(data[rows[0]:rows[1]], weights[rows[0]:rows[1]], threshold,
+                           not threshold > 0)
 
     _map_sections(mask, _sections(store.shape[0]), threads)
 
