@@ -380,7 +380,9 @@ weight_moments(const float *v, Py_ssize_t n, float lo, float hi, Py_ssize_t *cou
 
 /* data[i] = NaN where !(weight[i] >= threshold), and also where weight[i]
  * <= 0 when zero_is_poor (a threshold of 0 would keep empty pixels). The
- * comparisons are numpy's with a float32 threshold. */
+ * comparisons are numpy's with a float32 threshold. Only those pixels are
+ * written: where data is a mapped file, a page none of whose pixels is
+ * poor is left as it is (not faulted in, not made dirty). */
 static void
 mask_poor(float *data, const float *weight, Py_ssize_t n, float threshold, int zero_is_poor)
 {
@@ -389,8 +391,9 @@ mask_poor(float *data, const float *weight, Py_ssize_t n, float threshold, int z
 
     for (i = 0; i < n; ++i) {
         float w = weight[i];
-        int poor = !(w >= threshold) | (zero_is_poor & (w <= 0.0f));
-        data[i] = poor ? nan : data[i];
+        if (!(w >= threshold) | (zero_is_poor & (w <= 0.0f))) {
+            data[i] = nan;
+        }
     }
 }
 
