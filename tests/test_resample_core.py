@@ -90,6 +90,14 @@ def test_variance_and_mean_match_hand_worked_case():
         good_bits="~DO_NOT_USE", pixmap_stepsize=1, input_pixel_scale=0.11)
     np.testing.assert_allclose(mosaic.err[inner], math.sqrt(0.8 + 3.32), rtol=1e-5)
     assert mosaic.meta.resample.pointings == 2
+    # err, the exposure-time summary and the statistics made at once: the same.
+    threaded = build_mosaic_model(
+        result, grid, summaries, association_name="hand", pixfrac=1.0, weight_type="ivm",
+        good_bits="~DO_NOT_USE", pixmap_stepsize=1, input_pixel_scale=0.11, threads=3)
+    np.testing.assert_array_equal(threaded.err, mosaic.err)
+    assert dict(threaded.meta.coadd_info) == dict(mosaic.meta.coadd_info)
+    assert dict(threaded.meta.statistics) == dict(mosaic.meta.statistics)
+    assert mosaic.meta.coadd_info.max_exposure_time > 0
 
 
 def test_exptime_weighting_gives_exposure_weighted_mean():

@@ -6,6 +6,7 @@ input (collected while the inputs stream past, so no input model needs to
 stay in memory).
 """
 
+import concurrent.futures
 import logging
 import math
 from collections.abc import Mapping
@@ -97,6 +98,7 @@ def build_mosaic_model(
     include_var_flat=False,
     noise=None,
     store=None,
+    threads=1,
 ):
     """A validated-shape `MosaicModel` from a finished co-add.
 
@@ -125,6 +127,10 @@ def build_mosaic_model(
         is made; on disk when the co-add's planes are memory-mapped files,
         so that err is one too. The model keeps a mapping of the file, so
         the store may be closed once the model is made. None: in memory.
+    threads : int, optional
+        With more than one, ``err``, the exposure-time summary and the
+        statistics (each a pass over different grid-sized planes) are made
+        at once.
 
     Returns
     -------
@@ -151,8 +157,15 @@ def build_mosaic_model(
         elif name != "var_flat":
             zeros = zeros if zeros is not None else np.zeros(result.data.shape, np.float32)
             setattr(model, name, zeros)
-    model.err = _root_of_sum([variances[name] for name in variances
-                              if name != "var_flat" or include_var_flat], store)
+    error_planes = [variances[name] for name in variances
+                    if name != "var_flat" or include_var_flat]
+    # Three passes over different planes, none depending on another.
+    with concurrent.futures.ThreadPoolExecutor(min(3, max(1, int(threads))),
+                                               "mosaic") as pool:
+        err = pool.submit(_root_of_sum, error_planes, store)
+        coadd_info = pool.submit(_coadd_info, result, summaries)
+        statistics = pool.submit(_statistics, result)
+    model.err = err.result()
 
     meta = model.meta
     meta.calibration_software_name = "romosaic"
@@ -165,7 +178,7 @@ def build_mosaic_model(
     meta.instrument.optical_element = summaries[0].filter_name
     meta.observation = _common_observation(summaries)
     meta.program = dict(summaries[0].program) if summaries[0].program else meta.program
-    meta.coadd_info = _coadd_info(result, summaries)
+    meta.coadd_info = coadd_info.result()
     meta.cal_step = _cal_step(summaries)
     meta.resample = {
         "good_bits": str(good_bits),
@@ -181,7 +194,7 @@ def build_mosaic_model(
         meta.resample.update(noise.to_meta())
     meta.wcs = grid.wcs
     meta.wcsinfo = _wcsinfo(grid)
-    meta.statistics = _statistics(result)
+    meta.statistics = statistics.result()
     meta.individual_image_meta = _individual_image_meta(summaries)
     # The summaries read parts of the planes: when those are file mappings,
     # their pages need not stay resident until the model is written.

@@ -134,6 +134,7 @@ class ResampleStep(RomosaicStep):
                                                      kernel=self.kernel, pixfrac=self.pixfrac,
                                                      names=[s.filename for s in summaries]),
                     store=grid_store,
+                    threads=resolve_workers(self.workers),
                 )
             finally:
                 grid_store.close()
