@@ -56,10 +56,6 @@ def test_garbage_of_an_earlier_run_is_freed_not_frozen(monkeypatch):
     class Node:
         pass
 
-    cycle = Node()
-    cycle.me = cycle  # garbage only a collection frees
-    alive = weakref.ref(cycle)
-    del cycle
     seen = []
     collect = gc.collect
 
@@ -69,7 +65,16 @@ def test_garbage_of_an_earlier_run_is_freed_not_frozen(monkeypatch):
         return collect(*args)
 
     monkeypatch.setattr(stpipe.step.gc, "collect", recording_collect)
-    FluxStep.call([image()])
+    # No automatic collection may free the cycle: only the run's own can.
+    gc.disable()
+    try:
+        cycle = Node()
+        cycle.me = cycle  # garbage only a collection frees
+        alive = weakref.ref(cycle)
+        del cycle
+        FluxStep.call([image()])
+    finally:
+        gc.enable()
     # Freed before the run froze the older objects, so not kept through it.
     assert seen == [False]
 
