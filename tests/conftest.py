@@ -19,6 +19,21 @@ SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtu
 NATIVE_SCALE_ARCSEC = 0.11
 
 
+#: Skip where /proc/self/status does not exist (anything but Linux).
+linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/status"),
+                                reason="needs Linux's /proc")
+
+
+def proc_status_mib(field):
+    """This process's ``field`` of /proc/self/status (e.g. "VmRSS") in MiB,
+    or None where /proc says nothing of it."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
 def make_image_model(
     *,
     shape=(64, 64),

@@ -19,6 +19,8 @@ from romosaic.resample.engine import (
 from romosaic.resample.planes import PlaneStore
 from romosaic.simulate import make_image_models
 
+from .conftest import linux_only, proc_status_mib
+
 
 @pytest.fixture(scope="module")
 def images():
@@ -243,25 +245,16 @@ def test_old_parameter_names_are_refused_naming_the_new_ones(tmp_path, capsys):
     assert "--workers was renamed --processes" in capsys.readouterr().err
 
 
-def _resident_mib():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"),
-                    reason="needs Linux's /proc")
+@linux_only
 def test_zero_planes_in_memory_cost_nothing_where_nothing_is_written():
     # A skycell mostly outside the data keeps its weight and context planes
     # zero there; those parts must not take memory, even once read in full
     # (as when the mosaic is written).
     store = PlaneStore((4096, 4096))
-    before = _resident_mib()
+    before = proc_status_mib("VmRSS")
     store.new_plane("weight", np.float32)
     store.write("weight", 1.0, rows=(0, 512))
     assert float(store.array("weight").sum()) == 512 * 4096
-    grown = _resident_mib() - before
+    grown = proc_status_mib("VmRSS") - before
     assert 6 < grown < 24, grown  # the written eighth (8 MiB), not the 64 MiB plane
     store.close()

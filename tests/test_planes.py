@@ -13,20 +13,9 @@ from romosaic.library import ModelLibrary
 from romosaic.resample.planes import PlaneStore, release_pages
 from romosaic.steps import FluxStep, ResampleStep
 
+from .conftest import linux_only, proc_status_mib
+
 ARRAYS = ("data", "err", "weight", "context", "var_rnoise", "var_poisson")
-
-linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/status"),
-                                reason="needs Linux's /proc")
-
-
-def _file_resident_mib():
-    """Pages of mapped files this process holds (None where /proc says nothing)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) / 1024
-    return None
-
 
 def _random_plane(shape, seed=1):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
@@ -104,11 +93,11 @@ def test_released_pages_leave_the_resident_memory(tmp_path):
     store = PlaneStore((2048, 2048), directory=tmp_path)  # 16 MiB
     store.new_plane("data")
     plane = store.array("data")
-    before = _file_resident_mib()
+    before = proc_status_mib("RssFile")
     plane[...] = 1.0
-    assert _file_resident_mib() - before > 14
+    assert proc_status_mib("RssFile") - before > 14
     release_pages(plane)
-    assert _file_resident_mib() - before < 2
+    assert proc_status_mib("RssFile") - before < 2
     assert float(plane.sum(dtype=np.float64)) == 2048 * 2048
     store.close()
 
@@ -180,8 +169,8 @@ def test_a_mosaic_in_files_is_saved_with_the_arrays_made_in_memory(library, tmp_
 def test_saving_a_mosaic_in_files_keeps_its_planes_out_of_memory(library, tmp_path):
     mosaic = ResampleStep.call(library, output_shape=[2000, 2000], output_dir=str(tmp_path),
                                in_memory=False)  # six planes of 15 MiB
-    before = _file_resident_mib()
+    before = proc_status_mib("RssFile")
     atomic_save_model(mosaic, tmp_path / "mosaic_coadd.asdf")
-    assert _file_resident_mib() - before < 15
+    assert proc_status_mib("RssFile") - before < 15
     for name in ARRAYS:
         assert release_pages(getattr(mosaic, name)) > 0, name

@@ -893,38 +893,6 @@ done:
     return result;
 }
 
-static PyObject *
-py_weight_moments(PyObject *self, PyObject *args)
-{
-    PyObject *o_values;
-    double lo, hi, total = 0.0, squares = 0.0;
-    Py_ssize_t count = 0, n = 1;
-    Py_buffer b;
-    int k;
-
-    (void) self;
-    if (!PyArg_ParseTuple(args, "Odd:weight_moments", &o_values, &lo, &hi)) {
-        return NULL;
-    }
-    if (PyObject_GetBuffer(o_values, &b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
-        return NULL;
-    }
-    if (b.itemsize != 4 || !b.format || (strcmp(b.format, "f") && strcmp(b.format, "<f") &&
-                                         strcmp(b.format, "=f") && strcmp(b.format, "@f"))) {
-        PyErr_SetString(PyExc_TypeError, "values: expected an array of float32");
-        PyBuffer_Release(&b);
-        return NULL;
-    }
-    for (k = 0; k < b.ndim; ++k) {
-        n *= b.shape[k];
-    }
-    Py_BEGIN_ALLOW_THREADS
-    weight_moments((const float *) b.buf, n, (float) lo, (float) hi, &count, &total, &squares);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&b);
-    return Py_BuildValue("ndd", count, total, squares);
-}
-
 static int
 float32_buffer(PyObject *obj, Py_buffer *b, int writable, const char *name)
 {
@@ -941,6 +909,32 @@ float32_buffer(PyObject *obj, Py_buffer *b, int writable, const char *name)
         return -1;
     }
     return 0;
+}
+
+static PyObject *
+py_weight_moments(PyObject *self, PyObject *args)
+{
+    PyObject *o_values;
+    double lo, hi, total = 0.0, squares = 0.0;
+    Py_ssize_t count = 0, n = 1;
+    Py_buffer b;
+    int k;
+
+    (void) self;
+    if (!PyArg_ParseTuple(args, "Odd:weight_moments", &o_values, &lo, &hi)) {
+        return NULL;
+    }
+    if (float32_buffer(o_values, &b, 0, "values") != 0) {
+        return NULL;
+    }
+    for (k = 0; k < b.ndim; ++k) {
+        n *= b.shape[k];
+    }
+    Py_BEGIN_ALLOW_THREADS
+    weight_moments((const float *) b.buf, n, (float) lo, (float) hi, &count, &total, &squares);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    return Py_BuildValue("ndd", count, total, squares);
 }
 
 static PyObject *

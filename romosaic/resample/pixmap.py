@@ -195,8 +195,9 @@ class PixelMapper:
             with np.errstate(invalid="ignore"):
                 inside = ((x >= x_range[0]) & (x <= x_range[1])
                           & (y >= y_range[0]) & (y <= y_range[1]))
-            for start in range(0, ny, max(1, int(piece_rows))):
-                block = inside[start:start + piece_rows]
+            step = max(1, int(piece_rows))
+            for start in range(0, ny, step):
+                block = inside[start:start + step]
                 rows = np.flatnonzero(block.any(axis=1))
                 if rows.size:
                     cols = np.flatnonzero(block.any(axis=0))
