@@ -282,21 +282,19 @@ def _typical_weight(weights, *, threads=1):
     """Sigma-clipped mean of a frame's non-zero weights (3σ, at most 3 rounds).
 
     Each round keeps the weights within 3σ of the previous round's mean; as
-    the kept set is always an interval of values, the rounds are sums over
-    sections of the frame, never a copy of all the weights. The sections
-    are the same whatever the strips and threads of the drizzle, and their
-    sums are added in order, so the sums, and the mask, are too.
-
-    Where the kept weights' sums are exact whatever the order of the
-    additions (`_exact_sums`: after the first round, as a rule), a compiled
-    pass counts and sums a section; elsewhere numpy's masked sums do, whose
-    order the result then depends on. Either way the sums are those of the
-    masked numpy sums, to the bit.
+    the kept set is always an interval of values, a round is one compiled
+    pass per section of the frame that counts the kept weights and sums them
+    and their squares in double precision (``_kernels.weight_moments``),
+    never a copy of the weights. The sections are the same whatever the
+    strips and threads of the drizzle, each is summed in an order fixed by
+    its size, and their sums are added in section order, so the result, and
+    the mask, are the same for any number of threads.
 
     Parameters
     ----------
     weights : numpy.ndarray
-        The frame's weights (an array or a mapping of its file).
+        The frame's weights (an array or a mapping of its file); compared
+        and summed as float32.
     threads : int, optional
         Sections summed at once.
     """
@@ -305,22 +303,8 @@ def _typical_weight(weights, *, threads=1):
     sections = _sections(weights.shape[0])
 
     def section_moments(rows, lo, hi):
-        values = weights[rows[0]:rows[1]]
-        if (values.dtype == np.float32 and values.flags.c_contiguous
-                and _exact_sums(values.size, lo, hi)):
-            return _kernels.weight_moments(values, lo, hi)
-        kept = values >= lo
-        # Every value but NaN is at most infinity, and NaN is not kept anyway.
-        if hi != np.inf:
-            kept &= values <= hi
-        count = int(np.count_nonzero(kept))
-        if count == 0:
-            # The masked sums would be 0.0, which adds nothing.
-            return 0, 0.0, 0.0
-        total = float(np.add.reduce(values, axis=None, dtype=np.float64, where=kept))
-        squares = np.multiply(values, values)
-        return count, total, float(np.add.reduce(squares, axis=None, dtype=np.float64,
-                                                 where=kept))
+        values = np.ascontiguousarray(weights[rows[0]:rows[1]], dtype=np.float32)
+        return _kernels.weight_moments(values, lo, hi)
 
     def moments(lo, hi):
         count, total, squares = 0, 0.0, 0.0
@@ -344,31 +328,6 @@ def _typical_weight(weights, *, threads=1):
         low, high = new_low, new_high
         count, total, squares = new_count, new_total, new_squares
     return total / count
-
-
-def _exact_sums(n, lo, hi):
-    """Whether float64 sums of up to ``n`` float32 values in ``[lo, hi]`` (the
-    bounds rounded to float32, as numpy compares float32 with Python floats),
-    and of their float32 squares, are exact in any order.
-
-    Every float32 of at least ``x`` is a multiple of the spacing of float32
-    numbers in ``x``'s binade, and so is any sum of such values; a float64
-    holds each multiple of that spacing up to 2**53 times it. If ``n``
-    times the largest value stays below that, no addition rounds.
-    """
-    lo, hi = np.float32(lo), np.float32(hi)
-    tiny = np.finfo(np.float32).tiny
-    if not (lo >= tiny and hi < np.inf):
-        return False
-    with np.errstate(over="ignore"):
-        bounds = ((lo, hi), (lo * lo, hi * hi))
-    for smallest, largest in bounds:
-        if not (smallest >= tiny and largest < np.inf):
-            return False
-        spacing = math.ldexp(1.0, math.frexp(float(smallest))[1] - 1 - 23)
-        if n * float(largest) > math.ldexp(spacing, 53):
-            return False
-    return True
 
 
 def median_of_planes(store, names, out_name, *, threads=1, memory_budget=None, low=True):
