@@ -62,6 +62,40 @@ def test_bands_of_a_store_on_disk_are_released_and_seen_by_every_mapping(tmp_pat
     store.close()
 
 
+def test_a_removed_planes_file_becomes_the_next_plane_zeroed(tmp_path):
+    store = PlaneStore((300, 200), directory=tmp_path)
+    store.new_plane("weight")
+    store.write("weight", 5.0)
+    inode = next(tmp_path.iterdir()).stat().st_ino
+    store.remove("weight")
+    store.new_plane("next", fill=0)
+    assert [p.stat().st_ino for p in tmp_path.iterdir()] == [inode]
+    assert not store.read("next").any()
+    store.new_plane("ones", fill=1.0)
+    store.write("ones", 3.0, rows=(0, 1))
+    store.remove("ones")
+    store.new_plane("context", np.uint32, depth=2)  # another size: a file of its own
+    assert store.read("context").shape == (2, 300, 200) and not store.read("context").any()
+    store.new_plane("again", fill=2.0)  # the size of the spare: reused, and filled
+    assert (store.read("again") == 2.0).all()
+    assert len(list(tmp_path.iterdir())) == 3
+    store.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_removed_plane_still_in_use_keeps_its_values(tmp_path):
+    store = PlaneStore((40, 30), directory=tmp_path)
+    store.new_plane("frame", fill=7.0)
+    held = store.array("frame")
+    store.remove("frame")
+    store.new_plane("other")
+    store.write("other", 1.0)
+    assert (held == 7.0).all()
+    del held
+    store.close()
+    assert not list(tmp_path.iterdir())
+
+
 def test_release_leaves_arrays_that_are_not_plane_mappings_alone(tmp_path):
     # Dropping pages of anonymous or copy-on-write memory would lose what
     # was written there: for these, release_pages must do nothing.

@@ -21,9 +21,12 @@ nothing to any other array.
 """
 
 import contextlib
+import functools
 import mmap
 import os
+import threading
 import uuid
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +46,18 @@ class _PlaneMapping(mmap.mmap):
     """
 
 
-def _map_plane(path, dtype, full):
-    """An ndarray of shape ``full`` over a new shared mapping of the file ``path``."""
+def _map_plane(path, dtype, full, on_unmap=None):
+    """An ndarray of shape ``full`` over a new shared mapping of the file ``path``.
+
+    ``on_unmap()``, if given, is called when the mapping goes (when the last
+    array using it does).
+    """
     with open(path, "r+b") as handle:
         nbytes = int(np.prod(full, dtype=np.int64)) * dtype.itemsize
         # ACCESS_WRITE: shared (MAP_SHARED), writes go to the file.
         mapping = _PlaneMapping(handle.fileno(), nbytes, access=mmap.ACCESS_WRITE)
+    if on_unmap is not None:
+        weakref.finalize(mapping, on_unmap)
     # The mapping itself is the array's base, so that `release_pages` can
     # find it from any view; the array's first byte is the mapping's first.
     array = np.ndarray(full, dtype, buffer=mapping)
@@ -131,6 +140,16 @@ class PlaneStore:
         Keep the planes in files in this existing directory (the caller
         makes it and removes it); None keeps them in memory.
 
+    Notes
+    -----
+    On disk, the file of a removed plane is kept as the store's *spare*
+    (one at most) and becomes the next new plane of its size, zeroed, unless
+    a mapping of it is still in use. Writing into pages the system's file
+    cache already holds is several times cheaper than having it find new
+    ones (0.05 s against 0.13-0.64 s for 325 MB on the development machine),
+    and outlier detection makes a new weight plane for every exposure group
+    right after removing the previous group's.
+
     Examples
     --------
     >>> store = PlaneStore((4, 5))
@@ -146,6 +165,10 @@ class PlaneStore:
         self.shape = tuple(int(n) for n in shape)
         self.directory = None if directory is None else Path(directory)
         self._planes = {}  # name -> (dtype, full shape, array or file path)
+        self._spare = None  # on disk: (bytes, path) of a removed plane's file
+        # On disk: live mappings per file, so that no file still mapped is reused.
+        self._mappings = {}
+        self._lock = threading.Lock()
 
     @property
     def on_disk(self):
@@ -175,11 +198,14 @@ class PlaneStore:
             self._planes[name] = (dtype, full, plane)
             return
         path = self.directory / f"{name}-{uuid.uuid4().hex[:8]}.plane"
-        with open(path, "wb") as handle:
-            # Sparse: reads as zeros, no disk used until written.
-            handle.truncate(int(np.prod(full, dtype=np.int64)) * dtype.itemsize)
+        nbytes = int(np.prod(full, dtype=np.int64)) * dtype.itemsize
+        reused = self._reuse_spare(nbytes, path)
+        if not reused:
+            with open(path, "wb") as handle:
+                # Sparse: reads as zeros, no disk used until written.
+                handle.truncate(nbytes)
         self._planes[name] = (dtype, full, path)
-        if fill != 0:
+        if fill != 0 or reused:
             step = max(1, (8 * 2**20) // (self.shape[1] * dtype.itemsize))
             for start in range(0, self.shape[0], step):
                 with self.rows(name, (start, min(self.shape[0], start + step))) as band:
@@ -205,7 +231,7 @@ class PlaneStore:
         if not self.on_disk:
             yield held[..., start:stop, :]
             return
-        mapped = _map_plane(held, dtype, full)
+        mapped = self._map(held, dtype, full)
         try:
             yield mapped[..., start:stop, :]
         finally:
@@ -238,7 +264,7 @@ class PlaneStore:
         dtype, full, held = self._planes[name]
         if not self.on_disk:
             return held
-        return _map_plane(held, dtype, full)
+        return self._map(held, dtype, full)
 
     def rename(self, name, new_name):
         """Give a plane another name (its values stay where they are)."""
@@ -247,13 +273,48 @@ class PlaneStore:
         self._planes[new_name] = self._planes.pop(name)
 
     def remove(self, name):
-        """Forget a plane (and delete its file)."""
-        _, _, held = self._planes.pop(name)
-        if self.on_disk:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(held)
+        """Forget a plane; on disk its file becomes the spare (see Notes) or is deleted."""
+        dtype, full, held = self._planes.pop(name)
+        if not self.on_disk:
+            return
+        with self._lock:
+            mapped = self._mappings.get(held, 0) > 0
+        if mapped:  # an array of it is still in use: it keeps its values
+            _delete(held)
+            return
+        if self._spare is not None:
+            _delete(self._spare[1])
+        self._spare = (int(np.prod(full, dtype=np.int64)) * dtype.itemsize, held)
 
     def close(self):
         """Forget every plane and delete their files."""
         for name in list(self._planes):
             self.remove(name)
+        if self._spare is not None:
+            _delete(self._spare[1])
+            self._spare = None
+
+    def _reuse_spare(self, nbytes, path):
+        """Move the spare file to ``path`` if it has ``nbytes``; whether it did."""
+        if self._spare is None or self._spare[0] != nbytes:
+            return False
+        # Not mapped: `remove` kept it only then, and the store maps only its planes.
+        spare, self._spare = self._spare[1], None
+        os.replace(spare, path)
+        return True
+
+    def _map(self, path, dtype, full):
+        with self._lock:
+            self._mappings[path] = self._mappings.get(path, 0) + 1
+        return _map_plane(path, dtype, full, on_unmap=functools.partial(self._unmapped, path))
+
+    def _unmapped(self, path):
+        with self._lock:
+            left = self._mappings.pop(path) - 1
+            if left:
+                self._mappings[path] = left
+
+
+def _delete(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
