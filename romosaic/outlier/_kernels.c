@@ -32,6 +32,10 @@
  * mask_poor: NaN into a group's data where its weight is below a threshold,
  * in one pass.
  *
+ * nanmedian: the per-pixel median of a few frames, NaN ignored, by a
+ * sorting network over blocks of pixels that reads each frame where it is
+ * (no stack of copies).
+ *
  * Arrays come in through the buffer protocol; the Python side
  * (`romosaic.outlier.detect`) checks dtypes and contiguity. The work runs
  * without the GIL, so threads can work on different images or sections at
@@ -41,6 +45,7 @@
 #include <Python.h>
 
 #include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -445,6 +450,151 @@ weight_moments(const float *v, Py_ssize_t n, float lo, float hi, Py_ssize_t *cou
     *count = k;
 }
 #endif
+
+/* ------------------------------------------------------------------------
+ * The per-pixel median of a few frames
+ */
+
+/* out[p] = the median of the non-NaN values frames[0][p] .. frames[n-1][p]:
+ * NaN where there is none; for an even number m of values, the mean of the
+ * two middle ones ((a + b) * 0.5 in float32), or with low the lower one.
+ *
+ * Up to NETWORK_LIMIT frames the values are sorted by a sorting network
+ * (Batcher's odd-even merge sort: a fixed list of compare-exchanges, NaN
+ * made +inf so that it sorts last), applied to MEDIAN_BLOCK pixels at once
+ * so that each compare-exchange is a branch-free loop the compiler runs on
+ * vectors; the median is then read at the position the pixel's count of
+ * values gives. With more frames each pixel's values are sorted by qsort. */
+#define NETWORK_LIMIT 32
+#define NETWORK_MAX_PAIRS 1024
+#define MEDIAN_BLOCK 256
+#if defined(__SSE2__) || defined(_M_X64)
+#define MEDIAN_SSE 1
+#include <emmintrin.h>
+#else
+#define MEDIAN_SSE 0
+#endif
+
+/* The compare-exchange pairs (a < b) that sort n <= NETWORK_LIMIT values:
+ * the network for the next power of two, without the pairs that touch a
+ * position beyond n (those would hold +inf and never move a value). */
+static int
+network_pairs(int n, int *pa, int *pb)
+{
+    int size = 1, p, k, i, j, count = 0;
+
+    while (size < n) {
+        size *= 2;
+    }
+    for (p = 1; p < size; p *= 2) {
+        for (k = p; k >= 1; k /= 2) {
+            for (j = k % p; j < size - k; j += 2 * k) {
+                int span = k < size - j - k ? k : size - j - k;
+                for (i = 0; i < span; ++i) {
+                    int a = i + j, b = i + j + k;
+                    if (a / (2 * p) == b / (2 * p) && b < n) {
+                        pa[count] = a;
+                        pb[count] = b;
+                        ++count;
+                    }
+                }
+            }
+        }
+    }
+    return count;
+}
+
+static int
+compare_floats(const void *a, const void *b)
+{
+    float x = *(const float *) a, y = *(const float *) b;
+    return (x > y) - (x < y);
+}
+
+static inline float
+middle_value(float lower, float upper)
+{
+    float sum = lower + upper;
+    return sum * 0.5f;
+}
+
+/* work: n * MEDIAN_BLOCK floats (or n with more than NETWORK_LIMIT frames) */
+static void
+nanmedian_pixels(const float *const *frames, int n, Py_ssize_t npix, float *out, int low,
+                 float *work)
+{
+    static const float inf = INFINITY;
+    int pa[NETWORK_MAX_PAIRS], pb[NETWORK_MAX_PAIRS], npairs, k, e;
+    int counts[MEDIAN_BLOCK];
+    Py_ssize_t p0, q;
+
+    if (n > NETWORK_LIMIT) {
+        for (q = 0; q < npix; ++q) {
+            int m = 0;
+            for (k = 0; k < n; ++k) {
+                float x = frames[k][q];
+                if (x == x) {
+                    work[m++] = x;
+                }
+            }
+            if (m == 0) {
+                out[q] = NAN;
+                continue;
+            }
+            qsort(work, (size_t) m, sizeof(float), compare_floats);
+            out[q] = middle_value(work[(m - 1) / 2], low ? work[(m - 1) / 2] : work[m / 2]);
+        }
+        return;
+    }
+    npairs = network_pairs(n, pa, pb);
+    for (p0 = 0; p0 < npix; p0 += MEDIAN_BLOCK) {
+        Py_ssize_t nb = npix - p0 < MEDIAN_BLOCK ? npix - p0 : MEDIAN_BLOCK;
+
+        for (q = 0; q < nb; ++q) {
+            counts[q] = 0;
+        }
+        for (k = 0; k < n; ++k) {
+            const float *restrict f = frames[k] + p0;
+            float *restrict w = work + (size_t) k * MEDIAN_BLOCK;
+            for (q = 0; q < nb; ++q) {
+                float x = f[q];
+                int valid = x == x;
+                w[q] = valid ? x : inf;
+                counts[q] += valid;
+            }
+        }
+        for (e = 0; e < npairs; ++e) {
+            float *restrict wa = work + (size_t) pa[e] * MEDIAN_BLOCK;
+            float *restrict wb = work + (size_t) pb[e] * MEDIAN_BLOCK;
+            q = 0;
+#if MEDIAN_SSE
+            /* minps(y, x) is y < x ? y : x, as below */
+            for (; q + 4 <= nb; q += 4) {
+                __m128 x = _mm_loadu_ps(wa + q), y = _mm_loadu_ps(wb + q);
+                __m128 swap = _mm_cmplt_ps(y, x);
+                _mm_storeu_ps(wa + q, _mm_min_ps(y, x));
+                _mm_storeu_ps(wb + q, _mm_or_ps(_mm_and_ps(swap, x), _mm_andnot_ps(swap, y)));
+            }
+#endif
+            for (; q < nb; ++q) {
+                float x = wa[q], y = wb[q];
+                wa[q] = y < x ? y : x;
+                wb[q] = y < x ? x : y;
+            }
+        }
+        for (q = 0; q < nb; ++q) {
+            int m = counts[q];
+            float lower, upper;
+            if (m == 0) {
+                out[p0 + q] = NAN;
+                continue;
+            }
+            lower = work[(size_t) ((m - 1) / 2) * MEDIAN_BLOCK + q];
+            upper = low ? lower : work[(size_t) (m / 2) * MEDIAN_BLOCK + q];
+            out[p0 + q] = middle_value(lower, upper);
+        }
+    }
+}
 
 /* data[i] = NaN where !(weight[i] >= threshold), and also where weight[i]
  * <= 0 when zero_is_poor (a threshold of 0 would keep empty pixels). The
@@ -1006,6 +1156,73 @@ py_weight_moments(PyObject *self, PyObject *args)
 }
 
 static PyObject *
+py_nanmedian(PyObject *self, PyObject *args)
+{
+    PyObject *o_frames, *o_out, *seq = NULL;
+    Py_buffer out, *bufs = NULL;
+    const float **frames = NULL;
+    float *scratch = NULL;
+    Py_ssize_t n, k, got = 0, npix = 1;
+    int low, d;
+
+    (void) self;
+    if (!PyArg_ParseTuple(args, "OOp:nanmedian", &o_frames, &o_out, &low)) {
+        return NULL;
+    }
+    seq = PySequence_Fast(o_frames, "frames: expected a sequence of arrays");
+    if (!seq) {
+        return NULL;
+    }
+    if (float32_buffer(o_out, &out, 1, "out") != 0) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (d = 0; d < out.ndim; ++d) {
+        npix *= out.shape[d];
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    bufs = (Py_buffer *) PyMem_Malloc(sizeof(Py_buffer) * (size_t) (n ? n : 1));
+    frames = (const float **) PyMem_Malloc(sizeof(float *) * (size_t) (n ? n : 1));
+    if (n > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "frames: too many");
+        goto done;
+    }
+    scratch = (float *) PyMem_Malloc(sizeof(float) * (size_t) (n ? n : 1) * MEDIAN_BLOCK);
+    if (!bufs || !frames || !scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (k = 0; k < n; ++k) {
+        if (float32_buffer(PySequence_Fast_GET_ITEM(seq, k), &bufs[k], 0, "frames") != 0) {
+            goto done;
+        }
+        ++got;
+        if (bufs[k].len != out.len) {
+            PyErr_Format(PyExc_ValueError, "frames: frame %zd has %zd bytes, out has %zd", k,
+                         bufs[k].len, out.len);
+            goto done;
+        }
+        frames[k] = (const float *) bufs[k].buf;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    nanmedian_pixels(frames, (int) n, npix, (float *) out.buf, low, scratch);
+    Py_END_ALLOW_THREADS
+done:
+    for (k = 0; k < got; ++k) {
+        PyBuffer_Release(&bufs[k]);
+    }
+    PyBuffer_Release(&out);
+    PyMem_Free(bufs);
+    PyMem_Free(frames);
+    PyMem_Free(scratch);
+    Py_DECREF(seq);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 py_mask_poor(PyObject *self, PyObject *args)
 {
     PyObject *o_data, *o_weight;
@@ -1179,6 +1396,11 @@ static PyMethodDef methods[] = {
      "weight_moments(values, lo, hi) -> (count, sum, sum of squares)\n\n"
      "Of the float32 values with lo <= v <= hi, the bounds rounded to float32; the\n"
      "squares and sums in double, in an order that depends only on len(values)."},
+    {"nanmedian", py_nanmedian, METH_VARARGS,
+     "nanmedian(frames, out, low) -> None\n\n"
+     "Per-pixel median of the float32 frames (a sequence of arrays of out's size),\n"
+     "NaN ignored, into out (float32): NaN where every frame is NaN; for an even\n"
+     "count the mean of the middle two values, or the lower one with low."},
     {"mask_poor", py_mask_poor, METH_VARARGS,
      "mask_poor(data, weight, threshold, zero_is_poor) -> None\n\n"
      "Set data (float32, in place) to NaN where weight (float32, same size) is not at\n"

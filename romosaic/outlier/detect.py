@@ -29,6 +29,7 @@ sections and threads change where the arithmetic is done, not its result.
 """
 
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import math
@@ -64,7 +65,7 @@ _VARIANCE_PLANES = ("var_rnoise", "var_poisson", "var_flat")
 
 # Rows of a group's weights summed at once when finding its typical weight.
 _WEIGHT_SECTION_ROWS = 256
-# Bytes of one thread's median section and its temporaries, at most.
+# Bytes of one thread's median section (its frames' bands and the median's), at most.
 _MEDIAN_SECTION_BYTES = 32 * 2**20
 
 #: Bytes per window pixel of a group drizzle's planes (data and weight).
@@ -372,21 +373,19 @@ def median_of_planes(store, names, out_name, *, threads=1, memory_budget=None, l
     budget = threads * _MEDIAN_SECTION_BYTES
     if memory_budget:
         budget = min(budget, memory_budget)
-    # Per pixel: the section and the sorted copy (8 bytes a frame) and the
-    # counts, indices and results of `nanmedian_stack` (about 40 bytes).
-    per_row = nx * (8 * max(len(names), 1) + 40)
+    # Per pixel: the pages of the frames' bands and of the median's, which
+    # stay resident while a section is worked on.
+    per_row = nx * 4 * (len(names) + 1)
     rows_per_section = max(1, int(budget // (threads * per_row)))
     sections = [(start, min(ny, start + rows_per_section))
                 for start in range(0, ny, rows_per_section)]
     store.new_plane(out_name)
 
     def median_section(rows):
-        stack = np.empty((len(names), rows[1] - rows[0], nx), np.float32)
-        for layer, name in enumerate(names):
-            with store.rows(name, rows) as band:
-                stack[layer] = band
-        with store.rows(out_name, rows) as out:
-            out[...] = nanmedian_stack(stack, low=low)
+        with contextlib.ExitStack() as stack:
+            bands = [stack.enter_context(store.rows(name, rows)) for name in names]
+            out = stack.enter_context(store.rows(out_name, rows))
+            nanmedian_stack(bands, out=out, low=low)
 
     if threads == 1 or len(sections) == 1:
         for rows in sections:
