@@ -151,15 +151,17 @@ def test_intermediate_results_and_bad_parameters(tmp_path):
 
 def test_median_kernel_matches_numpy():
     rng = np.random.default_rng(0)
-    for n in [*range(1, 12), 40, 70]:  # above 64 values a pixel is sorted by qsort
-        stack = rng.normal(size=(n, 40, 30)).astype(np.float32)
+    # 41 x 29 pixels: blocks of 256 and vectors of 4 with a tail; above 32
+    # frames each pixel is sorted on its own.
+    for n in [*range(1, 12), 32, 33, 70]:
+        stack = rng.normal(size=(n, 41, 29)).astype(np.float32)
         stack[rng.random(stack.shape) < 0.25] = np.nan
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
             expected = np.nanmedian(stack, axis=0)
         np.testing.assert_allclose(nanmedian_stack(stack), expected, equal_nan=True)
         # Frames given one by one, where they lie, into a given output.
-        out = np.empty((40, 30), np.float32)
+        out = np.empty((41, 29), np.float32)
         assert nanmedian_stack(list(stack), out=out) is out
         np.testing.assert_array_equal(out, nanmedian_stack(stack))
     assert np.isnan(nanmedian_stack(np.empty((0, 3, 2), np.float32))).all()
