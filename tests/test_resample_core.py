@@ -323,3 +323,45 @@ def test_world_to_pixel_is_the_wcs_inverse_composed_once_per_wcs(monkeypatch):
     assert len(composed) == 2
     np.testing.assert_allclose(moved[0], expected[0] - 1.0, atol=1e-6)
     np.testing.assert_allclose(moved[1], expected[1] + 2.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("weight_type", ["ivm", "ivm-sky"])
+def test_compiled_smoothed_weights_equal_their_numpy_form(weight_type):
+    from romosaic.resample import _kernels
+    from romosaic.resample import weights as weights_module
+
+    rng = np.random.default_rng(8)
+    shape = (301, 257)  # partial blocks, and a band of rows left over
+    data = rng.normal(size=shape).astype(np.float32)
+    data[rng.random(shape) < 0.01] = np.nan
+    good = rng.random(shape) > 0.05
+    variance = rng.lognormal(0, 0.3, shape).astype(np.float32)
+    variance[rng.random(shape) < 0.01] = 0.0
+    variance[:40, :40] = np.nan  # a block with no usable variance
+    var_poisson = (rng.random(shape) + 0.5).astype(np.float32)
+    weights = weights_module.pixel_weights(weight_type, data=data, good=good,
+                                           var_rnoise=variance, var_poisson=var_poisson)
+
+    along, first, frac = weights_module._smoothing(
+        variance, lambda r0, r1: good[r0:r1] & np.isfinite(data[r0:r1]))
+    smoothed = (along[first] * (1 - frac)[:, None]
+                + along[first + 1] * frac[:, None]).astype(np.float32)
+    if weight_type == "ivm-sky":
+        usable = good & np.isfinite(data)
+        smoothed = smoothed + np.float32(np.median(var_poisson[usable]))
+    usable = good & np.isfinite(data) & np.isfinite(smoothed) & (smoothed > 0)
+    expected = np.zeros(shape, np.float32)
+    np.divide(np.float32(1.0), smoothed, out=expected, where=usable)
+    np.testing.assert_array_equal(weights.view(np.uint32), expected.view(np.uint32))
+    # Pixels without a variance of their own take their block's fill.
+    inside = good[:40, :40] & np.isfinite(data[:40, :40])
+    assert inside.any() and (weights[:40, :40][inside] > 0).all()
+
+    out = np.empty((4, shape[1]), np.float32)
+    with pytest.raises(ValueError, match="give both or neither"):
+        _kernels.smoothed_rows(along, first, frac, 0, out, data=data[:4])
+    with pytest.raises(TypeError, match="wrong element type"):
+        _kernels.smoothed_rows(along, first, frac, 0, out, data=data[:4],
+                               good=good[:4].astype(np.uint8))
+    with pytest.raises(ValueError, match="rows beyond the image"):
+        _kernels.smoothed_rows(along, first, frac, shape[0] - 2, out)

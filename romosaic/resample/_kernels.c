@@ -1620,7 +1620,8 @@ kernel_lanczos(job_t *J)
  */
 
 /* Check a buffer: C-contiguous, itemsize, kind letter ('f' float, 'u'
- * unsigned or signed 32-bit int), ndim and shape. */
+ * unsigned or signed int of that itemsize, 'b' bool), ndim and shape (-1:
+ * any length). */
 static int
 check_buffer(
     Py_buffer *b, const char *name, Py_ssize_t itemsize, char kind, int ndim,
@@ -1636,7 +1637,9 @@ check_buffer(
     c = f[0];
     if (b->itemsize != itemsize || f[1] != '\0' ||
         (kind == 'f' && !(c == (itemsize == 4 ? 'f' : 'd'))) ||
-        (kind == 'u' && !(c == 'I' || c == 'i' || c == 'L' || c == 'l'))) {
+        (kind == 'u' && !(c == 'I' || c == 'i' || c == 'L' || c == 'l' || c == 'q' ||
+                          c == 'Q')) ||
+        (kind == 'b' && c != '?')) {
         PyErr_Format(
             PyExc_TypeError, "%s: wrong element type (format '%s', itemsize %zd)", name,
             b->format ? b->format : "B", b->itemsize);
@@ -1863,12 +1866,146 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------
+ * Smoothed read-noise weights (romosaic.resample.weights)
+ *
+ * Rows row0 .. row0 + nrows - 1 of an image's block-smoothed variance,
+ * interpolated bilinearly between block centres: along the rows already
+ * (along, one row of nx values per block row), here down the columns, as
+ * (double) along[first[y]] * (1 - frac[y]) + along[first[y] + 1] * frac[y],
+ * rounded to float32, plus sky (float32) when add_sky. With data and good,
+ * out is the weight instead: 1 / variance in float32 where the pixel is good,
+ * its data finite and the variance finite and positive, else 0. These are
+ * the operations, in the order and precision, of the numpy form that
+ * weights.py used before, so the weights are the same to the bit.
+ */
+static void
+smoothed_rows(const double *along, Py_ssize_t nx, const long long *first, const double *frac,
+              Py_ssize_t row0, Py_ssize_t nrows, float sky, int add_sky, const float *data,
+              const unsigned char *good, float *out)
+{
+    Py_ssize_t r, x;
+
+    for (r = 0; r < nrows; ++r) {
+        const double *a = along + (Py_ssize_t) first[row0 + r] * nx, *b = a + nx;
+        const double f = frac[row0 + r], g = 1.0 - f;
+        const float *d = data ? data + r * nx : NULL;
+        const unsigned char *ok = good ? good + r * nx : NULL;
+        float *o = out + r * nx;
+
+        for (x = 0; x < nx; ++x) {
+            float v = (float) (a[x] * g + b[x] * f);
+            if (add_sky) {
+                v = v + sky;
+            }
+            if (d) {
+                int usable = ok[x] && isfinite(d[x]) && isfinite(v) && v > 0.0f;
+                o[x] = usable ? 1.0f / v : 0.0f;
+            } else {
+                o[x] = v;
+            }
+        }
+    }
+}
+
+static PyObject *
+py_smoothed_rows(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"along", "first", "frac", "row0", "out", "sky", "data", "good",
+                             NULL};
+    PyObject *o_along, *o_first, *o_frac, *o_out, *o_data = Py_None, *o_good = Py_None;
+    PyObject *o_sky = Py_None;
+    Py_ssize_t row0, nrows, nx, shape[2], rows_shape[1] = {-1};
+    Py_buffer bufs[6];
+    int nbuf = 0, add_sky = 0;
+    float sky = 0.0f;
+    const int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT;
+    PyObject *result = NULL;
+
+    (void) self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnO|OOO:smoothed_rows", kwlist, &o_along,
+                                     &o_first, &o_frac, &row0, &o_out, &o_sky, &o_data,
+                                     &o_good)) {
+        return NULL;
+    }
+    if (o_sky != Py_None) {
+        double value = PyFloat_AsDouble(o_sky);
+        if (value == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+        sky = (float) value;
+        add_sky = 1;
+    }
+#define GETB(obj, fl, name, size, kind, nd, shp)                                                \
+    do {                                                                                       \
+        if (PyObject_GetBuffer((obj), &bufs[nbuf], (fl)) != 0) {                               \
+            goto done;                                                                         \
+        }                                                                                      \
+        ++nbuf;                                                                                \
+        if (check_buffer(&bufs[nbuf - 1], (name), (size), (kind), (nd), (shp))) {              \
+            goto done;                                                                         \
+        }                                                                                      \
+    } while (0)
+    shape[0] = shape[1] = -1;
+    GETB(o_along, flags, "along", 8, 'f', 2, shape);
+    nx = bufs[0].shape[1];
+    GETB(o_first, flags, "first", 8, 'u', 1, rows_shape);
+    rows_shape[0] = bufs[1].shape[0];
+    GETB(o_frac, flags, "frac", 8, 'f', 1, rows_shape);
+    shape[0] = -1;
+    shape[1] = nx;
+    GETB(o_out, flags | PyBUF_WRITABLE, "out", 4, 'f', 2, shape);
+    nrows = bufs[3].shape[0];
+    shape[0] = nrows;
+    if (row0 < 0 || row0 + nrows > rows_shape[0]) {
+        PyErr_SetString(PyExc_ValueError, "out: rows beyond the image");
+        goto done;
+    }
+    if ((o_data == Py_None) != (o_good == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "data and good: give both or neither");
+        goto done;
+    }
+    if (o_data != Py_None) {
+        GETB(o_data, flags, "data", 4, 'f', 2, shape);
+        GETB(o_good, flags, "good", 1, 'b', 2, shape);
+    }
+    {
+        const long long *first = (const long long *) bufs[1].buf;
+        Py_ssize_t r, by = bufs[0].shape[0];
+        for (r = row0; r < row0 + nrows; ++r) {
+            if (first[r] < 0 || first[r] + 1 >= by) {
+                PyErr_SetString(PyExc_ValueError, "first: a block row beyond along");
+                goto done;
+            }
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    smoothed_rows((const double *) bufs[0].buf, nx, (const long long *) bufs[1].buf,
+                  (const double *) bufs[2].buf, row0, nrows, sky, add_sky,
+                  nbuf > 4 ? (const float *) bufs[4].buf : NULL,
+                  nbuf > 4 ? (const unsigned char *) bufs[5].buf : NULL, (float *) bufs[3].buf);
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+#undef GETB
+    while (nbuf > 0) {
+        PyBuffer_Release(&bufs[--nbuf]);
+    }
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"drizzle_add", (PyCFunction) (void (*)(void)) py_drizzle_add, METH_VARARGS | METH_KEYWORDS,
      "drizzle_add(kernel, data, weight, pixmap, variances, out_data, out_weight, "
      "out_variances, context, bit, x0, y0, pixfrac, pscale_ratio, iscale, spline=None, "
      "col0=0, row0=0, dq=None, out_dq=None) -> int\n\n"
      "Deposit one input image onto the output arrays; see romosaic.resample.kernels."},
+    {"smoothed_rows", (PyCFunction) (void (*)(void)) py_smoothed_rows,
+     METH_VARARGS | METH_KEYWORDS,
+     "smoothed_rows(along, first, frac, row0, out, sky=None, data=None, good=None) -> None\n\n"
+     "Rows of a block-smoothed variance (or, with data and good, its weights); see\n"
+     "romosaic.resample.weights."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

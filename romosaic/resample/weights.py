@@ -30,6 +30,7 @@ import logging
 import numpy as np
 
 from ..errors import RomosaicInputError
+from . import _kernels
 
 __all__ = ["VARIANCE_SMOOTHING_BLOCK", "WEIGHT_TYPES", "pixel_weights", "smooth_variance",
            "weight_variances"]
@@ -114,17 +115,27 @@ def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None,
     def usable_rows(start, stop):
         return good[start:stop] & np.isfinite(data[start:stop])
 
-    sky_poisson = np.float32(0.0)
+    sky_poisson = None
     if weight_type == "ivm-sky":
         sky_poisson = np.float32(_sky_poisson_variance(var_poisson, usable_rows))
-    weights = np.zeros(np.shape(var_rnoise), dtype=np.float32)
-    # A band of rows at a time: the only image-sized array made is the result.
-    for start, stop, variance in _smoothed_bands(var_rnoise, usable_rows):
-        if weight_type == "ivm-sky":
+    smoothing = _smoothing(var_rnoise, usable_rows)
+    if smoothing is None:  # too small to smooth
+        variance = np.array(var_rnoise, dtype=np.float32)
+        if sky_poisson is not None:
             variance = variance + sky_poisson
-        usable = usable_rows(start, stop)
+        usable = usable_rows(0, variance.shape[0])
         usable &= np.isfinite(variance) & (variance > 0)
-        np.divide(np.float32(1.0), variance, out=weights[start:stop], where=usable)
+        weights = np.zeros(variance.shape, dtype=np.float32)
+        np.divide(np.float32(1.0), variance, out=weights, where=usable)
+        return weights
+    # The compiled pass interpolates, adds the sky and inverts, a band of
+    # rows at a time: the only image-sized array made is the result.
+    weights = np.empty(np.shape(var_rnoise), dtype=np.float32)
+    for start in range(0, weights.shape[0], _INTERPOLATION_ROWS):
+        stop = min(weights.shape[0], start + _INTERPOLATION_ROWS)
+        _kernels.smoothed_rows(*smoothing, start, weights[start:stop], sky=sky_poisson,
+                               data=np.ascontiguousarray(data[start:stop], dtype=np.float32),
+                               good=np.ascontiguousarray(good[start:stop], dtype=bool))
     return weights
 
 
@@ -153,23 +164,29 @@ def smooth_variance(variance, usable, *, block=VARIANCE_SMOOTHING_BLOCK):
     >>> bool(np.allclose(smoothed, 3.0))
     True
     """
+    smoothing = _smoothing(variance, lambda r0, r1: usable[r0:r1], block=block)
+    if smoothing is None:
+        return np.array(variance, dtype=np.float32)
     smoothed = np.empty(np.shape(variance), np.float32)
-    for start, stop, band in _smoothed_bands(variance, lambda r0, r1: usable[r0:r1],
-                                             block=block):
-        smoothed[start:stop] = band
+    for start in range(0, smoothed.shape[0], _INTERPOLATION_ROWS):
+        _kernels.smoothed_rows(*smoothing, start, smoothed[start:start + _INTERPOLATION_ROWS])
     return smoothed
 
 
-def _smoothed_bands(variance, usable_rows, *, block=VARIANCE_SMOOTHING_BLOCK):
-    """Yield ``(start, stop, smoothed)``: `smooth_variance` a band of rows at a time.
+def _smoothing(variance, usable_rows, *, block=VARIANCE_SMOOTHING_BLOCK):
+    """The block means of a variance map, interpolated along the rows, and
+    where each image row lies between block rows; None for an image smaller
+    than two blocks (not smoothed).
 
     ``usable_rows(start, stop)`` gives the usable pixels of rows
-    ``[start, stop)``; an image smaller than two blocks is not smoothed.
+    ``[start, stop)``. Returns ``(along, first, frac)`` for
+    ``_kernels.smoothed_rows``: ``along`` (float64, one row of the image's
+    width per block row), and per image row the block row before it and its
+    fraction of the way to the next.
     """
     shape = np.shape(variance)
     if len(shape) != 2 or min(shape) < 2 * block:
-        yield 0, shape[0], np.array(variance, dtype=np.float32)
-        return
+        return None
     ny, nx = shape
     # Block sums a band of whole blocks at a time, so that the float32 copy
     # and the masks stay small.
@@ -189,20 +206,16 @@ def _smoothed_bands(variance, usable_rows, *, block=VARIANCE_SMOOTHING_BLOCK):
         fill = np.nanmedian(means) if np.isfinite(means).any() else np.nan
         means = np.where(np.isnan(means), fill, means)
     # Bilinear between block centres, flat beyond; separable, so interpolate
-    # along x once per block row, then along y a few rows at a time.
+    # along x once per block row here, and down the columns in the kernel.
     centres_y = np.minimum(np.arange(by) * block + (block - 1) / 2, ny - 1)
     centres_x = np.minimum(np.arange(bx) * block + (block - 1) / 2, nx - 1)
     rows = np.interp(np.arange(ny), centres_y, np.arange(by))
     cols = np.interp(np.arange(nx), centres_x, np.arange(bx))
-    r0 = np.minimum(rows.astype(int), by - 2)
+    first = np.minimum(rows.astype(np.int64), by - 2)
     c0 = np.minimum(cols.astype(int), bx - 2)
-    fr = (rows - r0)[:, None]
     fc = (cols - c0)[None, :]
-    along_x = means[:, c0] * (1 - fc) + means[:, c0 + 1] * fc
-    for start in range(0, ny, _INTERPOLATION_ROWS):
-        part = slice(start, min(ny, start + _INTERPOLATION_ROWS))
-        smoothed = along_x[r0[part]] * (1 - fr[part]) + along_x[r0[part] + 1] * fr[part]
-        yield part.start, part.stop, smoothed.astype(np.float32)
+    along = np.ascontiguousarray(means[:, c0] * (1 - fc) + means[:, c0 + 1] * fc)
+    return along, first, np.ascontiguousarray(rows - first)
 
 
 def _block_sums(image, block, dtype):
