@@ -1,4 +1,4 @@
-"""Fast conversion of float32 arrays to float16, exact to numpy's rounding.
+"""Fast conversions between float32 and float16 arrays, exact to numpy's.
 
 Level-2 images store ``err`` and the variance planes as float16, so the flux
 step must round its scaled float32 values back to float16. Variances in
@@ -8,14 +8,16 @@ subnormal path (about 5 s for one 4088 × 4088 plane here, ten times the
 normal case). The compiled `romosaic._scale` converts instead, working on
 the bit patterns by numpy's rules (round to nearest, ties to even; overflow
 to infinity; NaN payloads as numpy keeps them): the same code the flux
-scaling uses.
+scaling uses. The other way, numpy widens float16 one value at a time
+too (about 5 ns a value here); `as_float32` widens a float16 plane with
+the same compiled code, in vectors.
 """
 
 import numpy as np
 
 from . import _scale
 
-__all__ = ["to_float16"]
+__all__ = ["as_float32", "to_float16"]
 
 
 def to_float16(values):
@@ -42,4 +44,32 @@ def to_float16(values):
     # No factor: a multiplication by 1 would make signalling NaNs quiet,
     # which astype does not.
     _scale.scale(values, result)
+    return result
+
+
+def as_float32(values):
+    """``np.ascontiguousarray(values, dtype=np.float32)``, with float16 widened by compiled code.
+
+    Parameters
+    ----------
+    values : array_like
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        C-contiguous; ``values`` itself when it already is that.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> h = np.array([1.0, 6e-8, -0.0, np.inf, np.nan], np.float16)
+    >>> bool(np.array_equal(as_float32(h).view(np.uint32), h.astype(np.float32).view(np.uint32)))
+    True
+    """
+    values = np.asarray(values)
+    if values.dtype != np.float16:
+        return np.ascontiguousarray(values, dtype=np.float32)
+    result = np.empty(values.shape, np.float32)
+    # No factor: the values are only widened, signalling NaNs included.
+    _scale.scale(np.ascontiguousarray(values), result)
     return result

@@ -279,6 +279,23 @@ def test_resample_step_standalone_on_an_association(tmp_path):
     assert mosaic.meta.cal_step.flux == "COMPLETE"
 
 
+def test_float16_widening_matches_numpy_bit_for_bit():
+    # Every float16 bit pattern (subnormals, signed zeros, infinities, NaN
+    # payloads, signalling ones included), as a plane and as a strided view.
+    from romosaic.half import as_float32
+
+    patterns = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    for values in (patterns, patterns[::2, 1::3]):
+        with np.errstate(invalid="ignore"):
+            expected = values.astype(np.float32).view(np.uint32)
+        got = as_float32(values)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got.view(np.uint32), expected)
+    already = np.ones((3, 4), np.float32)
+    assert as_float32(already) is already
+    np.testing.assert_array_equal(as_float32(np.arange(4)), np.arange(4, dtype=np.float32))
+
+
 def test_float16_rounding_matches_numpy_bit_for_bit():
     # The flux step's fast float16 rounding must equal numpy's cast, including
     # subnormals (variances in MJy^2/sr^2), signed zeros, NaN and infinities,

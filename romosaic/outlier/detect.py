@@ -37,6 +37,7 @@ import math
 import numpy as np
 
 from ..dq import bad_flags_mask
+from ..half import as_float32
 from ..parallel import prefetch
 from ..resample.engine import DrizzleEngine, plan_strips, prepare_image
 from ..resample.pixmap import PixelMapper
@@ -554,13 +555,8 @@ def _finite_half_to_single():
 
 
 def _single_precision(values):
-    """A float32 copy of ``values``.
-
-    Variances are often stored as float16, whose conversion numpy does one
-    value at a time; looking the 65536 possible values up in a table of
-    their conversions gives the same bits several times faster.
-    """
+    """A float32 copy of ``values`` (float16 widened by `romosaic.half.as_float32`)."""
     values = np.asarray(values)
     if values.dtype == np.float16:
-        return np.take(_half_to_single(), values.view(np.uint16))
+        return as_float32(values)
     return np.array(values, dtype=np.float32)

@@ -12,6 +12,7 @@ its own output arrays.
 
 import numpy as np
 
+from ..half import as_float32
 from . import _kernels
 from .pixmap import PixelMapper
 
@@ -25,7 +26,7 @@ CONTEXT_BITS = 32
 
 
 def _input_array(array, dtype, name, shape=None):
-    array = np.ascontiguousarray(array, dtype=dtype)
+    array = as_float32(array) if dtype == np.float32 else np.ascontiguousarray(array, dtype)
     if shape is not None and array.shape != shape:
         raise ValueError(f"{name} has shape {array.shape}, expected {shape}")
     return array

@@ -30,6 +30,7 @@ import logging
 import numpy as np
 
 from ..errors import RomosaicInputError
+from ..half import as_float32
 from . import _kernels
 
 __all__ = ["VARIANCE_SMOOTHING_BLOCK", "WEIGHT_TYPES", "pixel_weights", "smooth_variance",
@@ -194,7 +195,7 @@ def _smoothing(variance, usable_rows, *, block=VARIANCE_SMOOTHING_BLOCK):
     sums, numbers = [], []
     for start in range(0, ny, band):
         stop = min(ny, start + band)
-        values = np.asarray(variance[start:stop], dtype=np.float32)
+        values = as_float32(variance[start:stop])
         valid = usable_rows(start, stop)
         valid &= np.isfinite(values) & (values > 0)
         sums.append(_block_sums(np.where(valid, values, np.float32(0.0)), block, np.float64))
@@ -240,7 +241,7 @@ def _sky_poisson_variance(var_poisson, usable_rows):
     rows = max(1, _BAND_PIXELS // max(1, np.shape(var_poisson)[-1]))
     for start in range(0, len(var_poisson), rows):
         stop = min(len(var_poisson), start + rows)
-        band = np.asarray(var_poisson[start:stop], dtype=np.float32)[usable_rows(start, stop)]
+        band = as_float32(var_poisson[start:stop])[usable_rows(start, stop)]
         values.append(band[np.isfinite(band)])
     values = np.concatenate(values) if values else np.empty(0, np.float32)
     return float(np.median(values)) if values.size else 0.0
