@@ -124,5 +124,5 @@ def drizzle_images(
         if len(engine.exptimes) != n_inputs:
             raise ValueError(f"expected {n_inputs} images, got {len(engine.exptimes)}")
         engine.finish()
-        return result_on_grid(store, window, engine, directory=store.directory), \
-            input_pixel_scale
+        return result_on_grid(store, window, engine, directory=store.directory,
+                              threads=threads), input_pixel_scale

@@ -67,6 +67,8 @@ _REACH_SLACK = 4
 #: Fewest rows in a strip: thinner strips would mostly re-map input pixels
 #: whose drops straddle their edges.
 _MIN_STRIP_ROWS = 64
+# Bytes of a grid plane's band written at once when a window is placed on the grid.
+_GRID_BAND_BYTES = 8 * 2**20
 
 
 def edge_margin(input_to_output_scale):
@@ -498,7 +500,7 @@ class DrizzleEngine:
         )
 
 
-def result_on_grid(store, window, engine, *, directory=None):
+def result_on_grid(store, window, engine, *, directory=None, threads=1):
     """The engine's planes as a `CoaddResult` on the whole grid.
 
     When the window is the grid, the store's own arrays are used; otherwise
@@ -513,6 +515,8 @@ def result_on_grid(store, window, engine, *, directory=None):
         The finished engine whose planes to use.
     directory : str or os.PathLike, optional
         Where the grid-sized planes go when the store is on disk.
+    threads : int, optional
+        Planes placed on the grid at once.
 
     Returns
     -------
@@ -525,28 +529,49 @@ def result_on_grid(store, window, engine, *, directory=None):
         dq = store.array(engine.dq_name) if engine.dq_name else None
         return _coadd_result(planes, context, dq, engine)
     grid_store = PlaneStore(window.grid.shape, directory=directory if store.on_disk else None)
-    r0, (c0, c1) = window.y0, window.cols
+    top, (left, right) = window.y0, window.cols
+    bottom = top + window.shape[0]
+    grid_rows, grid_cols = window.grid.shape
 
     def move_to_grid(name, dtype=np.float32, fill=0, depth=None):
-        grid_store.new_plane(name, dtype, fill=fill, depth=depth)
-        for start, stop in engine.strips:
-            grid_store.write(name, store.read(name, rows=(start, stop)),
-                             rows=(r0 + start, r0 + stop), cols=(c0, c1))
+        # Each grid pixel is written once, a band of rows at a time: the
+        # window's part copied, the rest given the fill (zeros need no
+        # writing: a new plane is zeros, untouched).
+        grid_store.new_plane(name, dtype, depth=depth)
+        itemsize = np.dtype(dtype).itemsize * (depth or 1)
+        step = max(1, _GRID_BAND_BYTES // (grid_cols * itemsize))
+        for start in range(0, grid_rows, step):
+            stop = min(grid_rows, start + step)
+            w0, w1 = max(start, top), min(stop, bottom)
+            with grid_store.rows(name, (start, stop)) as band:
+                if fill != 0:
+                    band[..., :max(0, w0 - start), :] = fill
+                    band[..., max(0, w1 - start):, :] = fill
+                if w0 < w1:
+                    inside = band[..., w0 - start:w1 - start, :]
+                    if fill != 0:
+                        inside[..., :left] = fill
+                        inside[..., right:] = fill
+                    inside[..., left:right] = store.read(name, rows=(w0 - top, w1 - top))
         store.remove(name)
         return grid_store.array(name)
 
-    planes = {key: move_to_grid(name, fill=0 if key == "weight" else engine.fill)
-              for key, name in names.items()}
-    context = None
+    moves = [(key, name, np.float32, 0 if key == "weight" else engine.fill, None)
+             for key, name in names.items()]
     if engine.context_name:
-        context = move_to_grid(engine.context_name, np.uint32,
-                               depth=context_planes(engine.n_inputs))
-    dq = move_to_grid(engine.dq_name, np.uint32) if engine.dq_name else None
+        moves.append(("context", engine.context_name, np.uint32, 0,
+                      context_planes(engine.n_inputs)))
+    if engine.dq_name:
+        moves.append(("dq", engine.dq_name, np.uint32, 0, None))
+    with concurrent.futures.ThreadPoolExecutor(max(1, int(threads)), "grid") as pool:
+        moved = dict(zip([key for key, *_ in moves],
+                         pool.map(lambda move: move_to_grid(*move[1:]), moves), strict=True))
+    planes = {key: moved[key] for key in names}
     if grid_store.on_disk:
         # The arrays are mappings: the files can go now.
         grid_store.close()
-    return _coadd_result(planes, context, dq, engine,
-                         region=(slice(r0, r0 + window.shape[0]), slice(c0, c1)))
+    return _coadd_result(planes, moved.get("context"), moved.get("dq"), engine,
+                         region=(slice(top, bottom), slice(left, right)))
 
 
 def _coadd_result(planes, context, dq, engine, region=(slice(None), slice(None))):

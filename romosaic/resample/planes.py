@@ -278,28 +278,31 @@ class PlaneStore:
         if not self.on_disk:
             return
         with self._lock:
-            mapped = self._mappings.get(held, 0) > 0
-        if mapped:  # an array of it is still in use: it keeps its values
-            _delete(held)
-            return
-        if self._spare is not None:
-            _delete(self._spare[1])
-        self._spare = (int(np.prod(full, dtype=np.int64)) * dtype.itemsize, held)
+            if self._mappings.get(held, 0) > 0:
+                # An array of it is still in use: it keeps its values.
+                unwanted = held
+            else:
+                unwanted = self._spare[1] if self._spare is not None else None
+                self._spare = (int(np.prod(full, dtype=np.int64)) * dtype.itemsize, held)
+        if unwanted is not None:
+            _delete(unwanted)
 
     def close(self):
         """Forget every plane and delete their files."""
         for name in list(self._planes):
             self.remove(name)
-        if self._spare is not None:
-            _delete(self._spare[1])
-            self._spare = None
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            _delete(spare[1])
 
     def _reuse_spare(self, nbytes, path):
         """Move the spare file to ``path`` if it has ``nbytes``; whether it did."""
-        if self._spare is None or self._spare[0] != nbytes:
-            return False
-        # Not mapped: `remove` kept it only then, and the store maps only its planes.
-        spare, self._spare = self._spare[1], None
+        with self._lock:
+            if self._spare is None or self._spare[0] != nbytes:
+                return False
+            # Not mapped: `remove` kept it only then, and the store maps only its planes.
+            spare, self._spare = self._spare[1], None
         os.replace(spare, path)
         return True
 
