@@ -348,21 +348,26 @@ map_rows(blot_t *B, double *out)
  * section of weights is summed more than twice as fast as by the scalar
  * loop, which the compiler does not turn into vectors by itself. */
 #if defined(__SSE2__) || defined(_M_X64)
+#define MOMENT_SSE 1
 #include <emmintrin.h>
-
 /* Iterations whose counts fit in the 32-bit lanes: 2 per lane each. */
 #define MOMENT_COUNT_FLUSH ((Py_ssize_t) 1 << 28)
+#else
+#define MOMENT_SSE 0
+#define MOMENT_LANES 8
+#endif
 
 static void
 weight_moments(const float *v, Py_ssize_t n, float lo, float hi, Py_ssize_t *count,
                double *total, double *squares)
 {
+    Py_ssize_t i = 0, k = 0;
+    int l;
+#if MOMENT_SSE
     const __m128 vlo = _mm_set1_ps(lo), vhi = _mm_set1_ps(hi);
     __m128d t[4], q[4];
     double parts[2];
-    Py_ssize_t i = 0, k = 0;
     int32_t lanes[4];
-    int l;
 
     for (l = 0; l < 4; ++l) {
         t[l] = q[l] = _mm_setzero_pd();
@@ -401,26 +406,9 @@ weight_moments(const float *v, Py_ssize_t n, float lo, float hi, Py_ssize_t *cou
     *total = parts[0] + parts[1];
     _mm_storeu_pd(parts, _mm_add_pd(_mm_add_pd(q[0], q[1]), _mm_add_pd(q[2], q[3])));
     *squares = parts[0] + parts[1];
-    for (; i < n; ++i) {
-        if (v[i] >= lo && v[i] <= hi) {
-            double x = (double) v[i];
-            ++k;
-            *total += x;
-            *squares += x * x;
-        }
-    }
-    *count = k;
-}
 #else
-#define MOMENT_LANES 8
-
-static void
-weight_moments(const float *v, Py_ssize_t n, float lo, float hi, Py_ssize_t *count,
-               double *total, double *squares)
-{
-    Py_ssize_t i = 0, k = 0, c[MOMENT_LANES] = {0};
+    Py_ssize_t c[MOMENT_LANES] = {0};
     double t[MOMENT_LANES] = {0}, q[MOMENT_LANES] = {0};
-    int l;
 
     for (; i + MOMENT_LANES <= n; i += MOMENT_LANES) {
         for (l = 0; l < MOMENT_LANES; ++l) {
@@ -439,6 +427,7 @@ weight_moments(const float *v, Py_ssize_t n, float lo, float hi, Py_ssize_t *cou
         *total += t[l];
         *squares += q[l];
     }
+#endif
     for (; i < n; ++i) {
         if (v[i] >= lo && v[i] <= hi) {
             double x = (double) v[i];
@@ -449,7 +438,6 @@ weight_moments(const float *v, Py_ssize_t n, float lo, float hi, Py_ssize_t *cou
     }
     *count = k;
 }
-#endif
 
 /* ------------------------------------------------------------------------
  * The per-pixel median of a few frames

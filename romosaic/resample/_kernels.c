@@ -1658,6 +1658,19 @@ check_buffer(
     return 0;
 }
 
+/* Get a buffer of obj into bufs[nbuf] and check it (check_buffer); on
+ * failure jump to the caller's done label, which releases bufs[0 .. nbuf). */
+#define GET(obj, fl, name, isz, kind, nd, shp)                                                    \
+    do {                                                                                       \
+        if (PyObject_GetBuffer((obj), &bufs[nbuf], (fl)) != 0) {                               \
+            goto done;                                                                         \
+        }                                                                                      \
+        ++nbuf;                                                                                \
+        if (check_buffer(&bufs[nbuf - 1], (name), (isz), (kind), (nd), (shp))) {               \
+            goto done;                                                                         \
+        }                                                                                      \
+    } while (0)
+
 #define N_BUFFERS (11 + 2 * MAX_PLANES) /* a spline is four buffers */
 
 static PyObject *
@@ -1729,16 +1742,6 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
 
-#define GET(obj, fl, name, isz, kind, nd, shp)                                                    \
-    do {                                                                                       \
-        if (PyObject_GetBuffer((obj), &bufs[nbuf], (fl)) != 0) {                               \
-            goto done;                                                                         \
-        }                                                                                      \
-        ++nbuf;                                                                                \
-        if (check_buffer(&bufs[nbuf - 1], (name), (isz), (kind), (nd), (shp))) {               \
-            goto done;                                                                         \
-        }                                                                                      \
-    } while (0)
 
     in_shape[0] = in_shape[1] = -1;
     in_shape[2] = 2;
@@ -1813,7 +1816,6 @@ py_drizzle_add(PyObject *self, PyObject *args, PyObject *kwargs)
         GET(o_odq, flags | PyBUF_WRITABLE, "out_dq", 4, 'u', 2, out_shape);
         J.odq = (uint32_t *) bufs[nbuf - 1].buf;
     }
-#undef GET
 
     if (kernel == K_SQUARE && (J.in_nx < 2 || J.in_ny < 2)) {
         PyErr_SetString(PyExc_ValueError, "the square kernel needs an input of at least 2 x 2");
@@ -1936,25 +1938,15 @@ py_smoothed_rows(PyObject *self, PyObject *args, PyObject *kwargs)
         sky = (float) value;
         add_sky = 1;
     }
-#define GETB(obj, fl, name, size, kind, nd, shp)                                                \
-    do {                                                                                       \
-        if (PyObject_GetBuffer((obj), &bufs[nbuf], (fl)) != 0) {                               \
-            goto done;                                                                         \
-        }                                                                                      \
-        ++nbuf;                                                                                \
-        if (check_buffer(&bufs[nbuf - 1], (name), (size), (kind), (nd), (shp))) {              \
-            goto done;                                                                         \
-        }                                                                                      \
-    } while (0)
     shape[0] = shape[1] = -1;
-    GETB(o_along, flags, "along", 8, 'f', 2, shape);
+    GET(o_along, flags, "along", 8, 'f', 2, shape);
     nx = bufs[0].shape[1];
-    GETB(o_first, flags, "first", 8, 'u', 1, rows_shape);
+    GET(o_first, flags, "first", 8, 'u', 1, rows_shape);
     rows_shape[0] = bufs[1].shape[0];
-    GETB(o_frac, flags, "frac", 8, 'f', 1, rows_shape);
+    GET(o_frac, flags, "frac", 8, 'f', 1, rows_shape);
     shape[0] = -1;
     shape[1] = nx;
-    GETB(o_out, flags | PyBUF_WRITABLE, "out", 4, 'f', 2, shape);
+    GET(o_out, flags | PyBUF_WRITABLE, "out", 4, 'f', 2, shape);
     nrows = bufs[3].shape[0];
     shape[0] = nrows;
     if (row0 < 0 || row0 + nrows > rows_shape[0]) {
@@ -1966,8 +1958,8 @@ py_smoothed_rows(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
     }
     if (o_data != Py_None) {
-        GETB(o_data, flags, "data", 4, 'f', 2, shape);
-        GETB(o_good, flags, "good", 1, 'b', 2, shape);
+        GET(o_data, flags, "data", 4, 'f', 2, shape);
+        GET(o_good, flags, "good", 1, 'b', 2, shape);
     }
     {
         const long long *first = (const long long *) bufs[1].buf;
@@ -1988,7 +1980,6 @@ py_smoothed_rows(PyObject *self, PyObject *args, PyObject *kwargs)
     Py_INCREF(Py_None);
     result = Py_None;
 done:
-#undef GETB
     while (nbuf > 0) {
         PyBuffer_Release(&bufs[--nbuf]);
     }
