@@ -46,6 +46,11 @@ class _PlaneMapping(mmap.mmap):
     """
 
 
+def _plane_bytes(dtype, full):
+    """Bytes of a plane of ``dtype`` and shape ``full`` (its file's size)."""
+    return int(np.prod(full, dtype=np.int64)) * dtype.itemsize
+
+
 def _map_plane(path, dtype, full, on_unmap=None):
     """An ndarray of shape ``full`` over a new shared mapping of the file ``path``.
 
@@ -53,9 +58,9 @@ def _map_plane(path, dtype, full, on_unmap=None):
     array using it does).
     """
     with open(path, "r+b") as handle:
-        nbytes = int(np.prod(full, dtype=np.int64)) * dtype.itemsize
         # ACCESS_WRITE: shared (MAP_SHARED), writes go to the file.
-        mapping = _PlaneMapping(handle.fileno(), nbytes, access=mmap.ACCESS_WRITE)
+        mapping = _PlaneMapping(handle.fileno(), _plane_bytes(dtype, full),
+                                access=mmap.ACCESS_WRITE)
     if on_unmap is not None:
         weakref.finalize(mapping, on_unmap)
     # The mapping itself is the array's base, so that `release_pages` can
@@ -198,7 +203,7 @@ class PlaneStore:
             self._planes[name] = (dtype, full, plane)
             return
         path = self.directory / f"{name}-{uuid.uuid4().hex[:8]}.plane"
-        nbytes = int(np.prod(full, dtype=np.int64)) * dtype.itemsize
+        nbytes = _plane_bytes(dtype, full)
         reused = self._reuse_spare(nbytes, path)
         if not reused:
             with open(path, "wb") as handle:
@@ -283,7 +288,7 @@ class PlaneStore:
                 unwanted = held
             else:
                 unwanted = self._spare[1] if self._spare is not None else None
-                self._spare = (int(np.prod(full, dtype=np.int64)) * dtype.itemsize, held)
+                self._spare = (_plane_bytes(dtype, full), held)
         if unwanted is not None:
             _delete(unwanted)
 
