@@ -26,6 +26,11 @@
  * [x0, x0 + nx) x [y0, y0 + ny) (a tile of the grid, or the whole grid
  * with x0 = y0 = 0); all geometry is computed in grid coordinates, so a tile
  * receives bit for bit what the same pixels of the whole grid receive.
+ *
+ * smoothed_rows: the last pass of an input's smoothed ivm weights
+ * (romosaic.resample.weights): the block-smoothed read-noise variance
+ * interpolated down the columns, the sky added and inverted, a band of rows
+ * at a time.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -556,16 +556,17 @@ def result_on_grid(store, window, engine, *, directory=None, threads=1):
         store.remove(name)
         return grid_store.array(name)
 
-    moves = [(key, name, np.float32, 0 if key == "weight" else engine.fill, None)
-             for key, name in names.items()]
+    # Per result key: the plane's name, dtype, fill and depth.
+    moves = {key: (name, np.float32, 0 if key == "weight" else engine.fill, None)
+             for key, name in names.items()}
     if engine.context_name:
-        moves.append(("context", engine.context_name, np.uint32, 0,
-                      context_planes(engine.n_inputs)))
+        moves["context"] = (engine.context_name, np.uint32, 0,
+                            context_planes(engine.n_inputs))
     if engine.dq_name:
-        moves.append(("dq", engine.dq_name, np.uint32, 0, None))
+        moves["dq"] = (engine.dq_name, np.uint32, 0, None)
     with concurrent.futures.ThreadPoolExecutor(max(1, int(threads)), "grid") as pool:
-        moved = dict(zip([key for key, *_ in moves],
-                         pool.map(lambda move: move_to_grid(*move[1:]), moves), strict=True))
+        moved = dict(zip(moves, pool.map(lambda key: move_to_grid(*moves[key]), moves),
+                         strict=True))
     planes = {key: moved[key] for key in names}
     if grid_store.on_disk:
         # The arrays are mappings: the files can go now.

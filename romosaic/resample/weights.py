@@ -121,7 +121,7 @@ def pixel_weights(weight_type, *, data, good, var_rnoise=None, var_poisson=None,
         sky_poisson = np.float32(_sky_poisson_variance(var_poisson, usable_rows))
     smoothing = _smoothing(var_rnoise, usable_rows)
     if smoothing is None:  # too small to smooth
-        variance = np.array(var_rnoise, dtype=np.float32)
+        variance = as_float32(var_rnoise)  # read only, never changed in place
         if sky_poisson is not None:
             variance = variance + sky_poisson
         usable = usable_rows(0, variance.shape[0])
@@ -167,7 +167,7 @@ def smooth_variance(variance, usable, *, block=VARIANCE_SMOOTHING_BLOCK):
     """
     smoothing = _smoothing(variance, lambda r0, r1: usable[r0:r1], block=block)
     if smoothing is None:
-        return np.array(variance, dtype=np.float32)
+        return np.array(as_float32(variance))
     smoothed = np.empty(np.shape(variance), np.float32)
     for start in range(0, smoothed.shape[0], _INTERPOLATION_ROWS):
         _kernels.smoothed_rows(*smoothing, start, smoothed[start:start + _INTERPOLATION_ROWS])
