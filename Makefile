@@ -28,9 +28,10 @@ demo: $(STAMP)
 	@ls -1 $(abspath $(DEMO_DIR))/sim_f158_coadd.asdf $(abspath $(DEMO_DIR))/sim_f158_cat.parquet \
 		$(abspath $(DEMO_DIR))/sim_f158_segm.asdf $(abspath $(DEMO_DIR))/sim_f158_coadd.png
 
-# The tests, and the examples in the docstrings.
+# The tests, and the examples in the docstrings, one worker process per core;
+# a module's tests stay in one worker, which builds its shared data once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --doctest-modules romosaic tests
+	$(BIN)/python -m pytest -q --doctest-modules -n auto --dist loadfile romosaic tests
 
 # Sphinx is the docs extra of pyproject.toml; warnings are errors.
 DOCS_STAMP := $(VENV)/.docs-installed
