@@ -48,6 +48,18 @@ def test_association_groups_read_without_opening_models(dataset, monkeypatch):
     assert library.group_indices == {"obs1": [0, 1], "obs2": [2, 3]}
 
 
+def test_a_recorded_group_id_outranks_the_observation_id(dataset):
+    # Read from the file's tree alone (lazily converted): meta.group_id when
+    # the file records one, else the exposure's observation_id.
+    asn_path, paths = dataset
+    with rdm.open(paths[3]) as model:
+        model.meta["group_id"] = "visit7"
+        model.save(paths[3].with_name("regrouped.asdf"))
+    paths[3].with_name("regrouped.asdf").replace(paths[3])
+    library = ModelLibrary(asn_path)
+    assert library.group_indices == {"obs1": [0, 1], "obs2": [2], "visit7": [3]}
+
+
 def test_metadata_is_read_once_per_file_and_follows_the_edits(dataset, monkeypatch):
     # The steps' metadata-only passes (grids, units, recorded states) read
     # each file once; what the steps record afterwards shows without a read.
