@@ -14,17 +14,18 @@ import roman_datamodels.datamodels as rdm
 
 from romosaic.errors import RomosaicInputError
 from romosaic.library import ModelLibrary
-from romosaic.resample.pixmap import map_pixels
+from romosaic.resample.pixmap import map_pixels, node_positions
 from romosaic.simulate import make_image_models, simulate_association
 from romosaic.simulate.checks import coverage_regions, source_mask
 from romosaic.simulate.wcs import ImageGeometry, plan_layout
 from romosaic.skymatch import (
     SkyStatisticsParameters,
+    _statistics,
     cell_grid,
     grouped_sky_statistics,
     match_sky,
 )
-from romosaic.skymatch.cells import _cell_coordinate_strips
+from romosaic.skymatch.cells import _label_cells, _label_cells_exactly
 from romosaic.steps import FluxStep, OutlierDetectionStep, ResampleStep
 from romosaic.steps.skymatch_step import SkyMatchStep
 
@@ -195,20 +196,87 @@ def test_statistics_parameters_are_checked(kwargs, message):
 # ---------------------------------------------------------------------------
 
 
-def test_interpolated_cell_map_matches_exact_wcs_on_a_distorted_detector():
-    placement = plan_layout(np.random.default_rng(3), ra=80.0, dec=-30.0, n_exposures=1,
-                            n_detectors=1, size=512, distortion=12.0)[0]
+def _distorted_detector(size, distortion, seed=3):
+    placement = plan_layout(np.random.default_rng(seed), ra=80.0, dec=-30.0, n_exposures=1,
+                            n_detectors=1, size=size, distortion=distortion)[0]
     geometry = ImageGeometry(placement)
-    grid = cell_grid([(geometry.wcs, geometry.shape)])
-    worst = 0.0
-    for rows, gx, gy in _cell_coordinate_strips(geometry.wcs, geometry.shape, grid):
-        x, y = np.meshgrid(np.arange(512.0), np.arange(rows.start, rows.stop, dtype=float))
-        ex, ey = map_pixels(geometry.wcs, grid.wcs, x, y)
-        worst = max(worst, np.abs(gx - ex).max(), np.abs(gy - ey).max())
-    # A 12-pixel corner distortion on a 512-pixel detector (a hundred pixels
-    # at full size, far beyond the real one) moves cell boundaries by less
-    # than 0.1 pixel (measured: 0.06); the default distortion by 0.001 pixel.
-    assert worst * 32 < 0.1
+    return geometry, cell_grid([(geometry.wcs, geometry.shape)])
+
+
+def _numpy_cell_labels(wcs, shape, grid, good):
+    """The interpolated cell labels in numpy, operation for operation (the
+    compiled labels' oracle): whole-grid labels, then renumbered in the box."""
+    ny, nx = shape
+    gny, gnx = grid.shape
+    xn, yn = node_positions(nx, 32), node_positions(ny, 32)
+    gx, gy = map_pixels(wcs, grid.wcs, *np.meshgrid(xn, yn))
+    x_all = np.arange(nx, dtype=float)
+    rows_x, rows_y = (np.stack([np.interp(x_all, xn, row) for row in v]) for v in (gx, gy))
+    rows = np.arange(ny, dtype=float)
+    j = np.clip(np.searchsorted(yn, rows, side="right") - 1, 0, yn.size - 2)
+    t = ((rows - yn[j]) / (yn[j + 1] - yn[j]))[:, None]
+    cells = []
+    for node_rows, n in ((rows_x, gnx), (rows_y, gny)):
+        g = node_rows[j + 1] - node_rows[j]
+        g *= t
+        g += node_rows[j]
+        cells.append(np.clip(np.floor(g + 0.5), 0, n - 1).astype(np.int32))
+    ix, iy = cells
+    if not good.any():
+        return None, None
+    x0, x1, y0, y1 = ix[good].min(), ix[good].max(), iy[good].min(), iy[good].max()
+    labels = np.where(good, (iy - y0) * (x1 - x0 + 1) + ix - x0, -1).astype(np.int32)
+    return labels, (int(x0), int(x1), int(y0), int(y1))
+
+
+@pytest.mark.parametrize(("size", "distortion", "seed"), [(512, 12.0, 3), (300, 0.5, 7),
+                                                          (1024, 3.0, 11)])
+def test_compiled_cell_labels_equal_their_numpy_form(size, distortion, seed):
+    geometry, grid = _distorted_detector(size, distortion, seed)
+    rng = np.random.default_rng(seed)
+    good = rng.random(geometry.shape) > 0.1
+    good[:, : size // 5] = False  # a box smaller than the image's
+    labels = np.empty(geometry.shape, np.int32)
+    bounds = _label_cells(geometry.wcs, geometry.shape, grid, good, labels)
+    expected, expected_bounds = _numpy_cell_labels(geometry.wcs, geometry.shape, grid, good)
+    assert bounds == expected_bounds
+    np.testing.assert_array_equal(labels, expected)
+    assert bounds[0] > 0  # the left fifth's cells are outside the box
+    assert _label_cells(geometry.wcs, geometry.shape, grid, np.zeros_like(good),
+                        labels) is None
+
+
+def test_compiled_cell_labels_refuse_inconsistent_arrays():
+    x_rows = np.zeros(4 * 10)
+    with pytest.raises(ValueError, match="outside the nodes"):
+        _statistics.cell_labels(x_rows, x_rows, np.array([3], np.int64), np.zeros(1),
+                                np.ones(10, bool), np.empty(10, np.int32), 10, 5, 5)
+    with pytest.raises(ValueError, match="inconsistent"):
+        _statistics.cell_labels(x_rows, x_rows, np.array([0], np.int64), np.zeros(1),
+                                np.ones(9, bool), np.empty(10, np.int32), 10, 5, 5)
+    with pytest.raises(TypeError, match="labels"):
+        _statistics.cell_labels(x_rows, x_rows, np.array([0], np.int64), np.zeros(1),
+                                np.ones(10, bool), np.empty(10, np.int64), 10, 5, 5)
+
+
+def test_interpolated_cell_map_matches_exact_wcs_on_a_distorted_detector():
+    geometry, grid = _distorted_detector(512, 12.0)
+    good = np.ones(geometry.shape, bool)
+    interpolated = np.empty(geometry.shape, np.int32)
+    exact = np.empty(geometry.shape, np.int32)
+    assert (_label_cells(geometry.wcs, geometry.shape, grid, good, interpolated)
+            == _label_cells_exactly(geometry.wcs, geometry.shape, grid, good, exact))
+    differ = interpolated != exact
+    assert differ.any()  # the interpolation does move boundaries a little
+    x, y = np.meshgrid(np.arange(512.0), np.arange(512.0))
+    ex, ey = map_pixels(geometry.wcs, grid.wcs, x[differ], y[differ])
+    # Distance (in input pixels, 32 a cell) of each pixel labelled otherwise
+    # to the nearest cell boundary: a 12-pixel corner distortion on a
+    # 512-pixel detector (a hundred pixels at full size, far beyond the real
+    # one) moves the boundaries by less than 0.1 pixel (coordinates were off
+    # by 0.06 at most), the default distortion by 0.001 pixel.
+    to_boundary = np.minimum(*(np.abs((g + 0.5) - np.round(g + 0.5)) for g in (ex, ey))) * 32
+    assert to_boundary.max() < 0.1
 
 
 # ---------------------------------------------------------------------------

@@ -24,6 +24,9 @@
  * the largest group. Arrays come in through the buffer protocol (no numpy
  * headers at build time); the work runs without the GIL, so threads may
  * measure different images at once.
+ *
+ * `cell_labels` (at the end) gives every good pixel of an image the coarse
+ * sky cell it falls in: the labels the statistics group by.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -512,7 +515,8 @@ static int get_buffer(PyObject *obj, Py_buffer *view, const char *name, Py_ssize
         format++;
     }
     const int kind_ok = (kind == 'f' && (*format == 'f' || *format == 'd'))
-        || (kind == 'i' && strchr("bhilq", *format) != NULL);
+        || (kind == 'i' && strchr("bhilq", *format) != NULL)
+        || (kind == 'i' && itemsize == 1 && (*format == 'B' || *format == '?'));
     if (view->ndim != 1 || view->itemsize != itemsize || !kind_ok) {
         PyErr_Format(PyExc_TypeError, "%s must be a 1-D contiguous array of %zd-byte %s", name,
                      itemsize, kind == 'f' ? "floats" : "integers");
@@ -601,7 +605,148 @@ fail_value:
     return result;
 }
 
+/* ------------------------------------------------------------------------
+ * Cell labels: the coarse sky cell of every good pixel of an image.
+ *
+ * The grid coordinates of a pixel are interpolated down the columns between
+ * two rows of nodes that were already interpolated along x (every column of
+ * every node row), with numpy's operations in numpy's order, so that the
+ * labels equal those of the numpy form in romosaic.skymatch.cells to the
+ * bit; the extension is built without fused multiply-adds.
+ */
+
+/* Cell of grid coordinate g on an axis of n cells: cell i holds [i - 1/2, i + 1/2),
+ * the edge cells also what lies beyond them. */
+static inline int32_t cell_of(double g, long n)
+{
+    double c = floor(g + 0.5);
+    if (c < 0.0) {
+        c = 0.0;
+    }
+    if (c > (double)(n - 1)) {
+        c = (double)(n - 1);
+    }
+    return (int32_t)c;
+}
+
+/* Labels of nrows x nx pixels: -1 for a pixel not good, else its cell's
+ * index in the box of the cells of good pixels, (iy - y0) * width + ix - x0.
+ * Returns 0 and the box, or 1 when no pixel is good. */
+static int label_cells(const double *x_rows, const double *y_rows, const int64_t *node,
+                       const double *t, const uint8_t *good, Py_ssize_t nrows, Py_ssize_t nx,
+                       long gnx, long gny, int32_t *labels, long box[4])
+{
+    long x0 = gnx, x1 = -1, y0 = gny, y1 = -1;
+    for (Py_ssize_t r = 0; r < nrows; r++) {
+        const double *xa = x_rows + node[r] * nx, *xb = xa + nx;
+        const double *ya = y_rows + node[r] * nx, *yb = ya + nx;
+        const double tr = t[r];
+        const uint8_t *g = good + r * nx;
+        int32_t *out = labels + r * nx;
+        for (Py_ssize_t i = 0; i < nx; i++) {
+            double gx = xb[i] - xa[i];
+            gx *= tr;
+            gx += xa[i];
+            double gy = yb[i] - ya[i];
+            gy *= tr;
+            gy += ya[i];
+            const int32_t ix = cell_of(gx, gnx), iy = cell_of(gy, gny);
+            if (g[i]) {
+                out[i] = iy * (int32_t)gnx + ix;
+                x0 = ix < x0 ? ix : x0;
+                x1 = ix > x1 ? ix : x1;
+                y0 = iy < y0 ? iy : y0;
+                y1 = iy > y1 ? iy : y1;
+            } else {
+                out[i] = -1;
+            }
+        }
+    }
+    if (x1 < 0) {
+        return 1;
+    }
+    const int32_t width = (int32_t)(x1 - x0 + 1), ncols = (int32_t)gnx;
+    const int32_t offset = (int32_t)(y0 * width + x0);
+    for (Py_ssize_t k = 0; k < nrows * nx; k++) {
+        const int32_t label = labels[k];
+        if (label >= 0) {
+            labels[k] = (label / ncols) * width + label % ncols - offset;
+        }
+    }
+    box[0] = x0;
+    box[1] = x1;
+    box[2] = y0;
+    box[3] = y1;
+    return 0;
+}
+
+static PyObject *cell_labels(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"x_rows", "y_rows", "node", "t", "good", "labels", "nx", "gnx",
+                               "gny", NULL};
+    PyObject *o_x, *o_y, *o_node, *o_t, *o_good, *o_labels;
+    Py_ssize_t nx;
+    long gnx, gny;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOnll", keywords, &o_x, &o_y, &o_node,
+                                     &o_t, &o_good, &o_labels, &nx, &gnx, &gny)) {
+        return NULL;
+    }
+    if (nx < 1 || gnx < 1 || gny < 1 || (double)gnx * (double)gny > 2147483647.0) {
+        PyErr_SetString(PyExc_ValueError, "invalid nx or cell grid shape");
+        return NULL;
+    }
+    Py_buffer x, y, node, t, good, labels;
+    PyObject *result = NULL;
+    int got = 0;
+    if (get_buffer(o_x, &x, "x_rows", 8, 'f', 0) < 0) goto release;
+    got = 1;
+    if (get_buffer(o_y, &y, "y_rows", 8, 'f', 0) < 0) goto release;
+    got = 2;
+    if (get_buffer(o_node, &node, "node", 8, 'i', 0) < 0) goto release;
+    got = 3;
+    if (get_buffer(o_t, &t, "t", 8, 'f', 0) < 0) goto release;
+    got = 4;
+    if (get_buffer(o_good, &good, "good", 1, 'i', 0) < 0) goto release;
+    got = 5;
+    if (get_buffer(o_labels, &labels, "labels", 4, 'i', 1) < 0) goto release;
+    got = 6;
+    const Py_ssize_t nrows = node.shape[0], node_values = x.shape[0];
+    if (t.shape[0] != nrows || y.shape[0] != node_values || node_values % nx != 0
+        || good.shape[0] != nrows * nx || labels.shape[0] != nrows * nx) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent lengths of rows, nodes, good and labels");
+        goto release;
+    }
+    const Py_ssize_t n_node_rows = node_values / nx;
+    for (Py_ssize_t r = 0; r < nrows; r++) {
+        const int64_t k = ((const int64_t *)node.buf)[r];
+        if (k < 0 || k + 1 >= n_node_rows) {
+            PyErr_Format(PyExc_ValueError, "node interval %lld of row %zd is outside the nodes",
+                         (long long)k, r);
+            goto release;
+        }
+    }
+    long box[4];
+    int empty;
+    Py_BEGIN_ALLOW_THREADS
+    empty = label_cells((const double *)x.buf, (const double *)y.buf, (const int64_t *)node.buf,
+                        (const double *)t.buf, (const uint8_t *)good.buf, nrows, nx, gnx, gny,
+                        (int32_t *)labels.buf, box);
+    Py_END_ALLOW_THREADS
+    result = empty ? Py_NewRef(Py_None) : Py_BuildValue("(llll)", box[0], box[1], box[2], box[3]);
+release:
+    if (got >= 6) PyBuffer_Release(&labels);
+    if (got >= 5) PyBuffer_Release(&good);
+    if (got >= 4) PyBuffer_Release(&t);
+    if (got >= 3) PyBuffer_Release(&node);
+    if (got >= 2) PyBuffer_Release(&y);
+    if (got >= 1) PyBuffer_Release(&x);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"cell_labels", (PyCFunction)(void (*)(void))cell_labels, METH_VARARGS | METH_KEYWORDS,
+     "Coarse sky cell of every good pixel, numbered in the box of their cells; the box "
+     "(x0, x1, y0, y1) or None (see romosaic.skymatch.cells)."},
     {"grouped_statistics", (PyCFunction)(void (*)(void))grouped_statistics,
      METH_VARARGS | METH_KEYWORDS,
      "Clipped statistics of each group of float32 values (see romosaic.skymatch.statistics)."},

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..resample.grid import free_grid, native_pixel_scale
 from ..resample.pixmap import map_pixels, node_positions
+from . import _statistics
 from .statistics import grouped_sky_statistics
 
 __all__ = [
@@ -119,47 +120,72 @@ def cell_grid(wcs_and_shapes, cell_size=DEFAULT_CELL_SIZE):
     return free_grid(wcs_and_shapes, pixel_scale_ratio=float(cell_size))
 
 
-class _NodeInterpolator:
-    """Bilinear interpolation of a map known on a rectangular grid of nodes.
+def _label_cells(wcs, shape, grid, good, labels):
+    """Label each good pixel with its cell in the box of the image's cells.
 
-    Interpolating along x once for every row of nodes, then along y for each
-    pixel row, costs a few operations per pixel.
+    Fills ``labels`` (-1 for a pixel not good, else ``(iy - y0) * width +
+    ix - x0``) and returns the box ``(x0, x1, y0, y1)`` of the cells, or None
+    when no pixel is good. The grid coordinates come from an exact WCS
+    evaluation on nodes every `_NODE_STEP` pixels, interpolated linearly
+    along the node rows and then down the columns, in compiled code; small
+    images and maps with undefined nodes are evaluated at every pixel.
     """
-
-    def __init__(self, x_nodes, y_nodes, values, nx):
-        self.y_nodes = y_nodes
-        x_all = np.arange(nx, dtype=float)
-        self.rows = np.stack([np.interp(x_all, x_nodes, row) for row in values])
-
-    def __call__(self, rows):
-        j = np.clip(np.searchsorted(self.y_nodes, rows, side="right") - 1, 0,
-                    self.y_nodes.size - 2)
-        t = ((rows - self.y_nodes[j]) / (self.y_nodes[j + 1] - self.y_nodes[j]))[:, None]
-        out = self.rows[j + 1] - self.rows[j]
-        out *= t
-        out += self.rows[j]
-        return out
-
-
-def _cell_coordinate_strips(wcs, shape, grid):
-    """Yield ``(rows, gx, gy)``: grid coordinates of every pixel, a strip of rows at a time."""
     ny, nx = shape
-    x_all = np.arange(nx, dtype=float)
-    exact = nx < 4 * _NODE_STEP or ny < 4 * _NODE_STEP
-    if not exact:
+    gny, gnx = grid.shape
+    if nx >= 4 * _NODE_STEP and ny >= 4 * _NODE_STEP:
         xn, yn = node_positions(nx, _NODE_STEP), node_positions(ny, _NODE_STEP)
         gx, gy = map_pixels(wcs, grid.wcs, *np.meshgrid(xn, yn))
-        exact = not (np.all(np.isfinite(gx)) and np.all(np.isfinite(gy)))
-    if not exact:
-        interp_x = _NodeInterpolator(xn, yn, gx, nx)
-        interp_y = _NodeInterpolator(xn, yn, gy, nx)
+        if np.all(np.isfinite(gx)) and np.all(np.isfinite(gy)):
+            x_all = np.arange(nx, dtype=float)
+            x_rows, y_rows = (np.stack([np.interp(x_all, xn, row) for row in values])
+                              for values in (gx, gy))
+            rows = np.arange(ny, dtype=float)
+            node = np.clip(np.searchsorted(yn, rows, side="right") - 1, 0, yn.size - 2)
+            t = (rows - yn[node]) / (yn[node + 1] - yn[node])
+            return _statistics.cell_labels(
+                x_rows.reshape(-1), y_rows.reshape(-1), node.astype(np.int64), t,
+                np.ascontiguousarray(good, dtype=bool).reshape(-1), labels.reshape(-1),
+                nx, gnx, gny)
+    return _label_cells_exactly(wcs, shape, grid, good, labels)
+
+
+def _label_cells_exactly(wcs, shape, grid, good, labels):
+    """`_label_cells` with the WCS evaluated at every pixel, a strip of rows at a time."""
+    ny, nx = shape
+    gny, gnx = grid.shape
+    x_all = np.arange(nx, dtype=float)
+    bounds = None
     for r0 in range(0, ny, _STRIP_ROWS):
-        rows = np.arange(r0, min(r0 + _STRIP_ROWS, ny), dtype=float)
-        if exact:
-            yield slice(r0, r0 + rows.size), *map_pixels(wcs, grid.wcs,
-                                                          *np.meshgrid(x_all, rows))
-        else:
-            yield slice(r0, r0 + rows.size), interp_x(rows), interp_y(rows)
+        rows = slice(r0, min(r0 + _STRIP_ROWS, ny))
+        gx, gy = map_pixels(wcs, grid.wcs,
+                            *np.meshgrid(x_all, np.arange(rows.start, rows.stop, dtype=float)))
+        keep = good[rows]
+        ix = _cell_index(gx, gnx)
+        iy = _cell_index(gy, gny)
+        if keep.any():
+            kx, ky = ix[keep], iy[keep]
+            box = (kx.min(), kx.max(), ky.min(), ky.max())
+            bounds = box if bounds is None else (min(bounds[0], box[0]), max(bounds[1], box[1]),
+                                                 min(bounds[2], box[2]), max(bounds[3], box[3]))
+        iy *= gnx
+        iy += ix
+        labels[rows] = np.where(keep, iy, np.int32(-1))
+    if bounds is None:
+        return None
+    x0, _, y0, _ = bounds
+    width = bounds[1] - x0 + 1
+    flat = labels.reshape(-1)
+    # In chunks: whole-image temporaries would cost more than the labels.
+    for start in range(0, flat.size, _RELABEL_CHUNK):
+        chunk = flat[start:start + _RELABEL_CHUNK]
+        good_pixels = chunk >= 0
+        cell_y, cell_x = np.divmod(chunk[good_pixels], np.int32(gnx))
+        cell_y -= y0
+        cell_y *= width
+        cell_y += cell_x
+        cell_y -= x0
+        chunk[good_pixels] = cell_y
+    return tuple(int(b) for b in bounds)
 
 
 def _cell_index(coordinate, n):
@@ -212,34 +238,12 @@ def measure_image_sky(data, good, wcs, grid, params, *, cell_params=None):
     # bounding box on it is known, renumbered within that box, so that the
     # statistics work on this image's cells only, whatever the mosaic's size.
     labels = np.empty(data.shape, np.int32)
-    bounds = None
-    for rows, gx, gy in _cell_coordinate_strips(wcs, data.shape, grid):
-        keep = good[rows]
-        ix = _cell_index(gx, gnx)
-        iy = _cell_index(gy, gny)
-        if keep.any():
-            kx, ky = ix[keep], iy[keep]
-            box = (kx.min(), kx.max(), ky.min(), ky.max())
-            bounds = box if bounds is None else (min(bounds[0], box[0]), max(bounds[1], box[1]),
-                                                 min(bounds[2], box[2]), max(bounds[3], box[3]))
-        iy *= gnx
-        iy += ix
-        labels[rows] = np.where(keep, iy, np.int32(-1))
+    bounds = _label_cells(wcs, data.shape, grid, good, labels)
     if bounds is None:
         return ImageSky(local=math.nan, npix=0, cells=SkyCells.empty())
     x0, x1, y0, y1 = bounds
     width = x1 - x0 + 1
     labels = labels.reshape(-1)
-    # In chunks: whole-image temporaries would cost more than the labels.
-    for start in range(0, labels.size, _RELABEL_CHUNK):
-        chunk = labels[start:start + _RELABEL_CHUNK]
-        good_pixels = chunk >= 0
-        cell_y, cell_x = np.divmod(chunk[good_pixels], np.int32(gnx))
-        cell_y -= y0
-        cell_y *= width
-        cell_y += cell_x
-        cell_y -= x0
-        chunk[good_pixels] = cell_y
     n_local = int(width * (y1 - y0 + 1))
 
     stats = grouped_sky_statistics(values, labels, n_local, cell_params)
