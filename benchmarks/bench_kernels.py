@@ -26,6 +26,10 @@ slightly rotated with respect to a free TAN output grid, as in the pipeline:
   the square kernels are compared again, on one thread, on output grids
   finer than the input (``--fine-scales``, default 0.5: outlier detection's
   group drizzle, where a drop covers about 3 x 3 output pixels);
+  ``--rotations`` compares them once more (one thread) on grids rotated by
+  the given angles with respect to the input, at the output scale 1 and the
+  fine scales: a skycell is north-up, so a detector at any roll angle lands
+  on it rotated, and a drop is then a tilted square;
 * outlier detection's median of 8 group frames (a quarter of a detector's
   rows on a grid as fine as the inputs: ``romosaic.outlier.nanmedian_stack``
   against ``numpy.nanmedian``), in median pixels per second, and its blot
@@ -45,6 +49,7 @@ Example::
     python benchmarks/bench_kernels.py --size 2048 --repeat 1 --json kernels.json
     python benchmarks/bench_kernels.py --compare-only --kernels all   # kernels only
     python benchmarks/bench_kernels.py --compare-only --fine-scales 0.5,0.7
+    python benchmarks/bench_kernels.py --compare-only --size 2048 --rotations 0,20,45
 """
 
 import argparse
@@ -76,6 +81,7 @@ from romosaic.resample.pixmap import PixelMapper
 from romosaic.resample.planes import PlaneStore
 from romosaic.resample.weights import pixel_weights
 from romosaic.simulate.wcs import build_gwcs, plan_layout
+from romosaic.wcs_utils import affine_tan_wcs, cd_from_orientation
 
 VARIANCE_NAMES = ("var_rnoise", "var_poisson")
 
@@ -108,6 +114,17 @@ def geometry(size, distortion, pixel_scale_ratio=1.0):
     return wcs_b, grid
 
 
+def rotated_geometry(size, rotation, pixel_scale_ratio):
+    """A detector with a plain TAN WCS and a grid covering it whose +y axis is
+    ``rotation`` degrees from the detector's, of output pixels
+    ``pixel_scale_ratio`` times the input's."""
+    wcs_in = affine_tan_wcs(crval=(80.0, -30.0), crpix=((size - 1) / 2, (size - 1) / 2),
+                            cd=cd_from_orientation(0.11 / 3600, 0.0), shape=(size, size))
+    grid = free_grid([(wcs_in, (size, size))], pixel_scale_ratio=pixel_scale_ratio,
+                     rotation=rotation)
+    return wcs_in, grid
+
+
 def input_arrays(size):
     rng = np.random.default_rng(1)
     data = rng.normal(1.0, 0.1, (size, size)).astype(np.float32)
@@ -118,7 +135,7 @@ def input_arrays(size):
 
 
 def run(size, repeat, exact_repeat, kernels=("square",), compare_only=False,
-        fine_scales=(0.5,)):
+        fine_scales=(0.5,), rotations=()):
     mpix = size * size / 1e6
     rows = []
 
@@ -210,6 +227,13 @@ def run(size, repeat, exact_repeat, kernels=("square",), compare_only=False,
                         compute_pixmap(fine_wcs, fine_grid.wcs, shape, stepsize=10), fine_grid,
                         fine_wcs, shape, scale_ratio=ratio, repeat=repeat, threads=False,
                         label=f", output scale {ratio:g}")
+    for rotation in rotations:
+        for ratio in (1.0, *fine_scales):
+            rot_wcs, rot_grid = rotated_geometry(size, rotation, ratio)
+            compare_kernels(record, ("square",), data, weight, variances,
+                            compute_pixmap(rot_wcs, rot_grid.wcs, shape, stepsize=10), rot_grid,
+                            rot_wcs, shape, scale_ratio=ratio, repeat=repeat, threads=False,
+                            label=f", grid rotated {rotation:g} deg, output scale {ratio:g}")
     if compare_only:
         return rows, grid.shape
 
@@ -391,6 +415,10 @@ def main(argv=None):
                         help="output over input pixel sizes below 1 at which the square "
                              "kernels are also compared, comma-separated, or 'none' "
                              "(default %(default)s)")
+    parser.add_argument("--rotations", default="none",
+                        help="angles (degrees) of grids rotated with respect to the input "
+                             "on which the square kernels are also compared, comma-separated, "
+                             "or 'none' (default %(default)s)")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the measurements to this JSON file")
     args = parser.parse_args(argv)
@@ -405,8 +433,11 @@ def main(argv=None):
         parser.error(f"unknown kernels: {', '.join(sorted(unknown))}")
     fine_scales = () if args.fine_scales == "none" else tuple(
         float(v) for v in args.fine_scales.split(","))
+    rotations = () if args.rotations == "none" else tuple(
+        float(v) for v in args.rotations.split(","))
     rows, out_shape = run(args.size, args.repeat, args.exact_repeat, kernels=kernels,
-                          compare_only=args.compare_only, fine_scales=fine_scales)
+                          compare_only=args.compare_only, fine_scales=fine_scales,
+                          rotations=rotations)
     print()
     print_table(rows)
     print_ratios(rows)
