@@ -75,14 +75,13 @@ start = time.perf_counter()
 OutlierDetectionStep.call(library)
 elapsed = time.perf_counter() - start
 peak = status_kib("VmHWM")
-# The size of one resampled frame: the data window of the step's grid.
-from romosaic.outlier.detect import data_window
-from romosaic.resample import free_grid, skycell_grid_for_association
+# The size of one resampled frame: the step's data window.
+from romosaic.outlier import median_window
+from romosaic.resample import skycell_grid_for_association
 from romosaic.steps._survey import survey_inputs
 geometry, _ = survey_inputs(library)
-grid = (skycell_grid_for_association(target=library.target) if args["skycell"]
-        else free_grid(geometry, pixel_scale_ratio=0.5))
-window_ny, window_nx = data_window(grid, geometry).shape
+skycell = skycell_grid_for_association(target=library.target) if args["skycell"] else None
+window_ny, window_nx = median_window(geometry, skycell=skycell).shape
 frame_mib = 4 * window_ny * window_nx / 2**20
 library.close()
 print(json.dumps({"seconds": elapsed, "peak_mib": peak / 1024, "start_mib": before / 1024,

@@ -206,6 +206,36 @@ def test_every_input_keeps_its_context_bit_on_a_grid_covering_part_of_them(image
         np.testing.assert_array_equal(reached, alone.weight > 0)
 
 
+def test_a_window_within_another_grid_holds_only_what_lands_on_it(images):
+    geometry = _geometry(images)
+    grid = free_grid(geometry, pixel_scale_ratio=0.5)
+    whole = data_window(grid, geometry)
+    # A grid rotated by 30 degrees over the middle of the inputs only.
+    x, y = grid.shape[1] / 2, grid.shape[0] / 2
+    ra, dec = (float(v) for v in grid.wcs(x, y))
+    small = free_grid(geometry[:1], pixel_scale=grid.pixel_scale, rotation=30.0,
+                      crval=(ra, dec), crpix=(24.5, 19.5), output_shape=(40, 50))
+    window = data_window(grid, geometry, within=small)
+    assert window.grid is grid
+    assert window.shape[0] < whole.shape[0] and window.shape[1] < whole.shape[1]
+    assert whole.x0 <= window.x0 and window.x0 + window.shape[1] <= whole.x0 + whole.shape[1]
+    assert whole.y0 <= window.y0 and window.y0 + window.shape[0] <= whole.y0 + whole.shape[0]
+    # Every pixel of the small grid, edges included, lies inside the window.
+    sx, sy = np.meshgrid(np.linspace(-0.5, 49.5, 21), np.linspace(-0.5, 39.5, 17))
+    gx, gy = grid.wcs.invert(*small.wcs(sx, sy, with_bounding_box=False),
+                             with_bounding_box=False)
+    assert window.x0 - 0.5 <= gx.min() and gx.max() <= window.x0 + window.shape[1] - 0.5
+    assert window.y0 - 0.5 <= gy.min() and gy.max() <= window.y0 + window.shape[0] - 0.5
+    # ... with no more than the drops' reach around it.
+    assert window.shape[1] <= gx.max() - gx.min() + 2 * 20
+    assert window.shape[0] <= gy.max() - gy.min() + 2 * 20
+    # A grid the inputs do not reach leaves no window.
+    far = free_grid(geometry[:1], pixel_scale=grid.pixel_scale, crval=(ra + 1.0, dec),
+                    output_shape=(40, 50))
+    with pytest.raises(ValueError, match="do not overlap"):
+        data_window(grid, geometry, within=far)
+
+
 def test_prefetch_hands_on_errors_and_stops_its_producer():
     made = []
 

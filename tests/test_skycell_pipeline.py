@@ -181,3 +181,80 @@ def test_neighbouring_skycell_mosaics_agree_in_their_overlap(straddling, tmp_pat
     assert covered_a.sum() > 10000
     assert np.array_equal(covered_a, covered_b)
     np.testing.assert_allclose(a[covered_a], b[covered_a], rtol=1e-5, atol=1e-6)
+
+
+def _median_and_flags(sim, cell, tmp_path):
+    """Outlier detection on the skycell: its saved median (WCS, offset,
+    shape) and each input's outlier mask."""
+    import asdf
+    from roman_datamodels.dqflags import pixel
+
+    from romosaic.library import ModelLibrary
+    from romosaic.steps import FluxStep, OutlierDetectionStep
+
+    library = FluxStep.call(ModelLibrary(str(_asn_with_target(sim, cell.name))))
+    library = OutlierDetectionStep.call(library, save_intermediate_results=True,
+                                        output_dir=str(tmp_path / "out"))
+    (median_path,) = (tmp_path / "out").glob("*_median.asdf")
+    with asdf.open(median_path) as saved:
+        median = (saved["wcs"], tuple(saved["grid_offset"]), saved["data"].shape)
+    flags = {}
+    with library:
+        for index in range(len(library)):
+            model = library.borrow(index)
+            flags[model.meta.filename] = (np.asarray(model.dq) & pixel.OUTLIER) != 0
+            library.shelve(model, index, modify=False)
+    return median, flags
+
+
+def _cosmic_rays_caught(sim, cell, flags, wcs, shape):
+    """Fraction of the first image's cosmic rays well inside the skycell that are flagged."""
+    name = sim.cal_paths[0].name
+    hits = sim.cosmic_rays[sim.cosmic_rays["filename"] == name]
+    hx, hy = np.asarray(hits["x"], float), np.asarray(hits["y"], float)
+    cx, cy = cell.wcs.invert(*wcs(hx, hy), with_bounding_box=False)
+    inner = ((cx > 50) & (cx < 4950) & (cy > 50) & (cy < 4950) & (hx > 20)
+             & (hx < shape[1] - 20) & (hy > 20) & (hy < shape[0] - 20))
+    assert inner.sum() >= 10
+    return flags[name][hy[inner].astype(int), hx[inner].astype(int)].mean()
+
+
+@pytest.mark.parametrize("where", ["inside", "astride the edge"])
+def test_outlier_median_on_a_skycell_grid_or_one_along_the_inputs(where, tmp_path):
+    # Two exposures at an angle to the skycell's axes. Inside the skycell,
+    # the median is made on a grid of its pixel size along the inputs' axes,
+    # where a drop is square and the window holds only the inputs (313 760
+    # pixels on the skycell's grid, 312 481 on that one); astride its edge,
+    # the box of the skycell's footprint on that grid clips nothing, and the
+    # skycell's own window, clipped at its edge, is the smaller (238 784
+    # pixels against 312 481) and is used.
+    cell = _cell_near(80.0, -30.0)
+    x, roll = (2500.0, 60.0) if where == "inside" else (4999.5, 10.0)
+    ra, dec = (float(v) for v in cell.wcs(x, 2500.0, with_bounding_box=False))
+    sim = simulate_association(tmp_path / "data", n_exposures=2, size=256, seed=5, ra=ra,
+                               dec=dec, roll=roll, cosmic_ray_rate=2e-3)
+    (median_wcs, (x0, y0), (ny, nx)), flags = _median_and_flags(sim, cell, tmp_path)
+    with rdm.open(sim.cal_paths[0]) as model:
+        wcs, shape = model.meta.wcs, model.data.shape
+    gx, gy = median_wcs.invert(*wcs([100.0, 200.0], [100.0, 100.0]), with_bounding_box=False)
+    # The skycell's pixel size either way: 0.11" input pixels, 0.055" ones.
+    assert math.hypot(gx[1] - gx[0], gy[1] - gy[0]) == pytest.approx(200.0, rel=1e-3)
+    if where == "inside":
+        assert abs(gy[1] - gy[0]) < 0.01  # the input's rows are the grid's rows
+        assert (x0, y0) == (0, 0) and nx * ny < 0.5 * 1024 * 1024 * 1.5
+    else:
+        # The skycell's own grid: its WCS, and a window ending at its edge.
+        for point in [(0.0, 0.0), (4999.0, 2500.0)]:
+            assert median_wcs(*point) == pytest.approx(cell.wcs(*point), abs=1e-10)
+        assert x0 + nx == 5000 and x0 > 4000
+    # Every input pixel on the skycell lands in the window.
+    px, py = np.meshgrid(np.arange(0, shape[1], 5.0), np.arange(0, shape[0], 5.0))
+    sky = wcs(px, py)
+    cx, cy = cell.wcs.invert(*sky, with_bounding_box=False)
+    mx, my = median_wcs.invert(*sky, with_bounding_box=False)
+    on_cell = (cx >= -0.5) & (cx <= 4999.5) & (cy >= -0.5) & (cy <= 4999.5)
+    assert on_cell.any() and (where == "inside" or not on_cell.all())
+    in_window = ((mx >= x0 - 0.5) & (mx <= x0 + nx - 0.5)
+                 & (my >= y0 - 0.5) & (my <= y0 + ny - 0.5))
+    assert in_window[on_cell].all()
+    assert _cosmic_rays_caught(sim, cell, flags, wcs, shape) > 0.8

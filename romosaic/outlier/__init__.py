@@ -12,6 +12,7 @@ from .detect import (
     masked_outliers,
     median_of_group_drizzles,
     median_of_planes,
+    median_window,
 )
 from .flagging import blot_derivative, outlier_mask, parse_pair
 from .median import nanmedian_stack
@@ -24,6 +25,7 @@ __all__ = [
     "masked_outliers",
     "median_of_group_drizzles",
     "median_of_planes",
+    "median_window",
     "nanmedian_stack",
     "outlier_mask",
     "parse_pair",

@@ -3,8 +3,9 @@
 The steps, as in the reference pipeline (REFERENCE §3), with romosaic's
 choices about where and how the work is done:
 
-1. **Where.** Everything happens on the data window of the output grid
-   (`romosaic.resample.engine.data_window`): the part the inputs reach.
+1. **Where.** Everything happens on the data window of a grid finer than
+   the inputs (`median_window`): the part the inputs reach, on axes along
+   theirs; on a skycell, of its pixel size and within its footprint.
 2. **Group drizzles.** Each exposure group is drizzled alone onto the
    window by the `~romosaic.resample.engine.DrizzleEngine` (the engine
    resample uses: strips, threads, inputs read while the previous one is
@@ -39,7 +40,8 @@ import numpy as np
 from ..dq import bad_flags_mask
 from ..half import as_float32
 from ..parallel import prefetch
-from ..resample.engine import DrizzleEngine, plan_strips, prepare_image
+from ..resample.engine import DrizzleEngine, data_window, plan_strips, prepare_image
+from ..resample.grid import free_grid
 from ..resample.pixmap import PixelMapper
 from . import _kernels
 from .flagging import sky_level
@@ -54,6 +56,7 @@ __all__ = [
     "masked_outliers",
     "median_of_group_drizzles",
     "median_of_planes",
+    "median_window",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,48 @@ _MEDIAN_SECTION_BYTES = 32 * 2**20
 
 #: Bytes per window pixel of a group drizzle's planes (data and weight).
 _GROUP_BYTES_PER_PIXEL = DrizzleEngine.bytes_per_pixel(1, 0, with_context=False)
+
+
+def median_window(geometry, *, skycell=None, pixel_scale_ratio=0.5, orientation=None):
+    """The window of the grid the group drizzles and their median are made on.
+
+    Parameters
+    ----------
+    geometry : list of (wcs, shape)
+        Every input's WCS and array shape.
+    skycell : OutputGrid, optional
+        The skycell the mosaic is made on, which the inputs overlap.
+    pixel_scale_ratio : float, optional
+        Pixel size of the grid over the first input's, without a skycell.
+    orientation : float, optional
+        Position angle of the grid's axes (see `~romosaic.resample.free_grid`);
+        by default the first input's.
+
+    Returns
+    -------
+    DataWindow
+        Without a skycell: the whole of a free grid covering the inputs, of
+        pixels ``pixel_scale_ratio`` times the first input's. With one: a
+        grid of the skycell's pixel size on the same axes, limited to the box
+        of the skycell's footprint (an input pixel's drop on it is a square,
+        where on the north-up skycell it is a tilted one, which costs the
+        drizzle and the blot two to three times as much), unless the
+        skycell's own window is smaller; then that one.
+    """
+    if skycell is None:
+        grid = free_grid(geometry, pixel_scale_ratio=pixel_scale_ratio, orientation=orientation)
+        return data_window(grid, geometry)
+    on_cell = data_window(skycell, geometry)
+    aligned = free_grid(geometry, pixel_scale=skycell.pixel_scale, orientation=orientation)
+    try:
+        window = data_window(aligned, geometry, within=skycell)
+    except ValueError:
+        return on_cell
+    return window if _pixels(window) <= _pixels(on_cell) else on_cell
+
+
+def _pixels(window):
+    return window.shape[0] * window.shape[1]
 
 
 def group_frames_bytes(window_shape, n_groups):

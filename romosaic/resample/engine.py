@@ -114,7 +114,7 @@ class DataWindow:
         return self.x0, self.x0 + self.shape[1]
 
 
-def data_window(grid, geometry):
+def data_window(grid, geometry, *, within=None):
     """The window of ``grid`` that the inputs' drops can reach.
 
     Parameters
@@ -122,6 +122,10 @@ def data_window(grid, geometry):
     grid : OutputGrid
     geometry : list of (wcs, shape)
         Every input's WCS and array shape.
+    within : OutputGrid, optional
+        Another grid (a skycell) outside which nothing is wanted: the window
+        is then also limited to the box of that grid's footprint on
+        ``grid``, with the same margin.
 
     Returns
     -------
@@ -130,7 +134,7 @@ def data_window(grid, geometry):
     Raises
     ------
     ValueError
-        When no input lands on the grid.
+        When no input lands on the grid (or within ``within``).
     """
     if not geometry:
         raise ValueError("no input images to drizzle")
@@ -139,10 +143,24 @@ def data_window(grid, geometry):
     # 17 points an edge: what an input reaches is decided from these bounds.
     bounds = footprint_bounds(geometry, grid.wcs, points_per_edge=17)
     window = padded_window(bounds, grid.shape, margin)
+    if window is not None and within is not None:
+        limit = padded_window(footprint_bounds([(within.wcs, within.shape)], grid.wcs,
+                                               points_per_edge=17), grid.shape, margin)
+        window = None if limit is None else _intersection(window, limit)
     if window is None:
         raise ValueError("the inputs do not overlap the output grid")
     (y0, y1), (x0, x1) = window
     return DataWindow(grid=grid, x0=x0, y0=y0, shape=(y1 - y0, x1 - x0))
+
+
+def _intersection(window, other):
+    """The rows and columns two windows share, or None."""
+    (rows, cols), (other_rows, other_cols) = window, other
+    rows = (max(rows[0], other_rows[0]), min(rows[1], other_rows[1]))
+    cols = (max(cols[0], other_cols[0]), min(cols[1], other_cols[1]))
+    if rows[0] >= rows[1] or cols[0] >= cols[1]:
+        return None
+    return rows, cols
 
 
 def plan_strips(n_rows, n_cols, *, bytes_per_pixel, threads=1, memory=None):

@@ -1,8 +1,9 @@
 """``outlier_detection`` step: flag cosmic rays and other outliers in the inputs.
 
-The step drives `romosaic.outlier.detect` over a library: it works on the
-association's skycell grid when resample will use one, otherwise on a free
-grid twice as fine as the inputs (``pixel_scale_ratio``),
+The step drives `romosaic.outlier.detect` over a library: it works on a
+grid aligned with the inputs, twice as fine as they are
+(``pixel_scale_ratio``), or, when resample will use the association's
+skycell, of the skycell's pixel size and limited to its footprint;
 drizzles each exposure group onto the window of that grid the inputs cover,
 takes the median, and flags each input's disagreeing pixels with
 DO_NOT_USE | OUTLIER in its ``dq`` (so resample then leaves them out); the
@@ -30,17 +31,17 @@ from ..outlier.detect import (
     masked_outliers,
     median_of_group_drizzles,
     median_of_planes,
+    median_window,
 )
 from ..outlier.flagging import parse_pair
 from ..parallel import resolve_workers
 from ..resample import (
     KERNELS,
-    free_grid,
     input_from_model,
     require_overlap,
     skycell_grid_for_association,
 )
-from ..resample.engine import DEFAULT_MEMORY_BUDGET_MIB, data_window
+from ..resample.engine import DEFAULT_MEMORY_BUDGET_MIB
 from ..resample.planes import PlaneStore
 from ..resample.weights import weight_variances
 from ._inputs import read_inputs
@@ -106,11 +107,12 @@ class OutlierDetectionStep(RomosaicStep):
                 return self.step_result(library, input_data)
             if self.resample_data:
                 geometry, _ = survey_inputs(library)
-                grid = self._grid(library, geometry)
-                window = data_window(grid, geometry)
-                log.info("outlier detection on a %d x %d window (%.0f%% of the %d x %d grid)",
+                window = self._window(library, geometry)
+                grid = window.grid
+                log.info("outlier detection on a %d x %d window (%.0f%% of the %d x %d %s)",
                          window.shape[1], window.shape[0], 100 * window.fraction_of_grid,
-                         grid.shape[1], grid.shape[0])
+                         grid.shape[1], grid.shape[0],
+                         "skycell grid" if grid.skycell_name else "grid along the inputs")
                 frames_bytes = group_frames_bytes(window.shape, len(groups))
             else:
                 window = None
@@ -172,17 +174,19 @@ class OutlierDetectionStep(RomosaicStep):
                              offset=(window.x0, window.y0))
         return median
 
-    def _grid(self, library, geometry):
+    def _window(self, library, geometry):
+        """The window of the median's grid that the work is done on."""
+        skycell = None
         if self.resample_on_skycell:
-            grid = skycell_grid_for_association(skycell_wcs_info=library.skycell_wcs_info,
-                                                target=library.target)
-            if grid is not None:
-                require_overlap(grid, geometry)
-                return grid
-        # A grid finer than the inputs keeps the median sharp enough to predict
-        # undersampled star cores (see docs/steps/outlier_detection.rst).
-        return free_grid(geometry, pixel_scale_ratio=self.pixel_scale_ratio,
-                         orientation=recorded_grid_orientation(library))
+            skycell = skycell_grid_for_association(skycell_wcs_info=library.skycell_wcs_info,
+                                                   target=library.target)
+            if skycell is not None:
+                require_overlap(skycell, geometry)
+        # A grid finer than the inputs keeps the median sharp enough to
+        # predict undersampled star cores (docs/steps/outlier_detection.rst).
+        return median_window(geometry, skycell=skycell,
+                             pixel_scale_ratio=self.pixel_scale_ratio,
+                             orientation=recorded_grid_orientation(library))
 
     @staticmethod
     def _image_pixels(library):
