@@ -101,6 +101,11 @@ def median_window(geometry, *, skycell=None, pixel_scale_ratio=0.5, orientation=
         where on the north-up skycell it is a tilted one, which costs the
         drizzle and the blot two to three times as much), unless the
         skycell's own window is smaller; then that one.
+
+    Raises
+    ------
+    ValueError
+        When no input lands on the grid (or on the skycell).
     """
     if skycell is None:
         grid = free_grid(geometry, pixel_scale_ratio=pixel_scale_ratio, orientation=orientation)

@@ -127,8 +127,9 @@ def _label_cells(wcs, shape, grid, good, labels):
     ix - x0``) and returns the box ``(x0, x1, y0, y1)`` of the cells, or None
     when no pixel is good. The grid coordinates come from an exact WCS
     evaluation on nodes every `_NODE_STEP` pixels, interpolated linearly
-    along the node rows and then down the columns, in compiled code; small
-    images and maps with undefined nodes are evaluated at every pixel.
+    along each row of nodes (numpy), then down the columns and turned into
+    labels in one compiled pass; small images and maps with undefined nodes
+    are evaluated at every pixel.
     """
     ny, nx = shape
     gny, gnx = grid.shape
