@@ -695,30 +695,32 @@ static PyObject *cell_labels(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "invalid nx or cell grid shape");
         return NULL;
     }
-    Py_buffer x, y, node, t, good, labels;
+    enum { N_ARRAYS = 6 };
+    Py_buffer views[N_ARRAYS];
+    PyObject *const objects[N_ARRAYS] = {o_x, o_y, o_node, o_t, o_good, o_labels};
+    static const char *const names[N_ARRAYS] = {"x_rows", "y_rows", "node", "t", "good",
+                                                "labels"};
+    static const Py_ssize_t itemsizes[N_ARRAYS] = {8, 8, 8, 8, 1, 4};
+    static const char kinds[N_ARRAYS] = {'f', 'f', 'i', 'f', 'i', 'i'};
+    Py_buffer *const x = &views[0], *const y = &views[1], *const node = &views[2],
+                     *const t = &views[3], *const good = &views[4], *const labels = &views[5];
     PyObject *result = NULL;
     int got = 0;
-    if (get_buffer(o_x, &x, "x_rows", 8, 'f', 0) < 0) goto release;
-    got = 1;
-    if (get_buffer(o_y, &y, "y_rows", 8, 'f', 0) < 0) goto release;
-    got = 2;
-    if (get_buffer(o_node, &node, "node", 8, 'i', 0) < 0) goto release;
-    got = 3;
-    if (get_buffer(o_t, &t, "t", 8, 'f', 0) < 0) goto release;
-    got = 4;
-    if (get_buffer(o_good, &good, "good", 1, 'i', 0) < 0) goto release;
-    got = 5;
-    if (get_buffer(o_labels, &labels, "labels", 4, 'i', 1) < 0) goto release;
-    got = 6;
-    const Py_ssize_t nrows = node.shape[0], node_values = x.shape[0];
-    if (t.shape[0] != nrows || y.shape[0] != node_values || node_values % nx != 0
-        || good.shape[0] != nrows * nx || labels.shape[0] != nrows * nx) {
+    for (; got < N_ARRAYS; got++) {
+        if (get_buffer(objects[got], &views[got], names[got], itemsizes[got], kinds[got],
+                       got == N_ARRAYS - 1) < 0) {
+            goto release;
+        }
+    }
+    const Py_ssize_t nrows = node->shape[0], node_values = x->shape[0];
+    if (t->shape[0] != nrows || y->shape[0] != node_values || node_values % nx != 0
+        || good->shape[0] != nrows * nx || labels->shape[0] != nrows * nx) {
         PyErr_SetString(PyExc_ValueError, "inconsistent lengths of rows, nodes, good and labels");
         goto release;
     }
     const Py_ssize_t n_node_rows = node_values / nx;
     for (Py_ssize_t r = 0; r < nrows; r++) {
-        const int64_t k = ((const int64_t *)node.buf)[r];
+        const int64_t k = ((const int64_t *)node->buf)[r];
         if (k < 0 || k + 1 >= n_node_rows) {
             PyErr_Format(PyExc_ValueError, "node interval %lld of row %zd is outside the nodes",
                          (long long)k, r);
@@ -728,18 +730,16 @@ static PyObject *cell_labels(PyObject *self, PyObject *args, PyObject *kwargs)
     long box[4];
     int empty;
     Py_BEGIN_ALLOW_THREADS
-    empty = label_cells((const double *)x.buf, (const double *)y.buf, (const int64_t *)node.buf,
-                        (const double *)t.buf, (const uint8_t *)good.buf, nrows, nx, gnx, gny,
-                        (int32_t *)labels.buf, box);
+    empty = label_cells((const double *)x->buf, (const double *)y->buf,
+                        (const int64_t *)node->buf, (const double *)t->buf,
+                        (const uint8_t *)good->buf, nrows, nx, gnx, gny, (int32_t *)labels->buf,
+                        box);
     Py_END_ALLOW_THREADS
     result = empty ? Py_NewRef(Py_None) : Py_BuildValue("(llll)", box[0], box[1], box[2], box[3]);
 release:
-    if (got >= 6) PyBuffer_Release(&labels);
-    if (got >= 5) PyBuffer_Release(&good);
-    if (got >= 4) PyBuffer_Release(&t);
-    if (got >= 3) PyBuffer_Release(&node);
-    if (got >= 2) PyBuffer_Release(&y);
-    if (got >= 1) PyBuffer_Release(&x);
+    while (got > 0) {
+        PyBuffer_Release(&views[--got]);
+    }
     return result;
 }
 
