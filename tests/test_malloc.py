@@ -33,18 +33,28 @@ before = rss_mib()
 thread = threading.Thread(target=work)
 thread.start()
 thread.join()
-if sys.argv[1] == "trim":
-    assert give_back_freed_memory()
-print(rss_mib() - before)
+kept = rss_mib() - before
+assert give_back_freed_memory()
+print(kept, rss_mib() - before)
 """
 
 
-def _kept_mib(mode):
-    result = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True,
-                            text=True, check=True)
-    return float(result.stdout.strip())
+def _kept_then_given_back_mib():
+    """MiB the probe's process kept after its thread freed 120 MiB, then after the trim."""
+    result = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                            check=True)
+    kept, after = (float(v) for v in result.stdout.split())
+    return kept, after
 
 
 def test_memory_freed_by_a_step_is_given_back():
-    assert _kept_mib("keep") > 80  # what glibc keeps by itself
-    assert _kept_mib("trim") < 40
+    # glibc keeps the freed arrays in the thread's heap (about 120 MiB); the
+    # trim hands them back. Once, under the parallel test run, a probe kept
+    # nothing to begin with; such a run proves nothing either way and is
+    # repeated.
+    for _ in range(3):
+        kept, after = _kept_then_given_back_mib()
+        if kept > 80:
+            break
+    assert kept > 80  # what glibc keeps by itself
+    assert after < 40
