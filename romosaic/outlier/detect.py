@@ -99,7 +99,7 @@ def median_window(geometry, *, skycell=None, pixel_scale_ratio=0.5, orientation=
         grid of the skycell's pixel size on the same axes, limited to the box
         of the skycell's footprint (an input pixel's drop on it is a square,
         where on the north-up skycell it is a tilted one, which costs the
-        drizzle and the blot two to three times as much), unless the
+        drizzle 2.3 to 3.5 times as much at 20-45 degrees), unless the
         skycell's own window is smaller; then that one.
 
     Raises
