@@ -25,7 +25,7 @@ from romosaic.skymatch import (
     grouped_sky_statistics,
     match_sky,
 )
-from romosaic.skymatch.cells import _label_cells, _label_cells_exactly
+from romosaic.skymatch.cells import _NODE_STEP, _label_cells, _label_cells_exactly
 from romosaic.steps import FluxStep, OutlierDetectionStep, ResampleStep
 from romosaic.steps.skymatch_step import SkyMatchStep
 
@@ -208,7 +208,7 @@ def _numpy_cell_labels(wcs, shape, grid, good):
     compiled labels' oracle): whole-grid labels, then renumbered in the box."""
     ny, nx = shape
     gny, gnx = grid.shape
-    xn, yn = node_positions(nx, 32), node_positions(ny, 32)
+    xn, yn = node_positions(nx, _NODE_STEP), node_positions(ny, _NODE_STEP)
     gx, gy = map_pixels(wcs, grid.wcs, *np.meshgrid(xn, yn))
     x_all = np.arange(nx, dtype=float)
     rows_x, rows_y = (np.stack([np.interp(x_all, xn, row) for row in v]) for v in (gx, gy))
