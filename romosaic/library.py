@@ -8,9 +8,11 @@ version adds:
   ``_cal.asdf`` file, a list of file names, or a list of open models;
 * validation of the association up front, with one-line errors;
 * exposure groups read from the file headers without loading arrays;
-* images that live in their files: a member read from a file is opened when
-  it is borrowed and released when it is shelved, so that memory does not
-  grow with the number of inputs. What the steps change is kept as small
+* images that live in their files: a member's file is opened at its first
+  borrow and kept open (`_OpenedFile`, up to `KEPT_FILES` of them); each
+  borrow gets a model of its own from it, whose arrays are read when first
+  used and released with the model, so that memory does not grow with the
+  number of inputs. What the steps change is kept as small
   per-image state (`ImageEdits`: a flux factor, a subtracted sky level,
   outlier flags, metadata updates) that every borrow applies again, the
   array changes only when an array is first read;
@@ -42,6 +44,7 @@ import collections
 import concurrent.futures
 import contextlib
 import copy
+import inspect
 import logging
 import mmap
 import os
@@ -74,6 +77,11 @@ __all__ = ["DQFlags", "FluxScale", "ImageEdits", "MemberMetadata", "MetaUpdate",
            "SkySubtraction"]
 
 log = logging.getLogger(__name__)
+
+#: Most member files a library keeps open between borrows (`_OpenedFile`):
+#: each holds a file handle and about 1 MiB (the converted metadata and
+#: asdf's read buffer). Members beyond are opened at each borrow.
+KEPT_FILES = 64
 
 # -- per-image edits ------------------------------------------------------------
 
@@ -374,6 +382,86 @@ def _defer(value, name, edit):
     return True
 
 
+class _OpenedFile:
+    """A member's file, opened once: each borrow gets a model of its own from it.
+
+    Opening a file converts its whole metadata tree (WCS, times, units): 9-20
+    ms of the interpreter's time, which a run would otherwise spend at every
+    borrow (each step borrows every member at least once). The model opened
+    here is never handed out. A borrow gets a deep copy of its entries
+    other than arrays, and arrays that read their blocks through this
+    file anew each time, never into asdf's per-file cache: a borrowed
+    array is freed with the model that read it, as one opened alone, and
+    edits applied to it in place cannot reach another borrow.
+
+    Parameters
+    ----------
+    model : roman_datamodels.datamodels.DataModel
+        Just opened from the file, with lazily read arrays (`rereadable`).
+    """
+
+    def __init__(self, model):
+        self._model = model
+        # One read of this file at a time: a model released while one of
+        # its arrays is still being read must not share the file position
+        # with the next borrow's reads.
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def rereadable(model):
+        """Whether every array of ``model`` is still unread in a block of its own file."""
+        node = model._instance
+        arrays = [node[key] for key in node if _is_array(node[key])]
+        return _CAN_REREAD and all(
+            isinstance(value, NDArrayType) and _is_unread(value)
+            and isinstance(value._source, int) and value._mask is None
+            for value in arrays)
+
+    def fresh_model(self):
+        """A model of the file as a new opening would give it."""
+        node = self._model._instance
+        fresh = type(node)()
+        for key in node:
+            value = node[key]
+            fresh[key] = (self._fresh_array(value) if isinstance(value, NDArrayType)
+                          else copy.deepcopy(value))
+        return type(self._model)(fresh)
+
+    def _fresh_array(self, value):
+        return NDArrayType(value._source, value._shape, value._dtype, value._offset,
+                           value._strides, value._order, value._mask,
+                           _UncachedBlock(value._data_callback, self))
+
+    def read_block(self, callback, attr):
+        with self._lock:
+            return callback(attr)
+
+    def close(self):
+        self._model.close()
+
+
+class _UncachedBlock:
+    """An array's access to its block through an `_OpenedFile`, without asdf's cache.
+
+    Holds the opened file, so that it stays open while an array that may
+    still be read from it lives (as the model of a file opened alone does).
+    """
+
+    def __init__(self, callback, opened):
+        self._callback = callback
+        self._opened = opened
+
+    def __call__(self, _attr=None):
+        # asdf keeps the block's bytes ("cached_data") for as long as the
+        # file is open; a borrow's array must own its bytes instead.
+        return self._opened.read_block(self._callback, None if _attr == "cached_data" else _attr)
+
+
+# Arrays of an `_OpenedFile` are built as asdf builds them on opening.
+_CAN_REREAD = _CAN_DEFER and list(inspect.signature(NDArrayType).parameters) == [
+    "source", "shape", "dtype", "offset", "strides", "order", "mask", "data_callback"]
+
+
 def _is_array(value):
     return isinstance(value, (np.ndarray, NDArrayType))
 
@@ -502,6 +590,9 @@ class ModelLibrary(AbstractModelLibrary):
         # now (`metadata`), taken at its first open and kept up to date by
         # the metadata edits recorded since.
         self._metadata = {}
+        # Per member read from its own file: that file, opened once for
+        # every borrow (`_OpenedFile`), for at most `KEPT_FILES` members.
+        self._opened_files = {}
         self._edits_lock = threading.Lock()
         try:
             super().__init__(
@@ -577,7 +668,7 @@ class ModelLibrary(AbstractModelLibrary):
         """Release the library's files: its temporary directory and open inputs.
 
         Removes the temporary directory of an ``on_disk`` library, and closes
-        the models the library itself opened from files (models it was given
+        the models and files the library itself opened (models it was given
         open are left alone), so that their file handles are released now,
         not whenever the garbage collector gets to them: after an error, the
         exception's traceback would otherwise keep every input open.
@@ -593,7 +684,8 @@ class ModelLibrary(AbstractModelLibrary):
         if self._asn_dir is not None:
             models = list(self._loaded_models.values()) + list(self._ledger.values())
             self._loaded_models = {}
-            for model in models:
+            opened, self._opened_files = list(self._opened_files.values()), {}
+            for model in models + opened:
                 with contextlib.suppress(Exception):
                     model.close()
 
@@ -622,6 +714,9 @@ class ModelLibrary(AbstractModelLibrary):
                                if i in renumber}
         self._edits = {renumber[i]: edits for i, edits in self._edits.items() if i in renumber}
         self._metadata = {renumber[i]: kept for i, kept in self._metadata.items() if i in renumber}
+        for index in drop & set(self._opened_files):
+            self._opened_files.pop(index).close()
+        self._opened_files = {renumber[i]: opened for i, opened in self._opened_files.items()}
         if self._on_disk:
             for index in drop & set(self._temp_filenames):
                 Path(self._temp_filenames[index]).unlink(missing_ok=True)
@@ -886,6 +981,27 @@ class ModelLibrary(AbstractModelLibrary):
 
     def _datamodels_open(self, filename, **kwargs):
         return open_image_model(filename, **kwargs)
+
+    def _load_member(self, index):
+        # Member `index` from its own file, opened once (see `_OpenedFile`).
+        with self._edits_lock:
+            opened = self._opened_files.get(index)
+        if opened is not None:
+            return opened.fresh_model()
+        model = super()._load_member(index)
+        if (len(self._opened_files) >= KEPT_FILES
+                or self._datamodels_open_kwargs.get("memmap", False)
+                or not _OpenedFile.rereadable(model)):
+            return model
+        opened = _OpenedFile(model)
+        try:
+            fresh = opened.fresh_model()
+        except BaseException:
+            model.close()
+            raise
+        with self._edits_lock:
+            self._opened_files[index] = opened
+        return fresh
 
     def _member_to_filename(self, member):
         # Never a URL: the member is a local path relative to the association.
