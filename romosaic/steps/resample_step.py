@@ -5,6 +5,7 @@ through `romosaic.resample.drizzle_images` one at a time and returns a
 Level-3 ``MosaicModel``. The algorithm lives in `romosaic.resample`.
 """
 
+import concurrent.futures
 import logging
 from pathlib import Path
 
@@ -108,7 +109,14 @@ class ResampleStep(RomosaicStep):
         # too large for memory; the model keeps mappings of them, so the
         # directory can go once the model is made.
         with scratch_directory(self.search_attr("output_dir"), "planes",
-                               enabled=in_files) as directory:
+                               enabled=in_files) as directory, \
+                concurrent.futures.ThreadPoolExecutor(1, "noise") as background:
+            # The noise correlation needs only the geometry: its WCS
+            # evaluations (Python) run while the drizzle's kernels (which
+            # let go of the interpreter) use the cores.
+            noise = background.submit(
+                noise_correlation_for_grid, geometry, grid.wcs, grid.shape, kernel=self.kernel,
+                pixfrac=self.pixfrac, names=[s.filename for s in summaries])
             result, input_scale = self._drizzle(library, grid, window, directory)
             if not _any_positive(result.weight):
                 raise RomosaicInputError(
@@ -130,9 +138,7 @@ class ResampleStep(RomosaicStep):
                     input_pixel_scale=input_scale,
                     data_release_id=library.asn.get("data_release_id"),
                     include_var_flat=self.include_var_flat,
-                    noise=noise_correlation_for_grid(geometry, grid.wcs, grid.shape,
-                                                     kernel=self.kernel, pixfrac=self.pixfrac,
-                                                     names=[s.filename for s in summaries]),
+                    noise=noise.result(),
                     store=grid_store,
                     threads=resolve_workers(self.workers),
                 )
