@@ -79,8 +79,8 @@ __all__ = ["DQFlags", "FluxScale", "ImageEdits", "MemberMetadata", "MetaUpdate",
 log = logging.getLogger(__name__)
 
 #: Most member files a library keeps open between borrows (`_OpenedFile`):
-#: each holds a file handle and about 1 MiB (the converted metadata and
-#: asdf's read buffer). Members beyond are opened at each borrow.
+#: each holds a file handle and the file's converted metadata (0.1-0.2 MiB
+#: for a Level-2 image). Members beyond are opened at each borrow.
 KEPT_FILES = 64
 
 # -- per-image edits ------------------------------------------------------------
