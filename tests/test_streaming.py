@@ -135,13 +135,8 @@ def _root(array):
     return array
 
 
-def test_each_file_is_opened_once_and_every_borrow_gets_a_model_of_its_own(files, monkeypatch):
-    # Converting a file's tree is the dear part of opening it: the library
-    # opens each member's file once. Each borrow still gets the model a new
-    # opening would give, with the edits recorded so far, arrays that it
-    # alone owns (freed with it), and nothing of what an earlier borrow
-    # changed without keeping it.
-    asn, paths = files
+def _count_opened_files(monkeypatch):
+    """The names of the files roman_datamodels opens from now on, in order."""
     opened = []
     real_open = rdm.open
 
@@ -150,8 +145,19 @@ def test_each_file_is_opened_once_and_every_borrow_gets_a_model_of_its_own(files
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(rdm, "open", counting_open)
-    with real_open(paths[0]) as original:
+    return opened
+
+
+def test_each_file_is_opened_once_and_every_borrow_gets_a_model_of_its_own(files, monkeypatch):
+    # Converting a file's tree is the dear part of opening it: the library
+    # opens each member's file once. Each borrow still gets the model a new
+    # opening would give, with the edits recorded so far, arrays that it
+    # alone owns (freed with it), and nothing of what an earlier borrow
+    # changed without keeping it.
+    asn, paths = files
+    with rdm.open(paths[0]) as original:
         expected = _arrays(original)
+    opened = _count_opened_files(monkeypatch)
     library = ModelLibrary(asn)
     library.record_flux_scale(0, CONVERSION)
     with library:
@@ -179,14 +185,7 @@ def test_each_file_is_opened_once_and_every_borrow_gets_a_model_of_its_own(files
 def test_files_beyond_the_kept_number_are_opened_at_each_borrow(files, monkeypatch):
     asn, paths = files
     monkeypatch.setattr(library_module, "KEPT_FILES", 1)
-    opened = []
-    real_open = rdm.open
-
-    def counting_open(path, *args, **kwargs):
-        opened.append(Path(path).name)
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(rdm, "open", counting_open)
+    opened = _count_opened_files(monkeypatch)
     library = ModelLibrary(asn)
     for _ in range(2):
         for index, model in library.iter_models():
