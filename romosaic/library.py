@@ -385,7 +385,7 @@ def _defer(value, name, edit):
 class _OpenedFile:
     """A member's file, opened once: each borrow gets a model of its own from it.
 
-    Opening a file converts its whole metadata tree (WCS, times, units): 9-20
+    Opening a file converts its whole metadata tree (WCS, times, units): 6-20
     ms of the interpreter's time, which a run would otherwise spend at every
     borrow (each step borrows every member at least once). The model opened
     here is never handed out. A borrow gets a deep copy of its entries
