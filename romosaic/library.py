@@ -1100,8 +1100,9 @@ class ModelLibrary(AbstractModelLibrary):
             self._unread_arrays[index] = {key: node[key] for key in node
                                           if _is_unread(node[key])}
             if index not in self._metadata:
-                # A detached copy: the model's own tree is read through its
-                # file, which is closed when the model is released.
+                # A copy of its own: the borrower may change the model's
+                # tree, and a model opened alone (beyond KEPT_FILES) reads
+                # it through its file, closed when the model is released.
                 kept = MemberMetadata(copy.deepcopy(model.meta), tuple(model.data.shape))
                 with self._edits_lock:
                     self._metadata.setdefault(index, kept)
