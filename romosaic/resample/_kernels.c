@@ -46,6 +46,35 @@
 
 #define MAX_PLANES 16
 
+/* Where the compiler can make them, a copy of the functions so marked (the
+ * square kernel and its loops along a row) for CPUs with AVX2 (four doubles
+ * at a time), chosen when the module loads. The arithmetic is the same,
+ * without fused multiply-adds (ISO C mode does not contract), so that the
+ * results are the same to the bit on any CPU. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/* Before a loop over the columns of a row whose arrays do not overlap: with
+ * more arrays than the compiler checks for overlap at run time (ten), it
+ * would otherwise not run the loop several columns at a time. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define COLUMNS_INDEPENDENT _Pragma("GCC ivdep")
+#else
+#define COLUMNS_INDEPENDENT
+#endif
+
+/* For the functions the square kernel calls at every pixel, which the
+ * compiler inlines into one copy of the kernel but, with the kernel's two
+ * copies (above), would otherwise call. */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE
+#endif
+
 enum kernel_kind {
     K_SQUARE = 0,
     K_POINT = 1,
@@ -163,7 +192,7 @@ iround(double x)
 
 /* Add one weighted contribution to output pixel k of the arrays (index
  * into the flattened arrays), which the caller has checked exists. */
-static inline void
+ALWAYS_INLINE static inline void
 deposit_at(job_t *J, Py_ssize_t k, float d, float dow, const float *v)
 {
     float vc;
@@ -326,7 +355,7 @@ edge_piece(
  * the overlaps (positive for a clockwise quadrilateral). The overlap is
  * Σ_edges sign(dx) ∫ clamp(y(x) - bottom, 0, 1) dx over each cell's column.
  */
-static void
+ALWAYS_INLINE static inline void
 quad_overlaps(const double *px, const double *py, long nxl, long nyl, double *acc, double *step)
 {
     long stride = nxl + 1, c, r;
@@ -577,7 +606,7 @@ box_side(double x0, double y0, double x1, double y1, long c, long nyl, double *a
  * the same order: the result is the same to the bit, without its loops,
  * branches and buffers. Returns 0, with cell undefined, when the drop is
  * not of this kind (quad_overlaps must then be used). cell[r * BOX_MAX + c]. */
-static int
+ALWAYS_INLINE static inline int
 quad_overlaps_box(const double *px, const double *py, long nxl, long nyl, double *cell)
 {
     long top = nyl - 1, right = nxl - 1, c, r;
@@ -732,7 +761,7 @@ spline_free(spline_t *S)
 /* Row r of the pixel map, (x, y) interleaved, evaluated into a cache slot:
  * the coefficients are first combined along the rows (four per column of
  * coefficients), leaving four products per pixel and axis. */
-static const double *
+VECTOR_CLONES static const double *
 spline_row(const job_t *J, Py_ssize_t r)
 {
     spline_t *S = J->spline;
@@ -783,7 +812,7 @@ centre_row(const job_t *J, Py_ssize_t r)
 /* Bilinear interpolation (extrapolation at the borders) of the pixel map
  * along a row at vertical position y, for every column: row[2 i], row[2 i + 1]
  * = (x, y) on the grid of the point (i, y) of the input. */
-static void
+VECTOR_CLONES static void
 pixmap_row(const job_t *J, double y, double *row)
 {
     Py_ssize_t nx = J->in_nx, i;
@@ -830,7 +859,7 @@ row_point(const double *row, Py_ssize_t nx, Py_ssize_t i, long off, double frac,
  * frac of an interpolated row, for every column i, as row_point gives them,
  * into separate x and y arrays; the loop over the columns that need no
  * extrapolation is a plain one the compiler can vectorise. */
-static void
+VECTOR_CLONES static void
 corner_row(const double *row, Py_ssize_t nx, long off, double frac, double *ox, double *oy)
 {
     Py_ssize_t i, first = -off, last = nx - 2 - off; /* i + off in [0, nx - 2] */
@@ -889,7 +918,7 @@ typedef struct {
 
 /* Returns the number of fast drops; *n_wide: the number of drops whose box
  * is more than 2 output pixels wide or tall (on finer grids). */
-static Py_ssize_t
+VECTOR_CLONES static Py_ssize_t
 row_geometry(const row_geometry_t *G, Py_ssize_t nx, Py_ssize_t *n_wide)
 {
     const double *restrict x0 = G->x[0], *restrict x1 = G->x[1], *restrict x2 = G->x[2],
@@ -900,6 +929,7 @@ row_geometry(const row_geometry_t *G, Py_ssize_t nx, Py_ssize_t *n_wide)
     unsigned char *restrict fast = G->fast;
     Py_ssize_t i, n = 0, wide = 0;
 
+    COLUMNS_INDEPENDENT
     for (i = 0; i < nx; ++i) {
         double minx = dmin(dmin(x0[i], x1[i]), dmin(x2[i], x3[i]));
         double maxx = dmax(dmax(x0[i], x1[i]), dmax(x2[i], x3[i]));
@@ -942,7 +972,7 @@ drop_cells(const row_geometry_t *G, Py_ssize_t i, double *cell)
 
 /* drop_cells for every column of the row, into G->cell (the same values,
  * several columns at a time): worth it when most drops are fast. */
-static void
+VECTOR_CLONES static void
 row_cells(const row_geometry_t *G, Py_ssize_t nx)
 {
     const double *restrict x0 = G->x[0], *restrict x1 = G->x[1], *restrict x2 = G->x[2],
@@ -954,6 +984,7 @@ row_cells(const row_geometry_t *G, Py_ssize_t nx)
                      *restrict c3 = G->cell[3];
     Py_ssize_t i;
 
+    COLUMNS_INDEPENDENT
     for (i = 0; i < nx; ++i) {
         double X = bx[i] + 0.5, Y = by[i] + 0.5, cx[4], cy[4], cell[4];
 
@@ -975,16 +1006,6 @@ row_cells(const row_geometry_t *G, Py_ssize_t nx)
 
 /* Drops per block of row_boxes. */
 #define BOX_BLOCK 64
-
-/* Where the compiler can make them, a copy of the loops below for CPUs with
- * AVX2 (four columns at a time), chosen when the module loads. The
- * arithmetic is the same, without fused multiply-adds, so that the results
- * are the same to the bit on any CPU. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
-#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
 
 /* local_floor(v) == k, for k >= 1, by comparisons (a conversion to an
  * integer would keep the loop below from running several columns at once) */
@@ -1144,7 +1165,7 @@ row_boxes(const row_geometry_t *G, Py_ssize_t i0, Py_ssize_t n, box_block_t *res
  * nyl cells, clipped to grid columns c0..c1 and rows r0..r1 of the arrays.
  * w: the pixel's weight over the drop's area. Counts the pixel as used when
  * it deposits anything. */
-static inline void
+ALWAYS_INLINE static inline void
 deposit_box(
     job_t *J, const double *cell, long stride, long bi0, long bj0, long nxl, long nyl, long c0,
     long c1, long r0, long r1, float d, double w, const float *v)
@@ -1179,7 +1200,109 @@ deposit_box(
     J->n_used += hit;
 }
 
-static int
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__aarch64__))
+#define DEPOSIT_VECTORS 1
+typedef double v4d __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+typedef int64_t v4l __attribute__((vector_size(32)));
+
+/* The four cells of a square box, two adjacent ones in each of two rows, as
+ * one vector: (k, k + 1, k + nx, k + nx + 1). */
+static inline v4f
+load_cells(const float *p, Py_ssize_t nx)
+{
+    return (v4f){p[0], p[1], p[nx], p[nx + 1]};
+}
+
+/* where mask (lanes of all ones or zeros): a, elsewhere b */
+static inline v4f
+select_f(v4i mask, v4f a, v4f b)
+{
+    return (v4f) ((mask & (v4i) a) | (~mask & (v4i) b));
+}
+
+static inline void
+store_cells(float *p, Py_ssize_t nx, v4f x)
+{
+    p[0] = x[0];
+    p[1] = x[1];
+    p[nx] = x[2];
+    p[nx + 1] = x[3];
+}
+
+/* deposit_box for a 2 x 2 box wholly within the arrays (the usual drop at
+ * native pixel size), its four cells at once: each lane does what
+ * deposit_at does for its cell, in the same operations, so the values are
+ * the same to the bit; a lane left out (its overlap a rounding residue, or
+ * its weight zero in single precision) keeps its old values. */
+static inline void
+deposit_2x2(job_t *J, Py_ssize_t k0, const double *cell, float d, double w, const float *v)
+{
+    Py_ssize_t nx = J->out_nx;
+    v4d a = {cell[0], cell[1], cell[2], cell[3]};
+    v4l overlaps = (a > AREA_RESIDUE) | (a < -AREA_RESIDUE);
+    v4f dowf = __builtin_convertvector(a * w, v4f);
+    v4d dow = __builtin_convertvector(dowf, v4d);
+    v4l use = overlaps & (dow != 0.0);
+    v4f vcf = load_cells(J->wht + k0, nx);
+    v4d vc = __builtin_convertvector(vcf, v4d);
+    v4l first = vc == 0.0;
+    v4d tot = vc + dow, inv = 1.0 / tot;
+    v4i use4 = __builtin_convertvector(use, v4i), first4 = __builtin_convertvector(first, v4i);
+    v4f old, mixed;
+    int m;
+
+    if (!(overlaps[0] | overlaps[1] | overlaps[2] | overlaps[3])) {
+        return;
+    }
+    J->n_used += 1;
+    if (!(use[0] | use[1] | use[2] | use[3])) {
+        return;
+    }
+    old = load_cells(J->out + k0, nx);
+    mixed = __builtin_convertvector(
+        (__builtin_convertvector(old, v4d) * vc + dow * (double) d) * inv, v4f);
+    mixed = select_f(first4, (v4f){d, d, d, d}, mixed);
+    store_cells(J->out + k0, nx, select_f(use4, mixed, old));
+    if (J->nvar) {
+        v4d vc2 = vc * vc, dow2 = dow * dow, inv2 = inv * inv;
+        for (m = 0; m < J->nvar; ++m) {
+            float *o = J->ovar[m] + k0;
+            float vm = v[m];
+            old = load_cells(o, nx);
+            mixed = __builtin_convertvector(
+                (__builtin_convertvector(old, v4d) * vc2 + dow2 * (double) vm) * inv2, v4f);
+            mixed = select_f(first4, (v4f){vm, vm, vm, vm}, mixed);
+            store_cells(o, nx, select_f(use4, mixed, old));
+        }
+    }
+    if (J->odq) {
+        uint32_t *q = J->odq + k0, cur = J->cur_dq;
+        v4i oldq = {(int32_t) q[0], (int32_t) q[1], (int32_t) q[nx], (int32_t) q[nx + 1]};
+        /* as drizzle: the first contribution sets the flags, later ones OR */
+        v4i newq = (~first4 & oldq) | (int32_t) cur;
+        newq = (use4 & newq) | (~use4 & oldq);
+        q[0] = (uint32_t) newq[0];
+        q[1] = (uint32_t) newq[1];
+        q[nx] = (uint32_t) newq[2];
+        q[nx + 1] = (uint32_t) newq[3];
+    }
+    store_cells(J->wht + k0, nx, select_f(use4, __builtin_convertvector(tot, v4f), vcf));
+    if (J->ctx) {
+        uint32_t *c = J->ctx + k0, bit = J->bit;
+        v4i set = use4 & (dowf > 0.0f) & (int32_t) bit;
+        c[0] |= (uint32_t) set[0];
+        c[1] |= (uint32_t) set[1];
+        c[nx] |= (uint32_t) set[2];
+        c[nx + 1] |= (uint32_t) set[3];
+    }
+}
+#else
+#define DEPOSIT_VECTORS 0
+#endif
+
+VECTOR_CLONES static int
 kernel_square(job_t *J)
 {
     Py_ssize_t nx = J->in_nx, ny = J->in_ny, i, j;
@@ -1277,6 +1400,15 @@ kernel_square(job_t *J)
                 } else {
                     drop_cells(&G, i, cell);
                 }
+#if DEPOSIT_VECTORS
+                if (c0 == bi0 && c1 == bi0 + 1 && r0 == bj0 && r1 == bj0 + 1) {
+                    deposit_2x2(J,
+                                (Py_ssize_t) (bj0 - (long) J->gy0) * J->out_nx +
+                                    (Py_ssize_t) (bi0 - (long) J->gx0),
+                                cell, d, w / jaco, v);
+                    continue;
+                }
+#endif
                 deposit_box(J, cell, 2, bi0, bj0, 2, 2, c0, c1, r0, r1, d, w / jaco, v);
                 continue;
             }
