@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from drizzle.resample import Drizzle
 
+from romosaic.resample import _kernels
 from romosaic.resample.kernels import KERNELS, drizzle_add
 
 N_INPUTS = 3
@@ -202,6 +203,28 @@ def test_tile_receives_exactly_what_the_whole_grid_does(kernel, seed):
         np.testing.assert_array_equal(tile["variances"][k], whole["variances"][k][inner])
     np.testing.assert_array_equal(tile["context"], whole["context"][(slice(None), *inner)])
     np.testing.assert_array_equal(tile["dq"], whole["dq"][inner])
+
+
+@pytest.mark.parametrize("name", ["native", 2])
+def test_square_kernel_copies_agree_to_the_bit(name):
+    """Where the CPU has AVX2, the square kernel runs rows whose drops are the
+    usual one at native size (the scene "native") in its AVX2 copy; the plain
+    copy must give the same values to the bit. Other rows (scene 2: drops at
+    an angle) run in the plain copy either way."""
+    scene = _named_scene("square", name)
+    scene["pixfrac"] = 1.0  # the usual drop: one corner in each of 2 x 2 pixels
+    previous = _kernels.use_vector_copies(True)
+    try:
+        vector = _ours(scene)
+        _kernels.use_vector_copies(False)
+        plain = _ours(scene)
+    finally:
+        _kernels.use_vector_copies(previous)
+    assert np.count_nonzero(plain["weight"]) > 0.5 * plain["weight"].size
+    for key in ("data", "weight", "context", "dq"):
+        np.testing.assert_array_equal(vector[key], plain[key])
+    for k in range(N_VARIANCES):
+        np.testing.assert_array_equal(vector["variances"][k], plain["variances"][k])
 
 
 def test_flat_input_gives_the_same_surface_brightness_at_any_scale():

@@ -2175,6 +2175,24 @@ done:
     return result;
 }
 
+/* use_vector_copies(flag) -> bool: whether the square kernel may run rows
+ * in its AVX2 copy (where the CPU has AVX2); returns the previous setting.
+ * For the tests, which compare the copies. */
+static PyObject *
+py_use_vector_copies(PyObject *self, PyObject *arg)
+{
+    int previous = have_avx2, flag = PyObject_IsTrue(arg);
+
+    (void) self;
+    if (flag < 0) {
+        return NULL;
+    }
+#if VECTOR_COPIES
+    have_avx2 = flag && __builtin_cpu_supports("avx2");
+#endif
+    return PyBool_FromLong(previous);
+}
+
 static PyMethodDef methods[] = {
     {"drizzle_add", (PyCFunction) (void (*)(void)) py_drizzle_add, METH_VARARGS | METH_KEYWORDS,
      "drizzle_add(kernel, data, weight, pixmap, variances, out_data, out_weight, "
@@ -2186,6 +2204,9 @@ static PyMethodDef methods[] = {
      "smoothed_rows(along, first, frac, row0, out, sky=None, data=None, good=None) -> None\n\n"
      "Rows of a block-smoothed variance (or, with data and good, its weights); see\n"
      "romosaic.resample.weights."},
+    {"use_vector_copies", py_use_vector_copies, METH_O,
+     "use_vector_copies(flag) -> bool\n\n"
+     "Whether the square kernel may use its AVX2 copy; returns the previous setting."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {
