@@ -1318,9 +1318,10 @@ typedef struct {
 } square_rows_t;
 
 /* Row j of the square kernel: each input pixel's drop deposited in turn.
- * Returns 1 when most of the row's drops were the usual drop at native
- * pixel size, 0 when not, -1 when the row had no pixel to deposit, -2 when
- * out of memory. */
+ * Returns 1 when a third or more of the row's drops were the usual drop at
+ * native pixel size (their overlaps are then found for the whole row at
+ * once), 0 when fewer, -1 when the row had no pixel to deposit, -2 when out
+ * of memory. */
 ALWAYS_INLINE static inline int
 square_row(job_t *J, const square_rows_t *S, Py_ssize_t j)
 {
@@ -1531,9 +1532,9 @@ square_row_plain(job_t *J, const square_rows_t *S, Py_ssize_t j)
 }
 
 #if VECTOR_COPIES
-/* The same for CPUs with AVX2, where the usual drop's four deposits run as
- * one vector (deposit_2x2); drops at an angle to the grid run faster in the
- * plain copy. */
+/* The same for CPUs with AVX2, where the usual drop's four deposits
+ * (deposit_2x2) are single 256-bit operations; drops at an angle to the
+ * grid run faster in the plain copy. */
 __attribute__((target("avx2"))) static int
 square_row_avx2(job_t *J, const square_rows_t *S, Py_ssize_t j)
 {
