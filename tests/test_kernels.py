@@ -205,16 +205,16 @@ def test_tile_receives_exactly_what_the_whole_grid_does(kernel, seed):
     np.testing.assert_array_equal(tile["dq"], whole["dq"][inner])
 
 
-@pytest.mark.parametrize("name", ["native", 2])
-def test_square_kernel_copies_agree_to_the_bit(name):
+def test_square_kernel_copies_agree_to_the_bit():
     """Where the CPU has AVX2, the square kernel runs rows whose drops are the
-    usual one at native size (the scene "native") in its AVX2 copy; the plain
-    copy must give the same values to the bit. Other rows (scene 2: drops at
-    an angle) run in the plain copy either way."""
-    scene = _named_scene("square", name)
+    usual one at native size in its AVX2 copy; the plain copy must give the
+    same values to the bit."""
+    scene = _named_scene("square", "native")
     scene["pixfrac"] = 1.0  # the usual drop: one corner in each of 2 x 2 pixels
     previous = _kernels.use_vector_copies(True)
     try:
+        if not _kernels.use_vector_copies(True):
+            pytest.skip("no AVX2 copy on this CPU or compiler")
         vector = _ours(scene)
         _kernels.use_vector_copies(False)
         plain = _ours(scene)

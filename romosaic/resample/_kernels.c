@@ -1542,8 +1542,9 @@ square_row_avx2(job_t *J, const square_rows_t *S, Py_ssize_t j)
 }
 #endif
 
-/* Whether the CPU runs the AVX2 copies; set when the module loads. */
-static int have_avx2 = 0;
+/* Whether the CPU runs the AVX2 copies (set when the module loads), and
+ * whether the square kernel uses its copy (use_vector_copies). */
+static int cpu_avx2 = 0, use_avx2 = 0;
 
 static int
 kernel_square(job_t *J)
@@ -1582,8 +1583,8 @@ kernel_square(job_t *J)
              * both give the same values to the bit */
             int status;
 #if VECTOR_COPIES
-            status = usual && have_avx2 ? square_row_avx2(J, &S, j)
-                                        : square_row_plain(J, &S, j);
+            status = usual && use_avx2 ? square_row_avx2(J, &S, j)
+                                       : square_row_plain(J, &S, j);
 #else
             status = square_row_plain(J, &S, j);
 #endif
@@ -2182,15 +2183,13 @@ done:
 static PyObject *
 py_use_vector_copies(PyObject *self, PyObject *arg)
 {
-    int previous = have_avx2, flag = PyObject_IsTrue(arg);
+    int previous = use_avx2, flag = PyObject_IsTrue(arg);
 
     (void) self;
     if (flag < 0) {
         return NULL;
     }
-#if VECTOR_COPIES
-    have_avx2 = flag && __builtin_cpu_supports("avx2");
-#endif
+    use_avx2 = flag && cpu_avx2;
     return PyBool_FromLong(previous);
 }
 
@@ -2219,7 +2218,7 @@ PyInit__kernels(void)
 {
 #if VECTOR_COPIES
     __builtin_cpu_init();
-    have_avx2 = __builtin_cpu_supports("avx2") != 0;
+    cpu_avx2 = use_avx2 = __builtin_cpu_supports("avx2") != 0;
 #endif
     return PyModule_Create(&module);
 }
