@@ -1019,11 +1019,12 @@ floor_is(double v, double k)
 }
 
 /* The contributions of a side edge from (x0, y0) to (x1, y1) in column col,
- * to rows 0 .. BOX_MAX - 1, as box_side makes them (those of rows beyond
- * the box are not used); *ok is cleared when box_side would fail. */
-static inline void
+ * to rows 0 .. side - 1, as box_side makes them (those of rows beyond the
+ * box are not used); *ok is cleared when box_side would fail. */
+ALWAYS_INLINE static inline void
 box_side_lane(
-    double x0, double y0, double x1, double y1, double col, double nyl, double *add, long *ok)
+    double x0, double y0, double x1, double y1, double col, double nyl, double *add, long *ok,
+    const int side)
 {
     double dx = x1 - x0;
     long nz = dx != 0.0, gt = dx > 0.0;
@@ -1039,7 +1040,7 @@ box_side_lane(
     *ok &= (!nz) | ((xb - xa > 0.0) & (ylo + 0.5 < 1.0) & floor_is(yhi + 0.5, nyl - 1.0) &
                     (yhi - ylo > FLAT_PIECE));
 #pragma GCC unroll 4
-    for (r = 0; r < BOX_MAX; ++r) {
+    for (r = 0; r < side; ++r) {
         double bottom = (double) r - 0.5;
         double a = f * (clamp_integral(yb - bottom) - clamp_integral(ya - bottom));
         add[r] = nz ? a : 0.0;
@@ -1063,15 +1064,19 @@ typedef struct {
     long good[BOX_BLOCK];
 } box_block_t;
 
-VECTOR_CLONES static void
-row_boxes(const row_geometry_t *G, Py_ssize_t i0, Py_ssize_t n, box_block_t *restrict B)
+/* The first part of row_boxes: each drop's box, its vertices in the box's
+ * coordinates, and whether it may be a box drop (good). Returns 1 when a
+ * drop that may be one is 4 cells wide or tall, 0 when none is (then the
+ * cells of the fourth row and column are not needed). */
+ALWAYS_INLINE static inline long
+box_corners(const row_geometry_t *G, Py_ssize_t i0, Py_ssize_t n, box_block_t *restrict B)
 {
     const double *restrict x0 = G->x[0] + i0, *restrict x1 = G->x[1] + i0,
                            *restrict x2 = G->x[2] + i0, *restrict x3 = G->x[3] + i0;
     const double *restrict y0 = G->y[0] + i0, *restrict y1 = G->y[1] + i0,
                            *restrict y2 = G->y[2] + i0, *restrict y3 = G->y[3] + i0;
     Py_ssize_t j;
-    int c, r;
+    long wide = 0;
 
     /* the box, the vertices in its coordinates, and their cells */
     for (j = 0; j < n; ++j) {
@@ -1101,8 +1106,23 @@ row_boxes(const row_geometry_t *G, Py_ssize_t i0, Py_ssize_t n, box_block_t *res
         B->top[j] = top;
         B->right[j] = right;
     }
+    COLUMNS_INDEPENDENT
+    for (j = 0; j < n; ++j) {
+        wide |= B->good[j] & ((B->top[j] >= 3.0) | (B->right[j] >= 3.0));
+    }
+    return wide;
+}
+
+/* The rest of row_boxes, for boxes of at most side x side cells: the cells
+ * of rows and columns beyond side are left as they were. */
+ALWAYS_INLINE static inline void
+box_cells(Py_ssize_t n, box_block_t *restrict B, const int side)
+{
+    Py_ssize_t j;
+    int c, r;
+
     /* the pieces of the top (sgn 1) and bottom (sgn -1) edges, box_piece */
-    for (c = 0; c < BOX_MAX; ++c) {
+    for (c = 0; c < side; ++c) {
         double cm = (double) c - 0.5, cp = (double) c + 0.5;
         for (j = 0; j < n; ++j) {
             double px0 = B->px[0][j], px1 = B->px[1][j], px2 = B->px[2][j], px3 = B->px[3][j];
@@ -1136,9 +1156,10 @@ row_boxes(const row_geometry_t *G, Py_ssize_t i0, Py_ssize_t n, box_block_t *res
         double nyl = B->top[j] + 1.0, rs[BOX_MAX], ls[BOX_MAX];
 
         box_side_lane(B->px[1][j], B->py[1][j], B->px[2][j], B->py[2][j], B->right[j], nyl, rs,
-                      &ok);
-        box_side_lane(B->px[3][j], B->py[3][j], B->px[0][j], B->py[0][j], 0.0, nyl, ls, &ok);
-        for (r = 0; r < BOX_MAX; ++r) {
+                      &ok, side);
+        box_side_lane(B->px[3][j], B->py[3][j], B->px[0][j], B->py[0][j], 0.0, nyl, ls, &ok,
+                      side);
+        for (r = 0; r < side; ++r) {
             B->rs[r][j] = rs[r];
             B->ls[r][j] = ls[r];
         }
@@ -1146,8 +1167,8 @@ row_boxes(const row_geometry_t *G, Py_ssize_t i0, Py_ssize_t n, box_block_t *res
         B->ok[j] = (unsigned char) ok;
     }
     /* the cells, in the order of quad_overlaps_box's sums */
-    for (r = 0; r < BOX_MAX; ++r) {
-        for (c = 0; c < BOX_MAX; ++c) {
+    for (r = 0; r < side; ++r) {
+        for (c = 0; c < side; ++c) {
             double *restrict out = B->cell[r * BOX_MAX + c];
             for (j = 0; j < n; ++j) {
                 double top = B->top[j], tf = B->tfull[c][j];
@@ -1160,6 +1181,18 @@ row_boxes(const row_geometry_t *G, Py_ssize_t i0, Py_ssize_t n, box_block_t *res
                 out[j] = acc;
             }
         }
+    }
+}
+
+VECTOR_CLONES static void
+row_boxes(const row_geometry_t *G, Py_ssize_t i0, Py_ssize_t n, box_block_t *restrict B)
+{
+    /* on grids about twice as fine as the input, boxes are 3 x 3: their
+     * cells found alone, without the empty fourth row and column */
+    if (box_corners(G, i0, n, B)) {
+        box_cells(n, B, BOX_MAX);
+    } else {
+        box_cells(n, B, 3);
     }
 }
 
